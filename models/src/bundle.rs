@@ -1,0 +1,686 @@
+//! Loading, validating and writing bundle directories.
+//!
+//! A bundle is refused as a whole if anything in it is inconsistent: the board must run exactly
+//! what was trained or nothing at all. Validation happens once, at load, off the control loop; it
+//! checks the manifest's own coherence (lengths, finite statistics, sane limits), the model files'
+//! hashes, and the manifest against the ONNX graph's real input/output names and shapes as tract
+//! reads them. The typed tract model is kept so the runtime does not parse the file twice.
+
+use crate::manifest::*;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use tract_onnx::prelude::*;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a valid manifest: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error(
+        "{path}: unsupported bundle version {found} (this reflex reads format_version = {FORMAT_VERSION}); \
+         re-export the bundle with a matching reflex-tools"
+    )]
+    UnsupportedVersion { path: PathBuf, found: u32 },
+    #[error("{path}: field `{field}`: {problem}")]
+    Field {
+        path: PathBuf,
+        field: String,
+        problem: String,
+    },
+    #[error(
+        "{path}: sha256 mismatch: manifest says {expected}, file has {actual} \
+         (file modified or truncated after export)"
+    )]
+    HashMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    #[error("{path}: tract cannot load the model: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("{path}: {problem}")]
+    Graph { path: PathBuf, problem: String },
+}
+
+impl BundleError {
+    fn field(path: &Path, field: impl Into<String>, problem: impl Into<String>) -> Self {
+        BundleError::Field {
+            path: path.to_path_buf(),
+            field: field.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Real input/output names and shapes of a model file, as tract reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GraphIo {
+    pub inputs: Vec<(String, Vec<usize>)>,
+    pub outputs: Vec<(String, Vec<usize>)>,
+}
+
+impl GraphIo {
+    pub fn input(&self, name: &str) -> Option<&[usize]> {
+        self.inputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    }
+    pub fn output(&self, name: &str) -> Option<&[usize]> {
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.as_slice())
+    }
+}
+
+/// A validated bundle: manifest, directory, and the policy model typed by tract.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    /// The policy model file's path.
+    pub policy_path: PathBuf,
+    /// The policy graph in tract's typed form (not yet optimized).
+    pub policy_model: TypedModel,
+    pub io: GraphIo,
+}
+
+/// Lower-case hex sha256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
+    let io = |source| BundleError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Parse a manifest from text; `path` is only used to name the file in errors.
+pub fn parse_manifest(text: &str, path: &Path) -> Result<Manifest, BundleError> {
+    // Read the version first, so an old or future bundle gets a version error rather than a
+    // confusing "unknown field" one.
+    let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| BundleError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    match raw.get("format_version") {
+        None => {
+            return Err(BundleError::field(
+                path,
+                "format_version",
+                "missing (expected format_version = 1)",
+            ))
+        }
+        Some(toml::Value::Integer(v)) if *v == FORMAT_VERSION as i64 => {}
+        Some(toml::Value::Integer(v)) => {
+            return Err(BundleError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                found: u32::try_from(*v).unwrap_or(u32::MAX),
+            })
+        }
+        Some(other) => {
+            return Err(BundleError::field(
+                path,
+                "format_version",
+                format!("must be an integer, found {}", other.type_str()),
+            ))
+        }
+    }
+    toml::from_str(text).map_err(|e| BundleError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+fn check_len(path: &Path, field: &str, v: &[f32], dim: usize) -> Result<(), BundleError> {
+    if v.len() != dim {
+        return Err(BundleError::field(
+            path,
+            field,
+            format!("has {} values, expected {dim} (one per dimension)", v.len()),
+        ));
+    }
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(BundleError::field(
+            path,
+            format!("{field}[{i}]"),
+            format!("is {} (must be finite)", v[i]),
+        ));
+    }
+    Ok(())
+}
+
+fn check_normalization(
+    path: &Path,
+    field: &str,
+    n: &Normalization,
+    dim: usize,
+) -> Result<(), BundleError> {
+    for (name, v) in n.vectors() {
+        check_len(path, &format!("{field}.{name}"), v, dim)?;
+    }
+    let bad = |i: usize, what: &str| {
+        Err(BundleError::field(
+            path,
+            format!("{field}[{i}]"),
+            format!("{what}: normalization would divide by zero or flip sign"),
+        ))
+    };
+    match n {
+        Normalization::MeanStd { std, .. } => {
+            if let Some(i) = std.iter().position(|s| *s <= 0.0) {
+                return bad(i, &format!("std = {} is not > 0", std[i]));
+            }
+        }
+        Normalization::MinMax { min, max } => {
+            if let Some(i) = (0..dim).find(|&i| max[i] <= min[i]) {
+                return bad(i, &format!("max {} <= min {}", max[i], min[i]));
+            }
+        }
+        Normalization::Quantile { q01, q99 } => {
+            if let Some(i) = (0..dim).find(|&i| q99[i] <= q01[i]) {
+                return bad(i, &format!("q99 {} <= q01 {}", q99[i], q01[i]));
+            }
+        }
+        Normalization::Identity => {}
+    }
+    Ok(())
+}
+
+fn check_names(path: &Path, field: &str, names: &[String]) -> Result<(), BundleError> {
+    let mut seen = BTreeSet::new();
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() {
+            return Err(BundleError::field(
+                path,
+                format!("{field}[{i}]"),
+                "empty name",
+            ));
+        }
+        if !seen.insert(n) {
+            return Err(BundleError::field(
+                path,
+                format!("{field}[{i}]"),
+                format!("duplicate name `{n}`"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the manifest's own coherence, without touching model files.
+pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
+    if m.format_version != FORMAT_VERSION {
+        return Err(BundleError::UnsupportedVersion {
+            path: path.to_path_buf(),
+            found: m.format_version,
+        });
+    }
+    let c = &m.control;
+    if !(c.rate_hz.is_finite() && c.rate_hz > 0.0 && c.rate_hz <= 1000.0) {
+        return Err(BundleError::field(
+            path,
+            "control.rate_hz",
+            format!("{} is not in (0, 1000]", c.rate_hz),
+        ));
+    }
+    let horizon = m.action.output.horizon();
+    if c.steps_per_inference == 0 || c.steps_per_inference > horizon {
+        return Err(BundleError::field(
+            path,
+            "control.steps_per_inference",
+            format!(
+                "{} must be in 1..={horizon} (the action horizon)",
+                c.steps_per_inference
+            ),
+        ));
+    }
+    if let Some(mm) = c.temporal_ensemble_m {
+        if !(mm.is_finite() && mm >= 0.0) {
+            return Err(BundleError::field(
+                path,
+                "control.temporal_ensemble_m",
+                format!("{mm} must be finite and >= 0"),
+            ));
+        }
+    }
+    if c.watchdog_periods == 0 {
+        return Err(BundleError::field(
+            path,
+            "control.watchdog_periods",
+            "must be >= 1",
+        ));
+    }
+    let policies = m
+        .models
+        .iter()
+        .filter(|f| f.role == ModelRole::Policy)
+        .count();
+    if policies != 1 {
+        return Err(BundleError::field(
+            path,
+            "models",
+            format!("expected exactly one model with role = \"policy\", found {policies}"),
+        ));
+    }
+    for (i, f) in m.models.iter().enumerate() {
+        if f.file.is_empty() || Path::new(&f.file).is_absolute() || f.file.contains("..") {
+            return Err(BundleError::field(
+                path,
+                format!("models[{i}].file"),
+                format!("`{}` must be a relative path inside the bundle", f.file),
+            ));
+        }
+        if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(BundleError::field(
+                path,
+                format!("models[{i}].sha256"),
+                "must be 64 hex digits",
+            ));
+        }
+        if f.backends.is_empty() {
+            return Err(BundleError::field(
+                path,
+                format!("models[{i}].backends"),
+                "lists no backend allowed to run this file",
+            ));
+        }
+    }
+    if m.cameras.is_empty() {
+        return Err(BundleError::field(
+            path,
+            "cameras",
+            "no camera: a visuomotor policy needs at least one",
+        ));
+    }
+    let cam_names: Vec<String> = m.cameras.iter().map(|c| c.name.clone()).collect();
+    check_names(path, "cameras.name", &cam_names)?;
+    for (i, cam) in m.cameras.iter().enumerate() {
+        let f = |s: &str| format!("cameras[{i}] ({}).{s}", cam.name);
+        let cap = cam.capture;
+        if cap.width == 0 || cap.height == 0 || cap.width > 8192 || cap.height > 8192 {
+            return Err(BundleError::field(
+                path,
+                f("capture"),
+                format!("size {}x{} out of range", cap.width, cap.height),
+            ));
+        }
+        if cap.format == PixelFormat::Yuyv && cap.width % 2 != 0 {
+            return Err(BundleError::field(
+                path,
+                f("capture.width"),
+                "YUYV needs an even width",
+            ));
+        }
+        let p = &cam.preprocess;
+        if let Some(cr) = p.crop {
+            if cr.width == 0
+                || cr.height == 0
+                || cr.x.checked_add(cr.width).is_none_or(|r| r > cap.width)
+                || cr.y.checked_add(cr.height).is_none_or(|b| b > cap.height)
+            {
+                return Err(BundleError::field(
+                    path,
+                    f("preprocess.crop"),
+                    format!(
+                        "{}x{}+{}+{} does not fit in the {}x{} capture",
+                        cr.width, cr.height, cr.x, cr.y, cap.width, cap.height
+                    ),
+                ));
+            }
+        }
+        if p.resize.width == 0 || p.resize.height == 0 || p.resize.width > 4096 {
+            return Err(BundleError::field(
+                path,
+                f("preprocess.resize"),
+                "size out of range",
+            ));
+        }
+        let ch = p.color.channels();
+        check_len(path, &f("preprocess.mean"), &p.mean, ch)?;
+        check_len(path, &f("preprocess.std"), &p.std, ch)?;
+        if let Some(k) = p.std.iter().position(|s| *s <= 0.0) {
+            return Err(BundleError::field(
+                path,
+                f(&format!("preprocess.std[{k}]")),
+                "must be > 0",
+            ));
+        }
+        if cam.max_age_ms == 0 {
+            return Err(BundleError::field(path, f("max_age_ms"), "must be > 0"));
+        }
+    }
+    let s = &m.state;
+    let sd = s.names.len();
+    check_names(path, "state.names", &s.names)?;
+    if s.units.len() != sd {
+        return Err(BundleError::field(
+            path,
+            "state.units",
+            format!("has {} entries, state.names has {sd}", s.units.len()),
+        ));
+    }
+    check_normalization(path, "state.normalization", &s.normalization, sd)?;
+    if sd > 0 && s.onnx_input.is_none() {
+        return Err(BundleError::field(
+            path,
+            "state.onnx_input",
+            "missing while state.names is not empty",
+        ));
+    }
+    let a = &m.action;
+    let ad = a.names.len();
+    if ad == 0 {
+        return Err(BundleError::field(path, "action.names", "empty"));
+    }
+    check_names(path, "action.names", &a.names)?;
+    if a.units.len() != ad {
+        return Err(BundleError::field(
+            path,
+            "action.units",
+            format!("has {} entries, action.names has {ad}", a.units.len()),
+        ));
+    }
+    if let ActionOutput::Chunk { horizon } = a.output {
+        if horizon == 0 || horizon > 1024 {
+            return Err(BundleError::field(
+                path,
+                "action.output.horizon",
+                format!("{horizon} not in 1..=1024"),
+            ));
+        }
+    }
+    check_normalization(path, "action.normalization", &a.normalization, ad)?;
+    if let Some(l) = &a.limits {
+        check_len(path, "action.limits.min", &l.min, ad)?;
+        check_len(path, "action.limits.max", &l.max, ad)?;
+        check_len(path, "action.limits.max_rate", &l.max_rate, ad)?;
+        if let Some(i) = (0..ad).find(|&i| l.max[i] < l.min[i]) {
+            return Err(BundleError::field(
+                path,
+                format!("action.limits.max[{i}]"),
+                format!("{} < min {} ({})", l.max[i], l.min[i], a.names[i]),
+            ));
+        }
+        if let Some(i) = (0..ad).find(|&i| l.max_rate[i] <= 0.0) {
+            return Err(BundleError::field(
+                path,
+                format!("action.limits.max_rate[{i}]"),
+                format!("{} must be > 0 ({})", l.max_rate[i], a.names[i]),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads a model file with tract and returns it typed, with its real I/O names and shapes.
+pub fn read_graph(path: &Path) -> Result<(TypedModel, GraphIo), BundleError> {
+    let model_err = |e: TractError| BundleError::Model {
+        path: path.to_path_buf(),
+        message: format!("{e:#}"),
+    };
+    let typed = tract_onnx::onnx()
+        .model_for_path(path)
+        .map_err(model_err)?
+        .into_typed()
+        .map_err(model_err)?;
+    let io = graph_io(&typed).map_err(|message| BundleError::Graph {
+        path: path.to_path_buf(),
+        problem: message,
+    })?;
+    Ok((typed, io))
+}
+
+/// Names and concrete shapes of a typed model's inputs and outputs.
+pub fn graph_io(model: &TypedModel) -> Result<GraphIo, String> {
+    let shape = |outlet: OutletId| -> Result<Vec<usize>, String> {
+        let fact = model
+            .outlet_fact(outlet)
+            .map_err(|e| format!("{e:#}"))?;
+        fact.shape
+            .as_concrete()
+            .map(|s| s.to_vec())
+            .ok_or_else(|| {
+                format!(
+                    "`{}` has a symbolic shape {:?}; reflex needs static shapes (export with fixed batch = 1)",
+                    model.node(outlet.node).name,
+                    fact.shape
+                )
+            })
+    };
+    let mut io = GraphIo {
+        inputs: vec![],
+        outputs: vec![],
+    };
+    for &o in model.input_outlets().map_err(|e| format!("{e:#}"))? {
+        io.inputs.push((model.node(o.node).name.clone(), shape(o)?));
+    }
+    for (ix, &o) in model
+        .output_outlets()
+        .map_err(|e| format!("{e:#}"))?
+        .iter()
+        .enumerate()
+    {
+        let label = model
+            .outlet_label(o)
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| model.node(o.node).name.clone());
+        let _ = ix;
+        io.outputs.push((label, shape(o)?));
+    }
+    Ok(io)
+}
+
+/// Checks the manifest against the model's real I/O.
+pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), BundleError> {
+    let gerr = |problem: String| BundleError::Graph {
+        path: model_path.to_path_buf(),
+        problem,
+    };
+    let names = |v: &[(String, Vec<usize>)]| {
+        v.iter()
+            .map(|(n, s)| format!("{n} {s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut used = BTreeSet::new();
+    for cam in &m.cameras {
+        let want = [
+            1,
+            cam.preprocess.color.channels(),
+            cam.preprocess.resize.height as usize,
+            cam.preprocess.resize.width as usize,
+        ];
+        match io.input(&cam.onnx_input) {
+            None => {
+                return Err(gerr(format!(
+                    "camera `{}`: onnx_input `{}` is not an input of the graph (inputs: {})",
+                    cam.name,
+                    cam.onnx_input,
+                    names(&io.inputs)
+                )))
+            }
+            Some(s) if s != want => {
+                return Err(gerr(format!(
+                    "camera `{}`: input `{}` has shape {s:?}, the manifest's preprocessing produces {want:?}",
+                    cam.name, cam.onnx_input
+                )))
+            }
+            Some(_) => {}
+        }
+        used.insert(cam.onnx_input.clone());
+    }
+    if let Some(si) = &m.state.onnx_input {
+        let want = [1, m.state.names.len()];
+        match io.input(si) {
+            None => {
+                return Err(gerr(format!(
+                    "state.onnx_input `{si}` is not an input of the graph (inputs: {})",
+                    names(&io.inputs)
+                )))
+            }
+            Some(s) if s != want => {
+                return Err(gerr(format!(
+                    "state input `{si}` has shape {s:?}, the manifest's {} state names need {want:?}",
+                    m.state.names.len()
+                )))
+            }
+            Some(_) => {}
+        }
+        used.insert(si.clone());
+    }
+    if let Some((n, _)) = io.inputs.iter().find(|(n, _)| !used.contains(n)) {
+        return Err(gerr(format!(
+            "graph input `{n}` is fed by nothing in the manifest (no camera or state names it)"
+        )));
+    }
+    let ad = m.action.names.len();
+    let want: Vec<usize> = match m.action.output {
+        ActionOutput::Single => vec![1, ad],
+        ActionOutput::Chunk { horizon } => vec![1, horizon, ad],
+    };
+    match io.output(&m.action.onnx_output) {
+        None => Err(gerr(format!(
+            "action.onnx_output `{}` is not an output of the graph (outputs: {})",
+            m.action.onnx_output,
+            names(&io.outputs)
+        ))),
+        Some(s) if s != want.as_slice() => Err(gerr(format!(
+            "action output `{}` has shape {s:?}, the manifest ({} action names, output {:?}) needs {want:?}",
+            m.action.onnx_output, ad, m.action.output
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+impl Bundle {
+    /// Loads and fully validates a bundle directory (or a path to its `policy.toml`).
+    pub fn load(path: impl AsRef<Path>) -> Result<Bundle, BundleError> {
+        let path = path.as_ref();
+        let (dir, manifest_path) = if path.is_dir() {
+            (path.to_path_buf(), path.join(MANIFEST_FILE))
+        } else {
+            (
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                path.to_path_buf(),
+            )
+        };
+        let text = std::fs::read_to_string(&manifest_path).map_err(|source| BundleError::Io {
+            path: manifest_path.clone(),
+            source,
+        })?;
+        let manifest = parse_manifest(&text, &manifest_path)?;
+        validate_manifest(&manifest, &manifest_path)?;
+        for f in &manifest.models {
+            let p = dir.join(&f.file);
+            let actual = sha256_file(&p)?;
+            if !actual.eq_ignore_ascii_case(&f.sha256) {
+                return Err(BundleError::HashMismatch {
+                    path: p,
+                    expected: f.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        let policy = manifest
+            .policy_model()
+            .ok_or_else(|| BundleError::field(&manifest_path, "models", "no policy model"))?;
+        let policy_path = dir.join(&policy.file);
+        let (policy_model, io) = read_graph(&policy_path)?;
+        validate_io(&manifest, &io, &policy_path)?;
+        Ok(Bundle {
+            dir,
+            manifest,
+            policy_path,
+            policy_model,
+            io,
+        })
+    }
+
+    /// Period of the control loop in nanoseconds.
+    pub fn period_ns(&self) -> u64 {
+        (1e9 / self.manifest.control.rate_hz).round() as u64
+    }
+}
+
+/// Writes a bundle: the model files (hashes filled in) and the manifest, into `dir`, through a
+/// temporary sibling directory renamed at the end, so a failed export leaves nothing half-written.
+/// `files` pairs each `manifest.models[i].file` with its bytes, in order.
+pub fn write_bundle(
+    dir: &Path,
+    manifest: &mut Manifest,
+    files: &[&[u8]],
+) -> Result<(), BundleError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BundleError::Io { path, source }
+    };
+    if files.len() != manifest.models.len() {
+        return Err(BundleError::field(
+            dir,
+            "models",
+            format!(
+                "{} model entries but {} files given",
+                manifest.models.len(),
+                files.len()
+            ),
+        ));
+    }
+    for (m, bytes) in manifest.models.iter_mut().zip(files) {
+        m.sha256 = sha256_bytes(bytes);
+    }
+    validate_manifest(manifest, &dir.join(MANIFEST_FILE))?;
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "bundle".into());
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let result = (|| {
+        for (m, bytes) in manifest.models.iter().zip(files) {
+            let p = tmp.join(&m.file);
+            if let Some(par) = p.parent() {
+                std::fs::create_dir_all(par).map_err(io(par))?;
+            }
+            std::fs::write(&p, bytes).map_err(io(&p))?;
+        }
+        let text = manifest.to_toml().map_err(|e| BundleError::Parse {
+            path: tmp.join(MANIFEST_FILE),
+            message: e.to_string(),
+        })?;
+        let mp = tmp.join(MANIFEST_FILE);
+        std::fs::write(&mp, text).map_err(io(&mp))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(io(dir))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(io(dir))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}

@@ -1,0 +1,411 @@
+//! The bundle manifest (`policy.toml`), format version 1.
+//!
+//! The manifest is the contract between training and the robot: everything the board needs to run a
+//! policy exactly as it was trained (which network, how frames become tensors, how state and actions
+//! are (un)normalized, what the robot may physically do) lives here, next to the model files, so
+//! nothing is carried in a notebook of constants. Parsing is strict (`deny_unknown_fields`): a typo
+//! in a field name is an error, never a silently ignored setting.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The only manifest format version this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Name of the manifest file inside a bundle directory.
+pub const MANIFEST_FILE: &str = "policy.toml";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Manifest format version; must equal [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// Short policy name, shown in logs and reports.
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    pub control: ControlSpec,
+    /// Model files. A plain policy has one with role `policy`; later kinds (an encoder plus a
+    /// denoiser for Diffusion Policy) list several, each with its own role.
+    pub models: Vec<ModelFile>,
+    pub cameras: Vec<CameraSpec>,
+    pub state: StateSpec,
+    pub action: ActionSpec,
+    #[serde(default)]
+    pub can: CanSpec,
+    /// Free-form provenance: training run, dataset, date, export tool, quantization report...
+    #[serde(default)]
+    pub provenance: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlSpec {
+    /// Control loop rate in Hz (one command per period).
+    pub rate_hz: f64,
+    /// For chunk policies: how many steps of each chunk are executed before the next inference
+    /// result is taken (ACT calls this the query frequency). 1 = re-plan every tick.
+    #[serde(default = "one")]
+    pub steps_per_inference: usize,
+    /// ACT-style temporal ensembling: weight `exp(-m * i)` for the i-th oldest prediction of the
+    /// same time step. Absent = no ensembling (the newest chunk wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal_ensemble_m: Option<f64>,
+    /// Skip the chunk steps that correspond to time already spent (observation age + inference)
+    /// when a new chunk arrives.
+    #[serde(default = "yes")]
+    pub latency_compensation: bool,
+    /// Watchdog: no fresh (policy-derived) command for this many periods -> stop command.
+    #[serde(default = "default_watchdog")]
+    pub watchdog_periods: u32,
+}
+
+fn one() -> usize {
+    1
+}
+fn yes() -> bool {
+    true
+}
+fn default_watchdog() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Fp16,
+    Int8,
+}
+
+impl Precision {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Fp32 => "fp32",
+            Precision::Fp16 => "fp16",
+            Precision::Int8 => "int8",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// tract on the CPU: runs everywhere.
+    Tract,
+    /// A TensorRT engine built from this ONNX on the board (not implemented yet in this build).
+    Tensorrt,
+}
+
+impl BackendKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::Tensorrt => "tensorrt",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelRole {
+    /// Images + state -> action or chunk, in one network.
+    Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelFile {
+    pub role: ModelRole,
+    /// Path relative to the bundle directory.
+    pub file: String,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
+    pub precision: Precision,
+    /// Backends allowed to run this file (a quantized form that failed its accuracy gate on a
+    /// backend is not listed for it).
+    pub backends: Vec<BackendKind>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    /// Packed YUV 4:2:2 (Y0 U Y1 V), BT.601 limited range, as UVC cameras deliver it.
+    Yuyv,
+    /// Packed 8-bit R, G, B.
+    Rgb24,
+    /// 8-bit luma only.
+    Grey,
+    /// Motion JPEG: one baseline JPEG per frame.
+    Mjpeg,
+}
+
+impl PixelFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PixelFormat::Yuyv => "yuyv",
+            PixelFormat::Rgb24 => "rgb24",
+            PixelFormat::Grey => "grey",
+            PixelFormat::Mjpeg => "mjpeg",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureSpec {
+    pub width: u32,
+    pub height: u32,
+    pub format: PixelFormat,
+    /// Nominal camera frame rate, used to negotiate with the device.
+    #[serde(default = "default_fps")]
+    pub fps: u32,
+}
+
+fn default_fps() -> u32 {
+    30
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CropSpec {
+    /// Left edge, pixels.
+    pub x: u32,
+    /// Top edge, pixels.
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Interpolation {
+    /// torchvision `InterpolationMode.BILINEAR`.
+    Bilinear,
+    /// torchvision `InterpolationMode.NEAREST` (PyTorch's legacy `nearest`, floor of scaled index).
+    Nearest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeSpec {
+    pub width: u32,
+    pub height: u32,
+    #[serde(default = "default_interp")]
+    pub interpolation: Interpolation,
+    /// torchvision `Resize(antialias=True)`: when downscaling, the bilinear kernel is widened by
+    /// the scale factor (as PIL does). Default true, torchvision's default since 0.17.
+    #[serde(default = "yes")]
+    pub antialias: bool,
+}
+
+fn default_interp() -> Interpolation {
+    Interpolation::Bilinear
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColorOrder {
+    Rgb,
+    Bgr,
+    /// One channel (luma); the model input has 1 channel.
+    Grey,
+}
+
+impl ColorOrder {
+    pub fn channels(self) -> usize {
+        match self {
+            ColorOrder::Rgb | ColorOrder::Bgr => 3,
+            ColorOrder::Grey => 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    Nchw,
+}
+
+/// How a captured frame becomes the model's input tensor, in this order: decode to 8-bit color,
+/// crop, resize, scale to [0, 1], subtract mean, divide by std, write CHW.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreprocessSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crop: Option<CropSpec>,
+    pub resize: ResizeSpec,
+    pub color: ColorOrder,
+    /// Per-channel mean, applied after scaling pixels to [0, 1].
+    pub mean: Vec<f32>,
+    /// Per-channel std, applied after subtracting the mean.
+    pub std: Vec<f32>,
+    #[serde(default = "default_layout")]
+    pub layout: Layout,
+}
+
+fn default_layout() -> Layout {
+    Layout::Nchw
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraSpec {
+    pub name: String,
+    /// Name of the ONNX graph input this camera feeds.
+    pub onnx_input: String,
+    pub capture: CaptureSpec,
+    pub preprocess: PreprocessSpec,
+    /// A frame older than this (capture timestamp to tick) is not used; the policy holds.
+    #[serde(default = "default_max_age")]
+    pub max_age_ms: u32,
+}
+
+fn default_max_age() -> u32 {
+    200
+}
+
+/// Per-dimension normalization, as the training code applied it. Models see normalized values;
+/// the runtime normalizes state on the way in and unnormalizes actions on the way out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Normalization {
+    /// `(x - mean) / std` (LeRobot MEAN_STD).
+    MeanStd { mean: Vec<f32>, std: Vec<f32> },
+    /// `2 (x - min) / (max - min) - 1` (LeRobot MIN_MAX).
+    MinMax { min: Vec<f32>, max: Vec<f32> },
+    /// `2 (x - q01) / (q99 - q01) - 1` (openpi's quantile normalization).
+    Quantile { q01: Vec<f32>, q99: Vec<f32> },
+    /// The model works in physical units; must be stated explicitly.
+    Identity,
+}
+
+impl Normalization {
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            Normalization::MeanStd { .. } => "mean_std",
+            Normalization::MinMax { .. } => "min_max",
+            Normalization::Quantile { .. } => "quantile",
+            Normalization::Identity => "identity",
+        }
+    }
+
+    /// Per-dimension affine map `normalized = (x - offset) * scale`, for dimension `i`.
+    /// Callers validate the manifest first (see `Bundle::load`), so `scale` is finite and non-zero.
+    pub fn affine(&self, i: usize) -> (f32, f32) {
+        match self {
+            Normalization::MeanStd { mean, std } => (mean[i], 1.0 / std[i]),
+            Normalization::MinMax { min, max } => {
+                let mid = 0.5 * (min[i] + max[i]);
+                (mid, 2.0 / (max[i] - min[i]))
+            }
+            Normalization::Quantile { q01, q99 } => {
+                let mid = 0.5 * (q01[i] + q99[i]);
+                (mid, 2.0 / (q99[i] - q01[i]))
+            }
+            Normalization::Identity => (0.0, 1.0),
+        }
+    }
+
+    /// The named per-dimension vectors, for validation and reports.
+    pub fn vectors(&self) -> Vec<(&'static str, &[f32])> {
+        match self {
+            Normalization::MeanStd { mean, std } => vec![("mean", mean), ("std", std)],
+            Normalization::MinMax { min, max } => vec![("min", min), ("max", max)],
+            Normalization::Quantile { q01, q99 } => vec![("q01", q01), ("q99", q99)],
+            Normalization::Identity => vec![],
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateSpec {
+    /// Name of the ONNX input ([1, dim]); absent for image-only policies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_input: Option<String>,
+    pub names: Vec<String>,
+    /// Physical unit per dimension ("rad", "m", "mm", ...).
+    pub units: Vec<String>,
+    pub normalization: Normalization,
+    /// Proprioceptive state older than this is not used; the policy holds.
+    #[serde(default = "default_max_age")]
+    pub max_age_ms: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ActionOutput {
+    /// Output `[1, dim]`.
+    Single,
+    /// Output `[1, horizon, dim]`, one action per control period.
+    Chunk { horizon: usize },
+}
+
+impl ActionOutput {
+    pub fn horizon(self) -> usize {
+        match self {
+            ActionOutput::Single => 1,
+            ActionOutput::Chunk { horizon } => horizon,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionLimits {
+    /// Hard lower limit per dimension, physical units. Commands are clamped into [min, max].
+    pub min: Vec<f32>,
+    pub max: Vec<f32>,
+    /// Maximum rate of change per dimension, physical units per second.
+    pub max_rate: Vec<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionSpec {
+    /// Name of the ONNX output carrying actions.
+    pub onnx_output: String,
+    pub names: Vec<String>,
+    pub units: Vec<String>,
+    pub output: ActionOutput,
+    pub normalization: Normalization,
+    /// Hard limits. A bundle without them only runs with an explicit opt-out flag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ActionLimits>,
+}
+
+/// How commands are put on the CAN bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "protocol", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum CanSpec {
+    /// reflex's simple default encoding: one classic frame per action dimension, ID
+    /// `base_id + index`, data = f32 little-endian value in the action's unit, flags byte (bit 0:
+    /// stop), tick counter byte, two zero bytes. See `reflex_runtime::can`.
+    PerJoint {
+        #[serde(default = "default_base_id")]
+        base_id: u32,
+    },
+}
+
+fn default_base_id() -> u32 {
+    0x100
+}
+
+impl Default for CanSpec {
+    fn default() -> Self {
+        CanSpec::PerJoint {
+            base_id: default_base_id(),
+        }
+    }
+}
+
+impl Manifest {
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        toml::to_string_pretty(self)
+    }
+
+    pub fn policy_model(&self) -> Option<&ModelFile> {
+        self.models.iter().find(|m| m.role == ModelRole::Policy)
+    }
+}
