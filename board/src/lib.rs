@@ -33,7 +33,10 @@ pub struct BoardIdentity {
 fn read_trim(p: &Path) -> Option<String> {
     std::fs::read_to_string(p)
         .ok()
-        .map(|s| s.trim_matches(|c: char| c.is_whitespace() || c == '\0').to_string())
+        .map(|s| {
+            s.trim_matches(|c: char| c.is_whitespace() || c == '\0')
+                .to_string()
+        })
         .filter(|s| !s.is_empty())
 }
 
@@ -52,8 +55,14 @@ pub fn cpu_model_from_cpuinfo(text: &str) -> Option<String> {
 }
 
 fn tensorrt_version() -> Option<String> {
-    for dir in ["/usr/lib/aarch64-linux-gnu", "/usr/lib/x86_64-linux-gnu", "/usr/local/lib"] {
-        let Ok(rd) = std::fs::read_dir(dir) else { continue };
+    for dir in [
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/local/lib",
+    ] {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if let Some(v) = name.strip_prefix("libnvinfer.so.") {
@@ -80,8 +89,11 @@ impl BoardIdentity {
             )),
             kernel: read_trim(Path::new("/proc/sys/kernel/osrelease")),
             board_model: read_trim(Path::new("/proc/device-tree/model")),
-            l4t_release: read_trim(Path::new("/etc/nv_tegra_release"))
-                .and_then(|s| s.lines().next().map(|l| l.trim_start_matches("# ").to_string())),
+            l4t_release: read_trim(Path::new("/etc/nv_tegra_release")).and_then(|s| {
+                s.lines()
+                    .next()
+                    .map(|l| l.trim_start_matches("# ").to_string())
+            }),
             power_mode: read_trim(Path::new("/var/lib/nvpmodel/status")),
             tensorrt: tensorrt_version(),
         }
@@ -124,9 +136,15 @@ mod tests {
     #[test]
     fn cpu_model_x86_and_arm() {
         let x86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7551 32-Core Processor\n";
-        assert_eq!(cpu_model_from_cpuinfo(x86).as_deref(), Some("AMD EPYC 7551 32-Core Processor"));
+        assert_eq!(
+            cpu_model_from_cpuinfo(x86).as_deref(),
+            Some("AMD EPYC 7551 32-Core Processor")
+        );
         let arm = "processor\t: 0\nBogoMIPS\t: 62.50\n\nModel\t\t: NVIDIA Jetson AGX Orin Developer Kit\n";
-        assert_eq!(cpu_model_from_cpuinfo(arm).as_deref(), Some("NVIDIA Jetson AGX Orin Developer Kit"));
+        assert_eq!(
+            cpu_model_from_cpuinfo(arm).as_deref(),
+            Some("NVIDIA Jetson AGX Orin Developer Kit")
+        );
         assert_eq!(cpu_model_from_cpuinfo("nothing"), None);
     }
 

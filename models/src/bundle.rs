@@ -120,10 +120,12 @@ pub fn sha256_bytes(bytes: &[u8]) -> String {
 pub fn parse_manifest(text: &str, path: &Path) -> Result<Manifest, BundleError> {
     // Read the version first, so an old or future bundle gets a version error rather than a
     // confusing "unknown field" one.
-    let raw: toml::Table = text.parse().map_err(|e: toml::de::Error| BundleError::Parse {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let raw: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| BundleError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     match raw.get("format_version") {
         None => {
             return Err(BundleError::field(
@@ -455,9 +457,7 @@ pub fn read_graph(path: &Path) -> Result<(TypedModel, GraphIo), BundleError> {
 /// Names and concrete shapes of a typed model's inputs and outputs.
 pub fn graph_io(model: &TypedModel) -> Result<GraphIo, String> {
     let shape = |outlet: OutletId| -> Result<Vec<usize>, String> {
-        let fact = model
-            .outlet_fact(outlet)
-            .map_err(|e| format!("{e:#}"))?;
+        let fact = model.outlet_fact(outlet).map_err(|e| format!("{e:#}"))?;
         fact.shape
             .as_concrete()
             .map(|s| s.to_vec())
@@ -540,12 +540,10 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
                     names(&io.inputs)
                 )))
             }
-            Some(s) if s != want => {
-                return Err(gerr(format!(
-                    "state input `{si}` has shape {s:?}, the manifest's {} state names need {want:?}",
-                    m.state.names.len()
-                )))
-            }
+            Some(s) if s != want => return Err(gerr(format!(
+                "state input `{si}` has shape {s:?}, the manifest's {} state names need {want:?}",
+                m.state.names.len()
+            ))),
             Some(_) => {}
         }
         used.insert(si.clone());

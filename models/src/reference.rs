@@ -73,7 +73,8 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
     }
     let mut action_names = vec![];
     let mut action_units = vec![];
-    let (mut amean, mut astd, mut min, mut max, mut rate) = (vec![], vec![], vec![], vec![], vec![]);
+    let (mut amean, mut astd, mut min, mut max, mut rate) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for i in 0..arch.action_dim {
         let (n, u, lo, hi, r) = joint(i, arch.action_dim);
         action_names.push(n);
@@ -209,5 +210,11 @@ pub fn demo_arch() -> PolicyArch {
 /// The demo bundle: [`demo_arch`] with seed-0 weights.
 pub fn write_demo_bundle(dir: &std::path::Path) -> Result<Manifest, ReferenceError> {
     let mut w = crate::onnx::SeededWeights::new(0);
-    write_reference_bundle(dir, &demo_arch(), &mut w, "reference-resnet18-chunk", default_capture())
+    write_reference_bundle(
+        dir,
+        &demo_arch(),
+        &mut w,
+        "reference-resnet18-chunk",
+        default_capture(),
+    )
 }

@@ -26,15 +26,23 @@ fn pristine() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bundle-tests/pristine");
-        write_reference_bundle(&d, &arch(), &mut SeededWeights::new(3), "test", default_capture())
-            .expect("writes");
+        write_reference_bundle(
+            &d,
+            &arch(),
+            &mut SeededWeights::new(3),
+            "test",
+            default_capture(),
+        )
+        .expect("writes");
         d
     })
 }
 
 fn copy_of(name: &str) -> PathBuf {
     let src = pristine();
-    let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bundle-tests").join(name);
+    let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("bundle-tests")
+        .join(name);
     let _ = std::fs::remove_dir_all(&dst);
     std::fs::create_dir_all(&dst).expect("mkdir");
     for e in std::fs::read_dir(src).expect("read_dir") {
@@ -78,7 +86,10 @@ fn hash_mismatch_is_refused() {
     bytes[n - 10] ^= 0xff;
     std::fs::write(&p, bytes).expect("write");
     let e = load_err(&d);
-    assert!(e.contains("policy.onnx") && e.contains("sha256 mismatch"), "{e}");
+    assert!(
+        e.contains("policy.onnx") && e.contains("sha256 mismatch"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -96,7 +107,10 @@ fn truncated_model_is_refused() {
         format!("{}{}{}", &t[..start], actual, &t[start + 64..])
     });
     let e = load_err(&d);
-    assert!(e.contains("policy.onnx") && e.contains("tract cannot load"), "{e}");
+    assert!(
+        e.contains("policy.onnx") && e.contains("tract cannot load"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -104,7 +118,10 @@ fn missing_model_file_is_refused() {
     let d = copy_of("missing-file");
     std::fs::remove_file(d.join("policy.onnx")).expect("rm");
     let e = load_err(&d);
-    assert!(e.contains("policy.onnx") && e.contains("cannot read"), "{e}");
+    assert!(
+        e.contains("policy.onnx") && e.contains("cannot read"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -112,17 +129,36 @@ fn wrong_shapes_are_refused() {
     let d = copy_of("shape-image");
     edit_manifest(&d, |t| t.replacen("width = 224", "width = 160", 1));
     let e = load_err(&d);
-    assert!(e.contains("image.front") && e.contains("[1, 3, 224, 224]") && e.contains("[1, 3, 224, 160]"), "{e}");
+    assert!(
+        e.contains("image.front")
+            && e.contains("[1, 3, 224, 224]")
+            && e.contains("[1, 3, 224, 160]"),
+        "{e}"
+    );
 
     let d = copy_of("shape-horizon");
-    edit_manifest(&d, |t| t.replace("horizon = 8", "horizon = 10").replace("steps_per_inference = 2", "steps_per_inference = 1"));
+    edit_manifest(&d, |t| {
+        t.replace("horizon = 8", "horizon = 10")
+            .replace("steps_per_inference = 2", "steps_per_inference = 1")
+    });
     let e = load_err(&d);
-    assert!(e.contains("action") && e.contains("[1, 8, 6]") && e.contains("[1, 10, 6]"), "{e}");
+    assert!(
+        e.contains("action") && e.contains("[1, 8, 6]") && e.contains("[1, 10, 6]"),
+        "{e}"
+    );
 
     let d = copy_of("input-name");
-    edit_manifest(&d, |t| t.replace("onnx_input = \"image.wrist\"", "onnx_input = \"image.left\""));
+    edit_manifest(&d, |t| {
+        t.replace(
+            "onnx_input = \"image.wrist\"",
+            "onnx_input = \"image.left\"",
+        )
+    });
     let e = load_err(&d);
-    assert!(e.contains("image.left") && e.contains("not an input"), "{e}");
+    assert!(
+        e.contains("image.left") && e.contains("not an input"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -141,7 +177,9 @@ fn missing_field_is_refused() {
 #[test]
 fn unknown_field_is_refused() {
     let d = copy_of("unknown-field");
-    edit_manifest(&d, |t| t.replacen("rate_hz =", "rate_hertz = 3.0\nrate_hz =", 1));
+    edit_manifest(&d, |t| {
+        t.replacen("rate_hz =", "rate_hertz = 3.0\nrate_hz =", 1)
+    });
     let e = load_err(&d);
     assert!(e.contains("rate_hertz"), "{e}");
 }
@@ -149,9 +187,14 @@ fn unknown_field_is_refused() {
 #[test]
 fn unknown_version_is_refused() {
     let d = copy_of("version");
-    edit_manifest(&d, |t| t.replacen("format_version = 1", "format_version = 2", 1));
+    edit_manifest(&d, |t| {
+        t.replacen("format_version = 1", "format_version = 2", 1)
+    });
     let e = load_err(&d);
-    assert!(e.contains("unsupported bundle version 2") && e.contains(MANIFEST_FILE), "{e}");
+    assert!(
+        e.contains("unsupported bundle version 2") && e.contains(MANIFEST_FILE),
+        "{e}"
+    );
 }
 
 #[test]
@@ -165,7 +208,10 @@ fn nan_in_stats_is_refused() {
         format!("{}nan{}", &t[..std_at], &t[end..])
     });
     let e = load_err(&d);
-    assert!(e.contains("action.normalization.std[0]") && e.contains("NaN"), "{e}");
+    assert!(
+        e.contains("action.normalization.std[0]") && e.contains("NaN"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -177,7 +223,10 @@ fn bad_limits_are_refused() {
         format!("{}-1.0{}", &t[..at], &t[end..])
     });
     let e = load_err(&d);
-    assert!(e.contains("action.limits.max_rate[0]") && e.contains("shoulder_pan"), "{e}");
+    assert!(
+        e.contains("action.limits.max_rate[0]") && e.contains("shoulder_pan"),
+        "{e}"
+    );
 }
 
 proptest! {

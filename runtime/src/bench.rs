@@ -1,0 +1,507 @@
+//! `reflex bench`: will this bundle hold its control rate on this board?
+//!
+//! The network's time alone (what trtexec reports) does not answer that: frames must be captured,
+//! decoded and preprocessed, the chunk post-processed and the command written, and the loop must
+//! tick on time while inference runs. So the bench drives the real control loop (real backend,
+//! real preprocessing, inference on its worker thread) at the bundle's rate with the robot output
+//! replaced by a null sink, and times every stage.
+//!
+//! The verdict (see [`verdict`]) checks two budgets at p99, each shrunk by the safety margin:
+//! - the tick (everything the loop thread does per period) must fit in one control period;
+//! - frame-to-command latency (capture of an observation to the first command computed from it)
+//!   must fit in the re-planning interval, `steps_per_inference` periods: a slower network means
+//!   the plan runs dry and the robot holds (for single-action policies that interval is one
+//!   period).
+//!
+//! The JSON report's schema is `reflex-bench/1` (documented on [`BenchReport`]); fields are only
+//! ever added to it.
+
+use crate::timing::{Histogram, Stage, StageTimings};
+use reflex_board::BoardIdentity;
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "reflex-bench/1";
+
+/// Percentiles of one stage, milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StageStats {
+    pub stage: String,
+    pub n: u64,
+    pub min_ms: f64,
+    pub median_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    /// Histogram bins `[lower_ms, upper_ms, count]` (non-empty bins only), for plots.
+    pub bins: Vec<[f64; 3]>,
+}
+
+impl StageStats {
+    pub fn from_histogram(stage: &str, h: &Histogram) -> Option<StageStats> {
+        if h.count() == 0 {
+            return None;
+        }
+        let ms = |v: Option<u64>| v.unwrap_or(0) as f64 / 1e6;
+        Some(StageStats {
+            stage: stage.to_string(),
+            n: h.count(),
+            min_ms: ms(h.min()),
+            median_ms: ms(h.quantile(0.5)),
+            p90_ms: ms(h.quantile(0.9)),
+            p99_ms: ms(h.quantile(0.99)),
+            p999_ms: ms(h.quantile(0.999)),
+            max_ms: ms(h.max()),
+            bins: h
+                .bins()
+                .map(|(lo, hi, n)| [lo as f64 / 1e6, hi as f64 / 1e6, n as f64])
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub pass: bool,
+    /// One sentence a person can act on.
+    pub reason: String,
+    /// The stage with the largest p99 inside the failing budget (or the largest overall on PASS).
+    pub limiting_stage: Option<String>,
+}
+
+/// The `reflex-bench/1` report.
+///
+/// - `schema`: always `"reflex-bench/1"`;
+/// - `mode`: `"pipeline"` (whole loop) or `"model-only"` (network alone, fixed inputs);
+/// - `bundle`, `backend`, `backend_reason`: what ran;
+/// - `board`: the machine's identity;
+/// - `rate_hz`, `period_ms`, `steps_per_inference`, `margin`: the budget's inputs;
+/// - `tick_budget_ms`, `latency_budget_ms`: the two budgets after the margin;
+/// - `ticks`, `duration_s`, `throughput_hz` (ticks per second; inferences per second in model-only
+///   mode), `inferences_per_s`;
+/// - `peak_rss_kib`: the process's peak resident memory;
+/// - `stages`: [`StageStats`] per stage (`capture_wait`, `preprocess`, `inference`,
+///   `post_process`, `send`, `tick`, `period`, `end_to_end`);
+/// - `missed_deadlines`, `overruns`: counts from the loop;
+/// - `periods_ms`: the start-to-start interval of every timed tick, in order (timeline);
+/// - `verdict`: [`Verdict`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub schema: String,
+    pub mode: String,
+    pub bundle: String,
+    pub backend: String,
+    pub backend_reason: String,
+    pub board: BoardIdentitySer,
+    pub rate_hz: f64,
+    pub period_ms: f64,
+    pub steps_per_inference: u64,
+    pub margin: f64,
+    pub tick_budget_ms: f64,
+    pub latency_budget_ms: f64,
+    pub ticks: u64,
+    pub duration_s: f64,
+    pub throughput_hz: f64,
+    pub inferences_per_s: f64,
+    pub peak_rss_kib: Option<u64>,
+    pub stages: Vec<StageStats>,
+    pub missed_deadlines: u64,
+    pub overruns: u64,
+    pub periods_ms: Vec<f64>,
+    pub verdict: Verdict,
+}
+
+/// The board identity as stored in the report (a plain copy, deserializable).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BoardIdentitySer {
+    pub cpu_model: String,
+    pub cores: usize,
+    pub governor: Option<String>,
+    pub kernel: Option<String>,
+    pub board_model: Option<String>,
+    pub l4t_release: Option<String>,
+    pub power_mode: Option<String>,
+    pub tensorrt: Option<String>,
+}
+
+impl From<BoardIdentity> for BoardIdentitySer {
+    fn from(b: BoardIdentity) -> Self {
+        BoardIdentitySer {
+            cpu_model: b.cpu_model,
+            cores: b.cores,
+            governor: b.governor,
+            kernel: b.kernel,
+            board_model: b.board_model,
+            l4t_release: b.l4t_release,
+            power_mode: b.power_mode,
+            tensorrt: b.tensorrt,
+        }
+    }
+}
+
+/// Stages that make up frame-to-command latency, in pipeline order.
+const LATENCY_STAGES: [&str; 5] = [
+    "capture_wait",
+    "preprocess",
+    "inference",
+    "post_process",
+    "send",
+];
+/// Stages done on the loop thread every tick.
+const TICK_STAGES: [&str; 4] = ["capture_wait", "preprocess", "post_process", "send"];
+
+fn p99(stages: &[StageStats], name: &str) -> Option<f64> {
+    stages.iter().find(|s| s.stage == name).map(|s| s.p99_ms)
+}
+
+fn largest(stages: &[StageStats], among: &[&str]) -> Option<String> {
+    among
+        .iter()
+        .filter_map(|n| p99(stages, n).map(|v| (v, *n)))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, n)| n.to_string())
+}
+
+/// PASS when the p99 tick fits `period * (1 - margin)` and the p99 frame-to-command latency fits
+/// `steps_per_inference * period * (1 - margin)`; else FAIL naming the stage that eats the budget.
+/// In model-only mode only the inference p99 is checked against the latency budget.
+pub fn verdict(
+    stages: &[StageStats],
+    period_ms: f64,
+    steps_per_inference: u64,
+    margin: f64,
+    model_only: bool,
+) -> Verdict {
+    let tick_budget = period_ms * (1.0 - margin);
+    let latency_budget = period_ms * steps_per_inference as f64 * (1.0 - margin);
+    let latency_stage = if model_only {
+        "inference"
+    } else {
+        "end_to_end"
+    };
+    let Some(lat) = p99(stages, latency_stage) else {
+        return Verdict {
+            pass: false,
+            reason: format!("no {latency_stage} samples: the policy never produced a command"),
+            limiting_stage: None,
+        };
+    };
+    if lat > latency_budget {
+        let stage = if model_only {
+            Some("inference".to_string())
+        } else {
+            largest(stages, &LATENCY_STAGES)
+        };
+        return Verdict {
+            pass: false,
+            reason: format!(
+                "p99 {latency_stage} {lat:.2} ms exceeds the {latency_budget:.2} ms budget \
+                 ({steps_per_inference} period(s) of {period_ms:.2} ms less {:.0}% margin); {} takes the most",
+                margin * 100.0,
+                stage.as_deref().unwrap_or("?")
+            ),
+            limiting_stage: stage,
+        };
+    }
+    if !model_only {
+        if let Some(tick) = p99(stages, "tick") {
+            if tick > tick_budget {
+                let stage = largest(stages, &TICK_STAGES);
+                return Verdict {
+                    pass: false,
+                    reason: format!(
+                        "p99 tick {tick:.2} ms exceeds the {tick_budget:.2} ms budget (one period less {:.0}% margin); {} takes the most",
+                        margin * 100.0,
+                        stage.as_deref().unwrap_or("?")
+                    ),
+                    limiting_stage: stage,
+                };
+            }
+        }
+    }
+    Verdict {
+        pass: true,
+        reason: format!(
+            "p99 {latency_stage} {lat:.2} ms within {latency_budget:.2} ms{}",
+            if model_only {
+                String::new()
+            } else {
+                format!(
+                    ", p99 tick {:.2} ms within {tick_budget:.2} ms",
+                    p99(stages, "tick").unwrap_or(0.0)
+                )
+            }
+        ),
+        limiting_stage: largest(stages, &LATENCY_STAGES),
+    }
+}
+
+pub fn stage_stats(t: &StageTimings) -> Vec<StageStats> {
+    Stage::ALL
+        .iter()
+        .filter_map(|s| StageStats::from_histogram(s.name(), t.get(*s)))
+        .collect()
+}
+
+/// Peak resident set size of this process (VmHWM), KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+impl BenchReport {
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "reflex bench ({}) - {} on {} via {}\nboard: {} {}\n",
+            self.mode,
+            self.bundle,
+            self.board.cpu_model,
+            self.backend,
+            self.board.cores,
+            self.board
+                .governor
+                .as_deref()
+                .map(|g| format!("cores, governor {g}"))
+                .unwrap_or_else(|| "cores".into())
+        );
+        s += &format!(
+            "rate {:.1} Hz (period {:.2} ms), {} ticks in {:.1} s, {:.1} ticks/s, {:.1} inferences/s, peak RSS {}\n\n",
+            self.rate_hz,
+            self.period_ms,
+            self.ticks,
+            self.duration_s,
+            self.throughput_hz,
+            self.inferences_per_s,
+            self.peak_rss_kib.map(|k| format!("{:.0} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "?".into())
+        );
+        s += &format!(
+            "{:<13} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "stage (ms)", "n", "min", "median", "p90", "p99", "p99.9", "max"
+        );
+        for st in &self.stages {
+            s += &format!(
+                "{:<13} {:>7} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}\n",
+                st.stage,
+                st.n,
+                st.min_ms,
+                st.median_ms,
+                st.p90_ms,
+                st.p99_ms,
+                st.p999_ms,
+                st.max_ms
+            );
+        }
+        s += &format!(
+            "\nmissed deadlines: {}, inference overruns: {}\nbudgets: tick {:.2} ms, frame-to-command {:.2} ms (margin {:.0}%)\n",
+            self.missed_deadlines,
+            self.overruns,
+            self.tick_budget_ms,
+            self.latency_budget_ms,
+            self.margin * 100.0
+        );
+        s += &format!(
+            "VERDICT: {} - {}\n",
+            if self.verdict.pass { "PASS" } else { "FAIL" },
+            self.verdict.reason
+        );
+        s
+    }
+
+    /// An SVG with one latency histogram per stage and the timeline of tick periods.
+    pub fn svg(&self) -> String {
+        let w = 900.0;
+        let panel_h = 120.0;
+        let stages: Vec<&StageStats> = self.stages.iter().filter(|s| s.stage != "period").collect();
+        let h = 60.0 + (stages.len() as f64 + 1.0) * (panel_h + 40.0);
+        let mut s = format!(
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+             <text x=\"20\" y=\"30\" font-size=\"16\">reflex bench: {} ({}) - {}</text>\n",
+            xml(&self.bundle),
+            xml(&self.backend),
+            if self.verdict.pass { "PASS" } else { "FAIL" }
+        );
+        let (x0, pw) = (70.0, w - 100.0);
+        for (i, st) in stages.iter().enumerate() {
+            let y0 = 60.0 + i as f64 * (panel_h + 40.0);
+            s += &format!(
+                "<text x=\"{x0}\" y=\"{}\">{} (ms): median {:.3}, p99 {:.3}, max {:.3}</text>\n",
+                y0 + 12.0,
+                xml(&st.stage),
+                st.median_ms,
+                st.p99_ms,
+                st.max_ms
+            );
+            let lo = st.bins.first().map_or(0.0, |b| b[0]);
+            let hi = st.bins.last().map_or(1.0, |b| b[1]).max(lo + 1e-6);
+            let maxc = st.bins.iter().map(|b| b[2]).fold(1.0, f64::max);
+            let top = y0 + 20.0;
+            let base = top + panel_h - 20.0;
+            s += &format!(
+                "<line x1=\"{x0}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"black\"/>\n",
+                x0 + pw
+            );
+            for b in &st.bins {
+                let bx = x0 + (b[0] - lo) / (hi - lo) * pw;
+                let bw = ((b[1] - b[0]) / (hi - lo) * pw).max(1.0);
+                let bh = b[2] / maxc * (panel_h - 25.0);
+                s += &format!(
+                    "<rect x=\"{bx:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{bh:.1}\" fill=\"steelblue\"/>\n",
+                    base - bh
+                );
+            }
+            s += &format!(
+                "<text x=\"{x0}\" y=\"{}\">{lo:.3}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{hi:.3}</text>\n",
+                base + 14.0,
+                x0 + pw,
+                base + 14.0
+            );
+        }
+        // Timeline of tick periods.
+        let y0 = 60.0 + stages.len() as f64 * (panel_h + 40.0);
+        s += &format!(
+            "<text x=\"{x0}\" y=\"{}\">tick period (ms) per tick; dashed: nominal {:.2} ms</text>\n",
+            y0 + 12.0,
+            self.period_ms
+        );
+        let top = y0 + 20.0;
+        let base = top + panel_h - 20.0;
+        let maxp = self
+            .periods_ms
+            .iter()
+            .copied()
+            .fold(self.period_ms * 1.5, f64::max);
+        let n = self.periods_ms.len().max(2) as f64;
+        let mut pts = String::new();
+        for (i, p) in self.periods_ms.iter().enumerate() {
+            let x = x0 + i as f64 / (n - 1.0) * pw;
+            let y = base - p / maxp * (panel_h - 25.0);
+            pts += &format!("{x:.1},{y:.1} ");
+        }
+        let ny = base - self.period_ms / maxp * (panel_h - 25.0);
+        s += &format!(
+            "<line x1=\"{x0}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"black\"/>\n\
+             <line x1=\"{x0}\" y1=\"{ny:.1}\" x2=\"{}\" y2=\"{ny:.1}\" stroke=\"gray\" stroke-dasharray=\"4 4\"/>\n\
+             <polyline points=\"{}\" fill=\"none\" stroke=\"darkorange\"/>\n</svg>\n",
+            x0 + pw,
+            x0 + pw,
+            pts.trim_end()
+        );
+        s
+    }
+}
+
+fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Two reports side by side: median and p99 per stage with the ratio b/a.
+pub fn compare(a: &BenchReport, b: &BenchReport) -> String {
+    let mut s = format!(
+        "A: {} ({}, {})\nB: {} ({}, {})\n\n{:<13} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}\n",
+        a.bundle,
+        a.backend,
+        a.mode,
+        b.bundle,
+        b.backend,
+        b.mode,
+        "stage (ms)",
+        "A median",
+        "B median",
+        "B/A",
+        "A p99",
+        "B p99",
+        "B/A"
+    );
+    for sa in &a.stages {
+        if let Some(sb) = b.stages.iter().find(|x| x.stage == sa.stage) {
+            let r = |x: f64, y: f64| {
+                if x > 0.0 {
+                    format!("{:.2}", y / x)
+                } else {
+                    "-".into()
+                }
+            };
+            s += &format!(
+                "{:<13} {:>10.3} {:>10.3} {:>8} {:>10.3} {:>10.3} {:>8}\n",
+                sa.stage,
+                sa.median_ms,
+                sb.median_ms,
+                r(sa.median_ms, sb.median_ms),
+                sa.p99_ms,
+                sb.p99_ms,
+                r(sa.p99_ms, sb.p99_ms)
+            );
+        }
+    }
+    s += &format!(
+        "\nverdict: A {} / B {}\n",
+        if a.verdict.pass { "PASS" } else { "FAIL" },
+        if b.verdict.pass { "PASS" } else { "FAIL" }
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(name: &str, p99: f64) -> StageStats {
+        StageStats {
+            stage: name.into(),
+            n: 100,
+            min_ms: p99 / 2.0,
+            median_ms: p99 * 0.8,
+            p90_ms: p99 * 0.9,
+            p99_ms: p99,
+            p999_ms: p99,
+            max_ms: p99,
+            bins: vec![],
+        }
+    }
+
+    #[test]
+    fn verdict_pass_and_fail() {
+        // 20 Hz, re-plan every 4 steps: latency budget 200 ms * 0.8 = 160 ms, tick budget 40 ms.
+        let ok = vec![
+            stage("capture_wait", 0.1),
+            stage("preprocess", 0.6),
+            stage("inference", 80.0),
+            stage("post_process", 0.05),
+            stage("send", 0.02),
+            stage("tick", 1.0),
+            stage("end_to_end", 85.0),
+        ];
+        let v = verdict(&ok, 50.0, 4, 0.2, false);
+        assert!(v.pass, "{v:?}");
+        assert_eq!(v.limiting_stage.as_deref(), Some("inference"));
+
+        let mut slow = ok.clone();
+        slow[2] = stage("inference", 190.0);
+        slow[6] = stage("end_to_end", 195.0);
+        let v = verdict(&slow, 50.0, 4, 0.2, false);
+        assert!(!v.pass);
+        assert_eq!(v.limiting_stage.as_deref(), Some("inference"));
+        assert!(v.reason.contains("160.00 ms budget"), "{}", v.reason);
+
+        let mut slow_tick = ok.clone();
+        slow_tick[1] = stage("preprocess", 45.0);
+        slow_tick[5] = stage("tick", 46.0);
+        let v = verdict(&slow_tick, 50.0, 4, 0.2, false);
+        assert!(!v.pass);
+        assert_eq!(v.limiting_stage.as_deref(), Some("preprocess"));
+
+        // Model-only: inference alone against the latency budget.
+        assert!(verdict(&[stage("inference", 150.0)], 50.0, 4, 0.2, true).pass);
+        assert!(!verdict(&[stage("inference", 170.0)], 50.0, 4, 0.2, true).pass);
+        // No samples at all: FAIL.
+        assert!(!verdict(&[], 50.0, 4, 0.2, false).pass);
+    }
+}

@@ -1,0 +1,960 @@
+//! CAN frames, reflex's default per-joint command encoding, and candump logs.
+//!
+//! # Wire contract: the per-joint encoding (`[can] protocol = "per-joint"`)
+//!
+//! Each [`SafeCommand`] becomes one classic CAN frame per action dimension `i`, sent in dimension
+//! order:
+//!
+//! | field    | value                                                                  |
+//! |----------|------------------------------------------------------------------------|
+//! | ID       | `base_id + i`; a standard (11-bit) ID if `<= 0x7FF`, else extended     |
+//! | DLC      | 8                                                                      |
+//! | data 0-3 | the value, IEEE-754 `f32` little-endian, in the action's unit           |
+//! | data 4   | flags: bit 0 = stop (the robot must stop); bits 1-7 are 0 (reserved)   |
+//! | data 5   | tick counter: the command's tick modulo 256 (lets a receiver see gaps)  |
+//! | data 6-7 | 0 (reserved)                                                           |
+//!
+//! It is deliberately simple so that a motor controller, a bridge or a bench script can implement
+//! it in a few lines; robots with their own protocol get their own encoder next to this one. The
+//! decoder is strict (reserved bits must be 0) so that a future version of the contract is never
+//! half-understood.
+//!
+//! # candump logs
+//!
+//! The [`CandumpSink`] writes what would go on the bus in the `candump -l` format of can-utils,
+//! `(1700000000.123456) can0 123#DEADBEEF`, so a dry run can be inspected, diffed and replayed on
+//! a real bus with `canplayer`. Lines are formatted into a stack buffer: logging a command does
+//! not allocate. The parser never panics, whatever the input, and reports CAN FD lines as
+//! unsupported rather than misreading them.
+//!
+//! [`CanFrame`] is classic CAN (at most 8 data bytes). Its fields are private so the
+//! representation can grow: CAN FD (64 bytes) will be a sibling type rather than a wider array
+//! here, so classic frames stay small on the hot path.
+
+use crate::io::{CommandSink, FaultKind, SinkError};
+use crate::safety::{SafeCommand, MAX_DIM};
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// Highest standard (11-bit) CAN ID.
+pub const MAX_STANDARD_ID: u32 = 0x7FF;
+/// Highest extended (29-bit) CAN ID.
+pub const MAX_EXTENDED_ID: u32 = 0x1FFF_FFFF;
+/// Most data bytes in a classic CAN frame.
+pub const MAX_CLASSIC_LEN: usize = 8;
+
+/// Why a frame cannot be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("CAN ID {id:#X} is out of range for {} frame (max {max:#X})", if *.extended { "an extended" } else { "a standard" })]
+    IdOutOfRange { id: u32, extended: bool, max: u32 },
+    #[error("{len} data bytes exceed the classic CAN maximum of 8")]
+    TooLong { len: usize },
+}
+
+/// A classic CAN frame (data or remote), validated on construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CanFrame {
+    id: u32,
+    extended: bool,
+    remote: bool,
+    len: u8,
+    data: [u8; MAX_CLASSIC_LEN],
+}
+
+impl CanFrame {
+    /// A data frame. `id` must fit the ID format (`<= 0x7FF` standard, `<= 0x1FFF_FFFF`
+    /// extended), `data` at most 8 bytes.
+    pub fn new(id: u32, extended: bool, data: &[u8]) -> Result<Self, FrameError> {
+        check_id(id, extended)?;
+        if data.len() > MAX_CLASSIC_LEN {
+            return Err(FrameError::TooLong { len: data.len() });
+        }
+        let mut buf = [0u8; MAX_CLASSIC_LEN];
+        buf[..data.len()].copy_from_slice(data);
+        Ok(Self {
+            id,
+            extended,
+            remote: false,
+            len: data.len() as u8,
+            data: buf,
+        })
+    }
+
+    /// A remote (RTR) frame requesting `dlc` bytes.
+    pub fn new_remote(id: u32, extended: bool, dlc: u8) -> Result<Self, FrameError> {
+        check_id(id, extended)?;
+        if usize::from(dlc) > MAX_CLASSIC_LEN {
+            return Err(FrameError::TooLong {
+                len: usize::from(dlc),
+            });
+        }
+        Ok(Self {
+            id,
+            extended,
+            remote: true,
+            len: dlc,
+            data: [0; MAX_CLASSIC_LEN],
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn is_extended(&self) -> bool {
+        self.extended
+    }
+
+    pub fn is_remote(&self) -> bool {
+        self.remote
+    }
+
+    /// The data length code: number of data bytes, or bytes requested for a remote frame.
+    pub fn dlc(&self) -> u8 {
+        self.len
+    }
+
+    /// The data bytes (empty for a remote frame).
+    pub fn data(&self) -> &[u8] {
+        if self.remote {
+            &[]
+        } else {
+            &self.data[..usize::from(self.len)]
+        }
+    }
+}
+
+fn check_id(id: u32, extended: bool) -> Result<(), FrameError> {
+    let max = if extended {
+        MAX_EXTENDED_ID
+    } else {
+        MAX_STANDARD_ID
+    };
+    if id > max {
+        return Err(FrameError::IdOutOfRange { id, extended, max });
+    }
+    Ok(())
+}
+
+/// Per-joint flags byte, bit 0: stop.
+const FLAG_STOP: u8 = 0x01;
+
+/// The ID and ID format of joint `index` in the per-joint encoding.
+pub fn per_joint_id(base_id: u32, index: usize) -> Result<(u32, bool), FrameError> {
+    let id = u32::try_from(index)
+        .ok()
+        .and_then(|i| base_id.checked_add(i))
+        .ok_or(FrameError::IdOutOfRange {
+            id: u32::MAX,
+            extended: true,
+            max: MAX_EXTENDED_ID,
+        })?;
+    let extended = id > MAX_STANDARD_ID;
+    check_id(id, extended)?;
+    Ok((id, extended))
+}
+
+/// Encodes `cmd` in the per-joint encoding (module documentation) into `out`, replacing its
+/// contents. Fails only when `base_id + i` leaves the 29-bit ID range; callers check that once at
+/// start with [`per_joint_id`] for the last joint.
+pub fn encode_per_joint(
+    cmd: &SafeCommand,
+    base_id: u32,
+    out: &mut heapless::Vec<CanFrame, MAX_DIM>,
+) -> Result<(), FrameError> {
+    out.clear();
+    let flags = if cmd.is_stop() { FLAG_STOP } else { 0 };
+    let tick = cmd.tick() as u8;
+    for (i, value) in cmd.values().iter().enumerate() {
+        let (id, extended) = per_joint_id(base_id, i)?;
+        let v = value.to_le_bytes();
+        let data = [v[0], v[1], v[2], v[3], flags, tick, 0, 0];
+        // A SafeCommand has at most MAX_DIM values, the capacity of `out`.
+        let _ = out.push(CanFrame::new(id, extended, &data)?);
+    }
+    Ok(())
+}
+
+/// Decodes one per-joint frame for a command of `dims` dimensions starting at `base_id`:
+/// `(joint index, value, stop, tick counter)`, or `None` when the frame is not one of them
+/// (other ID, wrong ID format, remote, not 8 bytes, reserved bits set).
+pub fn decode_per_joint(
+    frame: &CanFrame,
+    base_id: u32,
+    dims: usize,
+) -> Option<(usize, f32, bool, u8)> {
+    let index = usize::try_from(frame.id().checked_sub(base_id)?).ok()?;
+    if index >= dims || frame.is_remote() || frame.is_extended() != (frame.id() > MAX_STANDARD_ID) {
+        return None;
+    }
+    let d: &[u8; 8] = frame.data().try_into().ok()?;
+    if d[4] & !FLAG_STOP != 0 || d[6] != 0 || d[7] != 0 {
+        return None;
+    }
+    let value = f32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+    Some((index, value, d[4] & FLAG_STOP != 0, d[5]))
+}
+
+/// Errors of the candump formatter, parser and log reader.
+#[derive(Debug, thiserror::Error)]
+pub enum CandumpError {
+    #[error("malformed candump line: {0}")]
+    Syntax(&'static str),
+    #[error("{0} not supported yet")]
+    Unsupported(&'static str),
+    #[error("candump line: {0}")]
+    Frame(#[from] FrameError),
+    #[error("interface name must be non-empty printable ASCII without spaces")]
+    Interface,
+    #[error("candump line needs {needed} bytes, the buffer has {available}")]
+    BufferTooSmall { needed: usize, available: usize },
+    #[error("candump log `{}`: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("candump log `{}` line {line}: {source}", path.display())]
+    AtLine {
+        path: PathBuf,
+        line: usize,
+        source: Box<CandumpError>,
+    },
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// Writes bytes into a caller's buffer, counting what would not fit.
+struct Out<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl Out<'_> {
+    fn put(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+        }
+        self.len += 1;
+    }
+
+    fn put_all(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.put(b);
+        }
+    }
+
+    fn hex(&mut self, value: u32, digits: u32) {
+        for k in (0..digits).rev() {
+            self.put(HEX[((value >> (4 * k)) & 0xF) as usize]);
+        }
+    }
+
+    /// Decimal, zero-padded to at least `width` digits.
+    fn decimal(&mut self, mut value: u64, width: usize) {
+        let mut digits = [b'0'; 20];
+        let mut n = 0;
+        while value > 0 || n == 0 {
+            digits[n] = b'0' + (value % 10) as u8;
+            value /= 10;
+            n += 1;
+        }
+        for _ in n..width {
+            self.put(b'0');
+        }
+        for &d in digits[..n].iter().rev() {
+            self.put(d);
+        }
+    }
+}
+
+/// Formats one `candump -l` line, without the newline, into `out`; returns its length.
+///
+/// Byte for byte what can-utils writes: `(%010u.%06u) iface ID#DATA`, ID as 3 upper-case hex
+/// digits (standard) or 8 (extended), data as upper-case hex pairs without separators, a remote
+/// frame as `ID#R` (`ID#R<dlc>` when its DLC is not 0). The interface name must be printable
+/// ASCII without spaces, else the line would not parse back.
+pub fn format_candump_line(
+    timestamp_us: u64,
+    iface: &str,
+    frame: &CanFrame,
+    out: &mut [u8],
+) -> Result<usize, CandumpError> {
+    if iface.is_empty() || !iface.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(CandumpError::Interface);
+    }
+    let available = out.len();
+    let mut w = Out { buf: out, len: 0 };
+    w.put(b'(');
+    w.decimal(timestamp_us / 1_000_000, 10);
+    w.put(b'.');
+    w.decimal(timestamp_us % 1_000_000, 6);
+    w.put_all(b") ");
+    w.put_all(iface.as_bytes());
+    w.put(b' ');
+    if frame.is_extended() {
+        w.hex(frame.id(), 8);
+    } else {
+        w.hex(frame.id(), 3);
+    }
+    w.put(b'#');
+    if frame.is_remote() {
+        w.put(b'R');
+        if frame.dlc() > 0 {
+            w.put(b'0' + frame.dlc());
+        }
+    } else {
+        for &b in frame.data() {
+            w.hex(u32::from(b), 2);
+        }
+    }
+    if w.len > available {
+        return Err(CandumpError::BufferTooSmall {
+            needed: w.len,
+            available,
+        });
+    }
+    Ok(w.len)
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+fn parse_timestamp(field: &str) -> Result<u64, CandumpError> {
+    let inner = field
+        .strip_prefix('(')
+        .and_then(|f| f.strip_suffix(')'))
+        .ok_or(CandumpError::Syntax("timestamp must be `(seconds.micros)`"))?;
+    let (secs, micros) = inner
+        .split_once('.')
+        .ok_or(CandumpError::Syntax("timestamp must be `(seconds.micros)`"))?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(secs) || secs.len() > 20 {
+        return Err(CandumpError::Syntax(
+            "timestamp seconds must be decimal digits",
+        ));
+    }
+    if !digits(micros) || micros.len() != 6 {
+        return Err(CandumpError::Syntax(
+            "timestamp must have exactly 6 digits after the `.`",
+        ));
+    }
+    let overflow = CandumpError::Syntax("timestamp out of range");
+    let secs: u64 = secs
+        .parse()
+        .map_err(|_| CandumpError::Syntax("timestamp out of range"))?;
+    let micros: u64 = micros
+        .parse()
+        .map_err(|_| CandumpError::Syntax("timestamp out of range"))?;
+    secs.checked_mul(1_000_000)
+        .and_then(|us| us.checked_add(micros))
+        .ok_or(overflow)
+}
+
+fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
+    let b = field.as_bytes();
+    let hash = b
+        .iter()
+        .position(|&c| c == b'#')
+        .ok_or(CandumpError::Syntax("frame must be `ID#DATA`"))?;
+    let rest = &b[hash + 1..];
+    if rest.starts_with(b"##") {
+        return Err(CandumpError::Unsupported("CAN XL"));
+    }
+    if rest.starts_with(b"#") {
+        return Err(CandumpError::Unsupported("CAN FD"));
+    }
+    let extended = match hash {
+        3 => false,
+        8 => true,
+        _ => {
+            return Err(CandumpError::Syntax(
+                "CAN ID must be 3 hex digits (standard) or 8 (extended)",
+            ))
+        }
+    };
+    let mut id = 0u32;
+    for &c in &b[..hash] {
+        let n = nibble(c).ok_or(CandumpError::Syntax("CAN ID must be hexadecimal"))?;
+        id = (id << 4) | u32::from(n);
+    }
+    if extended && id & 0x2000_0000 != 0 {
+        return Err(CandumpError::Unsupported("CAN error frames"));
+    }
+    match rest {
+        [b'R' | b'r'] => return Ok(CanFrame::new_remote(id, extended, 0)?),
+        [b'R' | b'r', d] => {
+            return match nibble(*d) {
+                Some(dlc) if dlc <= 8 => Ok(CanFrame::new_remote(id, extended, dlc)?),
+                _ => Err(CandumpError::Syntax("remote frame DLC must be 0 to 8")),
+            }
+        }
+        [b'R' | b'r', _, b'_', ..] => {
+            return Err(CandumpError::Unsupported("raw DLC (`_` suffix)"))
+        }
+        [b'R' | b'r', ..] => return Err(CandumpError::Syntax("remote frame DLC must be 0 to 8")),
+        _ => {}
+    }
+    let mut data = [0u8; MAX_CLASSIC_LEN];
+    let mut len = 0;
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'.' => {
+                i += 1;
+                continue;
+            }
+            b'_' => return Err(CandumpError::Unsupported("raw DLC (`_` suffix)")),
+            _ => {}
+        }
+        let (Some(hi), Some(lo)) = (nibble(rest[i]), rest.get(i + 1).copied().and_then(nibble))
+        else {
+            return Err(CandumpError::Syntax("data must be pairs of hex digits"));
+        };
+        if len == MAX_CLASSIC_LEN {
+            return Err(CandumpError::Frame(FrameError::TooLong { len: len + 1 }));
+        }
+        data[len] = (hi << 4) | lo;
+        len += 1;
+        i += 2;
+    }
+    Ok(CanFrame::new(id, extended, &data[..len])?)
+}
+
+/// Parses one `candump -l` line: `(timestamp in µs, interface, frame)`. Accepts what can-utils
+/// writes and reads: padded interface names, lower-case hex, `.` between data bytes, a trailing
+/// `T`/`R` direction mark (`candump -x`), a trailing newline. Never panics.
+pub fn parse_candump_line(line: &str) -> Result<(u64, &str, CanFrame), CandumpError> {
+    let mut fields = line.split_ascii_whitespace();
+    let ts = fields.next().ok_or(CandumpError::Syntax("empty line"))?;
+    let iface = fields
+        .next()
+        .ok_or(CandumpError::Syntax("missing interface name"))?;
+    if !iface.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(CandumpError::Interface);
+    }
+    let frame = fields.next().ok_or(CandumpError::Syntax("missing frame"))?;
+    match (fields.next(), fields.next()) {
+        (None, _) | (Some("T" | "R"), None) => {}
+        _ => return Err(CandumpError::Syntax("unexpected text after the frame")),
+    }
+    let ts = parse_timestamp(ts)?;
+    let frame = parse_frame(frame)?;
+    Ok((ts, iface, frame))
+}
+
+/// Reads a whole candump log (for tests and tools; allocates). Blank lines are skipped; errors
+/// name the file and the 1-based line.
+pub fn read_candump_log(path: &Path) -> Result<Vec<(u64, String, CanFrame)>, CandumpError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CandumpError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut frames = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (ts, iface, frame) = parse_candump_line(line).map_err(|e| CandumpError::AtLine {
+            path: path.to_owned(),
+            line: n + 1,
+            source: Box::new(e),
+        })?;
+        frames.push((ts, iface.to_owned(), frame));
+    }
+    Ok(frames)
+}
+
+/// Longest interface name a [`CandumpSink`] accepts (Linux allows 15; the rest is margin for
+/// names of other tools).
+const MAX_IFACE_LEN: usize = 64;
+/// Stack buffer per line: 56 bytes of timestamp, ID and data, the name, the newline.
+const LINE_BUF: usize = 128;
+
+/// A [`CommandSink`] that writes the per-joint frames of each command to a `candump -l` log
+/// instead of a bus: dry runs, replays with `canplayer`, and golden tests.
+///
+/// The log's timestamps are wall-clock time, as candump's are, but `send` gets the loop's
+/// monotonic time; the sink adds `epoch_offset_ns`, the UNIX time of the monotonic clock's zero
+/// (measured once at start by the caller, e.g. `SystemTime::now() - monotonic now`), and
+/// truncates to microseconds. A fixed offset keeps the log's timing exactly the loop's timing,
+/// immune to wall-clock steps during the run.
+pub struct CandumpSink {
+    writer: BufWriter<File>,
+    path: PathBuf,
+    name: String,
+    iface: String,
+    base_id: u32,
+    epoch_offset_ns: u64,
+    frames: heapless::Vec<CanFrame, MAX_DIM>,
+}
+
+impl CandumpSink {
+    /// Creates (truncates) the log at `path`; frames are logged as sent on `iface`.
+    pub fn new(
+        path: &Path,
+        iface: &str,
+        base_id: u32,
+        epoch_offset_ns: u64,
+    ) -> Result<Self, SinkError> {
+        let name = format!("candump:{}", path.display());
+        if iface.is_empty()
+            || iface.len() > MAX_IFACE_LEN
+            || !iface.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(SinkError {
+                sink: name,
+                kind: FaultKind::Fatal,
+                message: format!(
+                    "interface name `{iface}` must be 1 to {MAX_IFACE_LEN} printable ASCII \
+                     characters without spaces"
+                ),
+            });
+        }
+        let file = File::create(path).map_err(|e| SinkError {
+            sink: name.clone(),
+            kind: FaultKind::Fatal,
+            message: format!("cannot create `{}`: {e}", path.display()),
+        })?;
+        Ok(Self {
+            writer: BufWriter::new(file),
+            path: path.to_owned(),
+            name,
+            iface: iface.to_owned(),
+            base_id,
+            epoch_offset_ns,
+            frames: heapless::Vec::new(),
+        })
+    }
+
+    fn io_error(&self, e: &std::io::Error) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            kind: FaultKind::Degraded,
+            message: format!("cannot write `{}`: {e}", self.path.display()),
+        }
+    }
+}
+
+impl CommandSink for CandumpSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&mut self, cmd: &SafeCommand, now_ns: u64) -> Result<(), SinkError> {
+        encode_per_joint(cmd, self.base_id, &mut self.frames).map_err(|e| SinkError {
+            sink: self.name.clone(),
+            kind: FaultKind::Fatal,
+            message: format!("per-joint encoding with base ID {:#X}: {e}", self.base_id),
+        })?;
+        let timestamp_us = now_ns.saturating_add(self.epoch_offset_ns) / 1_000;
+        let mut line = [0u8; LINE_BUF];
+        for frame in &self.frames {
+            // The interface name was checked in `new` and the buffer fits the longest line.
+            let len =
+                format_candump_line(timestamp_us, &self.iface, frame, &mut line[..LINE_BUF - 1])
+                    .map_err(|e| SinkError {
+                        sink: self.name.clone(),
+                        kind: FaultKind::Fatal,
+                        message: e.to_string(),
+                    })?;
+            line[len] = b'\n';
+            if let Err(e) = self.writer.write_all(&line[..=len]) {
+                return Err(self.io_error(&e));
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), SinkError> {
+        match self.writer.flush() {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.io_error(&e)),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::safety::SafetyFilter;
+    use proptest::prelude::*;
+    use reflex_models::manifest::{ActionOutput, ActionSpec, Normalization};
+
+    fn unlimited(dims: usize) -> SafetyFilter {
+        let spec = ActionSpec {
+            onnx_output: "action".into(),
+            names: (0..dims).map(|i| format!("j{i}")).collect(),
+            units: vec!["rad".into(); dims],
+            output: ActionOutput::Single,
+            normalization: Normalization::Identity,
+            limits: None,
+        };
+        SafetyFilter::new(&spec, 10.0, true).unwrap()
+    }
+
+    fn line(ts: u64, iface: &str, frame: &CanFrame) -> String {
+        let mut buf = [0u8; 128];
+        let n = format_candump_line(ts, iface, frame, &mut buf).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn frame_constructor_checks_ranges() {
+        assert!(CanFrame::new(0x7FF, false, &[]).is_ok());
+        assert_eq!(
+            CanFrame::new(0x800, false, &[]).unwrap_err(),
+            FrameError::IdOutOfRange {
+                id: 0x800,
+                extended: false,
+                max: 0x7FF
+            }
+        );
+        assert!(CanFrame::new(0x1FFF_FFFF, true, &[0; 8]).is_ok());
+        assert!(CanFrame::new(0x2000_0000, true, &[]).is_err());
+        assert_eq!(
+            CanFrame::new(1, false, &[0; 9]).unwrap_err(),
+            FrameError::TooLong { len: 9 }
+        );
+        assert!(CanFrame::new_remote(1, false, 9).is_err());
+        let f = CanFrame::new(0x123, false, &[1, 2, 3]).unwrap();
+        assert_eq!((f.id(), f.dlc(), f.data()), (0x123, 3, &[1u8, 2, 3][..]));
+        let r = CanFrame::new_remote(0x123, false, 4).unwrap();
+        assert_eq!((r.is_remote(), r.dlc(), r.data()), (true, 4, &[][..]));
+    }
+
+    #[test]
+    fn per_joint_golden_bytes() {
+        let mut f = unlimited(2);
+        let cmd = f.filter(&[1.0, -2.5], 0x1234).command;
+        let mut frames = heapless::Vec::new();
+        encode_per_joint(&cmd, 0x100, &mut frames).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert_eq!((frames[0].id(), frames[0].is_extended()), (0x100, false));
+        // 1.0f32 = 0x3F800000, tick 0x1234 -> 0x34.
+        assert_eq!(
+            frames[0].data(),
+            &[0x00, 0x00, 0x80, 0x3F, 0x00, 0x34, 0x00, 0x00]
+        );
+        // -2.5f32 = 0xC0200000.
+        assert_eq!(frames[1].id(), 0x101);
+        assert_eq!(
+            frames[1].data(),
+            &[0x00, 0x00, 0x20, 0xC0, 0x00, 0x34, 0x00, 0x00]
+        );
+        assert_eq!(
+            line(0, "can0", &frames[1]),
+            "(0000000000.000000) can0 101#000020C000340000"
+        );
+
+        let stop = f.stop(0x1FF);
+        encode_per_joint(&stop, 0x100, &mut frames).unwrap();
+        assert_eq!(frames.len(), 2);
+        assert_eq!(
+            frames[0].data(),
+            &[0x00, 0x00, 0x80, 0x3F, 0x01, 0xFF, 0x00, 0x00]
+        );
+        assert_eq!(
+            decode_per_joint(&frames[1], 0x100, 2),
+            Some((1, -2.5, true, 0xFF))
+        );
+    }
+
+    #[test]
+    fn per_joint_crosses_into_extended_ids() {
+        let mut f = unlimited(3);
+        let cmd = f.filter(&[0.5, 1.5, 2.5], 7).command;
+        let mut frames = heapless::Vec::new();
+        encode_per_joint(&cmd, 0x7FE, &mut frames).unwrap();
+        let ids: Vec<_> = frames.iter().map(|f| (f.id(), f.is_extended())).collect();
+        assert_eq!(ids, [(0x7FE, false), (0x7FF, false), (0x800, true)]);
+        for (i, frame) in frames.iter().enumerate() {
+            let (idx, v, stop, tick) = decode_per_joint(frame, 0x7FE, 3).unwrap();
+            assert_eq!((idx, v, stop, tick), (i, cmd.values()[i], false, 7));
+        }
+        assert!(encode_per_joint(&cmd, MAX_EXTENDED_ID - 1, &mut frames).is_err());
+        assert!(encode_per_joint(&cmd, u32::MAX, &mut frames).is_err());
+        assert_eq!(per_joint_id(0x100, 31).unwrap(), (0x11F, false));
+    }
+
+    #[test]
+    fn decode_rejects_foreign_frames() {
+        let ok = [0, 0, 0x80, 0x3F, 0, 5, 0, 0];
+        let f = |id, ext, data: &[u8]| CanFrame::new(id, ext, data).unwrap();
+        assert!(decode_per_joint(&f(0x101, false, &ok), 0x100, 2).is_some());
+        assert_eq!(decode_per_joint(&f(0x0FF, false, &ok), 0x100, 2), None);
+        assert_eq!(decode_per_joint(&f(0x102, false, &ok), 0x100, 2), None);
+        assert_eq!(decode_per_joint(&f(0x101, true, &ok), 0x100, 2), None);
+        assert_eq!(decode_per_joint(&f(0x101, false, &ok[..7]), 0x100, 2), None);
+        let mut reserved = ok;
+        reserved[4] = 0x02;
+        assert_eq!(
+            decode_per_joint(&f(0x101, false, &reserved), 0x100, 2),
+            None
+        );
+        reserved = ok;
+        reserved[7] = 1;
+        assert_eq!(
+            decode_per_joint(&f(0x101, false, &reserved), 0x100, 2),
+            None
+        );
+        let remote = CanFrame::new_remote(0x101, false, 8).unwrap();
+        assert_eq!(decode_per_joint(&remote, 0x100, 2), None);
+    }
+
+    #[test]
+    fn candump_golden_lines() {
+        let ts = 1_700_000_000_123_456;
+        let std = CanFrame::new(0x123, false, &[0xDE, 0xAD, 0xBE, 0xEF]).unwrap();
+        assert_eq!(
+            line(ts, "can0", &std),
+            "(1700000000.123456) can0 123#DEADBEEF"
+        );
+        let ext = CanFrame::new(0x1ABC_DE01, true, &[0x01, 0x0a]).unwrap();
+        assert_eq!(
+            line(ts, "vcan1", &ext),
+            "(1700000000.123456) vcan1 1ABCDE01#010A"
+        );
+        let small_ext = CanFrame::new(0x5, true, &[]).unwrap();
+        assert_eq!(
+            line(ts, "can0", &small_ext),
+            "(1700000000.123456) can0 00000005#"
+        );
+        let empty = CanFrame::new(0x7, false, &[]).unwrap();
+        assert_eq!(
+            line(1_000_001, "can0", &empty),
+            "(0000000001.000001) can0 007#"
+        );
+        let rtr = CanFrame::new_remote(0x123, false, 0).unwrap();
+        assert_eq!(line(ts, "can0", &rtr), "(1700000000.123456) can0 123#R");
+        let rtr3 = CanFrame::new_remote(0x123, false, 3).unwrap();
+        assert_eq!(line(ts, "can0", &rtr3), "(1700000000.123456) can0 123#R3");
+        let full = CanFrame::new(0x7FF, false, &[0, 1, 2, 3, 4, 5, 0xFE, 0xFF]).unwrap();
+        assert_eq!(
+            line(u64::MAX, "can0", &full),
+            "(18446744073709.551615) can0 7FF#000102030405FEFF"
+        );
+    }
+
+    #[test]
+    fn candump_round_trips() {
+        let frames = [
+            CanFrame::new(0x123, false, &[0xDE, 0xAD, 0xBE, 0xEF]).unwrap(),
+            CanFrame::new(0x1FFF_FFFF, true, &[0xFF; 8]).unwrap(),
+            CanFrame::new(0, false, &[]).unwrap(),
+            CanFrame::new_remote(0x10, true, 8).unwrap(),
+        ];
+        for (k, frame) in frames.iter().enumerate() {
+            let ts = 1_700_000_000_000_000 + k as u64 * 1_234_567;
+            let text = line(ts, "can0", frame);
+            assert_eq!(parse_candump_line(&text).unwrap(), (ts, "can0", *frame));
+        }
+    }
+
+    #[test]
+    fn parser_accepts_can_utils_variants() {
+        let expect = CanFrame::new(0x1AB, false, &[0xDE, 0xAD]).unwrap();
+        for text in [
+            "(1700000000.000001) can0 1AB#DEAD",
+            "(1700000000.000001) can0 1ab#dead\n",
+            "(1700000000.000001) can0 1AB#DE.AD\r\n",
+            "(1700000000.000001)   can0 1AB#DEAD",
+            "(1700000000.000001) can0 1AB#DEAD T",
+            "(1700000000.000001) can0 1AB#DEAD R",
+        ] {
+            assert_eq!(
+                parse_candump_line(text).unwrap(),
+                (1_700_000_000_000_001, "can0", expect),
+                "{text:?}"
+            );
+        }
+        let (_, _, r) = parse_candump_line("(1.000000) can0 123#r5").unwrap();
+        assert_eq!(r, CanFrame::new_remote(0x123, false, 5).unwrap());
+    }
+
+    #[test]
+    fn parser_errors() {
+        let err = |s: &str| parse_candump_line(s).unwrap_err().to_string();
+        assert_eq!(
+            err("(1700000000.000001) can0 123##1DEADBEEF"),
+            "CAN FD not supported yet"
+        );
+        assert!(err("(1700000000.000001) can0 123###00").contains("CAN XL"));
+        assert!(err("(1700000000.000001) can0 20000080#0000000000000000").contains("error frames"));
+        assert!(err("(1700000000.001) can0 123#00").contains("6 digits"));
+        assert!(err("1700000000.000001 can0 123#00").contains("timestamp"));
+        assert!(err("(1700000000.000001) can0 1234#00").contains("3 hex digits"));
+        assert!(err("(1700000000.000001) can0 800#00").contains("out of range"));
+        assert!(err("(1700000000.000001) can0 123#0").contains("pairs"));
+        assert!(err("(1700000000.000001) can0 123#G0").contains("pairs"));
+        assert!(err("(1700000000.000001) can0 123#000000000000000000").contains("exceed"));
+        assert!(err("(1700000000.000001) can0 123#0011223344556677_9").contains("raw DLC"));
+        assert!(err("(1700000000.000001) can0 123#R9").contains("DLC"));
+        assert!(err("(1700000000.000001) can0 123#00 extra").contains("after the frame"));
+        assert!(err("(99999999999999999999.000000) can0 123#00").contains("out of range"));
+        assert!(err("").contains("empty"));
+        assert!(err("(1.000000) can0").contains("missing frame"));
+    }
+
+    #[test]
+    fn formatter_checks_buffer_and_iface() {
+        let frame = CanFrame::new(0x123, false, &[1, 2]).unwrap();
+        let mut small = [0u8; 10];
+        assert!(matches!(
+            format_candump_line(0, "can0", &frame, &mut small),
+            Err(CandumpError::BufferTooSmall {
+                needed: 33,
+                available: 10
+            })
+        ));
+        let mut buf = [0u8; 64];
+        assert!(matches!(
+            format_candump_line(0, "can 0", &frame, &mut buf),
+            Err(CandumpError::Interface)
+        ));
+        assert!(format_candump_line(0, "", &frame, &mut buf).is_err());
+    }
+
+    fn temp_path(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("reflex-can-{}-{name}", std::process::id()))
+    }
+
+    #[test]
+    fn sink_writes_candump_log() {
+        let path = temp_path("sink.log");
+        let mut sink = CandumpSink::new(&path, "can0", 0x100, 1_700_000_000_000_000_000).unwrap();
+        assert!(sink.name().contains("sink.log"));
+        let mut f = unlimited(2);
+        let cmd = f.filter(&[1.0, -2.5], 3).command;
+        sink.send(&cmd, 123_456_789).unwrap();
+        sink.send(&f.stop(4), 223_456_789).unwrap();
+        sink.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            "(1700000000.123456) can0 100#0000803F00030000\n\
+             (1700000000.123456) can0 101#000020C000030000\n\
+             (1700000000.223456) can0 100#0000803F01040000\n\
+             (1700000000.223456) can0 101#000020C001040000\n"
+        );
+        let log = read_candump_log(&path).unwrap();
+        assert_eq!(log.len(), 4);
+        assert_eq!(log[3].0, 1_700_000_000_223_456);
+        assert_eq!(log[3].1, "can0");
+        assert_eq!(
+            decode_per_joint(&log[3].2, 0x100, 2),
+            Some((1, -2.5, true, 4))
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn sink_rejects_bad_config() {
+        let path = temp_path("bad.log");
+        assert_eq!(
+            CandumpSink::new(&path, "can 0", 0x100, 0)
+                .err()
+                .unwrap()
+                .kind,
+            FaultKind::Fatal
+        );
+        let missing = temp_path("no-such-dir").join("x.log");
+        let err = CandumpSink::new(&missing, "can0", 0x100, 0).err().unwrap();
+        assert!(err.message.contains("no-such-dir"), "{}", err.message);
+        let mut sink = CandumpSink::new(&path, "can0", MAX_EXTENDED_ID, 0).unwrap();
+        let mut f = unlimited(2);
+        let err = sink.send(&f.filter(&[0.0, 0.0], 0).command, 0).unwrap_err();
+        assert_eq!(err.kind, FaultKind::Fatal);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn log_errors_name_the_line() {
+        let path = temp_path("broken.log");
+        std::fs::write(
+            &path,
+            "(1700000000.000001) can0 123#00\n\n(1700000000.000002) can0 123##100\n",
+        )
+        .unwrap();
+        let err = read_candump_log(&path).unwrap_err();
+        assert!(matches!(err, CandumpError::AtLine { line: 3, .. }));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("broken.log") && msg.contains("line 3") && msg.contains("CAN FD"),
+            "{msg}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            read_candump_log(&path),
+            Err(CandumpError::Io { .. })
+        ));
+    }
+
+    fn valid_line() -> impl Strategy<Value = String> {
+        (
+            any::<u64>(),
+            prop_oneof![Just("can0"), Just("vcan12"), Just("x")],
+            any::<bool>(),
+            any::<u32>(),
+            proptest::collection::vec(any::<u8>(), 0..=8),
+        )
+            .prop_map(|(ts, iface, extended, id, data)| {
+                let id = if extended {
+                    id & MAX_EXTENDED_ID
+                } else {
+                    id & MAX_STANDARD_ID
+                };
+                line(ts, iface, &CanFrame::new(id, extended, &data).unwrap())
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn parser_never_panics_on_random_text(s in "\\PC*") {
+            let _ = parse_candump_line(&s);
+        }
+
+        #[test]
+        fn parser_never_panics_on_candump_like_text(s in "[(][0-9.]{0,25}[)]? [a-z0-9]{0,5} [0-9A-Fa-f#R._r]{0,30}( [TRX])?") {
+            let _ = parse_candump_line(&s);
+        }
+
+        #[test]
+        fn valid_lines_round_trip(text in valid_line()) {
+            let (ts, iface, frame) = parse_candump_line(&text).unwrap();
+            prop_assert_eq!(line(ts, iface, &frame), text);
+        }
+
+        #[test]
+        fn parser_never_panics_on_mutated_lines(
+            text in valid_line(),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<char>(), 0u8..3), 1..6),
+        ) {
+            let mut chars: Vec<char> = text.chars().collect();
+            for (at, c, op) in edits {
+                let i = at.index(chars.len() + 1);
+                match op {
+                    0 => chars.insert(i, c),
+                    1 if i < chars.len() => { chars.remove(i); }
+                    _ if i < chars.len() => chars[i] = c,
+                    _ => {}
+                }
+            }
+            let mutated: String = chars.into_iter().collect();
+            if let Ok((ts, iface, frame)) = parse_candump_line(&mutated) {
+                // Whatever parses must format to a line that parses to the same thing.
+                let again = line(ts, iface, &frame);
+                let (ts2, iface2, frame2) = parse_candump_line(&again).unwrap();
+                prop_assert_eq!((ts, iface, frame), (ts2, iface2, frame2));
+            }
+        }
+    }
+}

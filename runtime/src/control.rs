@@ -1,0 +1,671 @@
+//! The fixed-rate control loop: frames and state in, one safe command out per period.
+//!
+//! Each tick does the same bounded work: poll every camera and the state source (preprocessing a
+//! new frame into its preallocated tensor), take a finished inference if one arrived and merge it
+//! into the action plan, submit a new inference when one is due and the worker is free, then pick
+//! the command for this tick and send it. Every command goes through the [`SafetyFilter`]; when
+//! the policy has nothing fresh, the robot holds its last safe command; when that lasts for the
+//! watchdog's number of periods, or a camera is lost, or on shutdown, it gets a stop command.
+//!
+//! Decisions, in priority order, for each tick:
+//! 1. shutdown requested or a fatal fault -> stop;
+//! 2. a camera reported its device gone (`Degraded`) -> stop (latched until frames return);
+//! 3. a frame older than its camera's `max_age_ms`, or state older than `state.max_age_ms`
+//!    -> hold (the stale observation is not used for inference either);
+//! 4. the plan has an action for this tick -> filter and send it (a "fresh" command);
+//! 5. otherwise hold; after `watchdog_periods` ticks without a fresh command -> stop.
+//!
+//! The tick allocates nothing and formats no text (logs on fault transitions only), which the
+//! counting-allocator test in `tests/` checks.
+
+use crate::action::ActionPlanner;
+use crate::clock::Clock;
+use crate::engine::InferenceRunner;
+use crate::io::{Camera, CommandSink, FaultKind, StateSource};
+use crate::preprocess::Preprocessor;
+use crate::safety::{SafeCommand, SafetyError, SafetyFilter};
+use crate::timing::{Stage, StageTimings};
+use reflex_models::manifest::Manifest;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    #[error("camera `{camera}`: {source}")]
+    Preprocess {
+        camera: String,
+        #[source]
+        source: crate::preprocess::PreprocessError,
+    },
+    #[error(transparent)]
+    Safety(#[from] SafetyError),
+    #[error("{0}")]
+    Config(String),
+    #[error("fatal fault, robot stopped: {0}")]
+    Fatal(String),
+    #[error("warm-up: {0}")]
+    WarmUp(String),
+}
+
+/// Options that override or complement the bundle.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// Control rate; `None` = the bundle's.
+    pub rate_hz: Option<f64>,
+    /// Run a bundle that has no action limits (explicit opt-out).
+    pub allow_unlimited: bool,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        LoopOptions {
+            rate_hz: None,
+            allow_unlimited: false,
+        }
+    }
+}
+
+/// What the tick sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Derived from the policy's plan for this tick, after the safety filter.
+    Fresh,
+    /// Last safe command repeated.
+    Hold,
+    Stop,
+    /// Nothing could be sent (no safe command existed yet and stop failed to send).
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HoldReason {
+    None,
+    StaleFrame,
+    StaleState,
+    PlanExhausted,
+    Rejected,
+    CameraLost,
+    Watchdog,
+    Shutdown,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct TickReport {
+    pub tick: u64,
+    pub kind: CommandKind,
+    pub reason: HoldReason,
+    pub inference_submitted: bool,
+    pub chunk_received: bool,
+}
+
+/// Event counters, reported at exit.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct LoopCounters {
+    pub ticks: u64,
+    pub fresh: u64,
+    pub holds: u64,
+    pub stops: u64,
+    pub inferences: u64,
+    pub inference_errors: u64,
+    /// A new inference was due while the previous one was still running (skipped, counted once
+    /// per late request).
+    pub overruns: u64,
+    /// Chunk steps dropped because they were already in the past when the chunk arrived.
+    pub skipped_steps: u64,
+    pub stale_frame_ticks: u64,
+    pub stale_state_ticks: u64,
+    pub frames: u64,
+    pub camera_errors: u64,
+    pub state_errors: u64,
+    pub sink_errors: u64,
+    pub watchdog_trips: u64,
+    pub rejected_nonfinite: u64,
+    /// Ticks that started later than one period after the previous one.
+    pub missed_deadlines: u64,
+}
+
+/// Control tick index of time `t_ns`, tick 0 being at `t0` (rounded to the nearest tick).
+fn tick_index(t0: Option<u64>, period_ns: u64, t_ns: u64) -> u64 {
+    let t0 = t0.unwrap_or(t_ns);
+    (t_ns.saturating_sub(t0) + period_ns / 2) / period_ns
+}
+
+struct CameraSlot<C> {
+    cam: C,
+    pre: Preprocessor,
+    tensor: Vec<f32>,
+    capture_ns: Option<u64>,
+    max_age_ns: u64,
+    lost: bool,
+}
+
+pub struct ControlLoop<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> {
+    cameras: Vec<CameraSlot<C>>,
+    state_src: S,
+    state_raw: Vec<f32>,
+    state_ns: Option<u64>,
+    state_max_age_ns: u64,
+    /// (offset, scale) per state dimension.
+    state_norm: Vec<(f32, f32)>,
+    sink: K,
+    runner: R,
+    planner: ActionPlanner,
+    filter: SafetyFilter,
+    period_ns: u64,
+    t0_ns: Option<u64>,
+    last_tick: Option<u64>,
+    last_tick_start: Option<u64>,
+    last_submit_tick: Option<u64>,
+    overrun_counted: bool,
+    last_fresh_tick: Option<u64>,
+    steps_per_inference: u64,
+    latency_compensation: bool,
+    watchdog_periods: u64,
+    /// Capture time of the observation behind the current plan.
+    plan_obs_ns: Option<u64>,
+    stopped: bool,
+    pub counters: LoopCounters,
+    pub timings: StageTimings,
+}
+
+impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<C, S, K, R> {
+    /// Builds the loop for a bundle's manifest. `cameras` are in the manifest's camera order.
+    pub fn new(
+        manifest: &Manifest,
+        cameras: Vec<C>,
+        state_src: S,
+        sink: K,
+        runner: R,
+        opts: &LoopOptions,
+    ) -> Result<Self, LoopError> {
+        if cameras.len() != manifest.cameras.len() {
+            return Err(LoopError::Config(format!(
+                "the bundle has {} camera(s) ({}), {} given",
+                manifest.cameras.len(),
+                manifest
+                    .cameras
+                    .iter()
+                    .map(|c| c.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                cameras.len()
+            )));
+        }
+        let rate = opts.rate_hz.unwrap_or(manifest.control.rate_hz);
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1000.0) {
+            return Err(LoopError::Config(format!(
+                "control rate {rate} Hz out of (0, 1000]"
+            )));
+        }
+        let mut slots = Vec::with_capacity(cameras.len());
+        for (cam, spec) in cameras.into_iter().zip(&manifest.cameras) {
+            let pre = Preprocessor::new(spec).map_err(|source| LoopError::Preprocess {
+                camera: spec.name.clone(),
+                source,
+            })?;
+            let n = pre.output_len();
+            slots.push(CameraSlot {
+                cam,
+                pre,
+                tensor: vec![0.0; n],
+                capture_ns: None,
+                max_age_ns: spec.max_age_ms as u64 * 1_000_000,
+                lost: false,
+            });
+        }
+        let sd = manifest.state.names.len();
+        let state_norm = (0..sd)
+            .map(|i| manifest.state.normalization.affine(i))
+            .collect();
+        let filter = SafetyFilter::new(&manifest.action, rate, opts.allow_unlimited)?;
+        Ok(ControlLoop {
+            cameras: slots,
+            state_src,
+            state_raw: vec![0.0; sd],
+            state_ns: None,
+            state_max_age_ns: manifest.state.max_age_ms as u64 * 1_000_000,
+            state_norm,
+            sink,
+            runner,
+            planner: ActionPlanner::new(&manifest.action, &manifest.control),
+            filter,
+            period_ns: (1e9 / rate).round() as u64,
+            t0_ns: None,
+            last_tick: None,
+            last_tick_start: None,
+            last_submit_tick: None,
+            overrun_counted: false,
+            last_fresh_tick: None,
+            steps_per_inference: manifest.control.steps_per_inference as u64,
+            latency_compensation: manifest.control.latency_compensation,
+            watchdog_periods: manifest.control.watchdog_periods as u64,
+            plan_obs_ns: None,
+            stopped: false,
+            counters: LoopCounters::default(),
+            timings: StageTimings::new(),
+        })
+    }
+
+    pub fn period_ns(&self) -> u64 {
+        self.period_ns
+    }
+    pub fn sink(&self) -> &K {
+        &self.sink
+    }
+    pub fn sink_mut(&mut self) -> &mut K {
+        &mut self.sink
+    }
+    pub fn runner_mut(&mut self) -> &mut R {
+        &mut self.runner
+    }
+    pub fn filter(&self) -> &SafetyFilter {
+        &self.filter
+    }
+
+    /// Seeds the safety filter's rate limiter with a reference command (e.g. measured joint
+    /// positions), so the first command cannot jump.
+    pub fn seed(&mut self, reference: &[f32]) {
+        self.filter.seed(reference);
+    }
+
+    /// Control tick index for a time on the loop clock.
+    fn tick_of(&self, t_ns: u64) -> u64 {
+        tick_index(self.t0_ns, self.period_ns, t_ns)
+    }
+
+    fn poll_inputs(&mut self, now_ns: u64) -> Result<(), LoopError> {
+        for slot in &mut self.cameras {
+            let t = Instant::now();
+            let r = slot.cam.latest(now_ns, now_ns + self.period_ns / 4);
+            self.timings
+                .record(Stage::CaptureWait, t.elapsed().as_nanos() as u64);
+            match r {
+                Ok(Some(frame)) => {
+                    let t = Instant::now();
+                    let m = frame.meta;
+                    slot.pre
+                        .run(frame.data, m.width, m.height, m.format, &mut slot.tensor)
+                        .map_err(|source| LoopError::Preprocess {
+                            camera: slot.cam.name().to_string(),
+                            source,
+                        })?;
+                    self.timings
+                        .record(Stage::Preprocess, t.elapsed().as_nanos() as u64);
+                    slot.capture_ns = Some(m.capture_ns);
+                    self.counters.frames += 1;
+                    if slot.lost {
+                        log::info!("camera `{}`: frames are back", slot.cam.name());
+                        slot.lost = false;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.counters.camera_errors += 1;
+                    match e.kind {
+                        FaultKind::Transient => log::trace!("{e}"),
+                        FaultKind::Degraded => {
+                            if !slot.lost {
+                                log::error!("{e}; stopping the robot until it returns");
+                            }
+                            slot.lost = true;
+                            slot.capture_ns = None;
+                        }
+                        FaultKind::Fatal => return Err(LoopError::Fatal(e.to_string())),
+                    }
+                }
+            }
+        }
+        match self.state_src.latest(now_ns, &mut self.state_raw) {
+            Ok(Some(ts)) => self.state_ns = Some(ts),
+            Ok(None) => {}
+            Err(e) => {
+                self.counters.state_errors += 1;
+                match e.kind {
+                    FaultKind::Fatal => return Err(LoopError::Fatal(e.to_string())),
+                    _ => log::trace!("{e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn frames_fresh(&self, now_ns: u64) -> bool {
+        self.cameras.iter().all(|s| {
+            s.capture_ns
+                .is_some_and(|c| now_ns.saturating_sub(c) <= s.max_age_ns)
+        })
+    }
+
+    fn state_fresh(&self, now_ns: u64) -> bool {
+        self.state_raw.is_empty()
+            || self
+                .state_ns
+                .is_some_and(|c| now_ns.saturating_sub(c) <= self.state_max_age_ns)
+    }
+
+    fn take_result(&mut self, tick: u64) -> bool {
+        let t = Instant::now();
+        let (t0, period) = (self.t0_ns, self.period_ns);
+        let Some(req) = self.runner.poll() else {
+            return false;
+        };
+        let mut received = false;
+        if let Some(e) = &req.error {
+            self.counters.inference_errors += 1;
+            log::warn!("{e}");
+        } else if req.output.iter().any(|v| !v.is_finite()) {
+            // A network producing NaN is rejected as a whole chunk: nothing of it is executed.
+            self.counters.rejected_nonfinite += 1;
+            self.counters.inferences += 1;
+        } else {
+            let first = if self.latency_compensation {
+                tick_index(t0, period, req.obs_ns).min(tick)
+            } else {
+                tick
+            };
+            let skipped = self.planner.push_chunk(&req.output, first, tick);
+            self.counters.skipped_steps += skipped as u64;
+            self.counters.inferences += 1;
+            self.plan_obs_ns = Some(req.obs_ns);
+            self.timings.record(Stage::Inference, req.infer_ns);
+            received = true;
+        }
+        self.runner.release();
+        self.timings
+            .record(Stage::PostProcess, t.elapsed().as_nanos() as u64);
+        received
+    }
+
+    fn submit(&mut self, tick: u64) -> Result<bool, LoopError> {
+        let Some(req) = self.runner.slot() else {
+            return Ok(false);
+        };
+        let mut obs = u64::MAX;
+        for (dst, slot) in req.images.iter_mut().zip(&self.cameras) {
+            dst.copy_from_slice(&slot.tensor);
+            obs = obs.min(slot.capture_ns.unwrap_or(0));
+        }
+        if let Some(s) = self.state_ns {
+            obs = obs.min(s);
+        }
+        for ((dst, raw), (off, scale)) in req
+            .state
+            .iter_mut()
+            .zip(&self.state_raw)
+            .zip(&self.state_norm)
+        {
+            *dst = (raw - off) * scale;
+        }
+        req.obs_ns = obs;
+        req.submit_tick = tick;
+        self.runner
+            .submit()
+            .map_err(|e| LoopError::Fatal(e.to_string()))?;
+        self.last_submit_tick = Some(tick);
+        self.overrun_counted = false;
+        Ok(true)
+    }
+
+    fn send(&mut self, cmd: &SafeCommand, now_ns: u64) -> Result<(), LoopError> {
+        let t = Instant::now();
+        let r = self.sink.send(cmd, now_ns);
+        self.timings
+            .record(Stage::Send, t.elapsed().as_nanos() as u64);
+        if let Err(e) = r {
+            self.counters.sink_errors += 1;
+            match e.kind {
+                FaultKind::Fatal => return Err(LoopError::Fatal(e.to_string())),
+                _ => log::trace!("{e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// One control period's work at time `now_ns`.
+    pub fn tick(&mut self, now_ns: u64) -> Result<TickReport, LoopError> {
+        let tick_start = Instant::now();
+        if self.t0_ns.is_none() {
+            self.t0_ns = Some(now_ns);
+        }
+        let mut tick = self.tick_of(now_ns);
+        if let Some(last) = self.last_tick {
+            if tick <= last {
+                tick = last + 1;
+            }
+        }
+        if let Some(prev) = self.last_tick_start {
+            let d = now_ns.saturating_sub(prev);
+            self.timings.record(Stage::Period, d);
+            if d > self.period_ns + self.period_ns / 2 {
+                self.counters.missed_deadlines += 1;
+            }
+        }
+        self.last_tick_start = Some(now_ns);
+        self.last_tick = Some(tick);
+        self.counters.ticks += 1;
+
+        self.poll_inputs(now_ns)?;
+        let camera_lost = self.cameras.iter().any(|s| s.lost);
+        let frames_fresh = self.frames_fresh(now_ns);
+        let state_fresh = self.state_fresh(now_ns);
+
+        let mut chunk_received = self.take_result(tick);
+        let due = match self.last_submit_tick {
+            None => true,
+            Some(last) => {
+                tick.saturating_sub(last) >= self.steps_per_inference
+                    || self.planner.remaining(tick) == 0
+            }
+        };
+        let mut submitted = false;
+        if due && frames_fresh && state_fresh && !camera_lost && !self.stopped {
+            if self.runner.in_flight() {
+                if !self.overrun_counted {
+                    self.counters.overruns += 1;
+                    self.overrun_counted = true;
+                }
+            } else {
+                submitted = self.submit(tick)?;
+                // An inline runner finishes at submit: take its result in this same tick.
+                chunk_received |= self.take_result(tick);
+            }
+        }
+
+        let t = Instant::now();
+        let (cmd, kind, reason) = if self.stopped {
+            (
+                self.filter.stop(tick),
+                CommandKind::Stop,
+                HoldReason::Shutdown,
+            )
+        } else if camera_lost {
+            (
+                self.filter.stop(tick),
+                CommandKind::Stop,
+                HoldReason::CameraLost,
+            )
+        } else {
+            let stale = if !frames_fresh {
+                self.counters.stale_frame_ticks += 1;
+                Some(HoldReason::StaleFrame)
+            } else if !state_fresh {
+                self.counters.stale_state_ticks += 1;
+                Some(HoldReason::StaleState)
+            } else {
+                None
+            };
+            let mut fresh = None;
+            let mut reason = stale.unwrap_or(HoldReason::PlanExhausted);
+            if stale.is_none() {
+                if let Some(a) = self.planner.action_at(tick) {
+                    let f = self.filter.filter(a, tick);
+                    if f.outcome.rejected() {
+                        self.counters.rejected_nonfinite += 1;
+                        reason = HoldReason::Rejected;
+                    } else {
+                        fresh = Some(f.command);
+                    }
+                }
+            }
+            match fresh {
+                Some(c) => {
+                    self.last_fresh_tick = Some(tick);
+                    (c, CommandKind::Fresh, HoldReason::None)
+                }
+                None => {
+                    let since = self.last_fresh_tick.map_or(u64::MAX, |f| tick - f);
+                    if since >= self.watchdog_periods {
+                        if since == self.watchdog_periods {
+                            self.counters.watchdog_trips += 1;
+                            log::warn!("watchdog: no fresh command for {since} periods, stopping");
+                        }
+                        (
+                            self.filter.stop(tick),
+                            CommandKind::Stop,
+                            HoldReason::Watchdog,
+                        )
+                    } else {
+                        match self.filter.hold(tick) {
+                            Some(h) => (h, CommandKind::Hold, reason),
+                            None => (self.filter.stop(tick), CommandKind::Stop, reason),
+                        }
+                    }
+                }
+            }
+        };
+        self.timings
+            .record(Stage::PostProcess, t.elapsed().as_nanos() as u64);
+        match kind {
+            CommandKind::Fresh => self.counters.fresh += 1,
+            CommandKind::Hold => self.counters.holds += 1,
+            CommandKind::Stop => self.counters.stops += 1,
+            CommandKind::None => {}
+        }
+        self.send(&cmd, now_ns)?;
+        if kind == CommandKind::Fresh && chunk_received {
+            if let Some(obs) = self.plan_obs_ns {
+                // `now_ns` is the tick's start on the loop clock; add the real time spent since.
+                let spent = tick_start.elapsed().as_nanos() as u64;
+                self.timings
+                    .record(Stage::EndToEnd, (now_ns + spent).saturating_sub(obs));
+            }
+        }
+        self.timings
+            .record(Stage::Tick, tick_start.elapsed().as_nanos() as u64);
+        Ok(TickReport {
+            tick,
+            kind,
+            reason,
+            inference_submitted: submitted,
+            chunk_received,
+        })
+    }
+
+    /// Waits (on `clock`) until every camera and the state source have delivered, runs the first
+    /// inference to completion, and seeds the safety filter from the measured state for action
+    /// dimensions that share a name with a state dimension. Returns the first inference's time.
+    pub fn warm_up(
+        &mut self,
+        clock: &impl Clock,
+        manifest: &Manifest,
+        timeout_ns: u64,
+    ) -> Result<u64, LoopError> {
+        let start = clock.now_ns();
+        loop {
+            let now = clock.now_ns();
+            self.poll_inputs(now)?;
+            if self.frames_fresh(now) && self.state_fresh(now) {
+                break;
+            }
+            if now - start > timeout_ns {
+                let missing: Vec<&str> = self
+                    .cameras
+                    .iter()
+                    .filter(|s| s.capture_ns.is_none())
+                    .map(|s| s.cam.name())
+                    .collect();
+                return Err(LoopError::WarmUp(format!(
+                    "no fresh observation within {} ms (cameras without frames: {:?}, state fresh: {})",
+                    timeout_ns / 1_000_000,
+                    missing,
+                    self.state_fresh(now)
+                )));
+            }
+            clock.sleep_until(now + 2_000_000);
+        }
+        // Seed the rate limiter from measured joint positions where names match.
+        if self.state_ns.is_some() {
+            let mut seed = vec![f32::NAN; manifest.action.names.len()];
+            let mut any = false;
+            for (i, an) in manifest.action.names.iter().enumerate() {
+                if let Some(j) = manifest.state.names.iter().position(|s| s == an) {
+                    seed[i] = self.state_raw[j];
+                    any = true;
+                }
+            }
+            if any && seed.iter().all(|v| v.is_finite()) {
+                self.filter.seed(&seed);
+            } else if any {
+                log::warn!("only some action names match state names; rate limiter not seeded");
+            }
+        }
+        let now = clock.now_ns();
+        self.t0_ns = Some(now);
+        self.submit(0)?;
+        let req = self
+            .runner
+            .wait()
+            .ok_or_else(|| LoopError::WarmUp("inference worker exited".into()))?;
+        if let Some(e) = &req.error {
+            return Err(LoopError::WarmUp(e.to_string()));
+        }
+        let infer_ns = req.infer_ns;
+        // Keep the result: it becomes the first plan at the first tick. Re-base the tick clock
+        // so that tick 0 is now.
+        self.t0_ns = Some(clock.now_ns());
+        self.last_submit_tick = None;
+        self.take_result(0);
+        self.last_submit_tick = Some(0);
+        Ok(infer_ns)
+    }
+
+    /// Runs at the control rate until `stop` is set or `max_ticks` ticks ran, then sends the stop
+    /// command and flushes the sink.
+    pub fn run(
+        &mut self,
+        clock: &impl Clock,
+        stop: &AtomicBool,
+        max_ticks: Option<u64>,
+    ) -> Result<(), LoopError> {
+        let start = clock.now_ns();
+        let mut n = 0u64;
+        let result = loop {
+            if stop.load(Ordering::Relaxed) || max_ticks.is_some_and(|m| n >= m) {
+                break Ok(());
+            }
+            let now = clock.now_ns();
+            if let Err(e) = self.tick(now) {
+                break Err(e);
+            }
+            n += 1;
+            clock.sleep_until(start + n * self.period_ns);
+        };
+        let now = clock.now_ns();
+        self.shutdown(now);
+        result
+    }
+
+    /// Sends the stop command (also after a fatal error) and flushes the sink.
+    pub fn shutdown(&mut self, now_ns: u64) {
+        self.stopped = true;
+        let tick = self.last_tick.map_or(0, |t| t + 1);
+        let cmd = self.filter.stop(tick);
+        self.counters.stops += 1;
+        if let Err(e) = self.sink.send(&cmd, now_ns) {
+            log::error!("could not send the stop command: {e}");
+        }
+        if let Err(e) = self.sink.flush() {
+            log::error!("{e}");
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Where inference runs relative to the control loop.
+//!
+//! A ResNet-18 takes ~80 ms on two CPU cores while the loop must emit a command every 20-100 ms,
+//! so on the robot inference runs on its own named thread ([`ThreadedRunner`]) and the loop keeps
+//! executing the current chunk meanwhile. Requests travel between the two as preallocated buffers
+//! through bounded channels of capacity one: nothing is allocated or locked by the loop per tick,
+//! and at most one request is ever in flight (an overrun is counted, never queued).
+//! [`InlineRunner`] runs the same request on the caller's thread: deterministic, for tests,
+//! warm-up and `reflex bench`.
+
+use crate::backend::{BackendError, PolicyBackend};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::time::Instant;
+
+/// One observation going to the network and its result coming back.
+#[derive(Debug)]
+pub struct Request {
+    /// Preprocessed CHW images, one per camera.
+    pub images: Vec<Vec<f32>>,
+    /// Normalized state.
+    pub state: Vec<f32>,
+    /// Capture time of the oldest frame in this observation (loop clock, ns).
+    pub obs_ns: u64,
+    /// Control tick at which the request was submitted.
+    pub submit_tick: u64,
+    /// Raw network output (normalized), filled by the runner.
+    pub output: Vec<f32>,
+    /// Wall time the network took.
+    pub infer_ns: u64,
+    pub error: Option<BackendError>,
+}
+
+impl Request {
+    pub fn new(image_lens: &[usize], state_len: usize, output_len: usize) -> Self {
+        Request {
+            images: image_lens.iter().map(|&n| vec![0.0; n]).collect(),
+            state: vec![0.0; state_len],
+            obs_ns: 0,
+            submit_tick: 0,
+            output: vec![0.0; output_len],
+            infer_ns: 0,
+            error: None,
+        }
+    }
+}
+
+fn execute(backend: &mut dyn PolicyBackend, req: &mut Request) {
+    for (i, img) in req.images.iter().enumerate() {
+        let dst = backend.camera_input(i);
+        if dst.len() == img.len() {
+            dst.copy_from_slice(img);
+        }
+    }
+    if let Some(dst) = backend.state_input() {
+        if dst.len() == req.state.len() {
+            dst.copy_from_slice(&req.state);
+        }
+    }
+    let t = Instant::now();
+    let r = backend.run();
+    req.infer_ns = t.elapsed().as_nanos() as u64;
+    match r {
+        Ok(()) => {
+            let out = backend.output();
+            if out.len() == req.output.len() {
+                req.output.copy_from_slice(out);
+                req.error = None;
+            } else {
+                req.error = Some(BackendError::Run {
+                    backend: backend.name(),
+                    message: format!(
+                        "output has {} values, expected {}",
+                        out.len(),
+                        req.output.len()
+                    ),
+                });
+            }
+        }
+        Err(e) => req.error = Some(e),
+    }
+}
+
+/// Runs inference for the loop, inline or on a worker.
+pub trait InferenceRunner {
+    /// The free request buffer to fill, or `None` while a request is in flight.
+    fn slot(&mut self) -> Option<&mut Request>;
+    /// Hands the filled slot to the network.
+    fn submit(&mut self) -> Result<(), BackendError>;
+    /// A finished request, if any; it stays readable until [`InferenceRunner::release`].
+    fn poll(&mut self) -> Option<&Request>;
+    /// Returns the finished request's buffer to the pool.
+    fn release(&mut self);
+    fn in_flight(&self) -> bool;
+    /// Blocks until the in-flight request finishes (warm-up and shutdown only).
+    fn wait(&mut self) -> Option<&Request>;
+}
+
+/// Runs the network on the caller's thread, at `submit`.
+pub struct InlineRunner<B: PolicyBackend> {
+    backend: B,
+    req: Request,
+    state: InlineState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InlineState {
+    Free,
+    Done,
+}
+
+impl<B: PolicyBackend> InlineRunner<B> {
+    pub fn new(backend: B, req: Request) -> Self {
+        InlineRunner {
+            backend,
+            req,
+            state: InlineState::Free,
+        }
+    }
+    pub fn backend_mut(&mut self) -> &mut B {
+        &mut self.backend
+    }
+}
+
+impl<B: PolicyBackend> InferenceRunner for InlineRunner<B> {
+    fn slot(&mut self) -> Option<&mut Request> {
+        (self.state == InlineState::Free).then_some(&mut self.req)
+    }
+    fn submit(&mut self) -> Result<(), BackendError> {
+        execute(&mut self.backend, &mut self.req);
+        self.state = InlineState::Done;
+        Ok(())
+    }
+    fn poll(&mut self) -> Option<&Request> {
+        (self.state == InlineState::Done).then_some(&self.req)
+    }
+    fn release(&mut self) {
+        self.state = InlineState::Free;
+    }
+    fn in_flight(&self) -> bool {
+        false
+    }
+    fn wait(&mut self) -> Option<&Request> {
+        self.poll()
+    }
+}
+
+/// Runs the network on a dedicated thread named `reflex-infer`.
+pub struct ThreadedRunner {
+    home: Option<Request>,
+    done: Option<Request>,
+    to_worker: Option<SyncSender<Request>>,
+    from_worker: Receiver<Request>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadedRunner {
+    pub fn spawn<B: PolicyBackend + 'static>(
+        mut backend: B,
+        req: Request,
+    ) -> std::io::Result<Self> {
+        let (to_worker, work_rx) = sync_channel::<Request>(1);
+        let (done_tx, from_worker) = sync_channel::<Request>(1);
+        let worker = std::thread::Builder::new()
+            .name("reflex-infer".into())
+            .spawn(move || {
+                while let Ok(mut req) = work_rx.recv() {
+                    execute(&mut backend, &mut req);
+                    if done_tx.send(req).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(ThreadedRunner {
+            home: Some(req),
+            done: None,
+            to_worker: Some(to_worker),
+            from_worker,
+            worker: Some(worker),
+        })
+    }
+
+    fn worker_gone() -> BackendError {
+        BackendError::Run {
+            backend: "worker",
+            message: "inference thread exited".into(),
+        }
+    }
+}
+
+impl InferenceRunner for ThreadedRunner {
+    fn slot(&mut self) -> Option<&mut Request> {
+        self.home.as_mut()
+    }
+    fn submit(&mut self) -> Result<(), BackendError> {
+        let req = self.home.take().ok_or_else(Self::worker_gone)?;
+        let tx = self.to_worker.as_ref().ok_or_else(Self::worker_gone)?;
+        tx.send(req).map_err(|_| Self::worker_gone())
+    }
+    fn poll(&mut self) -> Option<&Request> {
+        if self.done.is_none() {
+            match self.from_worker.try_recv() {
+                Ok(r) => self.done = Some(r),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => {}
+            }
+        }
+        self.done.as_ref()
+    }
+    fn release(&mut self) {
+        if let Some(r) = self.done.take() {
+            self.home = Some(r);
+        }
+    }
+    fn in_flight(&self) -> bool {
+        self.home.is_none() && self.done.is_none()
+    }
+    fn wait(&mut self) -> Option<&Request> {
+        if self.done.is_none() && self.home.is_none() {
+            if let Ok(r) = self.from_worker.recv() {
+                self.done = Some(r);
+            }
+        }
+        self.done.as_ref()
+    }
+}
+
+impl Drop for ThreadedRunner {
+    fn drop(&mut self) {
+        self.to_worker = None;
+        if let Some(w) = self.worker.take() {
+            // The worker finishes its current request (bounded by one inference) and exits.
+            let _ = w.join();
+        }
+    }
+}
+
+impl<R: InferenceRunner + ?Sized> InferenceRunner for Box<R> {
+    fn slot(&mut self) -> Option<&mut Request> {
+        (**self).slot()
+    }
+    fn submit(&mut self) -> Result<(), BackendError> {
+        (**self).submit()
+    }
+    fn poll(&mut self) -> Option<&Request> {
+        (**self).poll()
+    }
+    fn release(&mut self) {
+        (**self).release()
+    }
+    fn in_flight(&self) -> bool {
+        (**self).in_flight()
+    }
+    fn wait(&mut self) -> Option<&Request> {
+        (**self).wait()
+    }
+}

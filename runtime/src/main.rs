@@ -1,0 +1,646 @@
+//! `reflex`: the on-board binary.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use reflex_models::Bundle;
+use reflex_runtime::backend::{select_backend, BackendChoice, TractOptions};
+use reflex_runtime::can::CandumpSink;
+use reflex_runtime::clock::{Clock, MonotonicClock};
+use reflex_runtime::control::{ControlLoop, LoopOptions};
+use reflex_runtime::engine::{Request, ThreadedRunner};
+use reflex_runtime::io::{Camera, CommandSink, StateSource};
+use reflex_runtime::preprocess::Preprocessor;
+use reflex_runtime::replay::{generate_synthetic_episode, Episode, ReplayMode};
+use reflex_runtime::sinks::NullSink;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "reflex",
+    version,
+    about = "Run visuomotor robot policies on the robot: cameras -> policy -> safe CAN commands",
+    long_about = "Run visuomotor robot policies on the robot.\n\n\
+        reflex reads camera frames and joint state, preprocesses them exactly as in training, runs \
+        the policy bundle's network, turns its output into physical commands (unnormalize, chunk \
+        scheduling, hard limits, rate limits, watchdog) and sends them at a fixed rate.\n\n\
+        Start with `reflex demo`: it builds a reference ResNet-18 bundle and a synthetic episode \
+        and runs the whole loop for 10 s, writing CAN frames to a candump log."
+)]
+struct Cli {
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less logging (errors only).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a bundle on cameras and a CAN output until Ctrl-C (or --duration).
+    Run(RunArgs),
+    /// Build the reference ResNet-18 bundle and a synthetic episode if absent, run ~10 s.
+    Demo(DemoArgs),
+    /// Offline latency check: time the whole frame-to-command path (or the network alone) and
+    /// give a PASS/FAIL verdict against the bundle's control period. Exit code 0 = PASS, 2 = FAIL.
+    Bench(BenchArgs),
+    /// Validate a bundle (manifest, hashes, graph I/O) and print what it expects.
+    Check {
+        /// Bundle directory (or its policy.toml).
+        #[arg(long)]
+        bundle: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct EngineArgs {
+    /// Inference backend: auto (TensorRT if available, else tract), tract, tensorrt.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
+    /// CPU threads for tract (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Control rate in Hz (default: the bundle's control.rate_hz).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Run a bundle that has no action limits. Without limits nothing stops the policy from
+    /// commanding any position at any speed: only for bench setups with the robot disconnected.
+    #[arg(long)]
+    allow_unlimited: bool,
+    /// Stop after this many seconds (default: until Ctrl-C).
+    #[arg(long)]
+    duration: Option<f64>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Bundle directory (or its policy.toml).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Camera source, once per bundle camera: `NAME=SOURCE` or `SOURCE` (taken in bundle order).
+    /// SOURCE: `replay:EPISODE_DIR` (a recorded episode, played in real time, looping).
+    #[arg(long = "camera", required = true)]
+    cameras: Vec<String>,
+    /// Joint state source: `replay:EPISODE_DIR` (default: the first replay camera's episode).
+    #[arg(long)]
+    state: Option<String>,
+    /// Command output: `candump:FILE` (can-utils `candump -l` log) or `null`.
+    #[arg(long)]
+    can: String,
+    /// CAN interface name written into candump logs.
+    #[arg(long, default_value = "can0")]
+    iface: String,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Bundle directory.
+    #[arg(long, required_unless_present = "compare")]
+    bundle: Option<PathBuf>,
+    /// Backend: auto, tract, tensorrt.
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
+    /// CPU threads for tract (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Camera source: `replay:EPISODE_DIR`, or `synthetic` (a generated episode matching the
+    /// bundle's cameras).
+    #[arg(long, default_value = "synthetic")]
+    camera: String,
+    /// Timed ticks (after warm-up).
+    #[arg(long, conflicts_with = "duration")]
+    iterations: Option<u64>,
+    /// Timed seconds (after warm-up); default 10 s of ticks.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Untimed warm-up ticks.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Safety margin on the budgets (0.2 = the p99 must fit in 80% of the budget).
+    #[arg(long, default_value_t = 0.2)]
+    margin: f64,
+    /// Time the network alone on fixed inputs (comparable to trtexec's GPU compute time).
+    #[arg(long)]
+    model_only: bool,
+    /// Control rate override, Hz.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write the JSON report (schema reflex-bench/1) here.
+    #[arg(long, default_value = "bench.json")]
+    json: PathBuf,
+    /// Write the SVG plot (per-stage histograms, tick-period timeline) here.
+    #[arg(long, default_value = "bench.svg")]
+    svg: PathBuf,
+    /// Compare two JSON reports side by side instead of running: --compare A.json B.json.
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    compare: Option<Vec<PathBuf>>,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Where the bundle, episode and CAN log go (created if absent).
+    #[arg(long, default_value = "target/reflex-demo")]
+    workdir: PathBuf,
+    /// Seconds to run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    #[arg(long, default_value = "auto")]
+    backend: BackendChoice,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+    let r = match cli.cmd {
+        Cmd::Run(a) => cmd_run(a),
+        Cmd::Demo(a) => cmd_demo(a),
+        Cmd::Check { bundle } => cmd_check(&bundle),
+        Cmd::Bench(a) => match cmd_bench(a) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(2),
+            Err(e) => Err(e),
+        },
+    };
+    if let Err(e) = r {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load_bundle(path: &Path) -> Result<Bundle> {
+    Bundle::load(path).with_context(|| format!("loading bundle {}", path.display()))
+}
+
+fn cmd_check(path: &Path) -> Result<()> {
+    let t = Instant::now();
+    let b = load_bundle(path)?;
+    let m = &b.manifest;
+    println!(
+        "bundle {} OK ({:.0} ms)",
+        b.dir.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    println!("  name: {}  format_version: {}", m.name, m.format_version);
+    for f in &m.models {
+        let backends: Vec<&str> = f.backends.iter().map(|b| b.as_str()).collect();
+        println!(
+            "  model {:?}: {} ({}, backends: {})",
+            f.role,
+            f.file,
+            f.precision.as_str(),
+            backends.join(", ")
+        );
+    }
+    println!(
+        "  control: {} Hz, {} step(s) per inference, ensembling {:?}, latency compensation {}",
+        m.control.rate_hz,
+        m.control.steps_per_inference,
+        m.control.temporal_ensemble_m,
+        m.control.latency_compensation
+    );
+    for c in &m.cameras {
+        println!(
+            "  camera {}: {}x{} {} -> {} [1,{},{},{}]",
+            c.name,
+            c.capture.width,
+            c.capture.height,
+            c.capture.format.as_str(),
+            c.onnx_input,
+            c.preprocess.color.channels(),
+            c.preprocess.resize.height,
+            c.preprocess.resize.width
+        );
+    }
+    println!(
+        "  state: {} ({})",
+        m.state.names.join(", "),
+        m.state.normalization.kind_str()
+    );
+    println!(
+        "  action: {} -> {} {:?} ({}), limits: {}",
+        m.action.names.join(", "),
+        m.action.onnx_output,
+        m.action.output,
+        m.action.normalization.kind_str(),
+        if m.action.limits.is_some() {
+            "yes"
+        } else {
+            "NONE"
+        }
+    );
+    Ok(())
+}
+
+/// Camera sources in bundle order.
+fn open_cameras(
+    bundle: &Bundle,
+    specs: &[String],
+) -> Result<(Vec<Box<dyn Camera>>, Option<PathBuf>)> {
+    let m = &bundle.manifest;
+    let mut by_name: Vec<Option<String>> = vec![None; m.cameras.len()];
+    let mut positional = vec![];
+    for s in specs {
+        match s.split_once('=') {
+            Some((name, src)) if !name.contains(':') => {
+                let i = m
+                    .cameras
+                    .iter()
+                    .position(|c| c.name == name)
+                    .with_context(|| format!("--camera {s}: the bundle has no camera `{name}`"))?;
+                by_name[i] = Some(src.to_string());
+            }
+            _ => positional.push(s.clone()),
+        }
+    }
+    let mut pos = positional.into_iter();
+    for slot in by_name.iter_mut() {
+        if slot.is_none() {
+            *slot = pos.next();
+        }
+    }
+    if pos.next().is_some() {
+        bail!(
+            "more --camera sources than bundle cameras ({})",
+            m.cameras.len()
+        );
+    }
+    let mut cams: Vec<Box<dyn Camera>> = vec![];
+    let mut first_episode = None;
+    for (spec, src) in m.cameras.iter().zip(by_name) {
+        let src =
+            src.with_context(|| format!("no --camera given for bundle camera `{}`", spec.name))?;
+        if let Some(dir) = src.strip_prefix("replay:") {
+            let dir = PathBuf::from(dir);
+            let ep = Episode::load(&dir)?;
+            cams.push(Box::new(ep.camera(&spec.name, ReplayMode::RealTime)?));
+            first_episode.get_or_insert(dir);
+        } else {
+            bail!(
+                "camera source `{src}` not supported in this build (use replay:EPISODE_DIR; \
+                 V4L2 devices come with the real-I/O work)"
+            );
+        }
+    }
+    Ok((cams, first_episode))
+}
+
+fn open_state(
+    bundle: &Bundle,
+    spec: Option<&str>,
+    default_episode: Option<&Path>,
+) -> Result<Box<dyn StateSource>> {
+    let dir = match spec {
+        Some(s) => PathBuf::from(
+            s.strip_prefix("replay:")
+                .with_context(|| format!("--state {s}: expected replay:EPISODE_DIR"))?,
+        ),
+        None => default_episode
+            .context("no --state given and no replay camera to take state from")?
+            .to_path_buf(),
+    };
+    let ep = Episode::load(&dir)?;
+    Ok(Box::new(ep.state_source(
+        &bundle.manifest.state.names,
+        ReplayMode::RealTime,
+    )?))
+}
+
+fn open_sink(
+    bundle: &Bundle,
+    spec: &str,
+    iface: &str,
+    clock: &MonotonicClock,
+) -> Result<Box<dyn CommandSink>> {
+    if spec == "null" {
+        return Ok(Box::new(NullSink::default()));
+    }
+    if let Some(file) = spec.strip_prefix("candump:") {
+        let reflex_models::manifest::CanSpec::PerJoint { base_id } = bundle.manifest.can;
+        let sink = CandumpSink::new(Path::new(file), iface, base_id, clock.epoch_offset_ns())
+            .with_context(|| format!("opening candump log {file}"))?;
+        return Ok(Box::new(sink));
+    }
+    bail!("--can {spec}: expected candump:FILE or null (SocketCAN interfaces come with the real-I/O work)")
+}
+
+struct RunReport {
+    startup_ms: f64,
+}
+
+fn run_loop(
+    bundle: &Bundle,
+    cameras: Vec<Box<dyn Camera>>,
+    state: Box<dyn StateSource>,
+    sink: Box<dyn CommandSink>,
+    engine: &EngineArgs,
+    clock: &MonotonicClock,
+    t_load: Instant,
+) -> Result<RunReport> {
+    let m = &bundle.manifest;
+    let tract = TractOptions {
+        threads: engine
+            .threads
+            .unwrap_or_else(|| TractOptions::default().threads),
+    };
+    let (backend, reason) = select_backend(bundle, engine.backend, tract)?;
+    log::info!("backend: {reason}");
+    let image_lens: Vec<usize> = m
+        .cameras
+        .iter()
+        .map(|c| Preprocessor::new(c).map(|p| p.output_len()))
+        .collect::<Result<_, _>>()?;
+    let req = Request::new(
+        &image_lens,
+        m.state.names.len(),
+        m.action.output.horizon() * m.action.names.len(),
+    );
+    let runner = ThreadedRunner::spawn(backend, req).context("starting the inference thread")?;
+    let opts = LoopOptions {
+        rate_hz: engine.rate,
+        allow_unlimited: engine.allow_unlimited,
+    };
+    let mut lp = ControlLoop::new(m, cameras, state, sink, runner, &opts)?;
+    let first_ms = lp.warm_up(clock, m, 5_000_000_000)? as f64 / 1e6;
+    let startup_ms = t_load.elapsed().as_secs_f64() * 1e3;
+    log::info!(
+        "start-up {startup_ms:.0} ms (bundle load to first action; first inference {first_ms:.0} ms); \
+         running at {:.1} Hz",
+        1e9 / lp.period_ns() as f64
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
+            .context("installing the Ctrl-C handler")?;
+    }
+    let max_ticks = engine
+        .duration
+        .map(|s| (s * 1e9 / lp.period_ns() as f64).round() as u64);
+    let r = lp.run(clock, &stop, max_ticks);
+    println!("\nstage timings:\n{}", lp.timings.summary());
+    println!("counters: {}", serde_json::to_string(&lp.counters)?);
+    println!("safety: {:?}", lp.filter().counters());
+    r?;
+    Ok(RunReport { startup_ms })
+}
+
+fn cmd_run(a: RunArgs) -> Result<()> {
+    let t_load = Instant::now();
+    let clock = MonotonicClock::new();
+    let bundle = load_bundle(&a.bundle)?;
+    let (cams, ep) = open_cameras(&bundle, &a.cameras)?;
+    let state = open_state(&bundle, a.state.as_deref(), ep.as_deref())?;
+    let sink = open_sink(&bundle, &a.can, &a.iface, &clock)?;
+    run_loop(&bundle, cams, state, sink, &a.engine, &clock, t_load)?;
+    Ok(())
+}
+
+fn cmd_demo(a: DemoArgs) -> Result<()> {
+    let bundle_dir = a.workdir.join("resnet18-chunk");
+    let episode_dir = a.workdir.join("episode");
+    let log_path = a.workdir.join("can0.log");
+    if Bundle::load(&bundle_dir).is_err() {
+        println!(
+            "building the reference ResNet-18 bundle in {} ...",
+            bundle_dir.display()
+        );
+        reflex_models::reference::write_demo_bundle(&bundle_dir)
+            .with_context(|| format!("writing {}", bundle_dir.display()))?;
+    }
+    let t_load = Instant::now();
+    let clock = MonotonicClock::new();
+    let bundle = load_bundle(&bundle_dir)?;
+    if Episode::load(&episode_dir).is_err() {
+        println!(
+            "generating a synthetic episode in {} ...",
+            episode_dir.display()
+        );
+        generate_synthetic_episode(&bundle.manifest, &episode_dir, 4.0, 30)?;
+    }
+    let ep = Episode::load(&episode_dir)?;
+    let mut cams: Vec<Box<dyn Camera>> = vec![];
+    for c in &bundle.manifest.cameras {
+        cams.push(Box::new(ep.camera(&c.name, ReplayMode::RealTime)?));
+    }
+    let state = Box::new(ep.state_source(&bundle.manifest.state.names, ReplayMode::RealTime)?);
+    let sink = open_sink(
+        &bundle,
+        &format!("candump:{}", log_path.display()),
+        "can0",
+        &clock,
+    )?;
+    let engine = EngineArgs {
+        backend: a.backend,
+        threads: a.threads,
+        rate: None,
+        allow_unlimited: false,
+        duration: Some(a.seconds),
+    };
+    let rep = run_loop(&bundle, cams, state, sink, &engine, &clock, t_load)?;
+    println!(
+        "start-up (bundle load to first action): {:.0} ms",
+        rep.startup_ms
+    );
+    println!(
+        "CAN frames written to {} (candump -l format; replay with canplayer)",
+        log_path.display()
+    );
+    Ok(())
+}
+
+fn cmd_bench(a: BenchArgs) -> Result<bool> {
+    use reflex_runtime::bench::{self, BenchReport};
+    if let Some(files) = &a.compare {
+        let read = |p: &PathBuf| -> Result<BenchReport> {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let r: BenchReport = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a reflex-bench/1 report", p.display()))?;
+            if r.schema != bench::SCHEMA {
+                bail!(
+                    "{}: schema {} (expected {})",
+                    p.display(),
+                    r.schema,
+                    bench::SCHEMA
+                );
+            }
+            Ok(r)
+        };
+        let (ra, rb) = (read(&files[0])?, read(&files[1])?);
+        print!("{}", bench::compare(&ra, &rb));
+        return Ok(true);
+    }
+    let path = a.bundle.clone().context("--bundle is required")?;
+    let bundle = load_bundle(&path)?;
+    let m = &bundle.manifest;
+    let tract = TractOptions {
+        threads: a.threads.unwrap_or_else(|| TractOptions::default().threads),
+    };
+    let (mut backend, reason) = select_backend(&bundle, a.backend, tract)?;
+    let backend_name = backend.name().to_string();
+    let rate = a.rate.unwrap_or(m.control.rate_hz);
+    let period_ns = (1e9 / rate).round() as u64;
+    let steps = m.control.steps_per_inference as u64;
+    let board = reflex_board::BoardIdentity::detect();
+    let mut timings = reflex_runtime::timing::StageTimings::new();
+    let mut periods_ms = vec![];
+    let (ticks, duration_s, infer_count, missed, overruns);
+    let t_start;
+    if a.model_only {
+        // Fixed inputs: a mid-grey image and zero state, written once.
+        for i in 0..m.cameras.len() {
+            backend.camera_input(i).fill(0.0);
+        }
+        if let Some(s) = backend.state_input() {
+            s.fill(0.0);
+        }
+        for _ in 0..a.warmup.max(1) {
+            backend.run()?;
+        }
+        let n = a.iterations.unwrap_or(0);
+        let dur = a
+            .duration
+            .unwrap_or(if n == 0 { 10.0 } else { f64::INFINITY });
+        t_start = Instant::now();
+        let mut k = 0;
+        while (n == 0 || k < n) && t_start.elapsed().as_secs_f64() < dur {
+            let t = Instant::now();
+            backend.run()?;
+            timings.record(
+                reflex_runtime::timing::Stage::Inference,
+                t.elapsed().as_nanos() as u64,
+            );
+            k += 1;
+        }
+        ticks = k;
+        infer_count = k;
+        duration_s = t_start.elapsed().as_secs_f64();
+        missed = 0;
+        overruns = 0;
+    } else {
+        let ep_dir = if a.camera == "synthetic" {
+            let d = std::env::temp_dir().join(format!("reflex-bench-episode-{}", m.name));
+            if Episode::load(&d).is_err() {
+                generate_synthetic_episode(m, &d, 2.0, 30)?;
+            }
+            d
+        } else {
+            PathBuf::from(a.camera.strip_prefix("replay:").with_context(|| {
+                format!("--camera {}: expected synthetic or replay:DIR", a.camera)
+            })?)
+        };
+        let ep = Episode::load(&ep_dir)?;
+        let mut cams: Vec<Box<dyn Camera>> = vec![];
+        for c in &m.cameras {
+            cams.push(Box::new(ep.camera(&c.name, ReplayMode::AsFastAsPossible)?));
+        }
+        let state = ep.state_source(&m.state.names, ReplayMode::AsFastAsPossible)?;
+        let lens: Vec<usize> = m
+            .cameras
+            .iter()
+            .map(|c| Preprocessor::new(c).map(|p| p.output_len()))
+            .collect::<Result<_, _>>()?;
+        let req = Request::new(
+            &lens,
+            m.state.names.len(),
+            m.action.output.horizon() * m.action.names.len(),
+        );
+        let runner = ThreadedRunner::spawn(backend, req)?;
+        let opts = LoopOptions {
+            rate_hz: Some(rate),
+            allow_unlimited: true,
+        };
+        let mut lp = ControlLoop::new(m, cams, state, NullSink::default(), runner, &opts)?;
+        let clock = MonotonicClock::new();
+        lp.warm_up(&clock, m, 5_000_000_000)?;
+        let mut next = clock.now_ns();
+        for _ in 0..a.warmup {
+            lp.tick(clock.now_ns())?;
+            next += period_ns;
+            clock.sleep_until(next);
+        }
+        lp.timings = reflex_runtime::timing::StageTimings::new();
+        lp.counters = Default::default();
+        let n = a.iterations.unwrap_or(0);
+        let dur = a.duration.unwrap_or(10.0);
+        let max_ticks = if n > 0 { n } else { (dur * rate).ceil() as u64 };
+        periods_ms.reserve(max_ticks as usize);
+        t_start = Instant::now();
+        let mut last: Option<u64> = None;
+        for _ in 0..max_ticks {
+            let now = clock.now_ns();
+            if let Some(l) = last {
+                periods_ms.push((now - l) as f64 / 1e6);
+            }
+            last = Some(now);
+            lp.tick(now)?;
+            next += period_ns;
+            clock.sleep_until(next);
+        }
+        duration_s = t_start.elapsed().as_secs_f64();
+        ticks = max_ticks;
+        infer_count = lp.counters.inferences;
+        missed = lp.counters.missed_deadlines;
+        overruns = lp.counters.overruns;
+        timings = lp.timings.clone();
+        lp.shutdown(clock.now_ns());
+    }
+    let stages = bench::stage_stats(&timings);
+    let period_ms = period_ns as f64 / 1e6;
+    let verdict = bench::verdict(&stages, period_ms, steps, a.margin, a.model_only);
+    let report = BenchReport {
+        schema: bench::SCHEMA.into(),
+        mode: if a.model_only {
+            "model-only"
+        } else {
+            "pipeline"
+        }
+        .into(),
+        bundle: m.name.clone(),
+        backend: backend_name,
+        backend_reason: reason,
+        board: board.into(),
+        rate_hz: rate,
+        period_ms,
+        steps_per_inference: steps,
+        margin: a.margin,
+        tick_budget_ms: period_ms * (1.0 - a.margin),
+        latency_budget_ms: period_ms * steps as f64 * (1.0 - a.margin),
+        ticks,
+        duration_s,
+        throughput_hz: ticks as f64 / duration_s.max(1e-9),
+        inferences_per_s: infer_count as f64 / duration_s.max(1e-9),
+        peak_rss_kib: bench::peak_rss_kib(),
+        stages,
+        missed_deadlines: missed,
+        overruns,
+        periods_ms,
+        verdict,
+    };
+    print!("{}", report.table());
+    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", a.json.display()))?;
+    std::fs::write(&a.svg, report.svg()).with_context(|| format!("writing {}", a.svg.display()))?;
+    println!("wrote {} and {}", a.json.display(), a.svg.display());
+    Ok(report.verdict.pass)
+}

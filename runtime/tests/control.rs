@@ -1,0 +1,360 @@
+//! Safety rules and faults of the control loop, tick by tick on a manual clock. Each test checks
+//! what did and did not reach the sink.
+
+mod common;
+
+use common::*;
+use reflex_runtime::clock::{Clock, ManualClock};
+use reflex_runtime::control::{CommandKind, ControlLoop, HoldReason, LoopOptions};
+use reflex_runtime::engine::{InlineRunner, Request, ThreadedRunner};
+use reflex_runtime::io::CommandSink;
+use reflex_runtime::safety::SafeCommand;
+use reflex_runtime::sinks::RecordingSink;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+fn request() -> Request {
+    Request::new(&[3 * 4 * 4], 2, 8)
+}
+
+type Inline<F> = InlineRunner<FnBackend<F>>;
+
+fn inline_loop<F: FnMut(u64, &mut [f32]) + Send>(
+    f: F,
+) -> (
+    ControlLoop<ScriptedCamera, FixedState, RecordingSink, Inline<F>>,
+    std::rc::Rc<std::cell::Cell<bool>>,
+    std::rc::Rc<std::cell::Cell<bool>>,
+) {
+    let (cam, live, gone) = ScriptedCamera::new();
+    let lp = ControlLoop::new(
+        &manifest(),
+        vec![cam],
+        FixedState(vec![0.0, 0.0]),
+        RecordingSink::with_capacity(1000),
+        InlineRunner::new(FnBackend::new(f), request()),
+        &LoopOptions::default(),
+    )
+    .expect("loop builds");
+    (lp, live, gone)
+}
+
+fn sent<C: reflex_runtime::io::Camera>(
+    lp: &ControlLoop<C, FixedState, RecordingSink, impl reflex_runtime::engine::InferenceRunner>,
+) -> Vec<SafeCommand> {
+    lp.sink().sent.iter().map(|(_, c)| c.clone()).collect()
+}
+
+#[test]
+fn nan_output_is_never_sent() {
+    // First inference: small finite actions; every later one: NaN.
+    let (mut lp, _, _) = inline_loop(|run, out: &mut [f32]| {
+        for v in out.iter_mut() {
+            *v = if run == 0 { 0.05 } else { f32::NAN };
+        }
+    });
+    let mut kinds = vec![];
+    for k in 0..10 {
+        kinds.push(lp.tick(k * PERIOD).expect("tick").kind);
+    }
+    let cmds = sent(&lp);
+    assert_eq!(cmds.len(), 10);
+    for c in &cmds {
+        assert!(c.values().iter().all(|v| v.is_finite()), "{c:?}");
+    }
+    // The finite chunk (4 steps) runs, then nothing fresh: hold, then the watchdog stops.
+    assert_eq!(&kinds[..4], &[CommandKind::Fresh; 4]);
+    assert_eq!(cmds[0].values(), &[0.1, 0.1]);
+    assert!(lp.counters.rejected_nonfinite >= 2, "{:?}", lp.counters);
+    assert_eq!(kinds[4], CommandKind::Hold);
+    assert_eq!(
+        cmds[4].values(),
+        cmds[3].values(),
+        "hold repeats the last safe command"
+    );
+    assert_eq!(
+        kinds[6],
+        CommandKind::Stop,
+        "watchdog after 3 periods without a fresh command"
+    );
+    assert!(cmds[6].is_stop());
+    assert_eq!(lp.counters.watchdog_trips, 1);
+}
+
+#[test]
+fn commands_stay_within_limits_and_rate() {
+    // Wild outputs: +-100 (normalized) jumping every run.
+    let (mut lp, _, _) = inline_loop(|run, out: &mut [f32]| {
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = if (run + i as u64) % 2 == 0 {
+                100.0
+            } else {
+                -100.0
+            };
+        }
+    });
+    lp.seed(&[0.0, 0.0]);
+    for k in 0..40 {
+        lp.tick(k * PERIOD).expect("tick");
+    }
+    let cmds = sent(&lp);
+    let mut prev = [0.0f32, 0.0];
+    for c in &cmds {
+        for (d, v) in c.values().iter().enumerate() {
+            assert!((-1.0..=1.0).contains(v), "{c:?}");
+            assert!(
+                (v - prev[d]).abs() <= 0.2 + 1e-6,
+                "rate limit broken: {prev:?} -> {c:?}"
+            );
+            prev[d] = *v;
+        }
+    }
+    assert!(lp.filter().counters().clamped_position > 0);
+    assert!(lp.filter().counters().rate_limited > 0);
+}
+
+#[test]
+fn stale_frame_holds_then_watchdog_stops() {
+    let (mut lp, live, _) = inline_loop(|_, out: &mut [f32]| out.fill(0.05));
+    let mut reps = vec![];
+    for k in 0..12 {
+        if k == 5 {
+            live.set(false); // last frame captured at tick 4
+        }
+        reps.push(lp.tick(k * PERIOD).expect("tick"));
+    }
+    let cmds = sent(&lp);
+    // max_age 250 ms: the tick-4 frame is still usable at ticks 5 and 6, stale from tick 7.
+    assert_eq!(reps[6].reason, HoldReason::None);
+    assert_eq!(reps[7].kind, CommandKind::Hold);
+    assert_eq!(reps[7].reason, HoldReason::StaleFrame);
+    assert_eq!(cmds[7].values(), cmds[6].values());
+    assert!(
+        reps[7..].iter().all(|r| !r.inference_submitted),
+        "no inference on stale frames"
+    );
+    assert_eq!(reps[9].kind, CommandKind::Stop);
+    assert!(cmds[9..].iter().all(|c| c.is_stop()));
+    assert!(lp.counters.stale_frame_ticks >= 5);
+    // Frames return: fresh commands resume.
+    live.set(true);
+    let r = lp.tick(12 * PERIOD).expect("tick");
+    assert_eq!(r.kind, CommandKind::Fresh);
+}
+
+#[test]
+fn camera_loss_stops_within_the_same_tick_and_recovers() {
+    let (mut lp, _, gone) = inline_loop(|_, out: &mut [f32]| out.fill(0.05));
+    for k in 0..5 {
+        assert_eq!(lp.tick(k * PERIOD).expect("tick").kind, CommandKind::Fresh);
+    }
+    gone.set(true);
+    for k in 5..8 {
+        let r = lp.tick(k * PERIOD).expect("tick");
+        assert_eq!(r.kind, CommandKind::Stop);
+        assert_eq!(r.reason, HoldReason::CameraLost);
+    }
+    assert!(sent(&lp)[5..].iter().all(|c| c.is_stop()));
+    gone.set(false);
+    assert_eq!(lp.tick(8 * PERIOD).expect("tick").kind, CommandKind::Fresh);
+}
+
+#[test]
+fn overrun_keeps_executing_the_current_chunk() {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let mut backend = FnBackend::new(|run, out: &mut [f32]| {
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = 0.001 * (run * 10 + (i / 2) as u64) as f32;
+        }
+    });
+    backend.gate = Some(rx);
+    let runner = ThreadedRunner::spawn(backend, request()).expect("worker");
+    let (cam, _, _) = ScriptedCamera::new();
+    let m = manifest();
+    let mut lp = ControlLoop::new(
+        &m,
+        vec![cam],
+        FixedState(vec![0.0, 0.0]),
+        RecordingSink::with_capacity(100),
+        runner,
+        &LoopOptions::default(),
+    )
+    .expect("loop");
+    let clock = ManualClock::new(0);
+    tx.send(()).expect("gate"); // lets the warm-up inference through
+    lp.warm_up(&clock, &m, 1_000_000_000).expect("warm-up");
+    let t0 = clock.now_ns();
+    let mut reps = vec![];
+    for k in 0..7 {
+        reps.push(lp.tick(t0 + k * PERIOD).expect("tick"));
+    }
+    // Tick 2 submits (worker now blocked); ticks 2 and 3 still execute the warm-up chunk.
+    assert!(reps[2].inference_submitted);
+    assert_eq!(
+        &reps[..4].iter().map(|r| r.kind).collect::<Vec<_>>(),
+        &[CommandKind::Fresh; 4]
+    );
+    // Tick 4: the next inference is due but one is in flight: counted once, not queued.
+    assert_eq!(lp.counters.overruns, 1);
+    assert!(!reps[4].inference_submitted);
+    assert_eq!(reps[4].kind, CommandKind::Hold);
+    assert_eq!(reps[6].kind, CommandKind::Stop, "watchdog");
+    // Release the worker; the late chunk arrives and fresh commands resume.
+    tx.send(()).expect("gate");
+    tx.send(()).expect("gate");
+    let mut resumed = false;
+    for k in 7..40 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        if lp.tick(t0 + k * PERIOD).expect("tick").kind == CommandKind::Fresh {
+            resumed = true;
+            break;
+        }
+        let _ = tx.send(());
+    }
+    assert!(
+        resumed,
+        "fresh commands after the worker caught up: {:?}",
+        lp.counters
+    );
+    assert!(
+        lp.counters.skipped_steps > 0,
+        "the late chunk's past steps were skipped"
+    );
+}
+
+#[test]
+fn latency_compensation_skips_the_past_steps() {
+    // Output encodes (run, step): value = 0.002 * (10 run + step) after unnormalization (std 2).
+    let (cam, _, _) = ScriptedCamera::new();
+    struct Old(ScriptedCamera);
+    impl reflex_runtime::io::Camera for Old {
+        fn name(&self) -> &str {
+            "old"
+        }
+        fn latest(
+            &mut self,
+            now: u64,
+            d: u64,
+        ) -> Result<Option<reflex_runtime::io::Frame<'_>>, reflex_runtime::io::CameraError>
+        {
+            // Frames arrive 200 ms old (camera pipeline latency).
+            Ok(self.0.latest(now, d)?.map(|mut f| {
+                f.meta.capture_ns = now.saturating_sub(2 * PERIOD);
+                f
+            }))
+        }
+    }
+    let backend = FnBackend::new(|run, out: &mut [f32]| {
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = 0.001 * (run * 10 + (i / 2) as u64) as f32;
+        }
+    });
+    let mut lp = ControlLoop::new(
+        &manifest(),
+        vec![Old(cam)],
+        FixedState(vec![0.0, 0.0]),
+        RecordingSink::with_capacity(100),
+        InlineRunner::new(backend, request()),
+        &LoopOptions::default(),
+    )
+    .expect("loop");
+    lp.seed(&[0.0, 0.0]);
+    for k in 0..5 {
+        lp.tick(1_000_000_000 + k * PERIOD).expect("tick");
+    }
+    let cmds = sent(&lp);
+    // Tick 2: run 1 observed at tick 0 -> its steps 0 and 1 are the past; step 2 executes.
+    assert!(
+        (cmds[2].values()[0] - 0.002 * 12.0).abs() < 1e-6,
+        "{:?}",
+        cmds[2]
+    );
+    assert!(
+        (cmds[3].values()[0] - 0.002 * 13.0).abs() < 1e-6,
+        "{:?}",
+        cmds[3]
+    );
+    assert!(lp.counters.skipped_steps >= 2);
+}
+
+/// Sets the "Ctrl-C" flag after a number of commands, like the signal handler would.
+struct InterruptAfter {
+    inner: RecordingSink,
+    after: usize,
+    flag: Arc<AtomicBool>,
+}
+
+impl CommandSink for InterruptAfter {
+    fn name(&self) -> &str {
+        "interrupt-after"
+    }
+    fn send(&mut self, cmd: &SafeCommand, now: u64) -> Result<(), reflex_runtime::io::SinkError> {
+        self.inner.send(cmd, now)?;
+        if self.inner.sent.len() == self.after {
+            self.flag.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn ctrl_c_sends_the_stop_command() {
+    let flag = Arc::new(AtomicBool::new(false));
+    let (cam, _, _) = ScriptedCamera::new();
+    let m = manifest();
+    let mut lp = ControlLoop::new(
+        &m,
+        vec![cam],
+        FixedState(vec![0.0, 0.0]),
+        InterruptAfter {
+            inner: RecordingSink::with_capacity(100),
+            after: 6,
+            flag: flag.clone(),
+        },
+        InlineRunner::new(
+            FnBackend::new(|_, out: &mut [f32]| out.fill(0.05)),
+            request(),
+        ),
+        &LoopOptions::default(),
+    )
+    .expect("loop");
+    let clock = ManualClock::new(0);
+    lp.warm_up(&clock, &m, 1_000_000_000).expect("warm-up");
+    lp.run(&clock, &flag, Some(1000)).expect("run");
+    let cmds = &lp.sink().inner.sent;
+    assert_eq!(cmds.len(), 7, "6 ticks then exactly one stop");
+    assert!(cmds[..6].iter().all(|(_, c)| !c.is_stop()));
+    let (t_stop, stop) = &cmds[6];
+    assert!(stop.is_stop());
+    assert!(
+        *t_stop - cmds[5].0 <= PERIOD,
+        "stop within one period of the interrupt"
+    );
+}
+
+#[test]
+fn bundle_without_limits_needs_the_explicit_flag() {
+    let text = MANIFEST.replace(
+        "limits = { min = [-1.0, -1.0], max = [1.0, 1.0], max_rate = [2.0, 2.0] }",
+        "",
+    );
+    let m = reflex_models::bundle::parse_manifest(&text, std::path::Path::new("t/policy.toml"))
+        .expect("parses");
+    let mk = |allow| {
+        let (cam, _, _) = ScriptedCamera::new();
+        ControlLoop::new(
+            &m,
+            vec![cam],
+            FixedState(vec![0.0, 0.0]),
+            RecordingSink::with_capacity(1),
+            InlineRunner::new(FnBackend::new(|_, o: &mut [f32]| o.fill(0.0)), request()),
+            &LoopOptions {
+                rate_hz: None,
+                allow_unlimited: allow,
+            },
+        )
+    };
+    let err = mk(false).err().expect("refused").to_string();
+    assert!(err.contains("limits"), "{err}");
+    assert!(mk(true).is_ok());
+}

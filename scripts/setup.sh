@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what building and testing reflex needs on a fresh Debian machine, and nothing twice.
+# Sourced by scripts/demo.sh and scripts/test.sh; safe to run by hand.
+set -euo pipefail
+
+# Cargo builds go to a target dir outside the clone when possible, so CI and fresh clones on the
+# same machine reuse the (slow to build) tract dependencies. Override with CARGO_TARGET_DIR.
+if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+    export CARGO_TARGET_DIR="${REFLEX_TARGET_DIR:-$HOME/.cache/reflex/target}"
+fi
+mkdir -p "$CARGO_TARGET_DIR"
+
+need_apt=()
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v cc >/dev/null || need_apt+=(gcc)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${need_apt[*]}"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if ! command -v cargo >/dev/null; then
+    echo "setup: cargo not found; install Rust with rustup (https://rustup.rs), then re-run" >&2
+    exit 1
+fi
+
+# Python packages for the independent references used by the tests (ONNX checker, ONNX Runtime,
+# numpy/PIL preprocessing references). Pinned to the versions the tests were written against.
+PY_PKGS=(onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0 safetensors==0.8.0)
+if ! python3 - <<'PY' 2>/dev/null
+import onnx, onnxruntime, numpy, PIL, safetensors
+PY
+then
+    echo "setup: pip install ${PY_PKGS[*]}"
+    python3 -m pip install --quiet --disable-pip-version-check "${PY_PKGS[@]}"
+fi
