@@ -42,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Write a bundle from a reference architecture (checkpoint or seed) or from an ONNX file.
-    Export(ExportArgs),
+    Export(Box<ExportArgs>),
     /// Print a bundle's manifest, graph I/O, parameter count and FLOPs.
     Inspect {
         /// Bundle directory.
@@ -132,7 +132,7 @@ fn main() {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let r = match cli.cmd {
-        Cmd::Export(a) => cmd_export(a),
+        Cmd::Export(a) => cmd_export(*a),
         Cmd::Inspect { bundle } => cmd_inspect(&bundle),
         Cmd::Infer {
             bundle,

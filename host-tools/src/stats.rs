@@ -265,7 +265,7 @@ fn json_to_tree(
             for (i, x) in arr.iter().enumerate() {
                 v.push(x.as_f64().ok_or_else(|| {
                     anyhow!(
-                        "{}: `{feature}.{stat}[{i}]` is not a number",
+                        "{}: `{feature}.{stat}[{i}]` is not a finite number (NaN, infinity or null)",
                         path.display()
                     )
                 })? as f32);
@@ -360,6 +360,8 @@ mod tests {
         let p = write("nan.toml", "[action]\nmean = [0.0, nan]\n");
         let e = Stats::load(&p).expect_err("nan").to_string();
         assert!(e.contains("action.mean[1]") && e.contains("NaN"), "{e}");
+        let p = write("nan.json", r#"{"action": {"std": [1.0, NaN]}}"#);
+        assert!(Stats::load(&p).is_err());
     }
 
     #[test]
@@ -393,7 +395,7 @@ mod tests {
                 TensorView::new(safetensors::Dtype::F32, vec![3], &img).expect("t"),
             ),
         ];
-        let bytes = safetensors::serialize(tensors, None).expect("serialize");
+        let bytes = safetensors::serialize(tensors, &None).expect("serialize");
         let dir = std::env::temp_dir().join(format!("reflex-stats-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
         let p = dir.join("stats.safetensors");

@@ -125,7 +125,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
     );
     provenance.insert(
         "architecture".to_string(),
-        toml::Value::String(toml::to_string(arch).unwrap_or_default()),
+        toml::Value::try_from(arch).unwrap_or_else(|e| toml::Value::String(e.to_string())),
     );
     Manifest {
         format_version: FORMAT_VERSION,

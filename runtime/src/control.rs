@@ -48,7 +48,7 @@ pub enum LoopError {
 }
 
 /// Options that override or complement the bundle.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct LoopOptions {
     /// Control rate; `None` = the bundle's.
     pub rate_hz: Option<f64>,
@@ -56,14 +56,6 @@ pub struct LoopOptions {
     pub allow_unlimited: bool,
 }
 
-impl Default for LoopOptions {
-    fn default() -> Self {
-        LoopOptions {
-            rate_hz: None,
-            allow_unlimited: false,
-        }
-    }
-}
 
 /// What the tick sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

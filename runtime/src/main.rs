@@ -89,7 +89,8 @@ struct RunArgs {
     /// Joint state source: `replay:EPISODE_DIR` (default: the first replay camera's episode).
     #[arg(long)]
     state: Option<String>,
-    /// Command output: `candump:FILE` (can-utils `candump -l` log) or `null`.
+    /// Command output: a SocketCAN interface (`can0`, `vcan0`), `candump:FILE` (can-utils
+    /// `candump -l` log) or `null`.
     #[arg(long)]
     can: String,
     /// CAN interface name written into candump logs.
@@ -251,11 +252,14 @@ fn cmd_check(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Opened cameras in bundle order, and the first replay episode's directory (state default).
+type OpenedCameras = (Vec<Box<dyn Camera>>, Option<PathBuf>);
+
 /// Camera sources in bundle order.
 fn open_cameras(
     bundle: &Bundle,
     specs: &[String],
-) -> Result<(Vec<Box<dyn Camera>>, Option<PathBuf>)> {
+) -> Result<OpenedCameras> {
     let m = &bundle.manifest;
     let mut by_name: Vec<Option<String>> = vec![None; m.cameras.len()];
     let mut positional = vec![];
@@ -340,7 +344,12 @@ fn open_sink(
             .with_context(|| format!("opening candump log {file}"))?;
         return Ok(Box::new(sink));
     }
-    bail!("--can {spec}: expected candump:FILE or null (SocketCAN interfaces come with the real-I/O work)")
+    if spec.is_empty() || spec.contains(':') || spec.contains('/') {
+        bail!("--can {spec}: expected a CAN interface name (can0, vcan0), candump:FILE or null");
+    }
+    let reflex_models::manifest::CanSpec::PerJoint { base_id } = bundle.manifest.can;
+    let sink = reflex_runtime::socketcan::SocketCanSink::open(spec, base_id)?;
+    Ok(Box::new(sink))
 }
 
 struct RunReport {

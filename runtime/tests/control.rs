@@ -19,13 +19,11 @@ fn request() -> Request {
 
 type Inline<F> = InlineRunner<FnBackend<F>>;
 
-fn inline_loop<F: FnMut(u64, &mut [f32]) + Send>(
-    f: F,
-) -> (
-    ControlLoop<ScriptedCamera, FixedState, RecordingSink, Inline<F>>,
-    std::rc::Rc<std::cell::Cell<bool>>,
-    std::rc::Rc<std::cell::Cell<bool>>,
-) {
+type Flag = std::rc::Rc<std::cell::Cell<bool>>;
+type TestLoop<F> = ControlLoop<ScriptedCamera, FixedState, RecordingSink, Inline<F>>;
+
+/// A loop over the scripted camera, and its `live` and `gone` switches.
+fn inline_loop<F: FnMut(u64, &mut [f32]) + Send>(f: F) -> (TestLoop<F>, Flag, Flag) {
     let (cam, live, gone) = ScriptedCamera::new();
     let lp = ControlLoop::new(
         &manifest(),
@@ -86,7 +84,7 @@ fn commands_stay_within_limits_and_rate() {
     // Wild outputs: +-100 (normalized) jumping every run.
     let (mut lp, _, _) = inline_loop(|run, out: &mut [f32]| {
         for (i, v) in out.iter_mut().enumerate() {
-            *v = if (run + i as u64) % 2 == 0 {
+            *v = if (run + i as u64).is_multiple_of(2) {
                 100.0
             } else {
                 -100.0

@@ -1,0 +1,221 @@
+//! `reflex-tools` as a user runs it: export (seed, checkpoint, ONNX + stats), inspect, infer.
+
+use reflex_models::manifest::Normalization;
+use reflex_models::npy::{read_npy, write_npy, NpyArray};
+use reflex_models::onnx::{
+    build_policy, save_safetensors, EncoderKind, HeadKind, KeyLayout, PolicyArch, RecordingWeights,
+    SeededWeights,
+};
+use reflex_models::Bundle;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tools(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_reflex-tools"))
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn ok(o: &Output) -> String {
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "stdout:\n{out}\nstderr:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+fn err(o: &Output) -> String {
+    assert!(!o.status.success(), "should fail: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tools").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.parent().expect("parent")).expect("mkdir");
+    d
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+#[test]
+fn export_seed_inspect_infer() {
+    let out = dir("seed");
+    ok(&tools(&["export", "--arch", "resnet18", "--seed", "1", "--head", "single", "--out", s(&out)]));
+    let b = Bundle::load(&out).expect("bundle");
+    assert_eq!(b.io.output("action"), Some(&[1, 6][..]));
+    let text = ok(&tools(&["inspect", s(&out)]));
+    assert!(text.contains("input  image.front [1, 3, 224, 224]"), "{text}");
+    // 11.18 M trunk + head, BatchNorm folded into conv (scale/shift become one bias).
+    let params: u64 = text
+        .split("parameters: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("parameter count printed");
+    assert!((11_200_000..11_400_000).contains(&params), "{params}");
+    assert!(text.contains("G multiply-accumulates"), "{text}");
+
+    // infer: the raw network on .npy inputs, same as running it in the runtime's backend.
+    let img: Vec<f32> = (0..3 * 224 * 224).map(|i| ((i % 97) as f32 / 97.0) - 0.5).collect();
+    let st = vec![0.1f32, -0.2, 0.3, 0.0, 0.5, -0.1];
+    let ip = out.with_extension("img.npy");
+    let sp = out.with_extension("state.npy");
+    write_npy(&ip, &NpyArray::f32(&[1, 3, 224, 224], img.clone())).expect("npy");
+    write_npy(&sp, &NpyArray::f32(&[1, 6], st.clone())).expect("npy");
+    let op = out.with_extension("out.npy");
+    ok(&tools(&[
+        "infer",
+        "--bundle",
+        s(&out),
+        "--input",
+        &format!("image.front={}", s(&ip)),
+        "--input",
+        &format!("state={}", s(&sp)),
+        "--output",
+        s(&op),
+    ]));
+    let got = read_npy(&op).expect("output");
+    assert_eq!(got.shape, vec![1, 6]);
+    let mut backend = reflex_runtime::backend::TractBackend::prepare(
+        &b,
+        reflex_runtime::backend::TractOptions { threads: 1 },
+    )
+    .expect("backend");
+    use reflex_runtime::backend::PolicyBackend;
+    backend.camera_input(0).copy_from_slice(&img);
+    backend.state_input().expect("state").copy_from_slice(&st);
+    backend.run().expect("run");
+    let want = backend.output().to_vec();
+    for (a, b) in got.data.to_f32().iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+    }
+
+    // A wrong input shape is named.
+    let e = err(&tools(&[
+        "infer",
+        "--bundle",
+        s(&out),
+        "--input",
+        &format!("image.front={}", s(&sp)),
+        "--input",
+        &format!("state={}", s(&sp)),
+        "--output",
+        s(&op),
+    ]));
+    assert!(e.contains("image.front") && e.contains("[1, 6]"), "{e}");
+}
+
+#[test]
+fn export_from_checkpoint_matches_the_seeded_export() {
+    let arch = PolicyArch {
+        encoder: EncoderKind::Resnet18,
+        cameras: vec!["front".into()],
+        shared_encoder: false,
+        state_dim: 6,
+        action_dim: 6,
+        hidden: vec![256],
+        head: HeadKind::Chunk { horizon: 16 },
+    };
+    // A checkpoint as `save_file(policy.state_dict())` writes it: encoder.* and head.*.
+    let layout = KeyLayout {
+        per_camera_encoder: "encoder.".into(),
+        ..KeyLayout::default()
+    };
+    let mut rec = RecordingWeights::new(SeededWeights::new(5), layout);
+    build_policy(&arch, &mut rec).expect("build");
+    let ckpt = dir("ckpt").with_extension("safetensors");
+    save_safetensors(&ckpt, &rec.into_tensors()).expect("save");
+
+    let a = dir("from-ckpt");
+    ok(&tools(&["export", "--arch", "resnet18", "--weights", s(&ckpt), "--out", s(&a)]));
+    let b = dir("from-seed");
+    ok(&tools(&["export", "--arch", "resnet18", "--seed", "5", "--out", s(&b)]));
+    let ha = Bundle::load(&a).expect("a").manifest.models[0].sha256.clone();
+    let hb = Bundle::load(&b).expect("b").manifest.models[0].sha256.clone();
+    assert_eq!(ha, hb, "same weights, same ONNX bytes");
+
+    // Wrong prefix: every key is reported missing, and nothing is written.
+    let c = dir("bad-prefix");
+    let e = err(&tools(&[
+        "export", "--arch", "resnet18", "--weights", s(&ckpt), "--encoder-prefix", "model.backbone.", "--out", s(&c),
+    ]));
+    assert!(e.contains("model.backbone.conv1.weight") && e.contains("missing"), "{e}");
+    assert!(!c.exists());
+}
+
+#[test]
+fn export_onnx_with_lerobot_stats() {
+    let src = dir("onnx-src");
+    ok(&tools(&["export", "--arch", "resnet18", "--seed", "2", "--out", s(&src)]));
+    // LeRobot-style stats: observation.state.* and action.*, plus image stats that are skipped.
+    use safetensors::tensor::TensorView;
+    let v = |x: &[f32]| x.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    let (m6, s6, mn, mx) = (v(&[0.1; 6]), v(&[0.5; 6]), v(&[-1.0; 6]), v(&[1.0; 6]));
+    let img = v(&[0.4; 3]);
+    fn f32t(b: &[u8], n: usize) -> TensorView<'_> {
+        TensorView::new(safetensors::Dtype::F32, vec![n], b).expect("view")
+    }
+    let stats = vec![
+        ("observation.state.mean", f32t(&m6, 6)),
+        ("observation.state.std", f32t(&s6, 6)),
+        ("action.min", f32t(&mn, 6)),
+        ("action.max", f32t(&mx, 6)),
+        ("observation.images.front.mean", f32t(&img, 3)),
+    ];
+    let sp = dir("stats").with_extension("safetensors");
+    std::fs::write(&sp, safetensors::serialize(stats, &None).expect("ser")).expect("write");
+
+    let out = dir("onnx-out");
+    ok(&tools(&[
+        "export",
+        "--onnx",
+        s(&src.join("policy.onnx")),
+        "--manifest",
+        s(&src.join("policy.toml")),
+        "--stats",
+        s(&sp),
+        "--action-norm",
+        "min_max",
+        "--out",
+        s(&out),
+    ]));
+    let b = Bundle::load(&out).expect("bundle");
+    assert_eq!(
+        b.manifest.state.normalization,
+        Normalization::MeanStd { mean: vec![0.1; 6], std: vec![0.5; 6] }
+    );
+    assert_eq!(
+        b.manifest.action.normalization,
+        Normalization::MinMax { min: vec![-1.0; 6], max: vec![1.0; 6] }
+    );
+
+    // Stats that do not cover what the normalization needs: an error naming it, nothing written.
+    let out2 = dir("onnx-out-bad");
+    let e = err(&tools(&[
+        "export",
+        "--onnx",
+        s(&src.join("policy.onnx")),
+        "--manifest",
+        s(&src.join("policy.toml")),
+        "--stats",
+        s(&sp),
+        "--out",
+        s(&out2),
+    ]));
+    assert!(e.contains("action.mean") && e.contains("action.max, action.min"), "{e}");
+    assert!(!out2.exists());
+}
+
+#[test]
+fn help_teaches() {
+    let o = ok(&tools(&["export", "--help"]));
+    for w in ["--arch", "--weights", "--seed", "--onnx", "--stats", "--out"] {
+        assert!(o.contains(w), "{o}");
+    }
+}
