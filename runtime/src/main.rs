@@ -83,7 +83,8 @@ struct RunArgs {
     #[arg(long)]
     bundle: PathBuf,
     /// Camera source, once per bundle camera: `NAME=SOURCE` or `SOURCE` (taken in bundle order).
-    /// SOURCE: `replay:EPISODE_DIR` (a recorded episode, played in real time, looping).
+    /// SOURCE: `replay:EPISODE_DIR` (a recorded episode, played in real time, looping) or a V4L2
+    /// device (`/dev/video0`, `/dev/v4l/by-id/...`) opened in the bundle's capture mode.
     #[arg(long = "camera", required = true)]
     cameras: Vec<String>,
     /// Joint state source: `replay:EPISODE_DIR` (default: the first replay camera's episode).
@@ -298,10 +299,13 @@ fn open_cameras(
             let ep = Episode::load(&dir)?;
             cams.push(Box::new(ep.camera(&spec.name, ReplayMode::RealTime)?));
             first_episode.get_or_insert(dir);
+        } else if src.starts_with("/dev/") {
+            let cam = reflex_runtime::v4l2::V4l2Camera::open(Path::new(&src), &spec.capture)?;
+            cams.push(Box::new(cam));
         } else {
             bail!(
-                "camera source `{src}` not supported in this build (use replay:EPISODE_DIR; \
-                 V4L2 devices come with the real-I/O work)"
+                "camera source `{src}`: expected replay:EPISODE_DIR or a V4L2 device \
+                 (/dev/videoN, /dev/v4l/by-id/...)"
             );
         }
     }
@@ -371,8 +375,13 @@ fn run_loop(
             .threads
             .unwrap_or_else(|| TractOptions::default().threads),
     };
+    let t_backend = Instant::now();
     let (backend, reason) = select_backend(bundle, engine.backend, tract)?;
-    log::info!("backend: {reason}");
+    log::info!(
+        "backend: {reason} (prepared in {:.0} ms; bundle loaded in {:.0} ms)",
+        t_backend.elapsed().as_secs_f64() * 1e3,
+        (t_backend - t_load).as_secs_f64() * 1e3
+    );
     let image_lens: Vec<usize> = m
         .cameras
         .iter()
