@@ -1,0 +1,105 @@
+//! How much tract itself allocates per inference, with the real reference ResNet-18 in the loop.
+//!
+//! The loop's own tick allocates nothing (runtime/tests/alloc.rs proves it with a fake backend).
+//! tract allocates its intermediate tensors on every run; this test measures that figure, prints
+//! it, and checks that all of it happens inside inference: ticks that do not run the network
+//! allocate nothing even with the real backend in place.
+#![allow(unsafe_code)]
+
+use reflex_models::reference::write_demo_bundle;
+use reflex_models::Bundle;
+use reflex_runtime::backend::{TractBackend, TractOptions};
+use reflex_runtime::clock::ManualClock;
+use reflex_runtime::control::{ControlLoop, LoopOptions};
+use reflex_runtime::engine::{InlineRunner, Request};
+use reflex_runtime::preprocess::Preprocessor;
+use reflex_runtime::replay::{generate_synthetic_episode, Episode, ReplayMode};
+use reflex_runtime::sinks::NullSink;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::PathBuf;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+    static BYTES: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; the counters are const-initialized
+// thread-local cells that never allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        let _ = BYTES.try_with(|c| c.set(c.get() + layout.size() as u64));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        let _ = BYTES.try_with(|c| c.set(c.get() + new_size as u64));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn counts() -> (u64, u64) {
+    (ALLOCS.with(|c| c.get()), BYTES.with(|c| c.get()))
+}
+
+#[test]
+fn tract_allocations_per_inference_are_measured_and_confined_to_inference() {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("alloc-tract");
+    let bdir = dir.join("bundle");
+    if Bundle::load(&bdir).is_err() {
+        write_demo_bundle(&bdir).expect("bundle");
+    }
+    let bundle = Bundle::load(&bdir).expect("bundle");
+    let m = &bundle.manifest;
+    generate_synthetic_episode(m, &dir.join("episode"), 1.0, 30).expect("episode");
+    let ep = Episode::load(&dir.join("episode")).expect("episode");
+    // Single-threaded tract keeps every allocation on this (counted) thread.
+    let backend = TractBackend::prepare(&bundle, TractOptions { threads: 1 }).expect("tract");
+    let lens = [Preprocessor::new(&m.cameras[0]).expect("pre").output_len()];
+    let req = Request::new(&lens, 6, m.action.output.horizon() * 6);
+    let cams = vec![ep.camera("front", ReplayMode::AsFastAsPossible).expect("cam")];
+    let st = ep.state_source(&m.state.names, ReplayMode::AsFastAsPossible).expect("state");
+    let mut lp = ControlLoop::new(m, cams, st, NullSink::default(), InlineRunner::new(backend, req), &LoopOptions::default())
+        .expect("loop");
+    let clock = ManualClock::new(0);
+    lp.warm_up(&clock, m, 1_000_000_000).expect("warm-up");
+    let period = lp.period_ns();
+    for k in 0..8 {
+        lp.tick(k * period).expect("tick");
+    }
+    let (mut infer_allocs, mut infer_bytes, mut infer_ticks) = (0, 0, 0);
+    let mut other_allocs = 0;
+    for k in 8..40 {
+        let (a0, b0) = counts();
+        let r = lp.tick(k * period).expect("tick");
+        let (a1, b1) = counts();
+        if r.inference_submitted {
+            infer_allocs += a1 - a0;
+            infer_bytes += b1 - b0;
+            infer_ticks += 1;
+        } else {
+            other_allocs += a1 - a0;
+        }
+    }
+    assert!(infer_ticks >= 7, "{infer_ticks}");
+    println!(
+        "tract (ResNet-18 chunk policy, 1 thread): {} allocations, {:.1} MiB per inference; \
+         ticks without inference: {other_allocs} allocations",
+        infer_allocs / infer_ticks,
+        infer_bytes as f64 / infer_ticks as f64 / 1048576.0
+    );
+    assert_eq!(other_allocs, 0, "ticks that do not run the network allocate nothing");
+    assert!(infer_allocs > 0, "the counter sees tract's allocations");
+}
