@@ -31,12 +31,9 @@ use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoopError {
-    #[error("camera `{camera}`: {source}")]
-    Preprocess {
-        camera: String,
-        #[source]
-        source: crate::preprocess::PreprocessError,
-    },
+    /// The preprocessing spec does not fit the camera (names the camera itself).
+    #[error(transparent)]
+    Preprocess(#[from] crate::preprocess::PreprocessError),
     #[error(transparent)]
     Safety(#[from] SafetyError),
     #[error("{0}")]
@@ -55,7 +52,6 @@ pub struct LoopOptions {
     /// Run a bundle that has no action limits (explicit opt-out).
     pub allow_unlimited: bool,
 }
-
 
 /// What the tick sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,10 +187,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         }
         let mut slots = Vec::with_capacity(cameras.len());
         for (cam, spec) in cameras.into_iter().zip(&manifest.cameras) {
-            let pre = Preprocessor::new(spec).map_err(|source| LoopError::Preprocess {
-                camera: spec.name.clone(),
-                source,
-            })?;
+            let pre = Preprocessor::new(spec)?;
             let n = pre.output_len();
             slots.push(CameraSlot {
                 cam,
@@ -275,12 +268,22 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
                 Ok(Some(frame)) => {
                     let t = Instant::now();
                     let m = frame.meta;
-                    slot.pre
-                        .run(frame.data, m.width, m.height, m.format, &mut slot.tensor)
-                        .map_err(|source| LoopError::Preprocess {
-                            camera: slot.cam.name().to_string(),
-                            source,
-                        })?;
+                    if let Err(e) =
+                        slot.pre
+                            .run(frame.data, m.width, m.height, m.format, &mut slot.tensor)
+                    {
+                        // A corrupt JPEG or a short frame loses this frame only; a frame of the
+                        // wrong size or format means the camera is not the one the policy was
+                        // trained with: never silently resized, the run stops.
+                        self.counters.camera_errors += 1;
+                        match e.kind() {
+                            FaultKind::Fatal => return Err(e.into()),
+                            _ => {
+                                log::trace!("{e}");
+                                continue;
+                            }
+                        }
+                    }
                     self.timings
                         .record(Stage::Preprocess, t.elapsed().as_nanos() as u64);
                     slot.capture_ns = Some(m.capture_ns);

@@ -17,12 +17,23 @@ fn check_schema(v: &serde_json::Value) {
     let obj = v.as_object().expect("object");
     assert_eq!(obj["schema"], "reflex-bench/1");
     for k in [
-        "rate_hz", "period_ms", "margin", "tick_budget_ms", "latency_budget_ms", "duration_s",
-        "throughput_hz", "inferences_per_s",
+        "rate_hz",
+        "period_ms",
+        "margin",
+        "tick_budget_ms",
+        "latency_budget_ms",
+        "duration_s",
+        "throughput_hz",
+        "inferences_per_s",
     ] {
         assert!(obj[k].is_f64(), "{k} must be a number: {}", obj[k]);
     }
-    for k in ["ticks", "steps_per_inference", "missed_deadlines", "overruns"] {
+    for k in [
+        "ticks",
+        "steps_per_inference",
+        "missed_deadlines",
+        "overruns",
+    ] {
         assert!(obj[k].is_u64(), "{k} must be an integer");
     }
     for k in ["mode", "bundle", "backend", "backend_reason"] {
@@ -35,17 +46,20 @@ fn check_schema(v: &serde_json::Value) {
     let stages = obj["stages"].as_array().expect("stages");
     assert!(!stages.is_empty());
     for s in stages {
-        for k in ["min_ms", "median_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"] {
+        for k in [
+            "min_ms",
+            "median_ms",
+            "p90_ms",
+            "p99_ms",
+            "p999_ms",
+            "max_ms",
+        ] {
             assert!(s[k].is_f64(), "{k}");
         }
-        let (min, med, p99, max) = (
-            s["min_ms"].as_f64().unwrap(),
-            s["median_ms"].as_f64().unwrap(),
-            s["p99_ms"].as_f64().unwrap(),
-            s["max_ms"].as_f64().unwrap(),
-        );
+        let f = |k: &str| s[k].as_f64().expect("number");
+        let (min, med, p99, max) = (f("min_ms"), f("median_ms"), f("p99_ms"), f("max_ms"));
         assert!(min <= med && med <= p99 && p99 <= max, "{s}");
-        assert!(s["n"].as_u64().unwrap() > 0);
+        assert!(s["n"].as_u64().expect("n") > 0);
     }
 }
 
@@ -59,7 +73,11 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
             .arg(&dir)
             .output()
             .expect("demo");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         std::fs::rename(dir.join("resnet18-chunk"), &bundle).expect("move bundle");
     }
     let run = |extra: &[&str], json: &str, svg: &str| {
@@ -77,13 +95,19 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
     // A generous rate: PASS, exit 0.
     let out = run(&["--iterations", "12", "--rate", "5"], "a.json", "a.svg");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("VERDICT: PASS"), "{stdout}");
     for stage in ["preprocess", "inference", "end_to_end", "period"] {
         assert!(stdout.contains(stage), "{stdout}");
     }
     let a: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("a.json")).expect("json")).expect("parses");
+        serde_json::from_str(&std::fs::read_to_string(dir.join("a.json")).expect("json"))
+            .expect("parses");
     check_schema(&a);
     let svg = std::fs::read_to_string(dir.join("a.svg")).expect("svg");
     let doc = roxmltree::Document::parse(&svg).expect("the SVG is well-formed XML");
@@ -92,12 +116,20 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
     assert!(doc.descendants().any(|n| n.has_tag_name("polyline")));
 
     // Model-only at an impossible 1 kHz with a single-action budget: FAIL, exit 2, names inference.
-    let out = run(&["--model-only", "--iterations", "5", "--rate", "1000"], "b.json", "b.svg");
+    let out = run(
+        &["--model-only", "--iterations", "5", "--rate", "1000"],
+        "b.json",
+        "b.svg",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "{stdout}");
-    assert!(stdout.contains("VERDICT: FAIL") && stdout.contains("inference"), "{stdout}");
+    assert!(
+        stdout.contains("VERDICT: FAIL") && stdout.contains("inference"),
+        "{stdout}"
+    );
     let b: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("b.json")).expect("json")).expect("parses");
+        serde_json::from_str(&std::fs::read_to_string(dir.join("b.json")).expect("json"))
+            .expect("parses");
     check_schema(&b);
     assert_eq!(b["mode"], "model-only");
     assert_eq!(b["verdict"]["limiting_stage"], "inference");
@@ -110,6 +142,13 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
         .output()
         .expect("compare");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("inference") && stdout.contains("B/A"), "{stdout}");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("inference") && stdout.contains("B/A"),
+        "{stdout}"
+    );
 }

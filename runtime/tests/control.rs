@@ -356,3 +356,59 @@ fn bundle_without_limits_needs_the_explicit_flag() {
     assert!(err.contains("limits"), "{err}");
     assert!(mk(true).is_ok());
 }
+
+/// Wraps the scripted camera and lies about the frame: wrong size, or truncated bytes.
+struct Mangled {
+    inner: ScriptedCamera,
+    wrong_size: bool,
+}
+
+impl reflex_runtime::io::Camera for Mangled {
+    fn name(&self) -> &str {
+        "mangled"
+    }
+    fn latest(
+        &mut self,
+        now: u64,
+        d: u64,
+    ) -> Result<Option<reflex_runtime::io::Frame<'_>>, reflex_runtime::io::CameraError> {
+        let wrong_size = self.wrong_size;
+        Ok(self.inner.latest(now, d)?.map(|mut f| {
+            if wrong_size {
+                f.meta.width = 16;
+            } else {
+                f.data = &f.data[..10];
+            }
+            f
+        }))
+    }
+}
+
+#[test]
+fn a_frame_of_the_wrong_size_is_refused_and_a_short_frame_is_dropped() {
+    let mk = |wrong_size| {
+        let (cam, _, _) = ScriptedCamera::new();
+        ControlLoop::new(
+            &manifest(),
+            vec![Mangled {
+                inner: cam,
+                wrong_size,
+            }],
+            FixedState(vec![0.0, 0.0]),
+            RecordingSink::with_capacity(10),
+            InlineRunner::new(FnBackend::new(|_, o: &mut [f32]| o.fill(0.0)), request()),
+            &LoopOptions::default(),
+        )
+        .expect("loop")
+    };
+    // Wrong size: never silently resized; the run stops with a message naming both sizes.
+    let mut lp = mk(true);
+    let e = lp.tick(0).expect_err("refused").to_string();
+    assert!(e.contains("16") && e.contains('8'), "{e}");
+    // A short frame is lost (counted); no observation, so nothing fresh is sent.
+    let mut lp = mk(false);
+    let r = lp.tick(0).expect("tick");
+    assert_ne!(r.kind, CommandKind::Fresh);
+    assert_eq!(lp.counters.camera_errors, 1);
+    assert!(lp.sink().sent.iter().all(|(_, c)| c.is_stop()));
+}

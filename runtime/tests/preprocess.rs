@@ -1,0 +1,704 @@
+//! Camera preprocessing against an independent reference and at its edges.
+//!
+//! - `matches_the_python_reference`: random frames through [`Preprocessor`] and through
+//!   `tests/python/preprocess_ref.py` (numpy float64 + PIL, written from the PyTorch/PIL
+//!   definitions), compared element by element. Needs `python3` with numpy and pillow
+//!   (`scripts/setup.sh`); fails when they are missing unless `REFLEX_SKIP_PY=1`.
+//! - frames in the wrong mode, of the wrong length, corrupt JPEGs: errors naming the camera.
+//! - allocation: `run` allocates nothing for raw formats (a counting global allocator, per
+//!   thread); the MJPEG decoder's per-frame allocations are measured and bounded.
+#![allow(unsafe_code)]
+
+use reflex_models::manifest::{
+    CameraSpec, CaptureSpec, ColorOrder, CropSpec, Interpolation, Layout, PixelFormat,
+    PreprocessSpec, ResizeSpec,
+};
+use reflex_models::npy::{read_npy, NpyData};
+use reflex_runtime::io::FaultKind;
+use reflex_runtime::preprocess::{PreprocessError, Preprocessor};
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; the thread-local counter is a
+// const-initialized `Cell` that itself never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// One preprocessing case: capture, optional crop, resize, colour order, normalization.
+#[derive(Clone)]
+struct Case {
+    name: &'static str,
+    capture: (u32, u32, PixelFormat),
+    crop: Option<(u32, u32, u32, u32)>,
+    resize: (u32, u32, Interpolation, bool),
+    color: ColorOrder,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+}
+
+impl Case {
+    fn new(
+        name: &'static str,
+        capture: (u32, u32, PixelFormat),
+        crop: Option<(u32, u32, u32, u32)>,
+        resize: (u32, u32, Interpolation, bool),
+        color: ColorOrder,
+    ) -> Case {
+        let (mean, std) = match color {
+            ColorOrder::Grey => (vec![0.5], vec![0.25]),
+            _ => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
+        };
+        Case {
+            name,
+            capture,
+            crop,
+            resize,
+            color,
+            mean,
+            std,
+        }
+    }
+
+    fn spec(&self) -> CameraSpec {
+        let (width, height, format) = self.capture;
+        let (rw, rh, interpolation, antialias) = self.resize;
+        CameraSpec {
+            name: self.name.into(),
+            onnx_input: format!("image.{}", self.name),
+            capture: CaptureSpec {
+                width,
+                height,
+                format,
+                fps: 30,
+            },
+            preprocess: PreprocessSpec {
+                crop: self.crop.map(|(x, y, width, height)| CropSpec {
+                    x,
+                    y,
+                    width,
+                    height,
+                }),
+                resize: ResizeSpec {
+                    width: rw,
+                    height: rh,
+                    interpolation,
+                    antialias,
+                },
+                color: self.color,
+                mean: self.mean.clone(),
+                std: self.std.clone(),
+                layout: Layout::Nchw,
+            },
+            max_age_ms: 200,
+        }
+    }
+
+    fn frame_len(&self) -> usize {
+        let (w, h, f) = self.capture;
+        let bpp = match f {
+            PixelFormat::Yuyv => 2,
+            PixelFormat::Rgb24 | PixelFormat::Mjpeg => 3,
+            PixelFormat::Grey => 1,
+        };
+        (w * h) as usize * bpp
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*).
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s >> 12;
+            s ^= s << 25;
+            s ^= s >> 27;
+            (s.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect()
+}
+
+fn run_case(case: &Case, frame: &[u8]) -> Result<Vec<f32>, PreprocessError> {
+    let mut pre = Preprocessor::new(&case.spec())?;
+    let mut out = vec![f32::NAN; pre.output_len()];
+    let (w, h, f) = case.capture;
+    pre.run(frame, w, h, f, &mut out)?;
+    Ok(out)
+}
+
+fn json_str(s: &str) -> String {
+    format!("\"{s}\"")
+}
+
+fn case_json(case: &Case, frame: &Path, out: &Path, make_jpeg: Option<&str>) -> String {
+    let (w, h, f) = case.capture;
+    let (rw, rh, interp, aa) = case.resize;
+    let crop = match case.crop {
+        Some((x, y, cw, ch)) => format!(r#"{{"x": {x}, "y": {y}, "width": {cw}, "height": {ch}}}"#),
+        None => "null".into(),
+    };
+    let interp = match interp {
+        Interpolation::Bilinear => "bilinear",
+        Interpolation::Nearest => "nearest",
+    };
+    let color = match case.color {
+        ColorOrder::Rgb => "rgb",
+        ColorOrder::Bgr => "bgr",
+        ColorOrder::Grey => "grey",
+    };
+    let list = |v: &[f32]| {
+        let items: Vec<String> = v.iter().map(|x| format!("{x:?}")).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let make_jpeg = make_jpeg
+        .map(|j| format!(r#", "make_jpeg": {j}"#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"name": {}, "frame": {}, "width": {w}, "height": {h}, "format": {}, "crop": {crop},
+ "resize": {{"width": {rw}, "height": {rh}, "interpolation": {}, "antialias": {aa}}},
+ "color": {}, "mean": {}, "std": {}, "out": {}{make_jpeg}}}"#,
+        json_str(case.name),
+        json_str(&frame.display().to_string()),
+        json_str(f.as_str()),
+        json_str(interp),
+        json_str(color),
+        list(&case.mean),
+        list(&case.std),
+        json_str(&out.display().to_string()),
+    )
+}
+
+/// Runs `tests/python/preprocess_ref.py` on `cases_json`; false if REFLEX_SKIP_PY=1 says to skip.
+/// Panics with the script's error otherwise: a missing reference must not pass silently.
+fn run_reference(cases_json: &Path) -> bool {
+    if std::env::var("REFLEX_SKIP_PY").as_deref() == Ok("1") {
+        eprintln!("REFLEX_SKIP_PY=1: skipped the comparison with preprocess_ref.py");
+        return false;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("tests/python/preprocess_ref.py");
+    let help = "the preprocessing reference needs python3 with numpy and pillow \
+                (scripts/setup.sh installs them); set REFLEX_SKIP_PY=1 to skip it";
+    let output = match Command::new("python3")
+        .arg(&script)
+        .arg(cases_json)
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run python3 {}: {e}; {help}", script.display()),
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{} failed ({}): {stderr}\n{help}",
+        script.display(),
+        output.status
+    );
+    true
+}
+
+fn work_dir(name: &str) -> Result<PathBuf, std::io::Error> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
+    a.iter()
+        .zip(b)
+        .enumerate()
+        .fold((0.0, 0), |(m, at), (i, (x, y))| {
+            let d = (x - y).abs();
+            if d > m || d.is_nan() {
+                (d, i)
+            } else {
+                (m, at)
+            }
+        })
+}
+
+/// Random frames, every format and resize mode, against numpy/PIL. Float paths agree to 1e-4
+/// on normalized values. The residual (up to ~5e-5 at 640 -> 224) is mostly PyTorch's own f32
+/// arithmetic for the filter centres and weights, which the Rust side reproduces and the float64
+/// reference does not (~3e-5 by itself), plus f32 accumulation. MJPEG goes through two different
+/// decoders (zune-jpeg here, libjpeg-turbo in PIL), so it is held to a bound on decoded-pixel
+/// differences instead: see `MJPEG_*` below.
+#[test]
+fn matches_the_python_reference() -> TestResult {
+    use ColorOrder::{Bgr, Grey, Rgb};
+    use Interpolation::{Bilinear, Nearest};
+    use PixelFormat::{Grey as GreyFmt, Mjpeg, Rgb24, Yuyv};
+    let float_cases = [
+        Case::new(
+            "yuyv_640x480_to_224_aa",
+            (640, 480, Yuyv),
+            None,
+            (224, 224, Bilinear, true),
+            Rgb,
+        ),
+        Case::new(
+            "yuyv_odd_crop_bgr_aa",
+            (640, 480, Yuyv),
+            Some((81, 30, 480, 400)),
+            (224, 224, Bilinear, true),
+            Bgr,
+        ),
+        Case::new(
+            "yuyv_to_grey_aa",
+            (160, 120, Yuyv),
+            Some((3, 5, 150, 100)),
+            (64, 48, Bilinear, true),
+            Grey,
+        ),
+        Case::new(
+            "yuyv_nearest",
+            (640, 480, Yuyv),
+            None,
+            (224, 224, Nearest, true),
+            Rgb,
+        ),
+        Case::new(
+            "rgb24_upscale",
+            (64, 48, Rgb24),
+            None,
+            (160, 120, Bilinear, true),
+            Rgb,
+        ),
+        Case::new(
+            "rgb24_plain_downscale_crop",
+            (100, 80, Rgb24),
+            Some((7, 9, 90, 61)),
+            (37, 29, Bilinear, false),
+            Bgr,
+        ),
+        Case::new(
+            "rgb24_mixed_up_down",
+            (120, 40, Rgb24),
+            None,
+            (50, 90, Bilinear, true),
+            Rgb,
+        ),
+        Case::new(
+            "rgb24_wide_kernel",
+            (640, 480, Rgb24),
+            None,
+            (64, 40, Bilinear, true),
+            Rgb,
+        ),
+        Case::new(
+            "rgb24_to_grey",
+            (96, 64, Rgb24),
+            None,
+            (40, 30, Bilinear, true),
+            Grey,
+        ),
+        Case::new(
+            "grey_aa",
+            (96, 64, GreyFmt),
+            None,
+            (40, 30, Bilinear, true),
+            Grey,
+        ),
+        Case::new(
+            "grey_to_rgb_nearest",
+            (96, 64, GreyFmt),
+            Some((1, 2, 90, 60)),
+            (50, 70, Nearest, true),
+            Rgb,
+        ),
+        Case::new(
+            "grey_nearest_2x",
+            (30, 20, GreyFmt),
+            None,
+            (60, 10, Nearest, false),
+            Grey,
+        ),
+        Case::new(
+            "one_pixel_column",
+            (2, 9, Yuyv),
+            Some((1, 0, 1, 9)),
+            (3, 4, Bilinear, true),
+            Rgb,
+        ),
+    ];
+    let jpeg_cases = [
+        (
+            Case::new(
+                "mjpeg_422",
+                (640, 480, Mjpeg),
+                None,
+                (224, 224, Bilinear, true),
+                Rgb,
+            ),
+            r#"{"subsampling": "422", "quality": 85, "seed": 3}"#,
+        ),
+        (
+            Case::new(
+                "mjpeg_420_crop",
+                (320, 240, Mjpeg),
+                Some((40, 20, 240, 200)),
+                (96, 80, Bilinear, true),
+                Bgr,
+            ),
+            r#"{"subsampling": "420", "quality": 75, "seed": 4}"#,
+        ),
+    ];
+
+    let dir = work_dir("preprocess_ref")?;
+    let mut json = vec![];
+    let mut frames = vec![];
+    for (i, case) in float_cases.iter().enumerate() {
+        let frame = noise(case.frame_len(), 1000 + i as u64);
+        let path = dir.join(format!("{}.frame", case.name));
+        std::fs::write(&path, &frame)?;
+        json.push(case_json(
+            case,
+            &path,
+            &dir.join(format!("{}.npy", case.name)),
+            None,
+        ));
+        frames.push(frame);
+    }
+    for (case, make) in &jpeg_cases {
+        let path = dir.join(format!("{}.jpg", case.name));
+        json.push(case_json(
+            case,
+            &path,
+            &dir.join(format!("{}.npy", case.name)),
+            Some(make),
+        ));
+    }
+    let cases_json = dir.join("cases.json");
+    std::fs::write(
+        &cases_json,
+        format!("{{\"cases\": [\n{}\n]}}\n", json.join(",\n")),
+    )?;
+    if !run_reference(&cases_json) {
+        return Ok(());
+    }
+
+    let reference = |case: &Case| -> Result<Vec<f32>, Box<dyn std::error::Error>> {
+        let a = read_npy(&dir.join(format!("{}.npy", case.name)))?;
+        let (rw, rh, _, _) = case.resize;
+        let want = vec![case.color.channels(), rh as usize, rw as usize];
+        assert_eq!(a.shape, want, "{}: reference shape", case.name);
+        match a.data {
+            NpyData::F32(v) => Ok(v),
+            other => Err(format!("{}: reference dtype {}", case.name, other.descr()).into()),
+        }
+    };
+    for (case, frame) in float_cases.iter().zip(&frames) {
+        let ours = run_case(case, frame)?;
+        let want = reference(case)?;
+        let (diff, at) = max_abs_diff(&ours, &want);
+        eprintln!("{:<28} max |diff| {diff:.2e}", case.name);
+        assert!(
+            diff <= 1e-4,
+            "{}: max |ours - reference| = {diff} at {at} ({} vs {})",
+            case.name,
+            ours[at],
+            want[at]
+        );
+    }
+    for (case, _) in &jpeg_cases {
+        let jpeg = std::fs::read(dir.join(format!("{}.jpg", case.name)))?;
+        let ours = run_case(case, &jpeg)?;
+        let want = reference(case)?;
+        // Back to 0..255 units of the resized image, to bound decoder differences in levels.
+        let levels: Vec<f32> = ours
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .map(|(i, (a, b))| {
+                let c = i / (ours.len() / case.color.channels());
+                (a - b).abs() * case.std[c] * 255.0
+            })
+            .collect();
+        let max = levels.iter().fold(0f32, |m, &d| m.max(d));
+        let mean = levels.iter().sum::<f32>() / levels.len() as f32;
+        eprintln!(
+            "{:<28} decoder difference after resize: max {max:.2} levels, mean {mean:.3}",
+            case.name
+        );
+        assert!(
+            max <= MJPEG_MAX_LEVELS && mean <= MJPEG_MEAN_LEVELS,
+            "{}: zune-jpeg vs libjpeg differ by max {max} / mean {mean} levels",
+            case.name
+        );
+    }
+    Ok(())
+}
+
+/// zune-jpeg and libjpeg-turbo differ in IDCT rounding and chroma upsampling; after an
+/// antialiased downscale the difference is well under a level on average.
+const MJPEG_MAX_LEVELS: f32 = 3.0;
+const MJPEG_MEAN_LEVELS: f32 = 0.5;
+
+fn yuyv_case() -> Case {
+    Case::new(
+        "front",
+        (640, 480, PixelFormat::Yuyv),
+        None,
+        (224, 224, Interpolation::Bilinear, true),
+        ColorOrder::Rgb,
+    )
+}
+
+#[test]
+fn frames_in_another_mode_are_refused_naming_camera_and_sizes() -> TestResult {
+    let case = yuyv_case();
+    let mut pre = Preprocessor::new(&case.spec())?;
+    let mut out = vec![0.0; pre.output_len()];
+    let frame = noise(1280 * 720 * 2, 1);
+    let e = pre
+        .run(&frame, 1280, 720, PixelFormat::Yuyv, &mut out)
+        .expect_err("a 1280x720 frame for a 640x480 camera");
+    let msg = e.to_string();
+    for part in [
+        "camera `front`",
+        "1280x720 yuyv",
+        "640x480 yuyv",
+        "never resized",
+    ] {
+        assert!(msg.contains(part), "`{part}` missing from: {msg}");
+    }
+    assert_eq!(e.kind(), FaultKind::Fatal);
+    assert_eq!(e.camera(), "front");
+
+    let e = pre
+        .run(
+            &frame[..640 * 480 * 3],
+            640,
+            480,
+            PixelFormat::Rgb24,
+            &mut out,
+        )
+        .expect_err("wrong format");
+    assert!(e.to_string().contains("640x480 rgb24"), "{e}");
+
+    let e = pre
+        .run(
+            &frame[..640 * 480 * 2 - 2],
+            640,
+            480,
+            PixelFormat::Yuyv,
+            &mut out,
+        )
+        .expect_err("a truncated frame");
+    let msg = e.to_string();
+    for part in ["camera `front`", "614398 bytes", "expected 614400"] {
+        assert!(msg.contains(part), "`{part}` missing from: {msg}");
+    }
+    assert_eq!(e.kind(), FaultKind::Transient);
+
+    let e = pre
+        .run(
+            &frame[..640 * 480 * 2],
+            640,
+            480,
+            PixelFormat::Yuyv,
+            &mut out[1..],
+        )
+        .expect_err("a short output buffer");
+    assert!(
+        e.to_string().contains("150527 f32") && e.to_string().contains("3x224x224"),
+        "{e}"
+    );
+
+    pre.run(
+        &frame[..640 * 480 * 2],
+        640,
+        480,
+        PixelFormat::Yuyv,
+        &mut out,
+    )?;
+    Ok(())
+}
+
+/// A 640x480 4:2:2 JPEG from `preprocess_ref.py --make-jpeg` (also used by the bench).
+const JPEG: &[u8] = include_bytes!("data/preprocess_640x480_422.jpg");
+
+fn mjpeg_case() -> Case {
+    let mut c = yuyv_case();
+    c.name = "wrist";
+    c.capture.2 = PixelFormat::Mjpeg;
+    c
+}
+
+#[test]
+fn corrupt_or_mismatched_jpegs_are_errors_not_panics() -> TestResult {
+    let case = mjpeg_case();
+    let mut pre = Preprocessor::new(&case.spec())?;
+    let mut out = vec![0.0; pre.output_len()];
+    pre.run(JPEG, 640, 480, PixelFormat::Mjpeg, &mut out)?;
+    assert!(out.iter().all(|v| v.is_finite()));
+    // Some UVC cameras pad frames with zeros after the end-of-image marker.
+    let padded = [JPEG, &[0; 100]].concat();
+    let mut again = vec![0.0; out.len()];
+    pre.run(&padded, 640, 480, PixelFormat::Mjpeg, &mut again)?;
+    assert_eq!(out, again);
+
+    let mut flipped = JPEG.to_vec();
+    for i in (JPEG.len() / 3..JPEG.len() - 2).step_by(97) {
+        flipped[i] ^= 0x5a;
+    }
+    let mut garbage = JPEG[..2].to_vec();
+    garbage.extend(noise(4000, 9));
+    garbage.extend([0xff, 0xd9]);
+    let bad: [(&str, &[u8]); 6] = [
+        ("empty", &[]),
+        ("not a JPEG", &noise(5000, 7)),
+        ("truncated", &JPEG[..JPEG.len() / 2]),
+        ("truncated by one byte", &JPEG[..JPEG.len() - 1]),
+        ("SOI, noise, EOI", &garbage),
+        ("bit flips in the scan", &flipped),
+    ];
+    for (what, data) in bad {
+        match pre.run(data, 640, 480, PixelFormat::Mjpeg, &mut out) {
+            Err(e @ PreprocessError::Jpeg { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains("camera `wrist`") && msg.contains("corrupt MJPEG"),
+                    "{msg}"
+                );
+                assert_eq!(e.kind(), FaultKind::Transient);
+            }
+            // Flipped bits inside entropy-coded data can still decode to a (wrong) image; that
+            // is the camera's CRC-less transport, not something a decoder can see.
+            Ok(()) if what == "bit flips in the scan" => {}
+            other => panic!("{what}: expected a JPEG error, got {other:?}"),
+        }
+    }
+
+    // A valid JPEG of another size is refused like a raw frame of another size.
+    let mut small = Preprocessor::new(
+        &Case {
+            capture: (320, 240, PixelFormat::Mjpeg),
+            ..case.clone()
+        }
+        .spec(),
+    )?;
+    let mut out_small = vec![0.0; small.output_len()];
+    let e = small
+        .run(JPEG, 320, 240, PixelFormat::Mjpeg, &mut out_small)
+        .expect_err("a 640x480 JPEG for a 320x240 camera");
+    assert!(
+        matches!(
+            e,
+            PreprocessError::Jpeg { .. } | PreprocessError::JpegSize { .. }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("camera `wrist`"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn run_allocates_nothing_for_raw_formats() -> TestResult {
+    use Interpolation::{Bilinear, Nearest};
+    use PixelFormat::{Grey, Rgb24, Yuyv};
+    let cases = [
+        Case::new(
+            "a",
+            (640, 480, Yuyv),
+            None,
+            (224, 224, Bilinear, true),
+            ColorOrder::Rgb,
+        ),
+        Case::new(
+            "b",
+            (640, 480, Yuyv),
+            Some((1, 3, 401, 300)),
+            (96, 96, Nearest, true),
+            ColorOrder::Bgr,
+        ),
+        Case::new(
+            "c",
+            (64, 48, Rgb24),
+            None,
+            (224, 224, Bilinear, false),
+            ColorOrder::Rgb,
+        ),
+        Case::new(
+            "d",
+            (64, 48, Rgb24),
+            None,
+            (30, 20, Bilinear, true),
+            ColorOrder::Grey,
+        ),
+        Case::new(
+            "e",
+            (64, 48, Grey),
+            None,
+            (30, 20, Bilinear, true),
+            ColorOrder::Rgb,
+        ),
+        Case::new(
+            "f",
+            (64, 48, Yuyv),
+            None,
+            (30, 20, Bilinear, true),
+            ColorOrder::Grey,
+        ),
+    ];
+    for case in &cases {
+        let mut pre = Preprocessor::new(&case.spec())?;
+        let mut out = vec![0.0; pre.output_len()];
+        let frame = noise(case.frame_len(), 5);
+        let (w, h, f) = case.capture;
+        pre.run(&frame, w, h, f, &mut out)?;
+        let before = allocs();
+        for _ in 0..3 {
+            pre.run(&frame, w, h, f, &mut out)?;
+        }
+        assert_eq!(allocs() - before, 0, "case {}: run allocated", case.name);
+    }
+
+    // MJPEG: the decoder allocates its own tables and buffers per frame; measure and bound it.
+    let mut pre = Preprocessor::new(&mjpeg_case().spec())?;
+    let mut out = vec![0.0; pre.output_len()];
+    pre.run(JPEG, 640, 480, PixelFormat::Mjpeg, &mut out)?;
+    let before = allocs();
+    pre.run(JPEG, 640, 480, PixelFormat::Mjpeg, &mut out)?;
+    let n = allocs() - before;
+    eprintln!("MJPEG 640x480 4:2:2: {n} allocations per frame inside zune-jpeg");
+    assert!(n <= 64, "MJPEG decoding allocated {n} times per frame");
+    Ok(())
+}
