@@ -20,6 +20,30 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}"
 fi
 
+# The QEMU hardware-in-the-loop tests (TESTING.md), only when they are asked for: an emulator
+# (TCG, no KVM needed), the guest's user space (busybox, iproute2's ip, can-utils, v4l-utils),
+# and kmod/cpio/binutils to assemble its initramfs. The guest kernel is not installed: the tests
+# `apt-get download` and unpack it into a cache.
+if [ "${REFLEX_QEMU_TESTS:-0}" = 1 ]; then
+    qemu_apt=()
+    command -v qemu-system-x86_64 >/dev/null || qemu_apt+=(qemu-system-x86)
+    command -v busybox >/dev/null || qemu_apt+=(busybox-static)
+    command -v candump >/dev/null || qemu_apt+=(can-utils)
+    command -v v4l2-ctl >/dev/null || qemu_apt+=(v4l-utils)
+    command -v ip >/dev/null || qemu_apt+=(iproute2)
+    command -v modprobe >/dev/null || qemu_apt+=(kmod)
+    command -v cpio >/dev/null || qemu_apt+=(cpio)
+    command -v strip >/dev/null || qemu_apt+=(binutils)
+    # The tests find the kernel package through apt's lists.
+    if [ ${#qemu_apt[@]} -gt 0 ] || ! apt-cache show linux-image-amd64 >/dev/null 2>&1; then
+        echo "setup: apt-get install ${qemu_apt[*]} (QEMU tests)"
+        if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+        $SUDO apt-get update -qq
+        [ ${#qemu_apt[@]} -eq 0 ] || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+            --no-install-recommends "${qemu_apt[@]}"
+    fi
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust with rustup (https://rustup.rs), then re-run" >&2
     exit 1

@@ -28,12 +28,18 @@ fn ok(o: &Output) -> String {
 }
 
 fn err(o: &Output) -> String {
-    assert!(!o.status.success(), "should fail: {}", String::from_utf8_lossy(&o.stdout));
+    assert!(
+        !o.status.success(),
+        "should fail: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
     String::from_utf8_lossy(&o.stderr).to_string()
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("tools").join(name);
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("tools")
+        .join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.parent().expect("parent")).expect("mkdir");
     d
@@ -46,11 +52,24 @@ fn s(p: &Path) -> &str {
 #[test]
 fn export_seed_inspect_infer() {
     let out = dir("seed");
-    ok(&tools(&["export", "--arch", "resnet18", "--seed", "1", "--head", "single", "--out", s(&out)]));
+    ok(&tools(&[
+        "export",
+        "--arch",
+        "resnet18",
+        "--seed",
+        "1",
+        "--head",
+        "single",
+        "--out",
+        s(&out),
+    ]));
     let b = Bundle::load(&out).expect("bundle");
     assert_eq!(b.io.output("action"), Some(&[1, 6][..]));
     let text = ok(&tools(&["inspect", s(&out)]));
-    assert!(text.contains("input  image.front [1, 3, 224, 224]"), "{text}");
+    assert!(
+        text.contains("input  image.front [1, 3, 224, 224]"),
+        "{text}"
+    );
     // 11.18 M trunk + head, BatchNorm folded into conv (scale/shift become one bias).
     let params: u64 = text
         .split("parameters: ")
@@ -62,7 +81,9 @@ fn export_seed_inspect_infer() {
     assert!(text.contains("G multiply-accumulates"), "{text}");
 
     // infer: the raw network on .npy inputs, same as running it in the runtime's backend.
-    let img: Vec<f32> = (0..3 * 224 * 224).map(|i| ((i % 97) as f32 / 97.0) - 0.5).collect();
+    let img: Vec<f32> = (0..3 * 224 * 224)
+        .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
+        .collect();
     let st = vec![0.1f32, -0.2, 0.3, 0.0, 0.5, -0.1];
     let ip = out.with_extension("img.npy");
     let sp = out.with_extension("state.npy");
@@ -133,26 +154,65 @@ fn export_from_checkpoint_matches_the_seeded_export() {
     save_safetensors(&ckpt, &rec.into_tensors()).expect("save");
 
     let a = dir("from-ckpt");
-    ok(&tools(&["export", "--arch", "resnet18", "--weights", s(&ckpt), "--out", s(&a)]));
+    ok(&tools(&[
+        "export",
+        "--arch",
+        "resnet18",
+        "--weights",
+        s(&ckpt),
+        "--out",
+        s(&a),
+    ]));
     let b = dir("from-seed");
-    ok(&tools(&["export", "--arch", "resnet18", "--seed", "5", "--out", s(&b)]));
-    let ha = Bundle::load(&a).expect("a").manifest.models[0].sha256.clone();
-    let hb = Bundle::load(&b).expect("b").manifest.models[0].sha256.clone();
+    ok(&tools(&[
+        "export",
+        "--arch",
+        "resnet18",
+        "--seed",
+        "5",
+        "--out",
+        s(&b),
+    ]));
+    let ha = Bundle::load(&a).expect("a").manifest.models[0]
+        .sha256
+        .clone();
+    let hb = Bundle::load(&b).expect("b").manifest.models[0]
+        .sha256
+        .clone();
     assert_eq!(ha, hb, "same weights, same ONNX bytes");
 
     // Wrong prefix: every key is reported missing, and nothing is written.
     let c = dir("bad-prefix");
     let e = err(&tools(&[
-        "export", "--arch", "resnet18", "--weights", s(&ckpt), "--encoder-prefix", "model.backbone.", "--out", s(&c),
+        "export",
+        "--arch",
+        "resnet18",
+        "--weights",
+        s(&ckpt),
+        "--encoder-prefix",
+        "model.backbone.",
+        "--out",
+        s(&c),
     ]));
-    assert!(e.contains("model.backbone.conv1.weight") && e.contains("missing"), "{e}");
+    assert!(
+        e.contains("model.backbone.conv1.weight") && e.contains("missing"),
+        "{e}"
+    );
     assert!(!c.exists());
 }
 
 #[test]
 fn export_onnx_with_lerobot_stats() {
     let src = dir("onnx-src");
-    ok(&tools(&["export", "--arch", "resnet18", "--seed", "2", "--out", s(&src)]));
+    ok(&tools(&[
+        "export",
+        "--arch",
+        "resnet18",
+        "--seed",
+        "2",
+        "--out",
+        s(&src),
+    ]));
     // LeRobot-style stats: observation.state.* and action.*, plus image stats that are skipped.
     use safetensors::tensor::TensorView;
     let v = |x: &[f32]| x.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
@@ -188,11 +248,17 @@ fn export_onnx_with_lerobot_stats() {
     let b = Bundle::load(&out).expect("bundle");
     assert_eq!(
         b.manifest.state.normalization,
-        Normalization::MeanStd { mean: vec![0.1; 6], std: vec![0.5; 6] }
+        Normalization::MeanStd {
+            mean: vec![0.1; 6],
+            std: vec![0.5; 6]
+        }
     );
     assert_eq!(
         b.manifest.action.normalization,
-        Normalization::MinMax { min: vec![-1.0; 6], max: vec![1.0; 6] }
+        Normalization::MinMax {
+            min: vec![-1.0; 6],
+            max: vec![1.0; 6]
+        }
     );
 
     // Stats that do not cover what the normalization needs: an error naming it, nothing written.
@@ -208,14 +274,24 @@ fn export_onnx_with_lerobot_stats() {
         "--out",
         s(&out2),
     ]));
-    assert!(e.contains("action.mean") && e.contains("action.max, action.min"), "{e}");
+    assert!(
+        e.contains("action.mean") && e.contains("action.max, action.min"),
+        "{e}"
+    );
     assert!(!out2.exists());
 }
 
 #[test]
 fn help_teaches() {
     let o = ok(&tools(&["export", "--help"]));
-    for w in ["--arch", "--weights", "--seed", "--onnx", "--stats", "--out"] {
+    for w in [
+        "--arch",
+        "--weights",
+        "--seed",
+        "--onnx",
+        "--stats",
+        "--out",
+    ] {
         assert!(o.contains(w), "{o}");
     }
 }

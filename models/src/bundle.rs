@@ -540,10 +540,12 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
                     names(&io.inputs)
                 )))
             }
-            Some(s) if s != want => return Err(gerr(format!(
+            Some(s) if s != want => {
+                return Err(gerr(format!(
                 "state input `{si}` has shape {s:?}, the manifest's {} state names need {want:?}",
                 m.state.names.len()
-            ))),
+            )))
+            }
             Some(_) => {}
         }
         used.insert(si.clone());

@@ -65,10 +65,21 @@ fn main() {
     let req = || Request::new(&[n_img], 6, out_len);
 
     // 1. Tick cost, manual clock, inline "inference", every tick a new frame.
-    let cam = ep.camera("front", ReplayMode::AsFastAsPossible).expect("cam");
-    let st = ep.state_source(&m.state.names, ReplayMode::AsFastAsPossible).expect("state");
-    let mut lp = ControlLoop::new(&m, vec![cam], st, NullSink::default(), InlineRunner::new(backend(), req()), &LoopOptions::default())
-        .expect("loop");
+    let cam = ep
+        .camera("front", ReplayMode::AsFastAsPossible)
+        .expect("cam");
+    let st = ep
+        .state_source(&m.state.names, ReplayMode::AsFastAsPossible)
+        .expect("state");
+    let mut lp = ControlLoop::new(
+        &m,
+        vec![cam],
+        st,
+        NullSink::default(),
+        InlineRunner::new(backend(), req()),
+        &LoopOptions::default(),
+    )
+    .expect("loop");
     let clock = ManualClock::new(0);
     lp.warm_up(&clock, &m, 1_000_000_000).expect("warm");
     let period = lp.period_ns();
@@ -117,9 +128,19 @@ fn main() {
 
     // 2. Period jitter at 50 Hz, real clock, inference on the worker thread.
     let cam = ep.camera("front", ReplayMode::RealTime).expect("cam");
-    let st = ep.state_source(&m.state.names, ReplayMode::RealTime).expect("state");
+    let st = ep
+        .state_source(&m.state.names, ReplayMode::RealTime)
+        .expect("state");
     let runner = ThreadedRunner::spawn(backend(), req()).expect("worker");
-    let mut lp = ControlLoop::new(&m, vec![cam], st, NullSink::default(), runner, &LoopOptions::default()).expect("loop");
+    let mut lp = ControlLoop::new(
+        &m,
+        vec![cam],
+        st,
+        NullSink::default(),
+        runner,
+        &LoopOptions::default(),
+    )
+    .expect("loop");
     let clock = MonotonicClock::new();
     lp.warm_up(&clock, &m, 1_000_000_000).expect("warm");
     let ticks = 500;

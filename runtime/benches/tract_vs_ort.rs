@@ -52,7 +52,10 @@ fn ort_ms(model: &Path, threads: usize, runs: usize) -> Option<f64> {
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!("onnxruntime failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "onnxruntime failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
     String::from_utf8_lossy(&out.stdout)
@@ -68,10 +71,18 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let dir = std::env::temp_dir().join("reflex-bench-models");
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!("tract vs ONNX Runtime, fp32, median of {runs} runs, {cores} cores available");
-    println!("{:<22} {:>7} {:>10} {:>10} {:>10}", "model", "threads", "tract ms", "ORT ms", "tract/ORT");
-    for (name, encoder) in [("resnet18-chunk", EncoderKind::Resnet18), ("vit-s16-chunk", EncoderKind::VitS16)] {
+    println!(
+        "{:<22} {:>7} {:>10} {:>10} {:>10}",
+        "model", "threads", "tract ms", "ORT ms", "tract/ORT"
+    );
+    for (name, encoder) in [
+        ("resnet18-chunk", EncoderKind::Resnet18),
+        ("vit-s16-chunk", EncoderKind::VitS16),
+    ] {
         let arch = PolicyArch {
             encoder,
             cameras: vec!["front".into()],
@@ -83,7 +94,14 @@ fn main() {
         };
         let bdir = dir.join(name);
         if Bundle::load(&bdir).is_err() {
-            write_reference_bundle(&bdir, &arch, &mut SeededWeights::new(0), name, default_capture()).expect("bundle");
+            write_reference_bundle(
+                &bdir,
+                &arch,
+                &mut SeededWeights::new(0),
+                name,
+                default_capture(),
+            )
+            .expect("bundle");
         }
         let bundle = Bundle::load(&bdir).expect("bundle");
         for threads in [1, 2].into_iter().filter(|t| *t <= cores.max(1)) {
@@ -95,7 +113,8 @@ fn main() {
                 threads,
                 t,
                 o.map(|o| format!("{o:.2}")).unwrap_or_else(|| "n/a".into()),
-                o.map(|o| format!("{:.2}", t / o)).unwrap_or_else(|| "n/a".into())
+                o.map(|o| format!("{:.2}", t / o))
+                    .unwrap_or_else(|| "n/a".into())
             );
         }
     }

@@ -19,4 +19,6 @@ pub mod preprocess;
 pub mod replay;
 pub mod safety;
 pub mod sinks;
+pub mod socketcan;
 pub mod timing;
+pub mod v4l2;

@@ -257,10 +257,7 @@ fn cmd_check(path: &Path) -> Result<()> {
 type OpenedCameras = (Vec<Box<dyn Camera>>, Option<PathBuf>);
 
 /// Camera sources in bundle order.
-fn open_cameras(
-    bundle: &Bundle,
-    specs: &[String],
-) -> Result<OpenedCameras> {
+fn open_cameras(bundle: &Bundle, specs: &[String]) -> Result<OpenedCameras> {
     let m = &bundle.manifest;
     let mut by_name: Vec<Option<String>> = vec![None; m.cameras.len()];
     let mut positional = vec![];

@@ -69,10 +69,21 @@ fn tract_allocations_per_inference_are_measured_and_confined_to_inference() {
     let backend = TractBackend::prepare(&bundle, TractOptions { threads: 1 }).expect("tract");
     let lens = [Preprocessor::new(&m.cameras[0]).expect("pre").output_len()];
     let req = Request::new(&lens, 6, m.action.output.horizon() * 6);
-    let cams = vec![ep.camera("front", ReplayMode::AsFastAsPossible).expect("cam")];
-    let st = ep.state_source(&m.state.names, ReplayMode::AsFastAsPossible).expect("state");
-    let mut lp = ControlLoop::new(m, cams, st, NullSink::default(), InlineRunner::new(backend, req), &LoopOptions::default())
-        .expect("loop");
+    let cams = vec![ep
+        .camera("front", ReplayMode::AsFastAsPossible)
+        .expect("cam")];
+    let st = ep
+        .state_source(&m.state.names, ReplayMode::AsFastAsPossible)
+        .expect("state");
+    let mut lp = ControlLoop::new(
+        m,
+        cams,
+        st,
+        NullSink::default(),
+        InlineRunner::new(backend, req),
+        &LoopOptions::default(),
+    )
+    .expect("loop");
     let clock = ManualClock::new(0);
     lp.warm_up(&clock, m, 1_000_000_000).expect("warm-up");
     let period = lp.period_ns();
@@ -100,6 +111,9 @@ fn tract_allocations_per_inference_are_measured_and_confined_to_inference() {
         infer_allocs / infer_ticks,
         infer_bytes as f64 / infer_ticks as f64 / 1048576.0
     );
-    assert_eq!(other_allocs, 0, "ticks that do not run the network allocate nothing");
+    assert_eq!(
+        other_allocs, 0,
+        "ticks that do not run the network allocate nothing"
+    );
     assert!(infer_allocs > 0, "the counter sees tract's allocations");
 }

@@ -1,0 +1,706 @@
+//! SocketCAN output: a [`CommandSink`] that puts the per-joint frames of each command on a Linux
+//! CAN interface (`can0`, `vcan0`, a USB adapter's `slcan0`...).
+//!
+//! The socket is non-blocking: `send` never waits for the bus. What the kernel cannot take right
+//! away is an error the loop can act on, classified by [`classify_send_errno`]:
+//!
+//! | errno                                   | kind        | meaning                                  |
+//! |-----------------------------------------|-------------|------------------------------------------|
+//! | `EAGAIN`, `ENOBUFS`, `EINTR`            | `Transient` | socket buffer or TX queue full: next tick |
+//! | `ENETDOWN`, `ENODEV`, `ENXIO`, ...      | `Degraded`  | interface down or gone: hold, keep trying |
+//! | `EPERM`, `EACCES`, `EINVAL`, `EMSGSIZE` | `Fatal`     | cannot work as configured                 |
+//!
+//! The first frame that fails ends the command: the next tick sends a whole new command anyway.
+//!
+//! The socket receives no data frames (empty filter) but every CAN error class, read without
+//! blocking at each `send`: error frames are counted, and a bus-off report makes every `send`
+//! fail as `Degraded` (nothing is sent) until the controller reports a restart, returns to
+//! error-active, or the interface is taken down and up again.
+//!
+//! Opening checks the interface in sysfs first so that the error names the problem: missing,
+//! not a CAN interface, or down (`ip link set IFACE up`).
+//!
+//! [`SocketCanStateSource`] is the way back: joint state reported by the motor controllers in
+//! the same per-joint encoding (one frame per joint at `base_id + i`, value in data 0-3). It
+//! keeps the newest value of each joint and reports a new state each time every joint has
+//! reported since the last one.
+
+use crate::can::{decode_per_joint, encode_per_joint, per_joint_id, CanFrame};
+use crate::io::{CommandSink, FaultKind, SinkError, StateError, StateSource};
+use crate::safety::{SafeCommand, MAX_DIM};
+use ::socketcan::{
+    CanDataFrame, CanSocket, EmbeddedFrame, ExtendedId, Id, Socket, SocketOptions, StandardId,
+};
+use std::io;
+use std::path::Path;
+
+/// Where Linux lists network interfaces.
+pub const SYS_CLASS_NET: &str = "/sys/class/net";
+/// `ARPHRD_CAN`: the link type of every SocketCAN interface.
+const ARPHRD_CAN: u32 = 280;
+/// `IFF_UP` in `/sys/class/net/IFACE/flags`.
+const IFF_UP: u32 = 0x1;
+/// Longest interface name Linux accepts (`IFNAMSIZ` - 1).
+const MAX_IFACE_LEN: usize = 15;
+/// Error frames read per `send` at most, so that a babbling bus cannot stall a tick.
+const MAX_ERROR_FRAMES_PER_SEND: usize = 16;
+
+/// Counts since the sink was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SocketCanCounters {
+    /// Commands whose frames were all queued.
+    pub commands: u64,
+    /// Frames queued to the kernel.
+    pub frames: u64,
+    /// Sends that failed with a transient error (queue full).
+    pub transient_errors: u64,
+    /// Sends that failed because the interface was down, gone, or bus-off.
+    pub degraded_errors: u64,
+    /// Commands cut short after some of their frames were queued.
+    pub partial_commands: u64,
+    /// CAN error frames received (any class).
+    pub error_frames: u64,
+    /// Bus-off reports.
+    pub bus_off: u64,
+}
+
+/// What a CAN error frame tells the sink (from the error class bits of its ID and its data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorFrameEvent {
+    /// The controller went bus-off: nothing it sends reaches the bus.
+    BusOff,
+    /// The controller is back on the bus (restarted, or back to error-active).
+    Recovered,
+    /// Any other error (protocol violation, no ACK, error counters...): counted only.
+    Other,
+}
+
+/// Classifies a received error frame by `can_id` (with `CAN_ERR_FLAG`) and data bytes.
+pub fn classify_error_frame(can_id: u32, data: &[u8]) -> ErrorFrameEvent {
+    let class = can_id & libc::CAN_ERR_MASK;
+    if class & libc::CAN_ERR_BUSOFF != 0 {
+        ErrorFrameEvent::BusOff
+    } else if class & libc::CAN_ERR_RESTARTED != 0
+        || (class & libc::CAN_ERR_CRTL != 0
+            && data
+                .get(1)
+                .is_some_and(|&d| d == libc::CAN_ERR_CRTL_ACTIVE as u8))
+    {
+        ErrorFrameEvent::Recovered
+    } else {
+        ErrorFrameEvent::Other
+    }
+}
+
+/// What the control loop should do about a failed `write` to a CAN socket.
+pub fn classify_send_errno(errno: i32) -> FaultKind {
+    match errno {
+        libc::EAGAIN | libc::ENOBUFS | libc::EINTR => FaultKind::Transient,
+        libc::EPERM | libc::EACCES | libc::EINVAL | libc::EMSGSIZE | libc::EAFNOSUPPORT => {
+            FaultKind::Fatal
+        }
+        // ENETDOWN, ENODEV, ENXIO, ENETUNREACH, EIO and anything unexpected: hold the robot and
+        // keep trying; the interface may come back.
+        _ => FaultKind::Degraded,
+    }
+}
+
+/// The socketcan crate's frame for one of ours (same ID, ID format and data).
+pub fn to_socketcan_frame(frame: &CanFrame) -> Option<CanDataFrame> {
+    let id: Id = if frame.is_extended() {
+        ExtendedId::new(frame.id())?.into()
+    } else {
+        StandardId::new(u16::try_from(frame.id()).ok()?)?.into()
+    };
+    CanDataFrame::new(id, frame.data())
+}
+
+/// Checks that `iface` exists under `sys_class_net`, is a CAN interface and is up. Errors are
+/// `(kind, message)`; the message names the interface and says what to do.
+pub fn check_interface(sys_class_net: &Path, iface: &str) -> Result<(), (FaultKind, String)> {
+    if iface.is_empty()
+        || iface.len() > MAX_IFACE_LEN
+        || !iface
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+    {
+        return Err((
+            FaultKind::Fatal,
+            format!("`{iface}` is not a valid interface name (1 to {MAX_IFACE_LEN} characters, no spaces, `/` or `:`)"),
+        ));
+    }
+    if !sys_class_net.is_dir() {
+        // No sysfs (some containers): the socket calls will report what is wrong.
+        return Ok(());
+    }
+    let dir = sys_class_net.join(iface);
+    if !dir.exists() {
+        return Err((
+            FaultKind::Fatal,
+            format!(
+                "CAN interface `{iface}` not found (check the adapter and `ip link show`; a \
+                 virtual bus for tests: `ip link add dev {iface} type vcan && ip link set {iface} up`)"
+            ),
+        ));
+    }
+    let read_u32 = |file: &str| -> Option<u32> {
+        let text = std::fs::read_to_string(dir.join(file)).ok()?;
+        let text = text.trim();
+        match text.strip_prefix("0x") {
+            Some(hex) => u32::from_str_radix(hex, 16).ok(),
+            None => text.parse().ok(),
+        }
+    };
+    if let Some(ty) = read_u32("type") {
+        if ty != ARPHRD_CAN {
+            return Err((
+                FaultKind::Fatal,
+                format!("`{iface}` is not a CAN interface (link type {ty}, CAN is {ARPHRD_CAN})"),
+            ));
+        }
+    }
+    if let Some(flags) = read_u32("flags") {
+        if flags & IFF_UP == 0 {
+            return Err((
+                FaultKind::Degraded,
+                format!(
+                    "CAN interface `{iface}` is down (bring it up: `ip link set {iface} up type \
+                     can bitrate BITRATE`, or `ip link set {iface} up` for a vcan)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Sends each command as per-joint frames on a SocketCAN interface, without blocking.
+pub struct SocketCanSink {
+    socket: CanSocket,
+    iface: String,
+    name: String,
+    base_id: u32,
+    frames: heapless::Vec<CanFrame, MAX_DIM>,
+    counters: SocketCanCounters,
+    /// A bus-off was reported and no recovery since.
+    bus_off: bool,
+    /// The last send failed as `Degraded` (for logging transitions once).
+    degraded: bool,
+}
+
+impl SocketCanSink {
+    /// Opens a raw CAN socket on `iface` for the per-joint encoding at `base_id`.
+    pub fn open(iface: &str, base_id: u32) -> Result<Self, SinkError> {
+        Self::open_with_sysfs(Path::new(SYS_CLASS_NET), iface, base_id)
+    }
+
+    /// [`Self::open`] with another sysfs root for the interface checks (tests).
+    pub fn open_with_sysfs(
+        sys_class_net: &Path,
+        iface: &str,
+        base_id: u32,
+    ) -> Result<Self, SinkError> {
+        let name = format!("socketcan:{iface}");
+        let fail = |kind, message| SinkError {
+            sink: name.clone(),
+            kind,
+            message,
+        };
+        check_interface(sys_class_net, iface).map_err(|(kind, msg)| fail(kind, msg))?;
+        let socket = CanSocket::open(iface).map_err(|e| {
+            let (kind, msg) = match e.raw_os_error() {
+                Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT) => (
+                    FaultKind::Fatal,
+                    format!(
+                        "opening a CAN socket on `{iface}`: the kernel has no SocketCAN support \
+                         ({e}; load it with `modprobe can_raw`)"
+                    ),
+                ),
+                Some(libc::ENODEV) => (
+                    FaultKind::Fatal,
+                    format!("CAN interface `{iface}` not found ({e})"),
+                ),
+                _ => (
+                    FaultKind::Fatal,
+                    format!("opening a CAN socket on `{iface}`: {e}"),
+                ),
+            };
+            fail(kind, msg)
+        })?;
+        let setup = |what: &str, r: io::Result<()>| {
+            r.map_err(|e| fail(FaultKind::Fatal, format!("{what} on `{iface}`: {e}")))
+        };
+        setup("set_nonblocking", socket.set_nonblocking(true))?;
+        // A sink reads no data frames, only the bus's error reports.
+        setup("CAN_RAW_FILTER", socket.set_filter_drop_all())?;
+        setup(
+            "CAN_RAW_ERR_FILTER",
+            socket.set_error_filter(libc::CAN_ERR_MASK),
+        )?;
+        log::info!("CAN output on `{iface}` (per-joint, base ID {base_id:#X})");
+        Ok(Self {
+            socket,
+            iface: iface.to_owned(),
+            name,
+            base_id,
+            frames: heapless::Vec::new(),
+            counters: SocketCanCounters::default(),
+            bus_off: false,
+            degraded: false,
+        })
+    }
+
+    pub fn counters(&self) -> SocketCanCounters {
+        self.counters
+    }
+
+    /// Reads the pending error frames without blocking.
+    fn poll_error_frames(&mut self) {
+        for _ in 0..MAX_ERROR_FRAMES_PER_SEND {
+            let Ok(raw) = self.socket.read_raw_frame() else {
+                // WouldBlock (nothing pending) or the interface went away: `write` will say.
+                return;
+            };
+            if raw.can_id & libc::CAN_ERR_FLAG == 0 {
+                continue;
+            }
+            self.counters.error_frames += 1;
+            let dlc = usize::from(raw.can_dlc).min(8);
+            match classify_error_frame(raw.can_id, &raw.data[..dlc]) {
+                ErrorFrameEvent::BusOff => {
+                    self.counters.bus_off += 1;
+                    if !self.bus_off {
+                        log::error!(
+                            "CAN interface `{}` is bus-off: commands are not reaching the robot",
+                            self.iface
+                        );
+                    }
+                    self.bus_off = true;
+                }
+                ErrorFrameEvent::Recovered => {
+                    if self.bus_off {
+                        log::warn!("CAN interface `{}` recovered from bus-off", self.iface);
+                    }
+                    self.bus_off = false;
+                }
+                ErrorFrameEvent::Other => {
+                    log::trace!("CAN error frame on `{}`: {:#X}", self.iface, raw.can_id)
+                }
+            }
+        }
+    }
+
+    fn degraded_error(&mut self, message: String) -> SinkError {
+        self.counters.degraded_errors += 1;
+        if !self.degraded {
+            log::warn!("{}: {message}; retrying every tick", self.name);
+            self.degraded = true;
+        }
+        SinkError {
+            sink: self.name.clone(),
+            kind: FaultKind::Degraded,
+            message,
+        }
+    }
+}
+
+impl CommandSink for SocketCanSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&mut self, cmd: &SafeCommand, _now_ns: u64) -> Result<(), SinkError> {
+        self.poll_error_frames();
+        if self.bus_off {
+            return Err(self.degraded_error(format!("`{}` is bus-off", self.iface)));
+        }
+        encode_per_joint(cmd, self.base_id, &mut self.frames).map_err(|e| SinkError {
+            sink: self.name.clone(),
+            kind: FaultKind::Fatal,
+            message: format!("per-joint encoding with base ID {:#X}: {e}", self.base_id),
+        })?;
+        for (k, frame) in self.frames.iter().enumerate() {
+            // Cannot fail: the frame was built and checked by `encode_per_joint`.
+            let Some(out) = to_socketcan_frame(frame) else {
+                continue;
+            };
+            if let Err(e) = self.socket.write_frame(&out) {
+                if k > 0 {
+                    self.counters.partial_commands += 1;
+                }
+                let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                let message = format!("sending frame {:#X} on `{}`: {e}", frame.id(), self.iface);
+                return Err(match classify_send_errno(errno) {
+                    FaultKind::Transient => {
+                        self.counters.transient_errors += 1;
+                        SinkError {
+                            sink: self.name.clone(),
+                            kind: FaultKind::Transient,
+                            message,
+                        }
+                    }
+                    FaultKind::Degraded => {
+                        // The link went down: whatever bus-off state it had is reset on `up`.
+                        self.bus_off = false;
+                        self.degraded_error(message)
+                    }
+                    FaultKind::Fatal => SinkError {
+                        sink: self.name.clone(),
+                        kind: FaultKind::Fatal,
+                        message,
+                    },
+                });
+            }
+            self.counters.frames += 1;
+        }
+        self.counters.commands += 1;
+        if self.degraded {
+            log::info!("{}: sending again", self.name);
+            self.degraded = false;
+        }
+        Ok(())
+    }
+
+    /// Frames are handed to the kernel in `send`; this reports the run's counters.
+    fn flush(&mut self) -> Result<(), SinkError> {
+        self.poll_error_frames();
+        let c = self.counters;
+        log::info!(
+            "{}: {} commands ({} frames) sent, {} transient and {} degraded send errors, {} \
+             partial commands, {} error frames, {} bus-off",
+            self.name,
+            c.commands,
+            c.frames,
+            c.transient_errors,
+            c.degraded_errors,
+            c.partial_commands,
+            c.error_frames,
+            c.bus_off
+        );
+        Ok(())
+    }
+}
+
+/// Our frame for a received raw one: `None` for error and remote frames, and for what is not
+/// classic CAN.
+pub fn from_raw_frame(raw: &libc::can_frame) -> Option<CanFrame> {
+    if raw.can_id & (libc::CAN_ERR_FLAG | libc::CAN_RTR_FLAG) != 0 {
+        return None;
+    }
+    let extended = raw.can_id & libc::CAN_EFF_FLAG != 0;
+    let id = if extended {
+        raw.can_id & libc::CAN_EFF_MASK
+    } else {
+        raw.can_id & libc::CAN_SFF_MASK
+    };
+    let len = usize::from(raw.can_dlc);
+    CanFrame::new(id, extended, raw.data.get(..len)?).ok()
+}
+
+/// Counts since the state source was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StateCounters {
+    /// Per-joint frames decoded.
+    pub frames: u64,
+    /// Complete states reported (every joint updated).
+    pub states: u64,
+    /// Frames with a joint's ID that did not decode (wrong length, reserved bits, non-finite).
+    pub malformed: u64,
+    /// Read errors (interface down or gone).
+    pub errors: u64,
+}
+
+/// Joint state from a SocketCAN interface, per-joint encoding (see the module documentation).
+///
+/// The state's timestamp is the loop time of the call that completed it: frames are read every
+/// tick, so it is late by at most one control period.
+pub struct SocketCanStateSource {
+    socket: CanSocket,
+    iface: String,
+    name: String,
+    base_id: u32,
+    values: heapless::Vec<f32, MAX_DIM>,
+    /// Bit `i`: joint `i` reported since the last complete state.
+    seen: u32,
+    /// A complete state not yet handed out, and its time.
+    fresh: Option<u64>,
+    counters: StateCounters,
+}
+
+impl SocketCanStateSource {
+    /// Receives joints `base_id .. base_id + dims` on `iface`.
+    pub fn open(iface: &str, base_id: u32, dims: usize) -> Result<Self, StateError> {
+        let name = format!("socketcan:{iface}");
+        let fail = |message: String| StateError {
+            source_name: name.clone(),
+            kind: FaultKind::Fatal,
+            message,
+        };
+        if dims == 0 || dims > MAX_DIM {
+            return Err(fail(format!("{dims} joints: expected 1 to {MAX_DIM}")));
+        }
+        check_interface(Path::new(SYS_CLASS_NET), iface).map_err(|(_, m)| fail(m))?;
+        let mut filters = Vec::with_capacity(dims);
+        for i in 0..dims {
+            let (id, extended) = per_joint_id(base_id, i)
+                .map_err(|e| fail(format!("per-joint base ID {base_id:#X}: {e}")))?;
+            let (flag, mask) = if extended {
+                (libc::CAN_EFF_FLAG, libc::CAN_EFF_MASK)
+            } else {
+                (0, libc::CAN_SFF_MASK)
+            };
+            // Match the ID, its format, and data frames only.
+            filters.push((id | flag, mask | libc::CAN_EFF_FLAG | libc::CAN_RTR_FLAG));
+        }
+        let socket = CanSocket::open(iface)
+            .map_err(|e| fail(format!("opening a CAN socket on `{iface}`: {e}")))?;
+        let setup = |what: &str, r: io::Result<()>| {
+            r.map_err(|e| fail(format!("{what} on `{iface}`: {e}")))
+        };
+        setup("set_nonblocking", socket.set_nonblocking(true))?;
+        setup("CAN_RAW_FILTER", socket.set_filters(&filters))?;
+        let mut values = heapless::Vec::new();
+        // Cannot fail: dims <= MAX_DIM, the capacity.
+        let _ = values.resize(dims, 0.0);
+        log::info!("joint state from `{iface}` (per-joint, base ID {base_id:#X}, {dims} joints)");
+        Ok(Self {
+            socket,
+            iface: iface.to_owned(),
+            name,
+            base_id,
+            values,
+            seen: 0,
+            fresh: None,
+            counters: StateCounters::default(),
+        })
+    }
+
+    pub fn counters(&self) -> StateCounters {
+        self.counters
+    }
+
+    fn all_seen(&self) -> u32 {
+        u32::MAX >> (32 - self.values.len())
+    }
+}
+
+impl StateSource for SocketCanStateSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn latest(&mut self, now_ns: u64, out: &mut [f32]) -> Result<Option<u64>, StateError> {
+        // Bounded: a flooded bus cannot hold the tick here.
+        for _ in 0..8 * self.values.len() {
+            let raw = match self.socket.read_raw_frame() {
+                Ok(raw) => raw,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.counters.errors += 1;
+                    let kind = match classify_send_errno(e.raw_os_error().unwrap_or(libc::EIO)) {
+                        FaultKind::Fatal => FaultKind::Fatal,
+                        _ => FaultKind::Degraded,
+                    };
+                    return Err(StateError {
+                        source_name: self.name.clone(),
+                        kind,
+                        message: format!("reading `{}`: {e}", self.iface),
+                    });
+                }
+            };
+            let decoded = from_raw_frame(&raw)
+                .and_then(|f| decode_per_joint(&f, self.base_id, self.values.len()));
+            match decoded {
+                Some((joint, value, _, _)) if value.is_finite() => {
+                    self.counters.frames += 1;
+                    self.values[joint] = value;
+                    self.seen |= 1 << joint;
+                    if self.seen == self.all_seen() {
+                        self.seen = 0;
+                        self.fresh = Some(now_ns);
+                        self.counters.states += 1;
+                    }
+                }
+                _ => self.counters.malformed += 1,
+            }
+        }
+        let Some(ts) = self.fresh.take() else {
+            return Ok(None);
+        };
+        let n = out.len().min(self.values.len());
+        out[..n].copy_from_slice(&self.values[..n]);
+        Ok(Some(ts))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ::socketcan::Frame as _;
+
+    #[test]
+    fn send_errors_are_classified() {
+        assert_eq!(classify_send_errno(libc::EAGAIN), FaultKind::Transient);
+        assert_eq!(classify_send_errno(libc::EWOULDBLOCK), FaultKind::Transient);
+        assert_eq!(classify_send_errno(libc::ENOBUFS), FaultKind::Transient);
+        assert_eq!(classify_send_errno(libc::ENETDOWN), FaultKind::Degraded);
+        assert_eq!(classify_send_errno(libc::ENODEV), FaultKind::Degraded);
+        assert_eq!(classify_send_errno(libc::ENXIO), FaultKind::Degraded);
+        assert_eq!(classify_send_errno(libc::EIO), FaultKind::Degraded);
+        assert_eq!(classify_send_errno(libc::EPERM), FaultKind::Fatal);
+        assert_eq!(classify_send_errno(libc::EINVAL), FaultKind::Fatal);
+    }
+
+    #[test]
+    fn error_frames_are_classified() {
+        // Golden IDs: CAN_ERR_FLAG | class, as `candump` shows them (`20000040#...`).
+        let busoff = 0x2000_0040;
+        assert_eq!(
+            classify_error_frame(busoff, &[0; 8]),
+            ErrorFrameEvent::BusOff
+        );
+        let restarted = 0x2000_0100;
+        assert_eq!(
+            classify_error_frame(restarted, &[0; 8]),
+            ErrorFrameEvent::Recovered
+        );
+        // CAN_ERR_CRTL with data[1] = CAN_ERR_CRTL_ACTIVE (0x40): back to error-active.
+        let crtl = 0x2000_0004;
+        assert_eq!(
+            classify_error_frame(crtl, &[0, 0x40, 0, 0, 0, 0, 0, 0]),
+            ErrorFrameEvent::Recovered
+        );
+        // CAN_ERR_CRTL with TX error-passive (0x20): counted only.
+        assert_eq!(
+            classify_error_frame(crtl, &[0, 0x20, 0, 0, 0, 0, 0, 0]),
+            ErrorFrameEvent::Other
+        );
+        // No ACK (0x20), and a short frame.
+        assert_eq!(
+            classify_error_frame(0x2000_0020, &[]),
+            ErrorFrameEvent::Other
+        );
+        assert_eq!(classify_error_frame(crtl, &[0]), ErrorFrameEvent::Other);
+        assert_eq!(libc::CAN_ERR_BUSOFF, 0x40);
+        assert_eq!(libc::CAN_ERR_RESTARTED, 0x100);
+    }
+
+    #[test]
+    fn frames_convert_to_socketcan() {
+        let std = CanFrame::new(0x123, false, &[1, 2, 3]).unwrap();
+        let out = to_socketcan_frame(&std).unwrap();
+        assert_eq!(out.raw_id(), 0x123);
+        assert!(!out.is_extended());
+        assert_eq!(out.data(), &[1, 2, 3]);
+        let ext = CanFrame::new(0x123, true, &[0xFF; 8]).unwrap();
+        let out = to_socketcan_frame(&ext).unwrap();
+        assert_eq!(out.raw_id(), 0x123);
+        assert!(out.is_extended());
+        assert_eq!(out.data(), &[0xFF; 8]);
+        let top = CanFrame::new(0x1FFF_FFFF, true, &[]).unwrap();
+        assert_eq!(to_socketcan_frame(&top).unwrap().raw_id(), 0x1FFF_FFFF);
+    }
+
+    #[test]
+    fn raw_frames_convert_back() {
+        let mut raw: libc::can_frame = zeroed_frame();
+        raw.can_id = 0x123;
+        raw.can_dlc = 3;
+        raw.data[..3].copy_from_slice(&[1, 2, 3]);
+        assert_eq!(
+            from_raw_frame(&raw),
+            Some(CanFrame::new(0x123, false, &[1, 2, 3]).unwrap())
+        );
+        raw.can_id = 0x1234_5678 | libc::CAN_EFF_FLAG;
+        assert_eq!(
+            from_raw_frame(&raw),
+            Some(CanFrame::new(0x1234_5678, true, &[1, 2, 3]).unwrap())
+        );
+        raw.can_id = 0x40 | libc::CAN_ERR_FLAG;
+        assert_eq!(from_raw_frame(&raw), None);
+        raw.can_id = 0x123 | libc::CAN_RTR_FLAG;
+        assert_eq!(from_raw_frame(&raw), None);
+        raw.can_id = 0x123;
+        raw.can_dlc = 9;
+        assert_eq!(from_raw_frame(&raw), None);
+    }
+
+    /// A zeroed `can_frame` without `unsafe` (its padding fields are private in libc).
+    fn zeroed_frame() -> libc::can_frame {
+        let data = CanFrame::new(0, false, &[]).unwrap();
+        let out = to_socketcan_frame(&data).unwrap();
+        *AsRef::<libc::can_frame>::as_ref(&out)
+    }
+
+    fn fake_sysfs(name: &str, ifaces: &[(&str, &str, &str)]) -> std::path::PathBuf {
+        let root = std::env::temp_dir().join(format!("reflex-sysfs-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for (iface, ty, flags) in ifaces {
+            let d = root.join(iface);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("type"), format!("{ty}\n")).unwrap();
+            std::fs::write(d.join("flags"), format!("{flags}\n")).unwrap();
+        }
+        root
+    }
+
+    #[test]
+    fn interface_checks_name_the_problem() {
+        let root = fake_sysfs(
+            "checks",
+            &[
+                ("can0", "280", "0x40c1"),
+                ("can1", "280", "0x80"),
+                ("eth0", "1", "0x1003"),
+            ],
+        );
+        assert_eq!(check_interface(&root, "can0"), Ok(()));
+        let (kind, msg) = check_interface(&root, "can1").unwrap_err();
+        assert_eq!(kind, FaultKind::Degraded);
+        assert!(
+            msg.contains("`can1` is down") && msg.contains("ip link set can1 up"),
+            "{msg}"
+        );
+        let (kind, msg) = check_interface(&root, "eth0").unwrap_err();
+        assert_eq!(kind, FaultKind::Fatal);
+        assert!(msg.contains("`eth0` is not a CAN interface"), "{msg}");
+        let (kind, msg) = check_interface(&root, "vcan7").unwrap_err();
+        assert_eq!(kind, FaultKind::Fatal);
+        assert!(
+            msg.contains("`vcan7` not found") && msg.contains("type vcan"),
+            "{msg}"
+        );
+        for bad in ["", "a/b", "can 0", "x:1", "averyveryverylongname"] {
+            assert_eq!(
+                check_interface(&root, bad).unwrap_err().0,
+                FaultKind::Fatal,
+                "{bad:?}"
+            );
+        }
+        // Without sysfs the socket calls have the last word.
+        assert_eq!(check_interface(&root.join("absent"), "can0"), Ok(()));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// On the real system: a missing interface is named; `lo` is refused as not CAN (this
+    /// machine's kernel may have no CAN support at all, which the QEMU tests provide).
+    #[test]
+    fn open_errors_on_this_machine() {
+        let err = SocketCanSink::open("reflexnocan9", 0x100).err().unwrap();
+        assert_eq!(err.kind, FaultKind::Fatal);
+        assert!(
+            err.to_string().contains("`reflexnocan9` not found"),
+            "{err}"
+        );
+        assert_eq!(err.sink, "socketcan:reflexnocan9");
+        if Path::new(SYS_CLASS_NET).join("lo").exists() {
+            let err = SocketCanSink::open("lo", 0x100).err().unwrap();
+            assert!(err.to_string().contains("not a CAN interface"), "{err}");
+        }
+        // Without the sysfs checks, the socket layer's own error still names the interface.
+        let none = Path::new("/nonexistent-sysfs");
+        let err = SocketCanSink::open_with_sysfs(none, "reflexnocan9", 0x100)
+            .err()
+            .unwrap();
+        assert!(err.message.contains("reflexnocan9"), "{err}");
+    }
+}

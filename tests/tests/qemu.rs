@@ -1,0 +1,637 @@
+//! Hardware-in-the-loop tests: the real SocketCAN and V4L2 kernel drivers (vcan, vivid) in a
+//! QEMU guest, driven by the `reflex` binary. See TESTING.md.
+//!
+//! They run only with `REFLEX_QEMU_TESTS=1` (scripts/test.sh sets it; everything they need is
+//! installed by scripts/setup.sh) and use the `reflex` binary of the same target dir, which
+//! `cargo test --workspace` builds; alone:
+//!
+//! ```text
+//! cargo build -p reflex-runtime --bin reflex
+//! REFLEX_QEMU_TESTS=1 cargo test -p reflex-tests --test qemu -- --nocapture
+//! ```
+//!
+//! Each test builds a small bundle and episode here, boots a guest with tests/qemu/run-guest.sh,
+//! runs one scenario from tests/qemu/scenarios/ and checks the `@@` markers and logs the guest
+//! prints on its serial console.
+
+use reflex_models::manifest::{CaptureSpec, Manifest, PixelFormat};
+use reflex_models::onnx::builder::{Attr, GraphBuilder};
+use reflex_models::onnx::{EncoderKind, HeadKind, PolicyArch};
+use reflex_runtime::can::{decode_per_joint, parse_candump_line};
+use reflex_runtime::replay::generate_synthetic_episode;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// One guest at a time: two emulated guests on a small machine would starve each other and
+/// make the loop-rate checks meaningless.
+static GUEST: Mutex<()> = Mutex::new(());
+
+fn enabled(test: &str) -> bool {
+    let on = std::env::var("REFLEX_QEMU_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        println!("{test}: skipped (set REFLEX_QEMU_TESTS=1 to run the QEMU tests, see TESTING.md)");
+    }
+    on
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// The `reflex` binary next to this test's own target directory (`target/debug/reflex`).
+fn reflex_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/qemu-HASH -> target/debug/reflex
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("reflex");
+    assert!(
+        bin.exists(),
+        "{} not built: run `cargo build -p reflex-runtime --bin reflex` first",
+        bin.display()
+    );
+    bin
+}
+
+fn workdir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("workdir");
+    d
+}
+
+/// A policy small enough to run at its control rate under software emulation: the image is
+/// resized to 32x32 and averaged per channel, concatenated with the state and mapped to a chunk
+/// of 8 actions by one linear layer. The manifest is the reference arm's (6 joints, limits,
+/// normalization, 20 Hz, per-joint CAN at 0x100).
+fn tiny_bundle(dir: &Path, capture: CaptureSpec) -> Manifest {
+    const SIDE: usize = 32;
+    const HORIZON: usize = 8;
+    let arch = PolicyArch {
+        encoder: EncoderKind::Resnet18,
+        cameras: vec!["front".into()],
+        shared_encoder: false,
+        state_dim: 6,
+        action_dim: 6,
+        hidden: vec![],
+        head: HeadKind::Chunk { horizon: HORIZON },
+    };
+    let mut m = reflex_models::reference::reference_manifest(&arch, "qemu-tiny", capture);
+    m.cameras[0].preprocess.resize.width = SIDE as u32;
+    m.cameras[0].preprocess.resize.height = SIDE as u32;
+    m.models[0].backends = vec![reflex_models::manifest::BackendKind::Tract];
+
+    let mut g = GraphBuilder::new("qemu-tiny");
+    let image = g.input("image.front", &[1, 3, SIDE, SIDE]);
+    let state = g.input("state", &[1, 6]);
+    let pooled = g.node("pool", "GlobalAveragePool", &[&image], &[]);
+    let flat = g.node("flat", "Flatten", &[&pooled], &[("axis", Attr::Int(1))]);
+    let features = g.node(
+        "features",
+        "Concat",
+        &[&flat, &state],
+        &[("axis", Attr::Int(1))],
+    );
+    let out = HORIZON * 6;
+    let w: Vec<f32> = (0..9 * out)
+        .map(|i| 0.05 * ((i * 37 % 11) as f32 - 5.0) / 5.0)
+        .collect();
+    let w = g.initializer("head.weight", &[9, out], &w);
+    let b = g.initializer("head.bias", &[out], &vec![0.0; out]);
+    let y = g.node("head", "Gemm", &[&features, &w, &b], &[]);
+    let shape = g.shape_const(&[1, HORIZON as i64, 6]);
+    let action = g.node("action", "Reshape", &[&y, &shape], &[]);
+    g.output(&action, &[1, HORIZON, 6]);
+    let bytes = prost::Message::encode_to_vec(&g.finish());
+    reflex_models::bundle::write_bundle(dir, &mut m, &[&bytes]).expect("writing the tiny bundle");
+    m
+}
+
+/// Boots a guest with `scenario`, `payload` and `bins` (in the guest's /usr/bin); returns its
+/// console output.
+fn run_guest_with(scenario: &str, payload: &Path, bins: &[&Path]) -> String {
+    let root = repo_root();
+    let t = Instant::now();
+    let bins: Vec<String> = bins.iter().map(|b| b.display().to_string()).collect();
+    let out = Command::new("bash")
+        .arg(root.join("tests/qemu/run-guest.sh"))
+        .arg(root.join("tests/qemu/scenarios").join(scenario))
+        .arg(payload)
+        .env("REFLEX_BIN", reflex_bin())
+        .env("REFLEX_GUEST_BINS", bins.join(" "))
+        .output()
+        .expect("running tests/qemu/run-guest.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "{scenario}: guest run took {:.1} s (exit {:?})",
+        t.elapsed().as_secs_f64(),
+        out.status.code()
+    );
+    assert!(
+        out.status.success() && stdout.contains("@@SCENARIO_EXIT rc=0"),
+        "guest run failed ({:?})\n--- stderr\n{stderr}\n--- console (end)\n{}",
+        out.status.code(),
+        tail(&stdout)
+    );
+    stdout
+}
+
+/// The lines between `@@BEGIN name` and `@@END name`.
+fn section<'a>(out: &'a str, name: &str) -> Vec<&'a str> {
+    out.lines()
+        .skip_while(|l| *l != format!("@@BEGIN {name}"))
+        .skip(1)
+        .take_while(|l| *l != format!("@@END {name}"))
+        .collect()
+}
+
+/// `value` of `key=value` on the first line starting with `@@MARKER`.
+fn marker(out: &str, name: &str, key: &str) -> f64 {
+    let tag = format!("@@{name} ");
+    // The console may put terminal escapes before the guest's first line.
+    let line = out
+        .lines()
+        .find_map(|l| l.find(&tag).map(|at| &l[at..]))
+        .unwrap_or_else(|| panic!("no @@{name} marker in the console output:\n{}", tail(out)));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in `{line}`"))
+}
+
+/// The end of a long console output, for assertion messages.
+fn tail(out: &str) -> &str {
+    let mut at = out.len().saturating_sub(6000);
+    while !out.is_char_boundary(at) {
+        at += 1;
+    }
+    &out[at..]
+}
+
+/// The loop's counters (`counters: {json}` in reflex's report).
+fn counters(report: &[&str]) -> serde_json::Value {
+    let line = report
+        .iter()
+        .find_map(|l| l.strip_prefix("counters: "))
+        .unwrap_or_else(|| panic!("no counters in reflex's output:\n{}", report.join("\n")));
+    serde_json::from_str(line).expect("counters JSON")
+}
+
+#[test]
+fn socketcan_sink_on_vcan() {
+    if !enabled("socketcan_sink_on_vcan") {
+        return;
+    }
+    let _guest = GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let payload = workdir("qemu-socketcan");
+    let capture = CaptureSpec {
+        width: 320,
+        height: 180,
+        format: PixelFormat::Yuyv,
+        fps: 30,
+    };
+    let m = tiny_bundle(&payload.join("bundle"), capture);
+    generate_synthetic_episode(&m, &payload.join("episode"), 1.0, 30).expect("episode");
+    let exe = std::env::current_exe().expect("test executable");
+    let out = run_guest_with("socketcan.sh", &payload, &[exe.as_path()]);
+    assert_eq!(
+        marker(&out, "GUEST_TESTS", "rc"),
+        0.0,
+        "guest-side SocketCAN test failed:\n{}",
+        tail(&out)
+    );
+    if let Some(line) = out
+        .lines()
+        .find_map(|l| l.find("@@CANSTATE ").map(|at| &l[at..]))
+    {
+        println!("{line}");
+    }
+
+    let report = section(&out, "reflex.out");
+    let log = section(&out, "candump.log");
+    let booted = marker(&out, "BOOTED", "uptime");
+    let ready = marker(&out, "READY", "uptime");
+    println!(
+        "guest: kernel up at {booted:.1} s, drivers loaded at {ready:.1} s, scenario done at {:.1} s",
+        marker(&out, "SCENARIO_EXIT", "uptime")
+    );
+    assert_eq!(
+        marker(&out, "REFLEX_EXIT", "rc"),
+        0.0,
+        "reflex failed:\n{}",
+        report.join("\n")
+    );
+
+    // What candump saw: only per-joint frames 0x100..0x105, whole commands in joint order.
+    let base = 0x100;
+    let mut commands: Vec<(u64, Vec<f32>, bool, u8)> = vec![];
+    for (n, line) in log.iter().enumerate() {
+        let (ts, iface, frame) =
+            parse_candump_line(line).unwrap_or_else(|e| panic!("candump line {n} `{line}`: {e}"));
+        assert_eq!(iface, "vcan0");
+        let (joint, value, stop, tick) = decode_per_joint(&frame, base, 6)
+            .unwrap_or_else(|| panic!("candump line {n} `{line}` is not a per-joint frame"));
+        assert!(value.is_finite());
+        if joint == 0 {
+            commands.push((ts, vec![value], stop, tick));
+        } else {
+            let c = commands.last_mut().expect("a command starts at joint 0");
+            assert_eq!(
+                (c.1.len(), c.2, c.3),
+                (joint, stop, tick),
+                "line {n} `{line}`"
+            );
+            c.1.push(value);
+        }
+    }
+    assert!(
+        commands.len() > 40,
+        "only {} commands on the bus",
+        commands.len()
+    );
+    let last = commands.last().expect("commands");
+    assert!(
+        last.2,
+        "the last command on the bus must be a stop: {last:?}"
+    );
+    assert_eq!(last.1.len(), 6);
+
+    // The link was down for about a second: a gap in the log, then commands again.
+    let gaps: Vec<u64> = commands.windows(2).map(|w| w[1].0 - w[0].0).collect();
+    let longest_gap_ms = gaps.iter().max().copied().unwrap_or(0) / 1000;
+    let before_down = marker(&out, "LINK_DOWN", "lines") as usize / 6;
+    let after_up = marker(&out, "LINK_UP", "lines") as usize / 6;
+    println!(
+        "candump: {} commands ({} frames), longest gap {longest_gap_ms} ms, {} commands sent \
+         while the link was down",
+        commands.len(),
+        log.len(),
+        after_up.saturating_sub(before_down)
+    );
+    assert!(
+        (700..3000).contains(&longest_gap_ms),
+        "expected a ~1 s gap while vcan0 was down, longest is {longest_gap_ms} ms"
+    );
+    assert!(
+        commands.len() > after_up + 10,
+        "commands did not resume after the link came back"
+    );
+
+    // The loop kept its rate and counted the failed sends; the sink saw the bus-off report.
+    let c = counters(&report);
+    let (ticks, sink_errors, missed) = (
+        c["ticks"].as_u64().unwrap_or(0),
+        c["sink_errors"].as_u64().unwrap_or(0),
+        c["missed_deadlines"].as_u64().unwrap_or(0),
+    );
+    println!("reflex counters: {c}");
+    assert!(ticks >= 100, "{ticks} ticks in 6 s at 20 Hz");
+    assert!(
+        missed * 10 <= ticks,
+        "{missed} missed deadlines in {ticks} ticks: the loop did not keep its rate"
+    );
+    assert!(
+        (10..=60).contains(&sink_errors),
+        "{sink_errors} sink errors: expected ~20 for 1 s down + ~10 for 0.5 s bus-off"
+    );
+    let sink_line = report
+        .iter()
+        .find(|l| l.contains("socketcan:vcan0:") && l.contains("commands"))
+        .unwrap_or_else(|| panic!("no socketcan summary:\n{}", report.join("\n")));
+    println!("{sink_line}");
+    assert!(
+        sink_line.contains(" 2 error frames, 1 bus-off"),
+        "{sink_line}"
+    );
+    assert!(
+        !report.iter().any(|l| l.contains("panicked")),
+        "{}",
+        report.join("\n")
+    );
+    assert_eq!(
+        commands.len() as u64 + sink_errors,
+        ticks + 1,
+        "every tick (and the final stop) is either on the bus or a counted error"
+    );
+}
+
+#[test]
+fn v4l2_camera_on_vivid() {
+    if !enabled("v4l2_camera_on_vivid") {
+        return;
+    }
+    let _guest = GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let payload = workdir("qemu-v4l2");
+    // vivid's webcam input has 320x180 among its discrete sizes.
+    let capture = CaptureSpec {
+        width: 320,
+        height: 180,
+        format: PixelFormat::Yuyv,
+        fps: 30,
+    };
+    let m = tiny_bundle(&payload.join("bundle"), capture);
+    // The episode only provides the joint state; frames come from vivid.
+    generate_synthetic_episode(&m, &payload.join("episode"), 1.0, 30).expect("episode");
+    let exe = std::env::current_exe().expect("test executable");
+    let out = run_guest_with("v4l2.sh", &payload, &[exe.as_path()]);
+
+    // The guest-side test's own assertions.
+    assert_eq!(
+        marker(&out, "GUEST_TESTS", "rc"),
+        0.0,
+        "guest-side V4L2 test failed:\n{}",
+        tail(&out)
+    );
+    for line in out
+        .lines()
+        .filter_map(|l| l.find("@@V4L2 ").map(|at| &l[at..]))
+    {
+        println!("{line}");
+    }
+    assert!(out.contains("@@V4L2 format=yuyv"), "{}", tail(&out));
+    assert!(out.contains("@@V4L2 format=grey"), "{}", tail(&out));
+    assert!(out.contains("@@V4L2 unplug"), "{}", tail(&out));
+
+    // End to end: vivid -> reflex -> vcan0.
+    let report = section(&out, "reflex.out");
+    assert_eq!(
+        marker(&out, "REFLEX_EXIT", "rc"),
+        0.0,
+        "reflex failed:\n{}",
+        report.join("\n")
+    );
+    let c = counters(&report);
+    println!("reflex counters: {c}");
+    let get = |k: &str| c[k].as_u64().unwrap_or(0);
+    assert!(get("ticks") >= 60, "{c}");
+    assert!(get("frames") >= 60, "camera delivered too few frames: {c}");
+    assert!(
+        get("fresh") * 10 >= get("ticks") * 8,
+        "too few fresh commands: {c}"
+    );
+    assert!(get("missed_deadlines") * 10 <= get("ticks"), "{c}");
+    assert_eq!(get("camera_errors"), 0, "{c}");
+    let lines = marker(&out, "CANDUMP", "lines") as u64;
+    assert_eq!(
+        lines,
+        6 * (get("ticks") + 1),
+        "every tick and the final stop on the bus"
+    );
+    let last = section(&out, "candump.tail");
+    let (_, _, frame) = parse_candump_line(last.last().expect("candump lines")).expect("line");
+    assert!(decode_per_joint(&frame, 0x100, 6).is_some_and(|(j, _, stop, _)| j == 5 && stop));
+}
+
+/// Runs inside the guest (REFLEX_QEMU_GUEST=1, from tests/qemu/scenarios/v4l2.sh): the V4L2
+/// camera on vivid's /dev/video0.
+#[test]
+fn guest_v4l2_capture() {
+    use reflex_runtime::clock::{Clock, MonotonicClock};
+    use reflex_runtime::io::{Camera, FaultKind};
+    use reflex_runtime::v4l2::V4l2Camera;
+    if std::env::var("REFLEX_QEMU_GUEST").is_err() {
+        println!("guest_v4l2_capture: runs only inside the QEMU guest (v4l2_camera_on_vivid)");
+        return;
+    }
+    let dev = Path::new("/dev/video0");
+    let clock = MonotonicClock::new();
+    let mode = |width, height, format| CaptureSpec {
+        width,
+        height,
+        format,
+        fps: 30,
+    };
+
+    // Capture for `secs`, sleeping `pause_ms` between calls; checks every frame.
+    let capture = |cam: &mut V4l2Camera, spec: &CaptureSpec, secs: f64, pause_ms: u64| {
+        let bpp = if spec.format == PixelFormat::Yuyv {
+            2
+        } else {
+            1
+        };
+        let (mut frames, mut last_seq, mut max_age_ms) = (0u64, None::<u64>, 0f64);
+        let start = clock.now_ns();
+        while clock.now_ns() - start < (secs * 1e9) as u64 {
+            let now = clock.now_ns();
+            match cam.latest(now, now + 50_000_000) {
+                Ok(Some(f)) => {
+                    assert_eq!(f.data.len(), (spec.width * spec.height * bpp) as usize);
+                    assert_eq!((f.meta.width, f.meta.height), (spec.width, spec.height));
+                    assert_eq!(f.meta.format, spec.format);
+                    assert!(
+                        last_seq.is_none_or(|l| f.meta.seq > l),
+                        "sequence must increase"
+                    );
+                    last_seq = Some(f.meta.seq);
+                    let after = clock.now_ns();
+                    assert!(f.meta.capture_ns <= after, "frame from the future");
+                    max_age_ms = max_age_ms.max((after - f.meta.capture_ns) as f64 / 1e6);
+                    frames += 1;
+                }
+                Ok(None) => {}
+                Err(e) => panic!("capture: {e}"),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(pause_ms));
+        }
+        (frames, max_age_ms)
+    };
+
+    for spec in [
+        mode(320, 180, PixelFormat::Yuyv),
+        mode(640, 480, PixelFormat::Grey),
+    ] {
+        let mut cam = V4l2Camera::open(dev, &spec).expect("open vivid");
+        let (frames, max_age_ms) = capture(&mut cam, &spec, 1.5, 1);
+        let c = cam.counters();
+        println!(
+            "@@V4L2 format={} size={}x{} frames={frames} dropped={} max_age_ms={max_age_ms:.1}",
+            spec.format.as_str(),
+            spec.width,
+            spec.height,
+            c.dropped
+        );
+        assert!(frames >= 20, "{frames} frames in 1.5 s at 30 fps");
+        // A slow reader gets the newest frame, and the older ones are counted as dropped.
+        let (slow, slow_age_ms) = capture(&mut cam, &spec, 1.0, 150);
+        let dropped = cam.counters().dropped - c.dropped;
+        println!(
+            "@@V4L2 slow_reader format={} frames={slow} dropped={dropped} max_age_ms={slow_age_ms:.1}",
+            spec.format.as_str()
+        );
+        assert!(
+            dropped >= slow,
+            "a reader at ~6 Hz must skip frames of a 30 fps camera"
+        );
+        assert!(
+            slow_age_ms < 120.0,
+            "stale frame handed out: {slow_age_ms} ms old"
+        );
+    }
+
+    // A format vivid does not have: the error lists what it has.
+    let err = V4l2Camera::open(dev, &mode(320, 180, PixelFormat::Mjpeg))
+        .err()
+        .expect("vivid has no MJPEG");
+    println!("@@V4L2 mjpeg_error {err}");
+    assert!(
+        err.to_string().contains("offers:") && err.to_string().contains("YUYV"),
+        "{err}"
+    );
+    let err = V4l2Camera::open(dev, &mode(123, 77, PixelFormat::Yuyv))
+        .err()
+        .expect("no such size");
+    assert!(err.to_string().contains("proposes"), "{err}");
+
+    // Unplug: unbind vivid while streaming, then bind it again.
+    let spec = mode(320, 180, PixelFormat::Yuyv);
+    let mut cam = V4l2Camera::open(dev, &spec).expect("open vivid");
+    capture(&mut cam, &spec, 0.3, 1);
+    let drv = Path::new("/sys/bus/platform/drivers/vivid");
+    std::fs::write(drv.join("unbind"), "vivid.0").expect("unbind vivid");
+    let t_unplug = clock.now_ns();
+    let mut degraded = 0;
+    let mut back_after_ms = None;
+    let mut rebound = false;
+    while clock.now_ns() - t_unplug < 5_000_000_000 {
+        let now = clock.now_ns();
+        if !rebound && now - t_unplug > 500_000_000 {
+            std::fs::write(drv.join("bind"), "vivid.0").expect("bind vivid");
+            rebound = true;
+        }
+        match cam.latest(now, now + 20_000_000) {
+            Ok(Some(_)) if rebound => {
+                back_after_ms = Some((clock.now_ns() - t_unplug) / 1_000_000);
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.kind, FaultKind::Degraded, "{e}");
+                degraded += 1;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let c = cam.counters();
+    println!(
+        "@@V4L2 unplug degraded_calls={degraded} lost={} reopened={} frames_back_after_ms={back_after_ms:?}",
+        c.lost, c.reopened
+    );
+    assert!(degraded > 0 && c.lost == 1 && c.reopened >= 1, "{c:?}");
+    assert!(
+        back_after_ms.is_some(),
+        "no frames after the device came back"
+    );
+}
+
+/// Runs inside the guest (REFLEX_QEMU_GUEST=1, from tests/qemu/scenarios/socketcan.sh): the
+/// SocketCAN sink and state source on vcan0, closing the loop on the bus: what the sink sends at
+/// 0x200 the state source reads back.
+#[test]
+fn guest_socketcan_state() {
+    use reflex_runtime::io::{CommandSink, FaultKind, StateSource};
+    use reflex_runtime::safety::SafetyFilter;
+    use reflex_runtime::socketcan::{SocketCanSink, SocketCanStateSource};
+    if std::env::var("REFLEX_QEMU_GUEST").is_err() {
+        println!("guest_socketcan_state: runs only inside the QEMU guest (socketcan_sink_on_vcan)");
+        return;
+    }
+    let sh = |cmd: &str| {
+        let ok = Command::new("bash")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "`{cmd}` failed");
+    };
+    let capture = CaptureSpec {
+        width: 320,
+        height: 180,
+        format: PixelFormat::Yuyv,
+        fps: 30,
+    };
+    let arch = PolicyArch {
+        encoder: EncoderKind::Resnet18,
+        cameras: vec!["front".into()],
+        shared_encoder: false,
+        state_dim: 6,
+        action_dim: 6,
+        hidden: vec![],
+        head: HeadKind::Single,
+    };
+    let m = reflex_models::reference::reference_manifest(&arch, "state", capture);
+    let mut filter = SafetyFilter::new(&m.action, 1000.0, false).expect("filter");
+    let mut sink = SocketCanSink::open("vcan0", 0x200).expect("sink");
+    let mut state = SocketCanStateSource::open("vcan0", 0x200, 6).expect("state source");
+    let mut out = [0f32; 6];
+    assert_eq!(state.latest(0, &mut out).expect("nothing yet"), None);
+
+    // Round trip: every command comes back as one complete state, bit for bit.
+    for tick in 0..50u64 {
+        let t = tick as f32 * 0.01;
+        let cmd = filter
+            .filter(&[t, -t, 0.5 * t, 0.1, -0.1, 0.01], tick)
+            .command;
+        sink.send(&cmd, tick).expect("send");
+        let mut got = None;
+        for _ in 0..100 {
+            got = state.latest(tick * 1000, &mut out).expect("read");
+            if got.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(got, Some(tick * 1000), "tick {tick}");
+        assert_eq!(out.as_slice(), cmd.values(), "tick {tick}");
+    }
+
+    // A state needs every joint: five of six is not one; a malformed frame is counted.
+    let f = |v: f32| {
+        v.to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<String>()
+    };
+    for j in 0..5 {
+        sh(&format!(
+            "cansend vcan0 20{j}#{}00000000",
+            f(1.0 + j as f32)
+        ));
+    }
+    sh("cansend vcan0 205#0000803F02000000"); // reserved flag bit set
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(state.latest(1, &mut out).expect("read"), None);
+    sh(&format!("cansend vcan0 205#{}00000000", f(6.0)));
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(state.latest(2, &mut out).expect("read"), Some(2));
+    assert_eq!(out, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+
+    // Interface down: both sides report Degraded, and work again once it is up.
+    sh("ip link set vcan0 down");
+    let err = state.latest(3, &mut out).expect_err("down");
+    assert_eq!(err.kind, FaultKind::Degraded, "{err}");
+    let cmd = filter.filter(&[0.0; 6], 100).command;
+    let err = sink.send(&cmd, 3).expect_err("down");
+    assert_eq!(err.kind, FaultKind::Degraded, "{err}");
+    sh("ip link set vcan0 up");
+    sink.send(&cmd, 4).expect("send after up");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(state.latest(5, &mut out).expect("read after up"), Some(5));
+    let c = state.counters();
+    println!(
+        "@@CANSTATE states={} frames={} malformed={} errors={} sink={:?}",
+        c.states,
+        c.frames,
+        c.malformed,
+        c.errors,
+        sink.counters()
+    );
+    assert_eq!((c.states, c.malformed, c.errors), (52, 1, 1), "{c:?}");
+}
