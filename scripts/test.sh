@@ -3,6 +3,7 @@
 # (ONNX Runtime parity included). This is what CI runs (.ci/run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export REFLEX_QEMU_TESTS="${REFLEX_QEMU_TESTS:-1}"
 source scripts/setup.sh
 
 export REFLEX_HEAVY_TESTS="${REFLEX_HEAVY_TESTS:-1}"
