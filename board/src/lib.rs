@@ -10,10 +10,10 @@
 //! `/etc/nv_tegra_release`, `/etc/nvpmodel.conf` state); they are untested here because no Jetson
 //! is available to this project's CI.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct BoardIdentity {
     pub cpu_model: String,
     pub cores: usize,

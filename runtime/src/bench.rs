@@ -92,7 +92,7 @@ pub struct BenchReport {
     pub bundle: String,
     pub backend: String,
     pub backend_reason: String,
-    pub board: BoardIdentitySer,
+    pub board: BoardIdentity,
     pub rate_hz: f64,
     pub period_ms: f64,
     pub steps_per_inference: u64,
@@ -109,34 +109,6 @@ pub struct BenchReport {
     pub overruns: u64,
     pub periods_ms: Vec<f64>,
     pub verdict: Verdict,
-}
-
-/// The board identity as stored in the report (a plain copy, deserializable).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct BoardIdentitySer {
-    pub cpu_model: String,
-    pub cores: usize,
-    pub governor: Option<String>,
-    pub kernel: Option<String>,
-    pub board_model: Option<String>,
-    pub l4t_release: Option<String>,
-    pub power_mode: Option<String>,
-    pub tensorrt: Option<String>,
-}
-
-impl From<BoardIdentity> for BoardIdentitySer {
-    fn from(b: BoardIdentity) -> Self {
-        BoardIdentitySer {
-            cpu_model: b.cpu_model,
-            cores: b.cores,
-            governor: b.governor,
-            kernel: b.kernel,
-            board_model: b.board_model,
-            l4t_release: b.l4t_release,
-            power_mode: b.power_mode,
-            tensorrt: b.tensorrt,
-        }
-    }
 }
 
 /// Stages that make up frame-to-command latency, in pipeline order.
