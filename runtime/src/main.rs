@@ -634,7 +634,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         bundle: m.name.clone(),
         backend: backend_name,
         backend_reason: reason,
-        board: board.into(),
+        board,
         rate_hz: rate,
         period_ms,
         steps_per_inference: steps,
