@@ -49,6 +49,8 @@ fn ms(v: Option<u64>) -> f64 {
 }
 
 fn main() {
+    // `cargo test` runs bench binaries without `--bench`: a short smoke run then.
+    let full = std::env::args().any(|a| a == "--bench");
     let mut m = reference_manifest(&demo_arch(), "bench", default_capture());
     m.control.rate_hz = 50.0;
     let dir = std::env::temp_dir().join("reflex-bench-loop-episode");
@@ -87,7 +89,7 @@ fn main() {
         lp.tick(k * period).expect("tick");
     }
     lp.timings = Default::default();
-    let n = 2000;
+    let n = if full { 2000 } else { 20 };
     let mut ticks = Histogram::new();
     for k in 50..50 + n {
         let t = Instant::now();
@@ -143,7 +145,7 @@ fn main() {
     .expect("loop");
     let clock = MonotonicClock::new();
     lp.warm_up(&clock, &m, 1_000_000_000).expect("warm");
-    let ticks = 500;
+    let ticks = if full { 500 } else { 10 };
     let mut jitter = Histogram::new();
     let mut last = None;
     let start = clock.now_ns();

@@ -15,7 +15,15 @@ use reflex_runtime::preprocess::Preprocessor;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-const ITERS: usize = 300;
+/// Timed runs per case; `cargo test` runs this bench binary without `--bench` as a quick smoke
+/// check (a few runs), `cargo bench` passes `--bench` and gets the full count.
+fn iters() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        300
+    } else {
+        5
+    }
+}
 const WARMUP: usize = 30;
 
 /// A 640x480 JPEG (4:2:2, as UVC cameras send MJPEG), made by `tests/python/preprocess_ref.py
@@ -71,7 +79,7 @@ fn measure(mut f: impl FnMut()) -> Stats {
     for _ in 0..WARMUP {
         f();
     }
-    let mut t: Vec<Duration> = (0..ITERS)
+    let mut t: Vec<Duration> = (0..iters())
         .map(|_| {
             let start = Instant::now();
             f();
@@ -80,8 +88,8 @@ fn measure(mut f: impl FnMut()) -> Stats {
         .collect();
     t.sort();
     Stats {
-        median: t[ITERS / 2],
-        p99: t[ITERS * 99 / 100],
+        median: t[t.len() / 2],
+        p99: t[t.len() * 99 / 100],
     }
 }
 
@@ -128,7 +136,10 @@ fn bench(label: &str, cam: &CameraSpec, data: &[u8]) -> Result<(), Box<dyn std::
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("preprocess: 640x480 -> 3x224x224 f32 CHW, ImageNet mean/std, {ITERS} iterations");
+    println!(
+        "preprocess: 640x480 -> 3x224x224 f32 CHW, ImageNet mean/std, {} iterations",
+        iters()
+    );
     let bilinear = Interpolation::Bilinear;
     bench(
         "yuyv -> rgb, antialiased bilinear",

@@ -66,10 +66,12 @@ fn ort_ms(model: &Path, threads: usize, runs: usize) -> Option<f64> {
 }
 
 fn main() {
+    // `cargo test` runs bench binaries without `--bench`: a short smoke run then.
+    let full = std::env::args().any(|a| a == "--bench");
     let runs: usize = std::env::var("REFLEX_BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(if full { 30 } else { 2 });
     let dir = std::env::temp_dir().join("reflex-bench-models");
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
