@@ -83,3 +83,47 @@ fn help_teaches() {
         "{s}"
     );
 }
+
+#[test]
+fn sigint_stops_the_run_with_a_stop_command() {
+    // Reuse the demo's bundle and episode (built by a short demo run if absent).
+    let dir = workdir("cli-sigint");
+    if !dir.join("resnet18-chunk/policy.toml").exists() {
+        let out = reflex()
+            .args(["demo", "--seconds", "0.1", "--workdir"])
+            .arg(&dir)
+            .output()
+            .expect("demo");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let log = dir.join("sigint.log");
+    let mut child = reflex()
+        .args(["run", "--bundle"])
+        .arg(dir.join("resnet18-chunk"))
+        .arg("--camera")
+        .arg(format!("front=replay:{}", dir.join("episode").display()))
+        .arg("--can")
+        .arg(format!("candump:{}", log.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Wait until commands flow, then interrupt like Ctrl-C does.
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&log).map(|s| s.lines().count()).unwrap_or(0) < 60 {
+        assert!(start.elapsed().as_secs() < 60, "no commands within 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("exits");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&log).expect("log");
+    let last = text.lines().last().expect("frames");
+    let data = last.split('#').nth(1).expect("data");
+    assert_eq!(&data[8..10], "01", "the last command is a stop: {last}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stage timings"));
+}
