@@ -615,10 +615,9 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             return Err(LoopError::WarmUp(e.to_string()));
         }
         let infer_ns = req.infer_ns;
-        // Keep the result: it becomes the first plan at the first tick. Re-base the tick clock
-        // so that tick 0 is now.
-        self.t0_ns = Some(clock.now_ns());
-        self.last_submit_tick = None;
+        // Keep the result: it becomes the first plan. Tick 0 stays at the observation, so the
+        // first real tick (one inference later) skips the steps that are already past, exactly
+        // like any later chunk.
         self.take_result(0);
         self.last_submit_tick = Some(0);
         Ok(infer_ns)

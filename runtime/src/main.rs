@@ -353,6 +353,20 @@ fn open_sink(
     Ok(Box::new(sink))
 }
 
+/// The Ctrl-C / SIGTERM flag, installed once per process (before anything slow, so an early
+/// interrupt is handled too): the loop sees it, sends the stop command and exits.
+fn interrupt_flag() -> Result<Arc<AtomicBool>> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    if let Some(f) = FLAG.get() {
+        return Ok(f.clone());
+    }
+    let f = Arc::new(AtomicBool::new(false));
+    let h = f.clone();
+    ctrlc::set_handler(move || h.store(true, Ordering::Relaxed))
+        .context("installing the Ctrl-C handler")?;
+    Ok(FLAG.get_or_init(|| f).clone())
+}
+
 struct RunReport {
     startup_ms: f64,
 }
@@ -402,12 +416,7 @@ fn run_loop(
          running at {:.1} Hz",
         1e9 / lp.period_ns() as f64
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        ctrlc::set_handler(move || stop.store(true, Ordering::Relaxed))
-            .context("installing the Ctrl-C handler")?;
-    }
+    let stop = interrupt_flag()?;
     let max_ticks = engine
         .duration
         .map(|s| (s * 1e9 / lp.period_ns() as f64).round() as u64);
@@ -420,6 +429,7 @@ fn run_loop(
 }
 
 fn cmd_run(a: RunArgs) -> Result<()> {
+    interrupt_flag()?;
     let t_load = Instant::now();
     let clock = MonotonicClock::new();
     let bundle = load_bundle(&a.bundle)?;
@@ -431,6 +441,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
 }
 
 fn cmd_demo(a: DemoArgs) -> Result<()> {
+    interrupt_flag()?;
     let bundle_dir = a.workdir.join("resnet18-chunk");
     let episode_dir = a.workdir.join("episode");
     let log_path = a.workdir.join("can0.log");

@@ -97,6 +97,7 @@ fn sigint_stops_the_run_with_a_stop_command() {
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     let log = dir.join("sigint.log");
+    let _ = std::fs::remove_file(&log);
     let mut child = reflex()
         .args(["run", "--bundle"])
         .arg(dir.join("resnet18-chunk"))
