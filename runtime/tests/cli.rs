@@ -94,7 +94,11 @@ fn sigint_stops_the_run_with_a_stop_command() {
             .arg(&dir)
             .output()
             .expect("demo");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let log = dir.join("sigint.log");
     let _ = std::fs::remove_file(&log);
@@ -111,7 +115,11 @@ fn sigint_stops_the_run_with_a_stop_command() {
         .expect("spawn");
     // Wait until commands flow, then interrupt like Ctrl-C does.
     let start = std::time::Instant::now();
-    while std::fs::read_to_string(&log).map(|s| s.lines().count()).unwrap_or(0) < 60 {
+    while std::fs::read_to_string(&log)
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+        < 60
+    {
         assert!(start.elapsed().as_secs() < 60, "no commands within 60 s");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
@@ -121,7 +129,11 @@ fn sigint_stops_the_run_with_a_stop_command() {
         .expect("kill");
     assert!(kill.success());
     let out = child.wait_with_output().expect("exits");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&log).expect("log");
     let last = text.lines().last().expect("frames");
     let data = last.split('#').nth(1).expect("data");
