@@ -102,7 +102,7 @@ fn sigint_stops_the_run_with_a_stop_command() {
     }
     let log = dir.join("sigint.log");
     let _ = std::fs::remove_file(&log);
-    let mut child = reflex()
+    let child = reflex()
         .args(["run", "--bundle"])
         .arg(dir.join("resnet18-chunk"))
         .arg("--camera")
