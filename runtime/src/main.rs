@@ -87,7 +87,8 @@ struct RunArgs {
     /// device (`/dev/video0`, `/dev/v4l/by-id/...`) opened in the bundle's capture mode.
     #[arg(long = "camera", required = true)]
     cameras: Vec<String>,
-    /// Joint state source: `replay:EPISODE_DIR` (default: the first replay camera's episode).
+    /// Joint state source: `replay:EPISODE_DIR` (default: the first replay camera's episode), or
+    /// `can:IFACE[:BASE_ID]`: per-joint feedback frames, joint i at BASE_ID + i (hex, default 200).
     #[arg(long)]
     state: Option<String>,
     /// Command output: a SocketCAN interface (`can0`, `vcan0`), `candump:FILE` (can-utils
@@ -314,11 +315,26 @@ fn open_state(
     spec: Option<&str>,
     default_episode: Option<&Path>,
 ) -> Result<Box<dyn StateSource>> {
+    if let Some(rest) = spec.and_then(|s| s.strip_prefix("can:")) {
+        // Joint feedback in the per-joint encoding: joint i at BASE_ID + i (default 0x200).
+        let (iface, base) = match rest.split_once(':') {
+            Some((i, b)) => {
+                let b = b.trim_start_matches("0x");
+                let base = u32::from_str_radix(b, 16)
+                    .with_context(|| format!("--state can:{rest}: `{b}` is not a hex CAN ID"))?;
+                (i, base)
+            }
+            None => (rest, 0x200),
+        };
+        let dims = bundle.manifest.state.names.len();
+        let src = reflex_runtime::socketcan::SocketCanStateSource::open(iface, base, dims)
+            .with_context(|| format!("opening joint feedback on {iface}"))?;
+        return Ok(Box::new(src));
+    }
     let dir = match spec {
-        Some(s) => PathBuf::from(
-            s.strip_prefix("replay:")
-                .with_context(|| format!("--state {s}: expected replay:EPISODE_DIR"))?,
-        ),
+        Some(s) => PathBuf::from(s.strip_prefix("replay:").with_context(|| {
+            format!("--state {s}: expected replay:EPISODE_DIR or can:IFACE[:BASE_ID]")
+        })?),
         None => default_episode
             .context("no --state given and no replay camera to take state from")?
             .to_path_buf(),
