@@ -1,5 +1,6 @@
 //! `reflex-tools`: the workstation side. Turns checkpoints into bundles the robot can run.
 
+mod quantize;
 mod stats;
 
 use anyhow::{bail, Context, Result};
@@ -30,7 +31,8 @@ use tract_onnx::prelude::*;
         `export` writes one from a safetensors checkpoint of a reference architecture (ResNet-18 \
         or ViT-S/16 with torchvision/timm key names), from seeded weights, or from an ONNX file \
         you exported with torch.onnx.export; `inspect` shows one; `infer` runs its network on \
-        .npy tensors for parity checks against PyTorch."
+        .npy tensors for parity checks against PyTorch; `quantize` writes its fp16 or int8 \
+        (QDQ) form with an accuracy report in action units."
 )]
 struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -59,6 +61,8 @@ enum Cmd {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Quantize a bundle to fp16 or int8 (QDQ), with an accuracy report in action units and a gate.
+    Quantize(Box<quantize::QuantizeArgs>),
 }
 
 #[derive(Args)]
@@ -139,6 +143,7 @@ fn main() {
             inputs,
             output,
         } => cmd_infer(&bundle, &inputs, &output),
+        Cmd::Quantize(a) => quantize::run(*a),
     };
     if let Err(e) = r {
         eprintln!("error: {e:#}");

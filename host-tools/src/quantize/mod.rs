@@ -1,0 +1,627 @@
+//! `reflex-tools quantize`: an fp32 bundle -> an fp16 or int8 bundle, with an accuracy report in
+//! action units and a gate.
+//!
+//! Pipeline:
+//! 1. calibration and held-out samples ([`calib`]): episode frames (recorded, or synthetic for the
+//!    bundle) through the bundle's preprocessing and state normalization;
+//! 2. the graph rewrite ([`graph`]):
+//!    - fp16: weights stored FLOAT16, each followed by a `Cast` to FLOAT; compute and I/O stay
+//!      f32. This is the form both tract and ONNX Runtime run (tract 0.23 cannot load a graph
+//!      computing in FLOAT16: see [`graph::to_fp16`]); the error is that of fp16 weights, and
+//!      TensorRT built with its fp16 flag computes in half anyway. tract does not fold casts
+//!      that would more than double a constant above 4 MiB, so it re-casts the large weights on
+//!      every run: slower than fp32 on tract (the report's latency says how much);
+//!    - int8: explicit quantization (QDQ, the form TensorRT consumes): per-tensor symmetric
+//!      QuantizeLinear/DequantizeLinear pairs on the activation inputs of Conv, Gemm and MatMul,
+//!      ranges from calibration ([`ranges`]: minmax, percentile, entropy), and per-output-channel
+//!      symmetric int8 weights behind a DequantizeLinear; the policy's last layer (and any
+//!      `--keep-float` node) stays float, and so do norms and Softmax (they get no Q/DQ).
+//!      tract runs QDQ in float, Q/DQ as extra element-wise ops, and by the same folding rule
+//!      dequantizes the large weights on every run: slower than fp32 on tract. The int8 form is
+//!      for TensorRT; on tract it only saves file size;
+//! 3. the staged quantized bundle is loaded like the robot loads it and both networks run
+//!    through the runtime's tract backend on the held-out samples; errors are unnormalized to
+//!    action units ([`report`]), latencies measured in the same run;
+//! 4. the gate (`--max-error`): any dimension over its limit on tract, the only backend measured
+//!    here, drops tract; with no measured backend left the command fails and writes nothing.
+//!    `tensorrt` stays listed, marked as not measured (no TensorRT on this machine);
+//! 5. the bundle (manifest with the new precision, sha256 and a provenance summary, the model,
+//!    `quantization-report.json`) is renamed into place only when everything succeeded.
+
+mod calib;
+mod graph;
+mod ranges;
+mod report;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, ValueEnum};
+use reflex_models::bundle::{sha256_bytes, write_bundle};
+use reflex_models::manifest::{ActionOutput, BackendKind, Manifest, ModelRole, Precision};
+use reflex_models::npy;
+use reflex_models::{Bundle, GraphIo};
+use reflex_runtime::backend::{PolicyBackend, TractBackend, TractOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tract_onnx::prelude::*;
+
+/// Name of the report inside the written bundle.
+pub const REPORT_FILE: &str = "quantization-report.json";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    Fp16,
+    Int8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MethodArg {
+    Minmax,
+    Percentile,
+    Entropy,
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Input bundle directory (fp32).
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// Target precision.
+    #[arg(long, value_enum)]
+    pub precision: Target,
+    /// Calibration data: an episode directory (episode.json + frames), or `synthetic` for an
+    /// episode generated for the bundle's cameras and state.
+    #[arg(long, default_value = "synthetic")]
+    pub calibration: String,
+    /// int8 activation range method: minmax, percentile (see --percentile) or entropy (KL, as
+    /// TensorRT's entropy calibrator).
+    #[arg(long, value_enum, default_value = "entropy")]
+    pub method: MethodArg,
+    /// Percentile of |x| for --method percentile.
+    #[arg(long, default_value_t = 99.99)]
+    pub percentile: f64,
+    /// Frames used for calibration (int8).
+    #[arg(long, default_value_t = 64)]
+    pub calibration_frames: usize,
+    /// Frames set aside to measure the error (never used for calibration).
+    #[arg(long, default_value_t = 16)]
+    pub held_out: usize,
+    /// Accuracy gate in action units: one value for every dimension and/or NAME=VALUE per
+    /// dimension, comma-separated. Exceeded: the command fails and writes nothing.
+    #[arg(long)]
+    pub max_error: Option<String>,
+    /// Conv/Gemm/MatMul nodes to keep in float, besides the policy's last layer (int8).
+    #[arg(long, value_delimiter = ',')]
+    pub keep_float: Vec<String>,
+    /// Timed runs per network for the latency comparison (median reported).
+    #[arg(long, default_value_t = 20)]
+    pub latency_runs: usize,
+    /// tract threads for evaluation and latency (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Report file (JSON); a copy is always written into the bundle as quantization-report.json.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Also write the held-out network inputs, DIR/<i>/<graph input>.npy, for checks with
+    /// other runtimes.
+    #[arg(long)]
+    pub save_held_out: Option<PathBuf>,
+    /// Output bundle directory (replaced atomically, only on success).
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// A scratch directory next to the output, removed however the command ends.
+struct Staging(PathBuf);
+
+impl Staging {
+    fn new(out: &Path) -> Result<Self> {
+        let name = out
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| "bundle".into());
+        let parent = match out.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+        let dir = parent.join(format!(".{name}.quantize-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Staging(dir))
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Where a graph input comes from: a camera (manifest index) or the state.
+fn input_slots(bundle: &Bundle) -> Result<Vec<Option<usize>>> {
+    let m = &bundle.manifest;
+    bundle
+        .io
+        .inputs
+        .iter()
+        .map(|(name, _)| {
+            if let Some(c) = m.cameras.iter().position(|c| &c.onnx_input == name) {
+                Ok(Some(c))
+            } else if m.state.onnx_input.as_ref() == Some(name) {
+                Ok(None)
+            } else {
+                bail!("graph input `{name}` is fed by no camera or state of the manifest")
+            }
+        })
+        .collect()
+}
+
+fn feed(b: &mut TractBackend, slots: &[Option<usize>], s: &calib::Sample) -> Result<()> {
+    for (slot, data) in slots.iter().zip(&s.inputs) {
+        let buf = match slot {
+            Some(c) => b.camera_input(*c),
+            None => b.state_input().context("the backend has no state input")?,
+        };
+        ensure!(
+            buf.len() == data.len(),
+            "input buffer of {} values for a sample of {}",
+            buf.len(),
+            data.len()
+        );
+        buf.copy_from_slice(data);
+    }
+    Ok(())
+}
+
+/// Runs the fp32 graph with every planned activation exposed as an output over the
+/// calibration samples; returns each activation's calibrated `amax` (and observed max).
+fn calibrate(
+    model: &tract_onnx::pb::ModelProto,
+    plan: &graph::Int8Plan,
+    samples: &[calib::Sample],
+    io: &GraphIo,
+    method: ranges::Method,
+) -> Result<BTreeMap<String, (f32, f32)>> {
+    let cm = graph::with_outputs(model, &plan.activations)?;
+    let out_names: Vec<String> = cm
+        .graph
+        .as_ref()
+        .map(|g| g.output.iter().map(|v| v.name.clone()).collect())
+        .unwrap_or_default();
+    let bytes = graph::encode(&cm);
+    let runnable = tract_onnx::onnx()
+        .model_for_read(&mut bytes.as_slice())
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .context("preparing the calibration graph in tract")?;
+    enum Src {
+        Input(usize),
+        Output(usize),
+    }
+    let srcs = plan
+        .activations
+        .iter()
+        .map(|a| {
+            if let Some(i) = io.inputs.iter().position(|(n, _)| n == a) {
+                Ok(Src::Input(i))
+            } else if let Some(o) = out_names.iter().position(|n| n == a) {
+                Ok(Src::Output(o))
+            } else {
+                bail!("activation `{a}` is neither a graph input nor exposed as an output")
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut collectors: Vec<ranges::Collector> = plan
+        .activations
+        .iter()
+        .map(|_| ranges::Collector::new(method))
+        .collect();
+    for (k, s) in samples.iter().enumerate() {
+        let inputs: TVec<TValue> = io
+            .inputs
+            .iter()
+            .zip(&s.inputs)
+            .map(|((_, shape), data)| Ok(Tensor::from_shape(shape, data)?.into_tvalue()))
+            .collect::<TractResult<_>>()?;
+        let outs = runnable
+            .run(inputs)
+            .with_context(|| format!("calibration run on frame {}", s.frame))?;
+        for (src, c) in srcs.iter().zip(collectors.iter_mut()) {
+            match src {
+                Src::Input(i) => c.add(&s.inputs[*i]),
+                Src::Output(o) => {
+                    let t = outs.get(*o).context("calibration output missing")?;
+                    c.add(t.try_as_plain_ram()?.as_slice::<f32>()?);
+                }
+            }
+        }
+        log::debug!(
+            "calibration frame {} ({}/{})",
+            s.frame,
+            k + 1,
+            samples.len()
+        );
+    }
+    let mut out = BTreeMap::new();
+    for (a, c) in plan.activations.iter().zip(&collectors) {
+        let amax = c.amax(method);
+        log::debug!(
+            "range {a}: amax {amax:.4} (observed max {:.4})",
+            c.max_abs()
+        );
+        out.insert(a.clone(), (amax, c.max_abs()));
+    }
+    Ok(out)
+}
+
+/// Raw outputs of both networks on the held-out samples, and their latencies (interleaved runs on
+/// the first held-out sample after two warm-up runs each).
+struct Evaluation {
+    reference: Vec<Vec<f32>>,
+    candidate: Vec<Vec<f32>>,
+    fp32_ms: Vec<f64>,
+    quantized_ms: Vec<f64>,
+}
+
+fn evaluate(
+    fp32: &Bundle,
+    quantized: &Bundle,
+    held: &[calib::Sample],
+    threads: usize,
+    runs: usize,
+) -> Result<Evaluation> {
+    let slots = input_slots(fp32)?;
+    let opts = TractOptions { threads };
+    let mut a = TractBackend::prepare(fp32, opts)?;
+    let mut b = TractBackend::prepare(quantized, opts)?;
+    let mut e = Evaluation {
+        reference: vec![],
+        candidate: vec![],
+        fp32_ms: vec![],
+        quantized_ms: vec![],
+    };
+    for s in held.iter().rev() {
+        feed(&mut a, &slots, s)?;
+        feed(&mut b, &slots, s)?;
+        a.run()?;
+        b.run()?;
+        e.reference.push(a.output().to_vec());
+        e.candidate.push(b.output().to_vec());
+    }
+    e.reference.reverse();
+    e.candidate.reverse();
+    // Both now hold the first held-out sample.
+    for _ in 0..2 {
+        a.run()?;
+        b.run()?;
+    }
+    for _ in 0..runs {
+        let t = Instant::now();
+        a.run()?;
+        e.fp32_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        b.run()?;
+        e.quantized_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(e)
+}
+
+/// Four significant digits, as a TOML float.
+fn sig4(x: f32) -> toml::Value {
+    toml::Value::Float(format!("{x:.4e}").parse::<f64>().unwrap_or(x as f64))
+}
+
+fn write_held_out(dir: &Path, io: &GraphIo, held: &[calib::Sample]) -> Result<()> {
+    for (i, s) in held.iter().enumerate() {
+        let d = dir.join(i.to_string());
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        for ((name, shape), data) in io.inputs.iter().zip(&s.inputs) {
+            let p = d.join(format!("{name}.npy"));
+            npy::write_npy(&p, &npy::NpyArray::f32(shape, data.clone()))
+                .with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+pub fn run(a: QuantizeArgs) -> Result<()> {
+    let b_in = Bundle::load(&a.bundle)?;
+    let m_in = &b_in.manifest;
+    let pi = m_in
+        .models
+        .iter()
+        .position(|f| f.role == ModelRole::Policy)
+        .context("the bundle has no policy model")?;
+    if m_in.models[pi].precision != Precision::Fp32 {
+        bail!(
+            "{}: the policy model is already {}; quantize its fp32 source",
+            a.bundle.display(),
+            m_in.models[pi].precision.as_str()
+        );
+    }
+    let limits = report::parse_limits(a.max_error.as_deref(), &m_in.action)?;
+    let source = if a.calibration == "synthetic" {
+        calib::Source::Synthetic
+    } else {
+        calib::Source::Episode(PathBuf::from(&a.calibration))
+    };
+    let method = match a.method {
+        MethodArg::Minmax => ranges::Method::MinMax,
+        MethodArg::Percentile => {
+            ensure!(
+                a.percentile > 0.0 && a.percentile <= 100.0,
+                "--percentile {} must be in (0, 100]",
+                a.percentile
+            );
+            ranges::Method::Percentile(a.percentile)
+        }
+        MethodArg::Entropy => ranges::Method::Entropy,
+    };
+    let calibration_frames = match a.precision {
+        Target::Fp16 => 0,
+        Target::Int8 => {
+            ensure!(
+                a.calibration_frames > 0,
+                "--calibration-frames must be at least 1"
+            );
+            a.calibration_frames
+        }
+    };
+    let staging = Staging::new(&a.out)?;
+    let samples = calib::load(&b_in, &source, calibration_frames, a.held_out, &staging.0)?;
+    log::info!(
+        "{}: {} calibration + {} held-out frames",
+        source.describe(),
+        samples.calibration.len(),
+        samples.held_out.len()
+    );
+
+    let fp32_bytes = std::fs::read(&b_in.policy_path)
+        .with_context(|| format!("reading {}", b_in.policy_path.display()))?;
+    let model =
+        graph::decode(&fp32_bytes).with_context(|| format!("{}", b_in.policy_path.display()))?;
+    let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    let (qmodel, precision, method_desc, scheme) = match a.precision {
+        Target::Fp16 => {
+            let (q, n) = graph::to_fp16(&model)?;
+            info.insert("fp16_initializers".into(), n.into());
+            let scheme = "weights stored FLOAT16 with a Cast to FLOAT after each; compute and \
+                          I/O in FLOAT";
+            (
+                q,
+                Precision::Fp16,
+                "fp16 weights".to_string(),
+                scheme.to_string(),
+            )
+        }
+        Target::Int8 => {
+            let mut keep: BTreeSet<String> = a.keep_float.iter().cloned().collect();
+            let last = graph::last_layer(&model, &m_in.action.onnx_output)?;
+            if let Some(l) = &last {
+                keep.insert(l.clone());
+            } else {
+                log::warn!(
+                    "no Gemm/MatMul/Conv found computing `{}`: the last layer is quantized too",
+                    m_in.action.onnx_output
+                );
+            }
+            let plan = graph::plan_int8(&model, &keep)?;
+            log::info!(
+                "int8: {} nodes quantized, {} activations to calibrate, kept in float: {}",
+                plan.quantized_nodes.len(),
+                plan.activations.len(),
+                plan.kept_float.join(", ")
+            );
+            let t = Instant::now();
+            let amax = calibrate(&model, &plan, &samples.calibration, &b_in.io, method)?;
+            log::info!(
+                "calibrated {} ranges ({}) in {:.1} s",
+                amax.len(),
+                method.name(),
+                t.elapsed().as_secs_f64()
+            );
+            let q = graph::apply_int8(
+                &model,
+                &plan,
+                &amax.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
+            )?;
+            info.insert("quantized_nodes".into(), plan.quantized_nodes.len().into());
+            info.insert("activations".into(), plan.activations.len().into());
+            info.insert("kept_float".into(), plan.kept_float.clone().into());
+            info.insert(
+                "activation_amax".into(),
+                amax.iter()
+                    .map(|(k, (a, m))| {
+                        (k.clone(), serde_json::json!({"amax": a, "observed_max": m}))
+                    })
+                    .collect::<serde_json::Map<_, _>>()
+                    .into(),
+            );
+            let desc = match method {
+                ranges::Method::Percentile(p) => format!("percentile {p}"),
+                m => m.name().to_string(),
+            };
+            let scheme = "QDQ: activations per-tensor symmetric int8 (zero point 0), weights \
+                          per-output-channel symmetric int8 [-127, 127], biases float; \
+                          Q/DQ on the inputs of Conv/Gemm/MatMul only";
+            (q, Precision::Int8, desc, scheme.to_string())
+        }
+    };
+    let qbytes = graph::encode(&qmodel);
+
+    // Stage the quantized bundle and load it as the robot would.
+    let mut manifest: Manifest = m_in.clone();
+    manifest.models[pi].precision = precision;
+    let mut files: Vec<Vec<u8>> = vec![];
+    for (i, f) in manifest.models.iter().enumerate() {
+        if i == pi {
+            files.push(qbytes.clone());
+        } else {
+            let p = b_in.dir.join(&f.file);
+            files.push(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+        }
+    }
+    let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+    let trial = staging.0.join("trial");
+    write_bundle(&trial, &mut manifest.clone(), &refs)?;
+    let b_q = Bundle::load(&trial).context("the quantized bundle does not load")?;
+
+    let threads = a.threads.unwrap_or_else(|| TractOptions::default().threads);
+    let ev = evaluate(
+        &b_in,
+        &b_q,
+        &samples.held_out,
+        threads,
+        a.latency_runs.max(1),
+    )?;
+    let dims = report::action_errors(&ev.reference, &ev.candidate, &m_in.action, &limits);
+    let failures = report::gate_failures(&dims);
+    let (mut f_ms, mut q_ms) = (ev.fp32_ms.clone(), ev.quantized_ms.clone());
+    let (fp32_median_ms, quantized_median_ms) =
+        (report::median(&mut f_ms), report::median(&mut q_ms));
+    let gated = limits.iter().any(Option::is_some);
+    // A backend whose result fails the gate is dropped from the model entry. tract is the only
+    // backend measured here, so a failure leaves no measured backend and the command fails
+    // below; TensorRT, not measured, stays listed with that said.
+    let tract_failed = !failures.is_empty();
+    let mut backends = BTreeMap::new();
+    let mut allowed = vec![];
+    for &bk in &m_in.models[pi].backends {
+        let verdict = match bk {
+            BackendKind::Tract if tract_failed => "failed the gate: dropped",
+            BackendKind::Tract if gated => "passed the gate",
+            BackendKind::Tract => "measured, no gate (--max-error not given)",
+            BackendKind::Tensorrt => {
+                "not measured here (no TensorRT on this machine): kept; validate on the board \
+                 before use"
+            }
+        };
+        if bk != BackendKind::Tract || !tract_failed {
+            allowed.push(bk);
+        }
+        backends.insert(bk.as_str().to_string(), verdict.to_string());
+    }
+    let rep = report::Report {
+        tool: format!("reflex-tools {} quantize", env!("CARGO_PKG_VERSION")),
+        input_bundle: b_in.dir.display().to_string(),
+        input_model_sha256: sha256_bytes(&fp32_bytes),
+        precision: precision.as_str(),
+        method: method_desc.clone(),
+        scheme: scheme.clone(),
+        calibration: report::Calibration {
+            source: source.describe(),
+            frames: samples.calibration.iter().map(|s| s.frame).collect(),
+            held_out_frames: samples.held_out.iter().map(|s| s.frame).collect(),
+        },
+        graph: info,
+        measured_on: "tract",
+        action_output: match m_in.action.output {
+            ActionOutput::Single => "single".into(),
+            ActionOutput::Chunk { horizon } => format!("chunk (horizon {horizon})"),
+        },
+        dims,
+        latency: report::Latency {
+            backend: "tract",
+            threads,
+            runs: ev.fp32_ms.len(),
+            fp32_median_ms,
+            quantized_median_ms,
+            speedup: fp32_median_ms / quantized_median_ms.max(1e-9),
+        },
+        gate_passed: failures.is_empty(),
+        gate_failures: failures.clone(),
+        backends,
+    };
+    print!("{}", rep.table());
+    if tract_failed {
+        bail!(
+            "{} quantization exceeds --max-error on tract, the only backend measured here \
+             ({}); nothing written to {}",
+            precision.as_str(),
+            failures.join("; "),
+            a.out.display()
+        );
+    }
+
+    // Final bundle: manifest with precision, backends, provenance; the report inside.
+    manifest.models[pi].backends = allowed;
+    let mut q = toml::map::Map::new();
+    let s = |v: &str| toml::Value::String(v.to_string());
+    q.insert("precision".into(), s(precision.as_str()));
+    q.insert("method".into(), s(&method_desc));
+    q.insert("scheme".into(), s(&scheme));
+    q.insert("calibration".into(), s(&source.describe()));
+    q.insert(
+        "calibration_frames".into(),
+        toml::Value::Integer(samples.calibration.len() as i64),
+    );
+    q.insert(
+        "held_out_frames".into(),
+        toml::Value::Integer(samples.held_out.len() as i64),
+    );
+    q.insert("measured_on".into(), s("tract"));
+    let mut max_err = toml::map::Map::new();
+    for d in &rep.dims {
+        max_err.insert(d.name.clone(), sig4(d.max_abs));
+    }
+    q.insert("max_error".into(), toml::Value::Table(max_err));
+    if gated {
+        let mut lim = toml::map::Map::new();
+        for d in &rep.dims {
+            if let Some(l) = d.limit {
+                lim.insert(d.name.clone(), sig4(l));
+            }
+        }
+        q.insert("max_error_limit".into(), toml::Value::Table(lim));
+    }
+    let mut lat = toml::map::Map::new();
+    lat.insert("fp32".into(), sig4(fp32_median_ms as f32));
+    lat.insert(precision.as_str().into(), sig4(quantized_median_ms as f32));
+    q.insert("tract_latency_ms".into(), toml::Value::Table(lat));
+    if m_in.models[pi].backends.contains(&BackendKind::Tensorrt) {
+        q.insert(
+            "tensorrt".into(),
+            s("not measured (no TensorRT where this was quantized): validate on the board"),
+        );
+    }
+    q.insert("source_sha256".into(), s(&rep.input_model_sha256));
+    q.insert("report".into(), s(REPORT_FILE));
+    manifest
+        .provenance
+        .insert("quantization".into(), toml::Value::Table(q));
+
+    let json = serde_json::to_string_pretty(&rep)?;
+    let final_dir = staging.0.join("final");
+    write_bundle(&final_dir, &mut manifest, &refs)?;
+    let rp = final_dir.join(REPORT_FILE);
+    std::fs::write(&rp, &json).with_context(|| format!("writing {}", rp.display()))?;
+    Bundle::load(&final_dir).context("the quantized bundle does not load")?;
+    if a.out.exists() {
+        std::fs::remove_dir_all(&a.out)
+            .with_context(|| format!("replacing {}", a.out.display()))?;
+    }
+    std::fs::rename(&final_dir, &a.out)
+        .with_context(|| format!("moving the bundle to {}", a.out.display()))?;
+    if let Some(p) = &a.report {
+        if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, &json).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, p).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if let Some(d) = &a.save_held_out {
+        write_held_out(d, &b_in.io, &samples.held_out)?;
+    }
+    println!(
+        "wrote {} ({} model, {} bytes; fp32 was {} bytes)",
+        a.out.display(),
+        precision.as_str(),
+        qbytes.len(),
+        fp32_bytes.len()
+    );
+    Ok(())
+}
