@@ -9,8 +9,8 @@
 //! ONNX Runtime (CPUExecutionProvider, all graph optimizations) at 1 and 2 threads, and the ratio
 //! tract/ORT. ORT is close to this class of CPU's peak FMA rate, so it is the floor to reach.
 
-use reflex_models::onnx::{EncoderKind, HeadKind, PolicyArch, SeededWeights};
-use reflex_models::reference::{default_capture, write_reference_bundle};
+use reflex_models::onnx::{EncoderKind, PolicyArch, SeededWeights};
+use reflex_models::reference::{default_capture, demo_arch, write_reference_bundle};
 use reflex_models::Bundle;
 use reflex_runtime::backend::{PolicyBackend, TractBackend, TractOptions};
 use std::path::Path;
@@ -85,14 +85,10 @@ fn main() {
         ("resnet18-chunk", EncoderKind::Resnet18),
         ("vit-s16-chunk", EncoderKind::VitS16),
     ] {
+        // The demo's architecture with each encoder.
         let arch = PolicyArch {
             encoder,
-            cameras: vec!["front".into()],
-            shared_encoder: false,
-            state_dim: 6,
-            action_dim: 6,
-            hidden: vec![256],
-            head: HeadKind::Chunk { horizon: 16 },
+            ..demo_arch()
         };
         let bdir = dir.join(name);
         if Bundle::load(&bdir).is_err() {

@@ -132,20 +132,7 @@ pub fn load(
         .map(|i| m.state.normalization.affine(i))
         .collect();
     // Slot of each graph input: a camera index or the state.
-    let slots = bundle
-        .io
-        .inputs
-        .iter()
-        .map(|(name, _)| {
-            if let Some(c) = m.cameras.iter().position(|c| &c.onnx_input == name) {
-                Ok(Some(c))
-            } else if m.state.onnx_input.as_ref() == Some(name) {
-                Ok(None)
-            } else {
-                bail!("graph input `{name}` is fed by no camera or state of the manifest")
-            }
-        })
-        .collect::<Result<Vec<Option<usize>>>>()?;
+    let slots = super::input_slots(bundle)?;
 
     let held: Vec<usize> = held_out_positions(total, held_out);
     let mut out = Samples {

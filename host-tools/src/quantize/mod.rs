@@ -140,7 +140,7 @@ impl Drop for Staging {
 }
 
 /// Where a graph input comes from: a camera (manifest index) or the state.
-fn input_slots(bundle: &Bundle) -> Result<Vec<Option<usize>>> {
+pub(crate) fn input_slots(bundle: &Bundle) -> Result<Vec<Option<usize>>> {
     let m = &bundle.manifest;
     bundle
         .io
