@@ -91,8 +91,19 @@ fn main() {
             let dir = root.join(format!("{arch}-{form}"));
             if form != "fp32" && Bundle::load(&dir).is_err() {
                 tools(&[
-                    "quantize", "--bundle", &s(&fp32), "--precision", form, "--calibration-frames", "16",
-                    "--held-out", "4", "--latency-runs", "2", "--out", &s(&dir),
+                    "quantize",
+                    "--bundle",
+                    &s(&fp32),
+                    "--precision",
+                    form,
+                    "--calibration-frames",
+                    "16",
+                    "--held-out",
+                    "4",
+                    "--latency-runs",
+                    "2",
+                    "--out",
+                    &s(&dir),
                 ]);
             }
             let t = tract_ms(&dir, runs);
