@@ -50,10 +50,11 @@ if ! command -v cargo >/dev/null; then
 fi
 
 # Python packages for the independent references used by the tests (ONNX checker, ONNX Runtime,
-# numpy/PIL preprocessing references). Pinned to the versions the tests were written against.
-PY_PKGS=(onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0 safetensors==0.8.0)
+# numpy/PIL preprocessing references, cantools for the CAN codecs). Pinned to the versions the
+# tests were written against.
+PY_PKGS=(onnx==1.23.2 onnxruntime==1.32.0 numpy==2.4.6 pillow==13.0.0 safetensors==0.8.0 cantools==45.1.0)
 if ! python3 - <<'PY' 2>/dev/null
-import onnx, onnxruntime, numpy, PIL, safetensors
+import onnx, onnxruntime, numpy, PIL, safetensors, cantools
 PY
 then
     echo "setup: pip install ${PY_PKGS[*]}"
