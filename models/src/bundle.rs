@@ -433,6 +433,215 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
             ));
         }
     }
+    validate_can(m, path)?;
+    Ok(())
+}
+
+/// The `[can]` section against the action and state it carries. What needs the DBC's contents
+/// (signal ranges) is checked by the runtime's codec when it parses the file.
+fn validate_can(m: &Manifest, path: &Path) -> Result<(), BundleError> {
+    let a = &m.action;
+    let ad = a.names.len();
+    let state_index = |field: String, name: &str| -> Result<usize, BundleError> {
+        m.state.names.iter().position(|s| s == name).ok_or_else(|| {
+            BundleError::field(
+                path,
+                field,
+                format!(
+                    "`{name}` is not a state name (state.names: {})",
+                    m.state.names.join(", ")
+                ),
+            )
+        })
+    };
+    match &m.can {
+        CanSpec::PerJoint { base_id } => {
+            let last = u64::from(*base_id) + ad as u64 - 1;
+            if last > 0x1FFF_FFFF {
+                return Err(BundleError::field(
+                    path,
+                    "can.base_id",
+                    format!("{base_id:#X} + {ad} joints leaves the 29-bit CAN ID range"),
+                ));
+            }
+        }
+        CanSpec::Mit(mit) => {
+            if mit.motors.len() != ad {
+                return Err(BundleError::field(
+                    path,
+                    "can.motors",
+                    format!(
+                        "{} motors for {ad} action dimensions ({}): one motor per dimension, in \
+                         action order",
+                        mit.motors.len(),
+                        a.names.join(", ")
+                    ),
+                ));
+            }
+            match (mit.flavor, mit.command_timeout_ms) {
+                (MitFlavor::Damiao, None | Some(0)) => {
+                    return Err(BundleError::field(
+                        path,
+                        "can.command_timeout_ms",
+                        "required (> 0) for Damiao motors: it is written to their TIMEOUT \
+                         register at enable so that they stop by themselves when commands stop",
+                    ))
+                }
+                (MitFlavor::Cubemars, Some(_)) => {
+                    return Err(BundleError::field(
+                        path,
+                        "can.command_timeout_ms",
+                        "CubeMars MIT firmware has no command timeout to set: remove the field \
+                         (configure the driver's own timeout with the vendor tool)",
+                    ))
+                }
+                _ => {}
+            }
+            let mut ids = BTreeSet::new();
+            for (i, mo) in mit.motors.iter().enumerate() {
+                let f = |s: &str| format!("can.motors[{i}] ({}).{s}", a.names[i]);
+                if mo.id > 0x7FF || !ids.insert(mo.id) {
+                    return Err(BundleError::field(
+                        path,
+                        f("id"),
+                        format!(
+                            "{:#X}: must be a standard 11-bit ID used by one motor only",
+                            mo.id
+                        ),
+                    ));
+                }
+                if mo.feedback_id.is_some_and(|id| id > 0x7FF) {
+                    return Err(BundleError::field(
+                        path,
+                        f("feedback_id"),
+                        "must be a standard 11-bit ID",
+                    ));
+                }
+                for (name, v) in [
+                    ("p_max", mo.p_max),
+                    ("v_max", mo.v_max),
+                    ("t_max", mo.t_max),
+                    ("kp_max", mo.kp_max),
+                    ("kd_max", mo.kd_max),
+                ] {
+                    if !(v.is_finite() && v > 0.0) {
+                        return Err(BundleError::field(
+                            path,
+                            f(name),
+                            format!("{v} must be > 0"),
+                        ));
+                    }
+                }
+                for (name, v, max) in [
+                    ("kp", mo.kp, mo.kp_max),
+                    ("kd", mo.kd, mo.kd_max),
+                    ("damp_kd", mo.damp_kd, mo.kd_max),
+                ] {
+                    if !(v.is_finite() && (0.0..=max).contains(&v)) {
+                        return Err(BundleError::field(
+                            path,
+                            f(name),
+                            format!("{v} is not in [0, {max}]"),
+                        ));
+                    }
+                }
+                if a.units[i] != "rad" {
+                    return Err(BundleError::field(
+                        path,
+                        "action.units",
+                        format!(
+                            "MIT motors take positions in rad; `{}` is in `{}`",
+                            a.names[i], a.units[i]
+                        ),
+                    ));
+                }
+                if let Some(l) = &a.limits {
+                    if l.min[i] < -mo.p_max || l.max[i] > mo.p_max {
+                        return Err(BundleError::field(
+                            path,
+                            f("p_max"),
+                            format!(
+                                "action.limits [{}, {}] of `{}` exceed the motor's packing range \
+                                 ±{}: commands outside it cannot be encoded",
+                                l.min[i], l.max[i], a.names[i], mo.p_max
+                            ),
+                        ));
+                    }
+                }
+                for (name, v) in [
+                    ("position_state", &mo.position_state),
+                    ("velocity_state", &mo.velocity_state),
+                    ("torque_state", &mo.torque_state),
+                ] {
+                    if let Some(n) = v {
+                        state_index(f(name), n)?;
+                    }
+                }
+            }
+        }
+        CanSpec::Dbc(d) => {
+            if d.file.is_empty() || Path::new(&d.file).is_absolute() || d.file.contains("..") {
+                return Err(BundleError::field(
+                    path,
+                    "can.file",
+                    format!("`{}` must be a relative path inside the bundle", d.file),
+                ));
+            }
+            if d.sha256.len() != 64 || !d.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(BundleError::field(
+                    path,
+                    "can.sha256",
+                    "must be 64 hex digits",
+                ));
+            }
+            let signal = |field: String, s: &str| -> Result<(), BundleError> {
+                match s.split_once('.') {
+                    Some((msg, sig)) if !msg.is_empty() && !sig.is_empty() => Ok(()),
+                    _ => Err(BundleError::field(
+                        path,
+                        field,
+                        format!("`{s}`: expected `Message.Signal`"),
+                    )),
+                }
+            };
+            for name in &a.names {
+                match d.actions.get(name) {
+                    Some(s) => signal(format!("can.actions.{name}"), s)?,
+                    None => {
+                        return Err(BundleError::field(
+                            path,
+                            "can.actions",
+                            format!("action `{name}` is not mapped to a DBC signal"),
+                        ))
+                    }
+                }
+            }
+            if let Some(k) = d.actions.keys().find(|k| !a.names.contains(k)) {
+                return Err(BundleError::field(
+                    path,
+                    format!("can.actions.{k}"),
+                    format!("`{k}` is not an action name ({})", a.names.join(", ")),
+                ));
+            }
+            for (k, v) in &d.constants {
+                signal(format!("can.constants.\"{k}\""), k)?;
+                if !v.is_finite() {
+                    return Err(BundleError::field(
+                        path,
+                        format!("can.constants.\"{k}\""),
+                        "must be finite",
+                    ));
+                }
+            }
+            if let Some(s) = &d.stop_signal {
+                signal("can.stop_signal".into(), s)?;
+            }
+            for (k, v) in &d.feedback {
+                state_index(format!("can.feedback.{k}"), k)?;
+                signal(format!("can.feedback.{k}"), v)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -599,6 +808,17 @@ impl Bundle {
                 return Err(BundleError::HashMismatch {
                     path: p,
                     expected: f.sha256.clone(),
+                    actual,
+                });
+            }
+        }
+        if let CanSpec::Dbc(d) = &manifest.can {
+            let p = dir.join(&d.file);
+            let actual = sha256_file(&p)?;
+            if !actual.eq_ignore_ascii_case(&d.sha256) {
+                return Err(BundleError::HashMismatch {
+                    path: p,
+                    expected: d.sha256.clone(),
                     actual,
                 });
             }

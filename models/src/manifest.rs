@@ -375,7 +375,7 @@ pub struct ActionSpec {
     pub limits: Option<ActionLimits>,
 }
 
-/// How commands are put on the CAN bus.
+/// How commands are put on the CAN bus, and how joint feedback comes back.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "protocol", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum CanSpec {
@@ -386,6 +386,122 @@ pub enum CanSpec {
         #[serde(default = "default_base_id")]
         base_id: u32,
     },
+    /// "MIT mode" motor drivers (mini-cheetah firmware lineage: CubeMars AK, Damiao, MyActuator
+    /// and others): one 8-byte frame per motor packing position, velocity, kp, kd and feed-forward
+    /// torque, enable/disable frames, and a reply frame per command. See `reflex_runtime::codec`.
+    Mit(MitSpec),
+    /// A DBC file in the bundle plus a mapping from action/state names to its signals.
+    Dbc(DbcSpec),
+}
+
+/// MIT-mode motors, one per action dimension, in action order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MitSpec {
+    /// Vendor dialect: it decides the reply layout and the extras set at enable.
+    #[serde(default)]
+    pub flavor: MitFlavor,
+    /// Motor-side command timeout set at enable, in ms, for flavors that have one (Damiao): the
+    /// motors stop by themselves when commands stop arriving (the board died, the cable fell).
+    /// Required for such flavors; 0 is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_timeout_ms: Option<u32>,
+    /// What a stop command does: `hold` keeps the last safe position with the normal gains (a
+    /// controlled stop that keeps an arm up), `damp` sends kp = 0 and `damp_kd` (the joint yields
+    /// slowly: for robots that must be back-drivable when stopped).
+    #[serde(default)]
+    pub stop: MitStop,
+    pub motors: Vec<MitMotor>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MitFlavor {
+    /// The original mini-cheetah / CubeMars layout: reply = motor ID, position (16 bits),
+    /// velocity (12), current/torque (12).
+    #[default]
+    Cubemars,
+    /// Damiao DM-J series: reply byte 0 = error << 4 | ID, then position, velocity, torque, MOS
+    /// and rotor temperatures; register 9 (TIMEOUT) holds the command timeout.
+    Damiao,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MitStop {
+    #[default]
+    Hold,
+    Damp,
+}
+
+/// One MIT-mode motor. Ranges are the motor firmware's symmetric packing ranges (P_MAX, V_MAX,
+/// T_MAX as configured in the driver): reflex packs with the same numbers or the motor moves to
+/// the wrong place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MitMotor {
+    /// CAN ID of the motor's command frames (its "CAN ID" / ESC ID).
+    pub id: u32,
+    /// CAN ID of its reply frames (Damiao: the master ID; CubeMars replies on the host ID 0 with
+    /// the motor ID in byte 0: leave this out). Absent = replies are matched by byte 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback_id: Option<u32>,
+    /// Packing ranges: position in [-p_max, p_max] rad, velocity in [-v_max, v_max] rad/s,
+    /// torque in [-t_max, t_max] N·m, kp in [0, kp_max], kd in [0, kd_max].
+    pub p_max: f32,
+    pub v_max: f32,
+    pub t_max: f32,
+    #[serde(default = "default_kp_max")]
+    pub kp_max: f32,
+    #[serde(default = "default_kd_max")]
+    pub kd_max: f32,
+    /// Gains sent with every command.
+    pub kp: f32,
+    pub kd: f32,
+    /// Damping gain of a `damp` stop.
+    #[serde(default = "default_damp_kd")]
+    pub damp_kd: f32,
+    /// State dimensions (by name) filled from the replies: position defaults to the state
+    /// dimension named like this motor's action dimension, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub velocity_state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torque_state: Option<String>,
+}
+
+fn default_kp_max() -> f32 {
+    500.0
+}
+fn default_kd_max() -> f32 {
+    5.0
+}
+fn default_damp_kd() -> f32 {
+    1.0
+}
+
+/// A DBC-described protocol. Every action dimension is mapped to one signal; the messages that
+/// carry them are sent every tick, with the signals not mapped set from `constants` (else 0).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbcSpec {
+    /// DBC file, relative to the bundle directory.
+    pub file: String,
+    /// Lower-case hex sha256 of the DBC file.
+    pub sha256: String,
+    /// Action name -> `Message.Signal`.
+    pub actions: BTreeMap<String, String>,
+    /// `Message.Signal` -> physical value sent in every frame of that message (enable bits,
+    /// modes).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub constants: BTreeMap<String, f64>,
+    /// `Message.Signal` set to 1 in stop commands, 0 otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
+    /// State name -> `Message.Signal` of the feedback.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub feedback: BTreeMap<String, String>,
 }
 
 fn default_base_id() -> u32 {
@@ -396,6 +512,17 @@ impl Default for CanSpec {
     fn default() -> Self {
         CanSpec::PerJoint {
             base_id: default_base_id(),
+        }
+    }
+}
+
+impl CanSpec {
+    /// The protocol's name as written in the manifest.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            CanSpec::PerJoint { .. } => "per-joint",
+            CanSpec::Mit(_) => "mit",
+            CanSpec::Dbc(_) => "dbc",
         }
     }
 }

@@ -229,6 +229,153 @@ fn bad_limits_are_refused() {
     );
 }
 
+/// Replaces the manifest's `[can]` section (up to the next top-level section) with `section`,
+/// and makes every unit `rad` (MIT motors take radians; the reference gripper is in metres).
+fn with_can(t: String, section: &str) -> String {
+    let at = t.find("[can]").expect("[can]");
+    let end = at + t[at..].find("\n[provenance]").expect("next section");
+    format!("{}{section}{}", &t[..at], &t[end..]).replace("\"m\",", "\"rad\",")
+}
+
+fn mit_section(flavor: &str, timeout: Option<u32>, motors: usize) -> String {
+    let mut s = format!("[can]\nprotocol = \"mit\"\nflavor = \"{flavor}\"\n");
+    if let Some(t) = timeout {
+        s += &format!("command_timeout_ms = {t}\n");
+    }
+    for i in 0..motors {
+        s += &format!(
+            "\n[[can.motors]]\nid = {}\nfeedback_id = {}\np_max = 12.5\nv_max = 30.0\nt_max = 10.0\nkp = 20.0\nkd = 1.0\n",
+            i + 1,
+            0x11 + i
+        );
+    }
+    s
+}
+
+#[test]
+fn mit_section_parses_and_validates() {
+    let d = copy_of("mit-ok");
+    edit_manifest(&d, |t| with_can(t, &mit_section("damiao", Some(100), 6)));
+    let b = Bundle::load(&d).expect("valid MIT bundle");
+    let reflex_models::manifest::CanSpec::Mit(m) = &b.manifest.can else {
+        panic!("not MIT: {:?}", b.manifest.can)
+    };
+    assert_eq!(m.motors.len(), 6);
+    assert_eq!(m.motors[2].id, 3);
+    assert_eq!(m.motors[2].feedback_id, Some(0x13));
+    assert_eq!(m.motors[0].kp_max, 500.0, "default");
+    assert_eq!(m.command_timeout_ms, Some(100));
+    // And it survives a write/parse round trip.
+    let text = b.manifest.to_toml().expect("toml");
+    assert_eq!(
+        parse_manifest(&text, &d).expect("reparse").can,
+        b.manifest.can
+    );
+}
+
+#[test]
+fn mit_section_errors_name_the_field() {
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "mit-count",
+            mit_section("cubemars", None, 5),
+            "5 motors for 6 action dimensions",
+        ),
+        (
+            "mit-timeout",
+            mit_section("damiao", None, 6),
+            "can.command_timeout_ms",
+        ),
+        (
+            "mit-cm-timeout",
+            mit_section("cubemars", Some(50), 6),
+            "no command timeout",
+        ),
+        (
+            "mit-range",
+            mit_section("cubemars", None, 6).replacen("p_max = 12.5", "p_max = 1.0", 1),
+            "can.motors[0] (shoulder_pan).p_max",
+        ),
+        (
+            "mit-kp",
+            mit_section("cubemars", None, 6).replacen("kp = 20.0", "kp = 900.0", 1),
+            "can.motors[0] (shoulder_pan).kp",
+        ),
+        (
+            "mit-dup",
+            mit_section("cubemars", None, 6).replacen("id = 2\n", "id = 1\n", 1),
+            "can.motors[1] (shoulder_lift).id",
+        ),
+        (
+            "mit-state",
+            mit_section("cubemars", None, 6).replacen(
+                "kd = 1.0\n",
+                "kd = 1.0\nvelocity_state = \"nope\"\n",
+                1,
+            ),
+            "`nope` is not a state name",
+        ),
+        (
+            "mit-unknown",
+            mit_section("cubemars", None, 6).replacen("kd = 1.0\n", "kd = 1.0\nkq = 2\n", 1),
+            "kq",
+        ),
+    ];
+    for (name, section, want) in cases {
+        let d = copy_of(name);
+        edit_manifest(&d, |t| with_can(t, &section));
+        let e = load_err(&d);
+        assert!(e.contains(want), "{name}: {e}");
+    }
+    // Units other than rad are refused for MIT motors.
+    let d = copy_of("mit-units");
+    edit_manifest(&d, |t| {
+        with_can(t, &mit_section("cubemars", None, 6)).replacen("\"rad\",", "\"deg\",", 7)
+    });
+    let e = load_err(&d);
+    assert!(e.contains("MIT motors take positions in rad"), "{e}");
+}
+
+#[test]
+fn dbc_section_checks_mapping_and_file_hash() {
+    let dbc =
+        "VERSION \"\"\n\nBO_ 256 Cmd: 8 Board\n SG_ A : 0|16@1- (0.001,0) [-30|30] \"rad\" M\n";
+    let names = [
+        "shoulder_pan",
+        "shoulder_lift",
+        "elbow_flex",
+        "wrist_flex",
+        "wrist_roll",
+        "gripper",
+    ];
+    let section = |sha: &str, skip: usize| {
+        let mut s = format!("[can]\nprotocol = \"dbc\"\nfile = \"robot.dbc\"\nsha256 = \"{sha}\"\n\n[can.actions]\n");
+        for n in names.iter().skip(skip) {
+            s += &format!("{n} = \"Cmd.A\"\n");
+        }
+        s
+    };
+    let sha = reflex_models::bundle::sha256_bytes(dbc.as_bytes());
+    let d = copy_of("dbc-ok");
+    std::fs::write(d.join("robot.dbc"), dbc).expect("write");
+    edit_manifest(&d, |t| with_can(t, &section(&sha, 0)));
+    Bundle::load(&d).expect("valid DBC bundle");
+    // An edited DBC file no longer matches its hash.
+    std::fs::write(d.join("robot.dbc"), dbc.replace("0.001", "0.01")).expect("write");
+    let e = load_err(&d);
+    assert!(e.contains("robot.dbc"), "{e}");
+    // A missing file, an unmapped action.
+    let d = copy_of("dbc-missing");
+    edit_manifest(&d, |t| with_can(t, &section(&sha, 0)));
+    let e = load_err(&d);
+    assert!(e.contains("robot.dbc"), "{e}");
+    let d = copy_of("dbc-unmapped");
+    std::fs::write(d.join("robot.dbc"), dbc).expect("write");
+    edit_manifest(&d, |t| with_can(t, &section(&sha, 1)));
+    let e = load_err(&d);
+    assert!(e.contains("action `shoulder_pan` is not mapped"), "{e}");
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
 

@@ -356,7 +356,7 @@ fn open_sink(
         return Ok(Box::new(NullSink::default()));
     }
     if let Some(file) = spec.strip_prefix("candump:") {
-        let reflex_models::manifest::CanSpec::PerJoint { base_id } = bundle.manifest.can;
+        let base_id = per_joint_base(bundle)?;
         let sink = CandumpSink::new(Path::new(file), iface, base_id, clock.epoch_offset_ns())
             .with_context(|| format!("opening candump log {file}"))?;
         return Ok(Box::new(sink));
@@ -364,9 +364,19 @@ fn open_sink(
     if spec.is_empty() || spec.contains(':') || spec.contains('/') {
         bail!("--can {spec}: expected a CAN interface name (can0, vcan0), candump:FILE or null");
     }
-    let reflex_models::manifest::CanSpec::PerJoint { base_id } = bundle.manifest.can;
+    let base_id = per_joint_base(bundle)?;
     let sink = reflex_runtime::socketcan::SocketCanSink::open(spec, base_id)?;
     Ok(Box::new(sink))
+}
+
+fn per_joint_base(bundle: &Bundle) -> Result<u32> {
+    match bundle.manifest.can {
+        reflex_models::manifest::CanSpec::PerJoint { base_id } => Ok(base_id),
+        ref other => bail!(
+            "[can] protocol `{}` is not supported by this build",
+            other.protocol()
+        ),
+    }
 }
 
 /// The Ctrl-C / SIGTERM flag, installed once per process (before anything slow, so an early
