@@ -31,6 +31,7 @@
 //! representation can grow: CAN FD (64 bytes) will be a sibling type rather than a wider array
 //! here, so classic frames stay small on the hot path.
 
+use crate::codec::{Codec, CodecError, Frames};
 use crate::io::{CommandSink, FaultKind, SinkError};
 use crate::safety::{SafeCommand, MAX_DIM};
 use std::fs::File;
@@ -478,8 +479,10 @@ const MAX_IFACE_LEN: usize = 64;
 /// Stack buffer per line: 56 bytes of timestamp, ID and data, the name, the newline.
 const LINE_BUF: usize = 128;
 
-/// A [`CommandSink`] that writes the per-joint frames of each command to a `candump -l` log
-/// instead of a bus: dry runs, replays with `canplayer`, and golden tests.
+/// A [`CommandSink`] that writes the frames of each command (in the bundle's protocol, see
+/// [`crate::codec`]) to a `candump -l` log instead of a bus: dry runs, replays with `canplayer`,
+/// and golden tests. The protocol's start frames (MIT enable) come right before the first
+/// command, as on a bus.
 ///
 /// The log's timestamps are wall-clock time, as candump's are, but `send` gets the loop's
 /// monotonic time; the sink adds `epoch_offset_ns`, the UNIX time of the monotonic clock's zero
@@ -491,9 +494,10 @@ pub struct CandumpSink {
     path: PathBuf,
     name: String,
     iface: String,
-    base_id: u32,
+    codec: Codec,
+    started: bool,
     epoch_offset_ns: u64,
-    frames: heapless::Vec<CanFrame, MAX_DIM>,
+    frames: Frames,
 }
 
 impl CandumpSink {
@@ -501,7 +505,7 @@ impl CandumpSink {
     pub fn new(
         path: &Path,
         iface: &str,
-        base_id: u32,
+        codec: Codec,
         epoch_offset_ns: u64,
     ) -> Result<Self, SinkError> {
         let name = format!("candump:{}", path.display());
@@ -528,10 +532,42 @@ impl CandumpSink {
             path: path.to_owned(),
             name,
             iface: iface.to_owned(),
-            base_id,
+            codec,
+            started: false,
             epoch_offset_ns,
-            frames: heapless::Vec::new(),
+            frames: Frames::new(),
         })
+    }
+
+    fn write_frames(&mut self, timestamp_us: u64) -> Result<(), SinkError> {
+        let mut line = [0u8; LINE_BUF];
+        for frame in &self.frames {
+            // The interface name was checked in `new` and the buffer fits the longest line.
+            let len =
+                format_candump_line(timestamp_us, &self.iface, frame, &mut line[..LINE_BUF - 1])
+                    .map_err(|e| SinkError {
+                        sink: self.name.clone(),
+                        kind: FaultKind::Fatal,
+                        message: e.to_string(),
+                    })?;
+            line[len] = b'\n';
+            if let Err(e) = self.writer.write_all(&line[..=len]) {
+                return Err(SinkError {
+                    sink: self.name.clone(),
+                    kind: FaultKind::Degraded,
+                    message: format!("cannot write `{}`: {e}", self.path.display()),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn codec_error(&self, e: CodecError) -> SinkError {
+        SinkError {
+            sink: self.name.clone(),
+            kind: FaultKind::Fatal,
+            message: format!("{} encoding: {e}", self.codec.protocol()),
+        }
     }
 
     fn io_error(&self, e: &std::io::Error) -> SinkError {
@@ -549,28 +585,18 @@ impl CommandSink for CandumpSink {
     }
 
     fn send(&mut self, cmd: &SafeCommand, now_ns: u64) -> Result<(), SinkError> {
-        encode_per_joint(cmd, self.base_id, &mut self.frames).map_err(|e| SinkError {
-            sink: self.name.clone(),
-            kind: FaultKind::Fatal,
-            message: format!("per-joint encoding with base ID {:#X}: {e}", self.base_id),
-        })?;
         let timestamp_us = now_ns.saturating_add(self.epoch_offset_ns) / 1_000;
-        let mut line = [0u8; LINE_BUF];
-        for frame in &self.frames {
-            // The interface name was checked in `new` and the buffer fits the longest line.
-            let len =
-                format_candump_line(timestamp_us, &self.iface, frame, &mut line[..LINE_BUF - 1])
-                    .map_err(|e| SinkError {
-                        sink: self.name.clone(),
-                        kind: FaultKind::Fatal,
-                        message: e.to_string(),
-                    })?;
-            line[len] = b'\n';
-            if let Err(e) = self.writer.write_all(&line[..=len]) {
-                return Err(self.io_error(&e));
+        if !self.started {
+            if let Err(e) = self.codec.start_frames(&mut self.frames) {
+                return Err(self.codec_error(e));
             }
+            self.write_frames(timestamp_us)?;
+            self.started = true;
         }
-        Ok(())
+        if let Err(e) = self.codec.encode(cmd, &mut self.frames) {
+            return Err(self.codec_error(e));
+        }
+        self.write_frames(timestamp_us)
     }
 
     fn flush(&mut self) -> Result<(), SinkError> {
@@ -830,7 +856,13 @@ mod tests {
     #[test]
     fn sink_writes_candump_log() {
         let path = temp_path("sink.log");
-        let mut sink = CandumpSink::new(&path, "can0", 0x100, 1_700_000_000_000_000_000).unwrap();
+        let mut sink = CandumpSink::new(
+            &path,
+            "can0",
+            Codec::per_joint(0x100, 2).unwrap(),
+            1_700_000_000_000_000_000,
+        )
+        .unwrap();
         assert!(sink.name().contains("sink.log"));
         let mut f = unlimited(2);
         let cmd = f.filter(&[1.0, -2.5], 3).command;
@@ -860,20 +892,19 @@ mod tests {
     fn sink_rejects_bad_config() {
         let path = temp_path("bad.log");
         assert_eq!(
-            CandumpSink::new(&path, "can 0", 0x100, 0)
+            CandumpSink::new(&path, "can 0", Codec::per_joint(0x100, 2).unwrap(), 0)
                 .err()
                 .unwrap()
                 .kind,
             FaultKind::Fatal
         );
         let missing = temp_path("no-such-dir").join("x.log");
-        let err = CandumpSink::new(&missing, "can0", 0x100, 0).err().unwrap();
+        let err = CandumpSink::new(&missing, "can0", Codec::per_joint(0x100, 2).unwrap(), 0)
+            .err()
+            .unwrap();
         assert!(err.message.contains("no-such-dir"), "{}", err.message);
-        let mut sink = CandumpSink::new(&path, "can0", MAX_EXTENDED_ID, 0).unwrap();
-        let mut f = unlimited(2);
-        let err = sink.send(&f.filter(&[0.0, 0.0], 0).command, 0).unwrap_err();
-        assert_eq!(err.kind, FaultKind::Fatal);
-        std::fs::remove_file(&path).unwrap();
+        // IDs past the 29-bit range are refused when the codec is made.
+        assert!(Codec::per_joint(MAX_EXTENDED_ID, 2).is_err());
     }
 
     #[test]

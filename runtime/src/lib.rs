@@ -12,6 +12,7 @@ pub mod backend;
 pub mod bench;
 pub mod can;
 pub mod clock;
+pub mod codec;
 pub mod control;
 pub mod engine;
 pub mod io;

@@ -6,6 +6,7 @@ use reflex_models::Bundle;
 use reflex_runtime::backend::{select_backend, BackendChoice, TractOptions};
 use reflex_runtime::can::CandumpSink;
 use reflex_runtime::clock::{Clock, MonotonicClock};
+use reflex_runtime::codec::Codec;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
 use reflex_runtime::engine::{Request, ThreadedRunner};
 use reflex_runtime::io::{Camera, CommandSink, StateSource};
@@ -316,7 +317,8 @@ fn open_state(
     default_episode: Option<&Path>,
 ) -> Result<Box<dyn StateSource>> {
     if let Some(rest) = spec.and_then(|s| s.strip_prefix("can:")) {
-        // Joint feedback in the per-joint encoding: joint i at BASE_ID + i (default 0x200).
+        // Joint feedback in the bundle's protocol; for the per-joint encoding, joint i at
+        // BASE_ID + i (default 0x200).
         let (iface, base) = match rest.split_once(':') {
             Some((i, b)) => {
                 let b = b.trim_start_matches("0x");
@@ -326,8 +328,13 @@ fn open_state(
             }
             None => (rest, 0x200),
         };
-        let dims = bundle.manifest.state.names.len();
-        let src = reflex_runtime::socketcan::SocketCanStateSource::open(iface, base, dims)
+        let codec = Codec::from_manifest(&bundle.manifest)?;
+        let decoder = codec
+            .feedback(&bundle.manifest.state.names, base)
+            .with_context(|| format!("--state can:{rest}"))?;
+        let mut requests = reflex_runtime::codec::Frames::new();
+        codec.state_request_frames(&mut requests)?;
+        let src = reflex_runtime::socketcan::SocketCanStateSource::open(iface, decoder, requests)
             .with_context(|| format!("opening joint feedback on {iface}"))?;
         return Ok(Box::new(src));
     }
@@ -356,27 +363,17 @@ fn open_sink(
         return Ok(Box::new(NullSink::default()));
     }
     if let Some(file) = spec.strip_prefix("candump:") {
-        let base_id = per_joint_base(bundle)?;
-        let sink = CandumpSink::new(Path::new(file), iface, base_id, clock.epoch_offset_ns())
+        let codec = Codec::from_manifest(&bundle.manifest)?;
+        let sink = CandumpSink::new(Path::new(file), iface, codec, clock.epoch_offset_ns())
             .with_context(|| format!("opening candump log {file}"))?;
         return Ok(Box::new(sink));
     }
     if spec.is_empty() || spec.contains(':') || spec.contains('/') {
         bail!("--can {spec}: expected a CAN interface name (can0, vcan0), candump:FILE or null");
     }
-    let base_id = per_joint_base(bundle)?;
-    let sink = reflex_runtime::socketcan::SocketCanSink::open(spec, base_id)?;
+    let codec = Codec::from_manifest(&bundle.manifest)?;
+    let sink = reflex_runtime::socketcan::SocketCanSink::open(spec, codec)?;
     Ok(Box::new(sink))
-}
-
-fn per_joint_base(bundle: &Bundle) -> Result<u32> {
-    match bundle.manifest.can {
-        reflex_models::manifest::CanSpec::PerJoint { base_id } => Ok(base_id),
-        ref other => bail!(
-            "[can] protocol `{}` is not supported by this build",
-            other.protocol()
-        ),
-    }
 }
 
 /// The Ctrl-C / SIGTERM flag, installed once per process (before anything slow, so an early

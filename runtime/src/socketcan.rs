@@ -25,7 +25,8 @@
 //! keeps the newest value of each joint and reports a new state each time every joint has
 //! reported since the last one.
 
-use crate::can::{decode_per_joint, encode_per_joint, per_joint_id, CanFrame};
+use crate::can::CanFrame;
+use crate::codec::{Codec, CodecError, FeedbackDecoder, FeedbackOutcome, Frames};
 use crate::io::{CommandSink, FaultKind, SinkError, StateError, StateSource};
 use crate::safety::{SafeCommand, MAX_DIM};
 use ::socketcan::{
@@ -173,13 +174,18 @@ pub fn check_interface(sys_class_net: &Path, iface: &str) -> Result<(), (FaultKi
     Ok(())
 }
 
-/// Sends each command as per-joint frames on a SocketCAN interface, without blocking.
+/// Sends each command on a SocketCAN interface in the bundle's protocol, without blocking.
+///
+/// The protocol's start frames (MIT enable and command timeout) go out right before the first
+/// command, and again before the first command after the interface was down: motors that timed
+/// out while the bus was gone are enabled again by the command that follows.
 pub struct SocketCanSink {
     socket: CanSocket,
     iface: String,
     name: String,
-    base_id: u32,
-    frames: heapless::Vec<CanFrame, MAX_DIM>,
+    codec: Codec,
+    started: bool,
+    frames: Frames,
     counters: SocketCanCounters,
     /// A bus-off was reported and no recovery since.
     bus_off: bool,
@@ -188,16 +194,16 @@ pub struct SocketCanSink {
 }
 
 impl SocketCanSink {
-    /// Opens a raw CAN socket on `iface` for the per-joint encoding at `base_id`.
-    pub fn open(iface: &str, base_id: u32) -> Result<Self, SinkError> {
-        Self::open_with_sysfs(Path::new(SYS_CLASS_NET), iface, base_id)
+    /// Opens a raw CAN socket on `iface` for commands encoded by `codec`.
+    pub fn open(iface: &str, codec: Codec) -> Result<Self, SinkError> {
+        Self::open_with_sysfs(Path::new(SYS_CLASS_NET), iface, codec)
     }
 
     /// [`Self::open`] with another sysfs root for the interface checks (tests).
     pub fn open_with_sysfs(
         sys_class_net: &Path,
         iface: &str,
-        base_id: u32,
+        codec: Codec,
     ) -> Result<Self, SinkError> {
         let name = format!("socketcan:{iface}");
         let fail = |kind, message| SinkError {
@@ -236,13 +242,14 @@ impl SocketCanSink {
             "CAN_RAW_ERR_FILTER",
             socket.set_error_filter(libc::CAN_ERR_MASK),
         )?;
-        log::info!("CAN output on `{iface}` (per-joint, base ID {base_id:#X})");
+        log::info!("CAN output on `{iface}` ({})", codec.describe());
         Ok(Self {
             socket,
             iface: iface.to_owned(),
             name,
-            base_id,
-            frames: heapless::Vec::new(),
+            codec,
+            started: false,
+            frames: Frames::new(),
             counters: SocketCanCounters::default(),
             bus_off: false,
             degraded: false,
@@ -275,6 +282,8 @@ impl SocketCanSink {
                         );
                     }
                     self.bus_off = true;
+                    // Motors may time out while the bus is off: enable them again after it.
+                    self.started = false;
                 }
                 ErrorFrameEvent::Recovered => {
                     if self.bus_off {
@@ -303,24 +312,21 @@ impl SocketCanSink {
     }
 }
 
-impl CommandSink for SocketCanSink {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn send(&mut self, cmd: &SafeCommand, _now_ns: u64) -> Result<(), SinkError> {
-        self.poll_error_frames();
-        if self.bus_off {
-            return Err(self.degraded_error(format!("`{}` is bus-off", self.iface)));
-        }
-        encode_per_joint(cmd, self.base_id, &mut self.frames).map_err(|e| SinkError {
+impl SocketCanSink {
+    fn codec_error(&self, e: CodecError) -> SinkError {
+        SinkError {
             sink: self.name.clone(),
             kind: FaultKind::Fatal,
-            message: format!("per-joint encoding with base ID {:#X}: {e}", self.base_id),
-        })?;
-        for (k, frame) in self.frames.iter().enumerate() {
-            // Cannot fail: the frame was built and checked by `encode_per_joint`.
-            let Some(out) = to_socketcan_frame(frame) else {
+            message: format!("{} encoding: {e}", self.codec.protocol()),
+        }
+    }
+
+    /// Writes `self.frames` in order; stops at the first error.
+    fn write_frames(&mut self) -> Result<(), SinkError> {
+        for k in 0..self.frames.len() {
+            let frame = self.frames[k];
+            // Cannot fail: the frame was built and checked by the codec.
+            let Some(out) = to_socketcan_frame(&frame) else {
                 continue;
             };
             if let Err(e) = self.socket.write_frame(&out) {
@@ -339,8 +345,10 @@ impl CommandSink for SocketCanSink {
                         }
                     }
                     FaultKind::Degraded => {
-                        // The link went down: whatever bus-off state it had is reset on `up`.
+                        // The link went down: whatever bus-off state it had is reset on `up`,
+                        // and motors may have timed out: enable them again when it is back.
                         self.bus_off = false;
+                        self.started = false;
                         self.degraded_error(message)
                     }
                     FaultKind::Fatal => SinkError {
@@ -352,6 +360,31 @@ impl CommandSink for SocketCanSink {
             }
             self.counters.frames += 1;
         }
+        Ok(())
+    }
+}
+
+impl CommandSink for SocketCanSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn send(&mut self, cmd: &SafeCommand, _now_ns: u64) -> Result<(), SinkError> {
+        self.poll_error_frames();
+        if self.bus_off {
+            return Err(self.degraded_error(format!("`{}` is bus-off", self.iface)));
+        }
+        if !self.started {
+            self.codec
+                .start_frames(&mut self.frames)
+                .map_err(|e| self.codec_error(e))?;
+            self.write_frames()?;
+            self.started = true;
+        }
+        self.codec
+            .encode(cmd, &mut self.frames)
+            .map_err(|e| self.codec_error(e))?;
+        self.write_frames()?;
         self.counters.commands += 1;
         if self.degraded {
             log::info!("{}: sending again", self.name);
@@ -399,58 +432,85 @@ pub fn from_raw_frame(raw: &libc::can_frame) -> Option<CanFrame> {
 /// Counts since the state source was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StateCounters {
-    /// Per-joint frames decoded.
+    /// Feedback frames decoded.
     pub frames: u64,
     /// Complete states reported (every joint updated).
     pub states: u64,
-    /// Frames with a joint's ID that did not decode (wrong length, reserved bits, non-finite).
+    /// Frames with a feedback ID that did not decode (wrong length, reserved bits, non-finite).
     pub malformed: u64,
+    /// Replies reporting a motor fault (their values are not used).
+    pub faults: u64,
+    /// State requests sent (MIT motors reply only when addressed).
+    pub requests: u64,
     /// Read errors (interface down or gone).
     pub errors: u64,
 }
 
-/// Joint state from a SocketCAN interface, per-joint encoding (see the module documentation).
+/// Joint state from a SocketCAN interface, decoded by the bundle's protocol (see
+/// [`crate::codec`]): per-joint feedback frames, MIT replies, DBC signals.
 ///
 /// The state's timestamp is the loop time of the call that completed it: frames are read every
-/// tick, so it is late by at most one control period.
+/// tick, so it is late by at most one control period. A state is complete when every state
+/// dimension was updated since the previous one; a missing or garbled frame leaves it incomplete,
+/// so the loop keeps the last state within its staleness bound, then holds.
+///
+/// Protocols whose motors only speak when spoken to (MIT) get their state requested while no
+/// complete state arrived for `REQUEST_AFTER_NS`, at most every `REQUEST_AFTER_NS`: during
+/// warm-up, and whenever the commands stop.
 pub struct SocketCanStateSource {
     socket: CanSocket,
     iface: String,
     name: String,
-    base_id: u32,
+    decoder: FeedbackDecoder,
     values: heapless::Vec<f32, MAX_DIM>,
-    /// Bit `i`: joint `i` reported since the last complete state.
-    seen: u32,
+    /// Bit `i`: dimension `i` updated since the last complete state.
+    seen: u64,
     /// A complete state not yet handed out, and its time.
     fresh: Option<u64>,
+    /// Frames that make the motors reply, and when they were last sent / the last complete state.
+    requests: Frames,
+    last_request_ns: Option<u64>,
+    last_state_ns: Option<u64>,
     counters: StateCounters,
 }
 
+/// See [`SocketCanStateSource`].
+pub const REQUEST_AFTER_NS: u64 = 20_000_000;
+
 impl SocketCanStateSource {
-    /// Receives joints `base_id .. base_id + dims` on `iface`.
-    pub fn open(iface: &str, base_id: u32, dims: usize) -> Result<Self, StateError> {
+    /// Receives the feedback `decoder` knows on `iface`; `requests` are sent while no state
+    /// arrives (empty: never).
+    pub fn open(
+        iface: &str,
+        decoder: FeedbackDecoder,
+        requests: Frames,
+    ) -> Result<Self, StateError> {
         let name = format!("socketcan:{iface}");
         let fail = |message: String| StateError {
             source_name: name.clone(),
             kind: FaultKind::Fatal,
             message,
         };
+        let dims = decoder.dims();
         if dims == 0 || dims > MAX_DIM {
-            return Err(fail(format!("{dims} joints: expected 1 to {MAX_DIM}")));
+            return Err(fail(format!(
+                "{dims} state dimensions: expected 1 to {MAX_DIM}"
+            )));
         }
         check_interface(Path::new(SYS_CLASS_NET), iface).map_err(|(_, m)| fail(m))?;
-        let mut filters = Vec::with_capacity(dims);
-        for i in 0..dims {
-            let (id, extended) = per_joint_id(base_id, i)
-                .map_err(|e| fail(format!("per-joint base ID {base_id:#X}: {e}")))?;
-            let (flag, mask) = if extended {
-                (libc::CAN_EFF_FLAG, libc::CAN_EFF_MASK)
-            } else {
-                (0, libc::CAN_SFF_MASK)
-            };
-            // Match the ID, its format, and data frames only.
-            filters.push((id | flag, mask | libc::CAN_EFF_FLAG | libc::CAN_RTR_FLAG));
-        }
+        let filters: Vec<(u32, u32)> = decoder
+            .ids()
+            .iter()
+            .map(|&(id, extended)| {
+                let (flag, mask) = if extended {
+                    (libc::CAN_EFF_FLAG, libc::CAN_EFF_MASK)
+                } else {
+                    (0, libc::CAN_SFF_MASK)
+                };
+                // Match the ID, its format, and data frames only.
+                (id | flag, mask | libc::CAN_EFF_FLAG | libc::CAN_RTR_FLAG)
+            })
+            .collect();
         let socket = CanSocket::open(iface)
             .map_err(|e| fail(format!("opening a CAN socket on `{iface}`: {e}")))?;
         let setup = |what: &str, r: io::Result<()>| {
@@ -461,15 +521,18 @@ impl SocketCanStateSource {
         let mut values = heapless::Vec::new();
         // Cannot fail: dims <= MAX_DIM, the capacity.
         let _ = values.resize(dims, 0.0);
-        log::info!("joint state from `{iface}` (per-joint, base ID {base_id:#X}, {dims} joints)");
+        log::info!("joint state from `{iface}` ({dims} dimensions)");
         Ok(Self {
             socket,
             iface: iface.to_owned(),
             name,
-            base_id,
+            decoder,
             values,
             seen: 0,
             fresh: None,
+            requests,
+            last_request_ns: None,
+            last_state_ns: None,
             counters: StateCounters::default(),
         })
     }
@@ -478,8 +541,23 @@ impl SocketCanStateSource {
         self.counters
     }
 
-    fn all_seen(&self) -> u32 {
-        u32::MAX >> (32 - self.values.len())
+    /// Sends the state requests when the state is overdue (best effort: a full queue or a down
+    /// link shows up in the reads and the sink's counters).
+    fn request_if_overdue(&mut self, now_ns: u64) {
+        if self.requests.is_empty() {
+            return;
+        }
+        let overdue =
+            |t: Option<u64>| t.is_none_or(|t| now_ns.saturating_sub(t) >= REQUEST_AFTER_NS);
+        if overdue(self.last_state_ns) && overdue(self.last_request_ns) {
+            for f in &self.requests {
+                if let Some(out) = to_socketcan_frame(f) {
+                    let _ = self.socket.write_frame(&out);
+                }
+            }
+            self.counters.requests += 1;
+            self.last_request_ns = Some(now_ns);
+        }
     }
 }
 
@@ -507,22 +585,27 @@ impl StateSource for SocketCanStateSource {
                     });
                 }
             };
-            let decoded = from_raw_frame(&raw)
-                .and_then(|f| decode_per_joint(&f, self.base_id, self.values.len()));
-            match decoded {
-                Some((joint, value, _, _)) if value.is_finite() => {
+            let Some(frame) = from_raw_frame(&raw) else {
+                self.counters.malformed += 1;
+                continue;
+            };
+            match self.decoder.decode(&frame, &mut self.values) {
+                FeedbackOutcome::Updated(mask) => {
                     self.counters.frames += 1;
-                    self.values[joint] = value;
-                    self.seen |= 1 << joint;
-                    if self.seen == self.all_seen() {
+                    self.seen |= mask;
+                    if self.seen & self.decoder.all() == self.decoder.all() {
                         self.seen = 0;
                         self.fresh = Some(now_ns);
+                        self.last_state_ns = Some(now_ns);
                         self.counters.states += 1;
                     }
                 }
-                _ => self.counters.malformed += 1,
+                FeedbackOutcome::Ignored => {}
+                FeedbackOutcome::Malformed => self.counters.malformed += 1,
+                FeedbackOutcome::Fault => self.counters.faults += 1,
             }
         }
+        self.request_if_overdue(now_ns);
         let Some(ts) = self.fresh.take() else {
             return Ok(None);
         };
@@ -685,7 +768,9 @@ mod tests {
     /// machine's kernel may have no CAN support at all, which the QEMU tests provide).
     #[test]
     fn open_errors_on_this_machine() {
-        let err = SocketCanSink::open("reflexnocan9", 0x100).err().unwrap();
+        let err = SocketCanSink::open("reflexnocan9", Codec::per_joint(0x100, 2).unwrap())
+            .err()
+            .unwrap();
         assert_eq!(err.kind, FaultKind::Fatal);
         assert!(
             err.to_string().contains("`reflexnocan9` not found"),
@@ -693,14 +778,20 @@ mod tests {
         );
         assert_eq!(err.sink, "socketcan:reflexnocan9");
         if Path::new(SYS_CLASS_NET).join("lo").exists() {
-            let err = SocketCanSink::open("lo", 0x100).err().unwrap();
+            let err = SocketCanSink::open("lo", Codec::per_joint(0x100, 2).unwrap())
+                .err()
+                .unwrap();
             assert!(err.to_string().contains("not a CAN interface"), "{err}");
         }
         // Without the sysfs checks, the socket layer's own error still names the interface.
         let none = Path::new("/nonexistent-sysfs");
-        let err = SocketCanSink::open_with_sysfs(none, "reflexnocan9", 0x100)
-            .err()
-            .unwrap();
+        let err = SocketCanSink::open_with_sysfs(
+            none,
+            "reflexnocan9",
+            Codec::per_joint(0x100, 2).unwrap(),
+        )
+        .err()
+        .unwrap();
         assert!(err.message.contains("reflexnocan9"), "{err}");
     }
 }

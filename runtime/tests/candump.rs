@@ -6,6 +6,7 @@
 
 use reflex_models::manifest::{ActionLimits, ActionOutput, ActionSpec, Normalization};
 use reflex_runtime::can::{decode_per_joint, read_candump_log, CandumpSink};
+use reflex_runtime::codec::Codec;
 use reflex_runtime::io::CommandSink;
 use reflex_runtime::safety::SafetyFilter;
 
@@ -30,7 +31,13 @@ fn safe_commands_reach_the_log_intact() {
     let path = std::env::temp_dir().join(format!("reflex-candump-it-{}.log", std::process::id()));
     let base_id = 0x200;
     let epoch_offset_ns = 1_700_000_000_000_000_000;
-    let mut sink = CandumpSink::new(&path, "can0", base_id, epoch_offset_ns).unwrap();
+    let mut sink = CandumpSink::new(
+        &path,
+        "can0",
+        Codec::per_joint(base_id, 3).unwrap(),
+        epoch_offset_ns,
+    )
+    .unwrap();
 
     let mut sent = Vec::new();
     for tick in 0..200u64 {

@@ -6,6 +6,7 @@ use reflex_models::Bundle;
 use reflex_runtime::backend::{TractBackend, TractOptions};
 use reflex_runtime::can::{decode_per_joint, read_candump_log, CandumpSink};
 use reflex_runtime::clock::{Clock, ManualClock};
+use reflex_runtime::codec::Codec;
 use reflex_runtime::control::{CommandKind, ControlLoop, LoopOptions};
 use reflex_runtime::engine::{InlineRunner, Request};
 use reflex_runtime::io::{CommandSink, SinkError};
@@ -66,7 +67,13 @@ fn demo_bundle_runs_and_the_candump_log_decodes_to_the_filtered_commands() {
     let clock = ManualClock::new(1_000_000_000);
     let log_path = dir.join("can0.log");
     let sink = Tee {
-        log: CandumpSink::new(&log_path, "can0", 0x100, clock.epoch_offset_ns()).expect("sink"),
+        log: CandumpSink::new(
+            &log_path,
+            "can0",
+            Codec::from_manifest(m).expect("codec"),
+            clock.epoch_offset_ns(),
+        )
+        .expect("sink"),
         seen: vec![],
     };
     let cams = vec![ep.camera("front", ReplayMode::RealTime).expect("camera")];

@@ -540,6 +540,7 @@ fn guest_v4l2_capture() {
 /// 0x200 the state source reads back.
 #[test]
 fn guest_socketcan_state() {
+    use reflex_runtime::codec::{Codec, Frames};
     use reflex_runtime::io::{CommandSink, FaultKind, StateSource};
     use reflex_runtime::safety::SafetyFilter;
     use reflex_runtime::socketcan::{SocketCanSink, SocketCanStateSource};
@@ -572,8 +573,11 @@ fn guest_socketcan_state() {
     };
     let m = reflex_models::reference::reference_manifest(&arch, "state", capture);
     let mut filter = SafetyFilter::new(&m.action, 1000.0, false).expect("filter");
-    let mut sink = SocketCanSink::open("vcan0", 0x200).expect("sink");
-    let mut state = SocketCanStateSource::open("vcan0", 0x200, 6).expect("state source");
+    let codec = Codec::per_joint(0x200, 6).expect("codec");
+    let decoder = codec.feedback(&m.state.names, 0x200).expect("decoder");
+    let mut sink = SocketCanSink::open("vcan0", codec).expect("sink");
+    let mut state =
+        SocketCanStateSource::open("vcan0", decoder, Frames::new()).expect("state source");
     let mut out = [0f32; 6];
     assert_eq!(state.latest(0, &mut out).expect("nothing yet"), None);
 
