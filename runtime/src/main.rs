@@ -50,12 +50,83 @@ enum Cmd {
     /// Offline latency check: time the whole frame-to-command path (or the network alone) and
     /// give a PASS/FAIL verdict against the bundle's control period. Exit code 0 = PASS, 2 = FAIL.
     Bench(BenchArgs),
+    /// Motor bring-up in the bundle's CAN protocol: encode, send (through the safety filter) and
+    /// decode frames by joint name, in physical units.
+    #[command(subcommand)]
+    Can(CanCmd),
     /// Validate a bundle (manifest, hashes, graph I/O) and print what it expects.
     Check {
         /// Bundle directory (or its policy.toml).
         #[arg(long)]
         bundle: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CanCmd {
+    /// Print the frames a command would be sent as, without sending anything.
+    ///
+    /// Frames are printed as `ID#DATA` (the notation of can-utils' `cansend` and `candump -L`),
+    /// one per line on stdout, with what each one means on stderr. Values are physical, in the
+    /// bundle's action units, and go through its position limits.
+    ///
+    /// Example: reflex can encode --bundle B shoulder_pan=0.1 shoulder_lift=0 ...
+    Encode {
+        #[command(flatten)]
+        target: CanTarget,
+        /// Also print the protocol's start frames (MIT: command timeout and enable) first.
+        #[arg(long)]
+        start: bool,
+        /// Encode a stop command at these values instead of a move.
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Send a command (jog the motors): start frames, then the command through the safety filter.
+    ///
+    /// With `--state`, the filter is seeded from the measured joint positions and the
+    /// command is repeated at the control rate for `--hold` seconds, so the rate limits ramp the
+    /// joints to the target instead of jumping; without it only the position limits apply to
+    /// the single command sent (keep steps small).
+    Send {
+        #[command(flatten)]
+        target: CanTarget,
+        /// Output: a SocketCAN interface (can0, vcan0) or candump:FILE.
+        #[arg(long)]
+        can: String,
+        /// Joint state to start from: can:IFACE[:BASE_ID] (as for `reflex run`).
+        #[arg(long)]
+        state: Option<String>,
+        /// Seconds to keep sending the command at the control rate (with --state; default 2).
+        #[arg(long)]
+        hold: Option<f64>,
+        /// CAN interface name written into candump logs.
+        #[arg(long, default_value = "can0")]
+        iface: String,
+    },
+    /// Decode a candump log into joint names and values with units, like `cantools decode`.
+    ///
+    /// Reads the `candump -l` format; explains commands, the protocol's special frames (enable,
+    /// timeout) and motor replies.
+    Decode {
+        /// Bundle directory (or its policy.toml).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The candump log; `-` reads stdin.
+        log: PathBuf,
+    },
+}
+
+#[derive(Args)]
+struct CanTarget {
+    /// Bundle directory (or its policy.toml).
+    #[arg(long)]
+    bundle: PathBuf,
+    /// Run a bundle without action limits (bench setups only).
+    #[arg(long)]
+    allow_unlimited: bool,
+    /// `NAME=VALUE` for every action dimension, in its physical unit.
+    #[arg(required = true, value_name = "NAME=VALUE")]
+    values: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -179,6 +250,7 @@ fn main() {
         Cmd::Run(a) => cmd_run(a),
         Cmd::Demo(a) => cmd_demo(a),
         Cmd::Check { bundle } => cmd_check(&bundle),
+        Cmd::Can(c) => cmd_can(c),
         Cmd::Bench(a) => match cmd_bench(a) {
             Ok(true) => Ok(()),
             Ok(false) => std::process::exit(2),
@@ -461,6 +533,254 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let sink = open_sink(&bundle, &a.can, &a.iface, &clock)?;
     run_loop(&bundle, cams, state, sink, &a.engine, &clock, t_load)?;
     Ok(())
+}
+
+/// The action vector named by `NAME=VALUE` arguments, in manifest order.
+fn parse_targets(bundle: &Bundle, args: &[String]) -> Result<Vec<f32>> {
+    let names = &bundle.manifest.action.names;
+    let mut values = vec![None; names.len()];
+    for a in args {
+        let (name, v) = a
+            .split_once('=')
+            .with_context(|| format!("`{a}`: expected NAME=VALUE"))?;
+        let i = names
+            .iter()
+            .position(|n| n == name)
+            .with_context(|| format!("`{name}` is not an action name ({})", names.join(", ")))?;
+        let v: f32 = v
+            .parse()
+            .with_context(|| format!("`{a}`: `{v}` is not a number"))?;
+        if !v.is_finite() {
+            bail!("`{a}`: the value must be finite");
+        }
+        values[i] = Some(v);
+    }
+    let missing: Vec<String> = names
+        .iter()
+        .zip(&values)
+        .filter(|(_, v)| v.is_none())
+        .map(|(n, _)| n.clone())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "every action dimension needs a value (a command moves all joints); missing: {}",
+            missing.join(", ")
+        );
+    }
+    Ok(values.into_iter().flatten().collect())
+}
+
+/// The safety filter of `bundle` at its control rate, with a warning per clamped dimension.
+fn filtered(
+    filter: &mut reflex_runtime::safety::SafetyFilter,
+    bundle: &Bundle,
+    target: &[f32],
+    tick: u64,
+    warn: bool,
+) -> reflex_runtime::safety::SafeCommand {
+    let f = filter.filter(target, tick);
+    if warn {
+        let a = &bundle.manifest.action;
+        for (i, (t, v)) in target.iter().zip(f.command.values()).enumerate() {
+            if t != v {
+                eprintln!(
+                    "note: {} {t} {} -> {v} (safety filter: limits)",
+                    a.names[i], a.units[i]
+                );
+            }
+        }
+    }
+    f.command
+}
+
+fn frame_text(f: &reflex_runtime::can::CanFrame) -> String {
+    let data: String = f.data().iter().map(|b| format!("{b:02X}")).collect();
+    if f.is_extended() {
+        format!("{:08X}#{data}", f.id())
+    } else {
+        format!("{:03X}#{data}", f.id())
+    }
+}
+
+fn explain_text(codec: &Codec, f: &reflex_runtime::can::CanFrame) -> String {
+    match codec.explain(f) {
+        Some(e) => {
+            let vals: Vec<String> = e
+                .values
+                .iter()
+                .map(|(n, v, u)| {
+                    let v = format!("{v:.6}");
+                    let v = v.trim_end_matches('0').trim_end_matches('.');
+                    if u.is_empty() {
+                        format!("{n}={v}")
+                    } else {
+                        format!("{n}={v} {u}")
+                    }
+                })
+                .collect();
+            if vals.is_empty() {
+                e.what
+            } else {
+                format!("{}: {}", e.what, vals.join(" "))
+            }
+        }
+        None => format!("not a {} frame of this bundle", codec.protocol()),
+    }
+}
+
+/// Prints a line; a closed pipe (`| head`) ends the program quietly, as for other Unix tools.
+fn stdout_line(line: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.context("writing to stdout"),
+    }
+}
+
+fn cmd_can(c: CanCmd) -> Result<()> {
+    use reflex_runtime::codec::Frames;
+    use reflex_runtime::safety::SafetyFilter;
+    match c {
+        CanCmd::Encode {
+            target,
+            start,
+            stop,
+        } => {
+            let bundle = load_bundle(&target.bundle)?;
+            let codec = Codec::from_manifest(&bundle.manifest)?;
+            let values = parse_targets(&bundle, &target.values)?;
+            let m = &bundle.manifest;
+            let mut filter =
+                SafetyFilter::new(&m.action, m.control.rate_hz, target.allow_unlimited)?;
+            let mut cmd = filtered(&mut filter, &bundle, &values, 0, true);
+            if stop {
+                cmd = filter.stop(1);
+            }
+            let mut frames = Frames::new();
+            let mut out = vec![];
+            if start {
+                codec.start_frames(&mut frames)?;
+                out.extend(frames.iter().copied());
+            }
+            codec.encode(&cmd, &mut frames)?;
+            out.extend(frames.iter().copied());
+            for f in &out {
+                eprintln!("  {} = {}", frame_text(f), explain_text(&codec, f));
+                stdout_line(&frame_text(f))?;
+            }
+            Ok(())
+        }
+        CanCmd::Send {
+            target,
+            can,
+            state,
+            hold,
+            iface,
+        } => {
+            interrupt_flag()?;
+            let clock = MonotonicClock::new();
+            let bundle = load_bundle(&target.bundle)?;
+            let values = parse_targets(&bundle, &target.values)?;
+            let m = &bundle.manifest;
+            let mut filter =
+                SafetyFilter::new(&m.action, m.control.rate_hz, target.allow_unlimited)?;
+            let mut sink = open_sink(&bundle, &can, &iface, &clock)?;
+            let stop = interrupt_flag()?;
+            let Some(state_spec) = state else {
+                eprintln!(
+                    "note: no --state: the command is not rate-limited from the joints' positions"
+                );
+                let cmd = filtered(&mut filter, &bundle, &values, 0, true);
+                sink.send(&cmd, clock.now_ns())?;
+                sink.flush()?;
+                println!("sent 1 command to {can}: {:?}", cmd.values());
+                return Ok(());
+            };
+            if !state_spec.starts_with("can:") {
+                bail!("--state {state_spec}: expected can:IFACE[:BASE_ID]");
+            }
+            let mut src = open_state(&bundle, Some(&state_spec), None)?;
+            let mut st = vec![0f32; m.state.names.len()];
+            let t0 = clock.now_ns();
+            loop {
+                if src.latest(clock.now_ns(), &mut st)?.is_some() {
+                    break;
+                }
+                if clock.now_ns() - t0 > 2_000_000_000 {
+                    bail!("no joint state from {state_spec} within 2 s: nothing sent");
+                }
+                clock.sleep_until(clock.now_ns() + 2_000_000);
+            }
+            let seed: Vec<f32> = m
+                .action
+                .names
+                .iter()
+                .map(|n| {
+                    m.state
+                        .names
+                        .iter()
+                        .position(|s| s == n)
+                        .map_or(f32::NAN, |j| st[j])
+                })
+                .collect();
+            if !filter.seed(&seed) {
+                bail!(
+                    "the state from {state_spec} does not give a finite position for every action \
+                     dimension (state names must match action names): nothing sent"
+                );
+            }
+            let period = (1e9 / m.control.rate_hz) as u64;
+            let ticks = ((hold.unwrap_or(2.0) * 1e9) as u64 / period).max(1);
+            let start = clock.now_ns();
+            let mut last = None;
+            for tick in 0..ticks {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let _ = src.latest(clock.now_ns(), &mut st);
+                let cmd = filtered(&mut filter, &bundle, &values, tick, tick == 0);
+                sink.send(&cmd, clock.now_ns())?;
+                last = Some(cmd);
+                clock.sleep_until(start + (tick + 1) * period);
+            }
+            sink.flush()?;
+            if let Some(c) = last {
+                println!(
+                    "sent {ticks} commands to {can} at {} Hz; last: {:?}; measured: {:?}",
+                    m.control.rate_hz,
+                    c.values(),
+                    st
+                );
+            }
+            Ok(())
+        }
+        CanCmd::Decode { bundle, log } => {
+            let bundle = load_bundle(&bundle)?;
+            let codec = Codec::from_manifest(&bundle.manifest)?;
+            let text = if log.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(&log)
+                    .with_context(|| format!("reading {}", log.display()))?
+            };
+            for (n, line) in text.lines().enumerate() {
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let (ts, ifc, f) = reflex_runtime::can::parse_candump_line(line)
+                    .with_context(|| format!("{}:{}", log.display(), n + 1))?;
+                stdout_line(&format!(
+                    "({}.{:06}) {ifc} {}  {}",
+                    ts / 1_000_000,
+                    ts % 1_000_000,
+                    frame_text(&f),
+                    explain_text(&codec, &f)
+                ))?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn cmd_demo(a: DemoArgs) -> Result<()> {
