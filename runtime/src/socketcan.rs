@@ -615,10 +615,193 @@ impl StateSource for SocketCanStateSource {
     }
 }
 
+/// How a CAN safety input reads its frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanInputKind {
+    /// A status frame: data byte 0 non-zero = active (e-stop pressed), zero = released. With a
+    /// timeout, silence for that long (or no frame yet) also reads as active: for robots that
+    /// broadcast their e-stop state periodically, a dead e-stop controller stops the robot.
+    Level { timeout_ns: Option<u64> },
+    /// An event frame (any data): active for the one poll that sees it (an arm button).
+    Event,
+}
+
+/// A safety input (e-stop or arm button) carried on the CAN bus: frames with one ID on one
+/// interface, read without blocking on every tick.
+pub struct CanSafetyInput {
+    socket: CanSocket,
+    name: String,
+    id: u32,
+    kind: CanInputKind,
+    active: bool,
+    last_frame_ns: Option<u64>,
+}
+
+impl CanSafetyInput {
+    /// Listens for frames with `id` (standard if <= 0x7FF, else extended) on `iface`.
+    pub fn open(iface: &str, id: u32, kind: CanInputKind) -> Result<Self, String> {
+        let name = format!("can:{iface}:{id:03X}");
+        check_interface(Path::new(SYS_CLASS_NET), iface)
+            .map_err(|(_, m)| format!("{name}: {m}"))?;
+        let extended = id > crate::can::MAX_STANDARD_ID;
+        if id > crate::can::MAX_EXTENDED_ID {
+            return Err(format!("{name}: {id:#X} is not a CAN ID"));
+        }
+        let (flag, mask) = if extended {
+            (libc::CAN_EFF_FLAG, libc::CAN_EFF_MASK)
+        } else {
+            (0, libc::CAN_SFF_MASK)
+        };
+        let socket = CanSocket::open(iface)
+            .map_err(|e| format!("{name}: opening a CAN socket on `{iface}`: {e}"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(|e| format!("{name}: set_nonblocking: {e}"))?;
+        socket
+            .set_filters(&[(id | flag, mask | libc::CAN_EFF_FLAG | libc::CAN_RTR_FLAG)])
+            .map_err(|e| format!("{name}: CAN_RAW_FILTER: {e}"))?;
+        Ok(Self {
+            socket,
+            name,
+            id,
+            kind,
+            active: false,
+            last_frame_ns: None,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads the pending frames; `Err` when the interface is gone (an e-stop treats that as
+    /// pressed).
+    pub fn poll(&mut self, now_ns: u64) -> Result<bool, String> {
+        let mut event = false;
+        for _ in 0..64 {
+            let raw = match self.socket.read_raw_frame() {
+                Ok(raw) => raw,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(format!("{}: reading: {e}", self.name)),
+            };
+            let Some(frame) = from_raw_frame(&raw) else {
+                continue;
+            };
+            if frame.id() != self.id {
+                continue;
+            }
+            self.last_frame_ns = Some(now_ns);
+            match self.kind {
+                CanInputKind::Level { .. } => {
+                    self.active = frame.data().first().is_some_and(|b| *b != 0);
+                }
+                CanInputKind::Event => event = true,
+            }
+        }
+        Ok(match self.kind {
+            CanInputKind::Event => event,
+            CanInputKind::Level { timeout_ns: None } => self.active,
+            CanInputKind::Level {
+                timeout_ns: Some(t),
+            } => {
+                self.active
+                    || self
+                        .last_frame_ns
+                        .is_none_or(|last| now_ns.saturating_sub(last) > t)
+            }
+        })
+    }
+}
+
+/// Parses `can:IFACE:ID[:timeout=MS]` (ID in hex).
+pub fn parse_can_input_spec(
+    spec: &str,
+    level: bool,
+) -> Result<(String, u32, CanInputKind), String> {
+    let help = if level {
+        "expected can:IFACE:ID[:timeout=MS] (ID in hex; data byte 0 != 0 = pressed), e.g. \
+         can:can0:0E0:timeout=200"
+    } else {
+        "expected can:IFACE:ID (ID in hex; any frame with that ID = arm), e.g. can:can0:0E1"
+    };
+    let rest = spec
+        .strip_prefix("can:")
+        .ok_or_else(|| format!("`{spec}`: {help}"))?;
+    let mut parts = rest.split(':');
+    let iface = parts.next().filter(|s| !s.is_empty());
+    let id = parts.next();
+    let (Some(iface), Some(id)) = (iface, id) else {
+        return Err(format!("`{spec}`: {help}"));
+    };
+    let id = u32::from_str_radix(id.trim_start_matches("0x"), 16)
+        .map_err(|_| format!("`{spec}`: `{id}` is not a hex CAN ID; {help}"))?;
+    let mut timeout_ns = None;
+    for opt in parts {
+        match opt.strip_prefix("timeout=") {
+            Some(ms) if level => {
+                let ms: u64 = ms
+                    .trim_end_matches("ms")
+                    .parse()
+                    .map_err(|_| format!("`{spec}`: `{ms}` is not a number of ms; {help}"))?;
+                timeout_ns = Some(ms * 1_000_000);
+            }
+            _ => return Err(format!("`{spec}`: unknown option `{opt}`; {help}")),
+        }
+    }
+    let kind = if level {
+        CanInputKind::Level { timeout_ns }
+    } else {
+        CanInputKind::Event
+    };
+    Ok((iface.to_owned(), id, kind))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ::socketcan::Frame as _;
+
+    #[test]
+    fn can_input_specs() {
+        assert_eq!(
+            parse_can_input_spec("can:vcan0:0E0", true).unwrap(),
+            (
+                "vcan0".into(),
+                0xE0,
+                CanInputKind::Level { timeout_ns: None }
+            )
+        );
+        assert_eq!(
+            parse_can_input_spec("can:can1:0x18FF0001:timeout=200", true).unwrap(),
+            (
+                "can1".into(),
+                0x18FF_0001,
+                CanInputKind::Level {
+                    timeout_ns: Some(200_000_000)
+                }
+            )
+        );
+        assert_eq!(
+            parse_can_input_spec("can:vcan0:0E1", false).unwrap().2,
+            CanInputKind::Event
+        );
+        for (bad, want) in [
+            ("gpio:x", "expected can:IFACE:ID"),
+            ("can:vcan0", "expected can:IFACE:ID"),
+            ("can:vcan0:xyz", "`xyz` is not a hex CAN ID"),
+            ("can:vcan0:0E0:timeout=abc", "`abc` is not a number"),
+            ("can:vcan0:0E0:bogus", "unknown option `bogus`"),
+        ] {
+            let e = parse_can_input_spec(bad, true).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        // Arm inputs take no timeout.
+        assert!(parse_can_input_spec("can:vcan0:0E1:timeout=5", false).is_err());
+        let e = CanSafetyInput::open("reflexnocan9", 0xE0, CanInputKind::Event)
+            .err()
+            .unwrap();
+        assert!(e.contains("reflexnocan9"), "{e}");
+    }
 
     #[test]
     fn send_errors_are_classified() {
