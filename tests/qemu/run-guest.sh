@@ -70,7 +70,7 @@ root="$work/root"
 mkdir -p "$root"/{bin,usr/bin,dev,proc,sys,tmp,run,etc,lib/modules,payload}
 for applet in sh mount umount insmod poweroff sleep cat grep wc tail head ls kill mkdir date \
     sed awk tr cut sort uniq seq ps rm cp timeout printf echo true false test uptime dmesg \
-    readlink basename dirname tee md5sum od hexdump xxd find stat free; do
+    readlink ln touch basename dirname tee md5sum od hexdump xxd find stat free; do
     ln -sf busybox "$root/bin/$applet"
 done
 
