@@ -9,6 +9,11 @@
 //! Jetson specifics are read from the files NVIDIA's L4T ships (`/proc/device-tree/model`,
 //! `/etc/nv_tegra_release`, `/etc/nvpmodel.conf` state); they are untested here because no Jetson
 //! is available to this project's CI.
+//!
+//! [`input`] holds the board's safety inputs (e-stop and arm button on GPIO lines) and the status
+//! LED output.
+
+pub mod input;
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;
