@@ -4,8 +4,9 @@
 //! `cargo bench -p reflex-runtime --bench preprocess` (plain `Instant` timing, no harness).
 //! Prints median and p99 over `ITERS` runs after a warm-up, and the ratio of the medians.
 //! Arguments (other than cargo's `--bench`) select the cases whose label contains one of them.
-//! On x86-64 the default target has only SSE2; `RUSTFLAGS="-C target-cpu=x86-64-v3"` shows what
-//! AVX2 gives the same code (the loops are written to autovectorize at any width).
+//! On x86-64 the default target has only SSE2; the resampler is also compiled with AVX2+FMA and
+//! chosen at run time on CPUs that have them (the loops are written to autovectorize at any
+//! width), so this measures the AVX2 build on such CPUs.
 
 use reflex_models::manifest::{
     CameraSpec, CaptureSpec, ColorOrder, Interpolation, Layout, PixelFormat, PreprocessSpec,
