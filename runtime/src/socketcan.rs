@@ -32,6 +32,7 @@ use crate::safety::{SafeCommand, MAX_DIM};
 use ::socketcan::{
     CanDataFrame, CanSocket, EmbeddedFrame, ExtendedId, Id, Socket, SocketOptions, StandardId,
 };
+use reflex_board::input::{InputError, SafetyInput};
 use std::io;
 use std::path::Path;
 
@@ -639,13 +640,13 @@ pub struct CanSafetyInput {
 
 impl CanSafetyInput {
     /// Listens for frames with `id` (standard if <= 0x7FF, else extended) on `iface`.
-    pub fn open(iface: &str, id: u32, kind: CanInputKind) -> Result<Self, String> {
+    pub fn open(iface: &str, id: u32, kind: CanInputKind) -> Result<Self, InputError> {
         let name = format!("can:{iface}:{id:03X}");
-        check_interface(Path::new(SYS_CLASS_NET), iface)
-            .map_err(|(_, m)| format!("{name}: {m}"))?;
+        let fail = |m: String| InputError::new(name.clone(), m);
+        check_interface(Path::new(SYS_CLASS_NET), iface).map_err(|(_, m)| fail(m))?;
         let extended = id > crate::can::MAX_STANDARD_ID;
         if id > crate::can::MAX_EXTENDED_ID {
-            return Err(format!("{name}: {id:#X} is not a CAN ID"));
+            return Err(fail(format!("{id:#X} is not a CAN ID")));
         }
         let (flag, mask) = if extended {
             (libc::CAN_EFF_FLAG, libc::CAN_EFF_MASK)
@@ -653,13 +654,13 @@ impl CanSafetyInput {
             (0, libc::CAN_SFF_MASK)
         };
         let socket = CanSocket::open(iface)
-            .map_err(|e| format!("{name}: opening a CAN socket on `{iface}`: {e}"))?;
+            .map_err(|e| fail(format!("opening a CAN socket on `{iface}`: {e}")))?;
         socket
             .set_nonblocking(true)
-            .map_err(|e| format!("{name}: set_nonblocking: {e}"))?;
+            .map_err(|e| fail(format!("set_nonblocking: {e}")))?;
         socket
             .set_filters(&[(id | flag, mask | libc::CAN_EFF_FLAG | libc::CAN_RTR_FLAG)])
-            .map_err(|e| format!("{name}: CAN_RAW_FILTER: {e}"))?;
+            .map_err(|e| fail(format!("CAN_RAW_FILTER: {e}")))?;
         Ok(Self {
             socket,
             name,
@@ -669,20 +670,22 @@ impl CanSafetyInput {
             last_frame_ns: None,
         })
     }
+}
 
-    pub fn name(&self) -> &str {
+impl SafetyInput for CanSafetyInput {
+    fn name(&self) -> &str {
         &self.name
     }
 
-    /// Reads the pending frames; `Err` when the interface is gone (an e-stop treats that as
-    /// pressed).
-    pub fn poll(&mut self, now_ns: u64) -> Result<bool, String> {
+    /// Reads the pending frames; `Err` when the interface is down or gone (an e-stop treats that
+    /// as pressed).
+    fn poll(&mut self, now_ns: u64) -> Result<bool, InputError> {
         let mut event = false;
         for _ in 0..64 {
             let raw = match self.socket.read_raw_frame() {
                 Ok(raw) => raw,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(format!("{}: reading: {e}", self.name)),
+                Err(e) => return Err(InputError::new(self.name.clone(), format!("reading: {e}"))),
             };
             let Some(frame) = from_raw_frame(&raw) else {
                 continue;
@@ -800,7 +803,7 @@ mod tests {
         let e = CanSafetyInput::open("reflexnocan9", 0xE0, CanInputKind::Event)
             .err()
             .unwrap();
-        assert!(e.contains("reflexnocan9"), "{e}");
+        assert!(e.to_string().contains("reflexnocan9"), "{e}");
     }
 
     #[test]
