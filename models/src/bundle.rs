@@ -328,6 +328,13 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
                 format!("size {}x{} out of range", cap.width, cap.height),
             ));
         }
+        if cap.format == PixelFormat::Nv12 && (cap.width % 2 != 0 || cap.height % 2 != 0) {
+            return Err(BundleError::field(
+                path,
+                f("capture"),
+                "NV12 needs an even width and height",
+            ));
+        }
         if cap.format == PixelFormat::Yuyv && cap.width % 2 != 0 {
             return Err(BundleError::field(
                 path,

@@ -138,6 +138,10 @@ pub enum PixelFormat {
     Grey,
     /// Motion JPEG: one baseline JPEG per frame.
     Mjpeg,
+    /// Planar YUV 4:2:0: the Y plane, then one interleaved U, V plane at half width and height
+    /// (CSI cameras and ISPs). Converted per pixel exactly like YUYV, each 2x2 block sharing its
+    /// chroma sample.
+    Nv12,
 }
 
 impl PixelFormat {
@@ -147,6 +151,7 @@ impl PixelFormat {
             PixelFormat::Rgb24 => "rgb24",
             PixelFormat::Grey => "grey",
             PixelFormat::Mjpeg => "mjpeg",
+            PixelFormat::Nv12 => "nv12",
         }
     }
 }

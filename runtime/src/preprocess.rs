@@ -194,6 +194,10 @@ enum RowDecode {
     YuyvRgb,
     /// YUYV -> RGB -> PIL luma, one channel.
     YuyvLuma,
+    /// NV12 -> the planes of [`RowDecode::YuyvRgb`].
+    Nv12Rgb,
+    /// NV12 -> RGB -> PIL luma, one channel.
+    Nv12Luma,
     /// RGB24 (or decoded MJPEG) -> R, G, B.
     RgbRgb,
     /// RGB24 (or decoded MJPEG) -> PIL luma, one channel.
@@ -206,8 +210,10 @@ impl RowDecode {
     /// Three channels (R, G, B) per pixel, or one.
     fn colour(self) -> bool {
         match self {
-            RowDecode::YuyvRgb | RowDecode::RgbRgb => true,
-            RowDecode::YuyvLuma | RowDecode::RgbLuma | RowDecode::Grey => false,
+            RowDecode::YuyvRgb | RowDecode::Nv12Rgb | RowDecode::RgbRgb => true,
+            RowDecode::YuyvLuma | RowDecode::Nv12Luma | RowDecode::RgbLuma | RowDecode::Grey => {
+                false
+            }
         }
     }
 }
@@ -428,6 +434,55 @@ fn yuyv_rgb_row(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+/// One NV12 row span: its Y row and the interleaved U, V row it shares with its neighbour
+/// row -> the 6 planes of [`yuyv_rgb_row`] (same conversion, pixel pairs sharing chroma).
+#[inline(always)]
+fn nv12_rgb_row(y: &[u8], uv: &[u8], dst: &mut [f32]) {
+    let n = y.len() / 2;
+    let (re, rest) = dst.split_at_mut(n);
+    let (ge, rest) = rest.split_at_mut(n);
+    let (be, rest) = rest.split_at_mut(n);
+    let (ro, rest) = rest.split_at_mut(n);
+    let (go, rest) = rest.split_at_mut(n);
+    let bo = &mut rest[..n];
+    for (i, (yy, c)) in y
+        .chunks_exact(2)
+        .zip(uv.chunks_exact(2))
+        .enumerate()
+        .take(n)
+    {
+        let y0 = yuv_luma(yy[0]);
+        let y1 = yuv_luma(yy[1]);
+        let [cr, cg, cb] = yuv_chroma(c[0], c[1]);
+        re[i] = to_level(y0 + cr);
+        ge[i] = to_level(y0 + cg);
+        be[i] = to_level(y0 + cb);
+        ro[i] = to_level(y1 + cr);
+        go[i] = to_level(y1 + cg);
+        bo[i] = to_level(y1 + cb);
+    }
+}
+
+#[inline(always)]
+fn nv12_luma_row(y: &[u8], uv: &[u8], dst: &mut [f32]) {
+    let luma = |y: f32, c: &[f32; 3]| {
+        pil_luma(
+            to_level(y + c[0]) as u32,
+            to_level(y + c[1]) as u32,
+            to_level(y + c[2]) as u32,
+        )
+    };
+    for ((yy, c), d) in y
+        .chunks_exact(2)
+        .zip(uv.chunks_exact(2))
+        .zip(dst.chunks_exact_mut(2))
+    {
+        let c = yuv_chroma(c[0], c[1]);
+        d[0] = luma(yuv_luma(yy[0]), &c);
+        d[1] = luma(yuv_luma(yy[1]), &c);
+    }
+}
+
 /// The 6 planes of [`yuyv_rgb_row`] -> R, G, B per pixel, in pixel order.
 #[inline(always)]
 fn yuyv_planes_to_rgb(planes: &[f32], dst: &mut [f32]) {
@@ -604,8 +659,10 @@ struct Source<'a> {
     bytes: &'a [u8],
     /// Bytes per frame row.
     row_bytes: usize,
-    /// Bytes per pixel (YUYV: 2).
+    /// Bytes per pixel (YUYV: 2; NV12: 1, its Y plane).
     pixel_bytes: usize,
+    /// NV12: where the interleaved U, V plane starts (its rows are `row_bytes` long too).
+    uv_offset: usize,
 }
 
 /// Buffers and tables of the resampling, apart from the JPEG buffer so that a run can read the
@@ -689,6 +746,15 @@ impl Resampler {
                 match self.decode {
                     RowDecode::YuyvRgb => yuyv_rgb_row(bytes, dst),
                     RowDecode::YuyvLuma => yuyv_luma_row(bytes, dst),
+                    RowDecode::Nv12Rgb | RowDecode::Nv12Luma => {
+                        let at = src.uv_offset + (self.y0 + iy) / 2 * src.row_bytes + self.x0;
+                        let uv = &src.bytes[at..at + self.span];
+                        if self.decode == RowDecode::Nv12Rgb {
+                            nv12_rgb_row(bytes, uv, dst);
+                        } else {
+                            nv12_luma_row(bytes, uv, dst);
+                        }
+                    }
                     RowDecode::RgbRgb | RowDecode::Grey => bytes_row(bytes, dst),
                     RowDecode::RgbLuma => rgb_luma_row(bytes, dst),
                 }
@@ -709,7 +775,7 @@ impl Resampler {
                 });
                 &self.acc
             };
-            let hin: &[f32] = if self.decode == RowDecode::YuyvRgb {
+            let hin: &[f32] = if matches!(self.decode, RowDecode::YuyvRgb | RowDecode::Nv12Rgb) {
                 yuyv_planes_to_rgb(&vrow[..self.row_len], &mut self.pix);
                 &self.pix
             } else {
@@ -780,6 +846,14 @@ impl Preprocessor {
                 cap.width
             )));
         }
+        if cap.format == PixelFormat::Nv12
+            && !(cap.width.is_multiple_of(2) && cap.height.is_multiple_of(2))
+        {
+            return Err(spec_err(format!(
+                "NV12 needs an even capture width and height, not {}x{}",
+                cap.width, cap.height
+            )));
+        }
         let crop = p.crop.unwrap_or(CropSpec {
             x: 0,
             y: 0,
@@ -826,6 +900,8 @@ impl Preprocessor {
         let decode = match (cap.format, p.color) {
             (PixelFormat::Yuyv, ColorOrder::Grey) => RowDecode::YuyvLuma,
             (PixelFormat::Yuyv, _) => RowDecode::YuyvRgb,
+            (PixelFormat::Nv12, ColorOrder::Grey) => RowDecode::Nv12Luma,
+            (PixelFormat::Nv12, _) => RowDecode::Nv12Rgb,
             (PixelFormat::Rgb24 | PixelFormat::Mjpeg, ColorOrder::Grey) => RowDecode::RgbLuma,
             (PixelFormat::Rgb24 | PixelFormat::Mjpeg, _) => RowDecode::RgbRgb,
             (PixelFormat::Grey, _) => RowDecode::Grey,
@@ -834,7 +910,7 @@ impl Preprocessor {
         let (cx, cw) = (crop.x as usize, crop.width as usize);
         // YUYV rows are decoded from the pixel pair holding the crop's left edge; the
         // horizontal taps are shifted by that lead.
-        let (x0, lead, span) = if cap.format == PixelFormat::Yuyv {
+        let (x0, lead, span) = if matches!(cap.format, PixelFormat::Yuyv | PixelFormat::Nv12) {
             let x0 = cx & !1;
             (x0, cx - x0, ((cx + cw + 1) & !1) - x0)
         } else {
@@ -891,7 +967,7 @@ impl Preprocessor {
                 ring: vec![0.0; ring_rows * (row_len + 1)],
                 ring_rows,
                 acc: vec![0.0; row_len + 1],
-                pix: if decode == RowDecode::YuyvRgb {
+                pix: if matches!(decode, RowDecode::YuyvRgb | RowDecode::Nv12Rgb) {
                     vec![0.0; row_len + 1]
                 } else {
                     Vec::new()
@@ -948,13 +1024,17 @@ impl Preprocessor {
         let pixel_bytes = match format {
             PixelFormat::Yuyv => 2,
             PixelFormat::Rgb24 | PixelFormat::Mjpeg => 3,
-            PixelFormat::Grey => 1,
+            PixelFormat::Grey | PixelFormat::Nv12 => 1,
         };
         let bytes = if format == PixelFormat::Mjpeg {
             self.decode_jpeg(data)?;
             &self.jpeg[..]
         } else {
-            let expected = w * h * pixel_bytes;
+            let expected = if format == PixelFormat::Nv12 {
+                w * h * 3 / 2
+            } else {
+                w * h * pixel_bytes
+            };
             if data.len() != expected {
                 return Err(PreprocessError::FrameLength {
                     camera: self.camera.clone(),
@@ -971,6 +1051,7 @@ impl Preprocessor {
             bytes,
             row_bytes: w * pixel_bytes,
             pixel_bytes,
+            uv_offset: w * h,
         };
         self.resampler.run(src, out);
         Ok(())
@@ -1066,6 +1147,74 @@ mod tests {
         }
     }
 
+    /// NV12 is YUYV with chroma shared by row pairs too: a YUYV frame whose row pairs share
+    /// chroma and its NV12 repacking preprocess to the same bits, with odd crops included.
+    #[test]
+    fn nv12_matches_yuyv_with_shared_chroma() {
+        let (w, h) = (32usize, 24usize);
+        let byte = |i: usize| (i * 7919 % 251) as u8;
+        let mut yuyv = vec![0u8; w * h * 2];
+        let mut nv12 = vec![0u8; w * h * 3 / 2];
+        for y in 0..h {
+            for x in (0..w).step_by(2) {
+                let (y0, y1) = (byte(y * w + x), byte(y * w + x + 1 + 1000));
+                let (u, v) = (byte((y / 2) * w + x + 5000), byte((y / 2) * w + x + 9000));
+                yuyv[(y * w + x) * 2..][..4].copy_from_slice(&[y0, u, y1, v]);
+                nv12[y * w + x] = y0;
+                nv12[y * w + x + 1] = y1;
+                nv12[w * h + (y / 2) * w + x..][..2].copy_from_slice(&[u, v]);
+            }
+        }
+        for (crop, color) in [
+            (None, ColorOrder::Rgb),
+            (Some((3, 5, 21, 15)), ColorOrder::Bgr),
+            (Some((1, 1, 30, 22)), ColorOrder::Grey),
+        ] {
+            let run_fmt = |fmt: PixelFormat, data: &[u8]| {
+                let c = cam(
+                    (w as u32, h as u32, fmt),
+                    crop,
+                    (11, 9, Interpolation::Bilinear, true),
+                    color,
+                );
+                let mut p = Preprocessor::new(&c).unwrap();
+                let mut out = vec![0f32; p.output_len()];
+                p.run(data, w as u32, h as u32, fmt, &mut out).unwrap();
+                out
+            };
+            let a = run_fmt(PixelFormat::Yuyv, &yuyv);
+            let b = run_fmt(PixelFormat::Nv12, &nv12);
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{crop:?} {color:?}"
+            );
+        }
+        // Odd sizes and wrong lengths are refused, naming the camera.
+        let c = cam(
+            (32, 23, PixelFormat::Nv12),
+            None,
+            (8, 8, Interpolation::Bilinear, true),
+            ColorOrder::Rgb,
+        );
+        let e = Preprocessor::new(&c).unwrap_err().to_string();
+        assert!(
+            e.contains("NV12 needs an even capture width and height"),
+            "{e}"
+        );
+        let c = cam(
+            (32, 24, PixelFormat::Nv12),
+            None,
+            (8, 8, Interpolation::Bilinear, true),
+            ColorOrder::Rgb,
+        );
+        let mut p = Preprocessor::new(&c).unwrap();
+        let mut out = vec![0f32; p.output_len()];
+        let e = p
+            .run(&nv12[..w * h], 32, 24, PixelFormat::Nv12, &mut out)
+            .unwrap_err();
+        assert!(e.to_string().contains("top"), "{e}");
+    }
+
     /// The run-time dispatch (AVX2 on CPUs that have it) and the portable build of the same
     /// loops give bit-identical outputs, for every decode path.
     #[test]
@@ -1098,6 +1247,7 @@ mod tests {
                 bytes: &data,
                 row_bytes: 64 * bpp,
                 pixel_bytes: bpp,
+                uv_offset: 0,
             };
             p.resampler.run_portable(src, &mut b);
             let same = a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits());

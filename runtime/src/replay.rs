@@ -458,6 +458,14 @@ fn render_frame(
             ]
         }
     };
+    // BT.601 limited range, the inverse of what the preprocessor decodes.
+    let yuv = |[r, g, b]: [u8; 3]| {
+        let (r, g, b) = (r as f32, g as f32, b as f32);
+        let y = 16.0 + 0.257 * r + 0.504 * g + 0.098 * b;
+        let u = 128.0 - 0.148 * r - 0.291 * g + 0.439 * b;
+        let v = 128.0 + 0.439 * r - 0.368 * g - 0.071 * b;
+        (y.round() as u8, u.round() as u8, v.round() as u8)
+    };
     match fmt {
         PixelFormat::Rgb24 => {
             for y in 0..h {
@@ -477,14 +485,6 @@ fn render_frame(
             }
         }
         PixelFormat::Yuyv => {
-            // BT.601 limited range, the inverse of what the preprocessor decodes.
-            let yuv = |[r, g, b]: [u8; 3]| {
-                let (r, g, b) = (r as f32, g as f32, b as f32);
-                let y = 16.0 + 0.257 * r + 0.504 * g + 0.098 * b;
-                let u = 128.0 - 0.148 * r - 0.291 * g + 0.439 * b;
-                let v = 128.0 + 0.439 * r - 0.368 * g - 0.071 * b;
-                (y.round() as u8, u.round() as u8, v.round() as u8)
-            };
             for y in 0..h {
                 for x in (0..w).step_by(2) {
                     let (y0, u0, v0) = yuv(rgb(x, y));
@@ -498,12 +498,29 @@ fn render_frame(
                 }
             }
         }
-        PixelFormat::Mjpeg => {
-            return Err(
-                "the synthetic generator writes raw formats only (yuyv, rgb24, grey), not mjpeg"
-                    .into(),
-            )
+        PixelFormat::Nv12 => {
+            // The Y plane, then each 2x2 block's averaged U, V.
+            for y in 0..h {
+                for x in 0..w {
+                    out.push(yuv(rgb(x, y)).0);
+                }
+            }
+            for y in (0..h).step_by(2) {
+                for x in (0..w).step_by(2) {
+                    let px = [(x, y), (x + 1, y), (x, y + 1), (x + 1, y + 1)].map(|(x, y)| {
+                        let (_, u, v) = yuv(rgb(x.min(w - 1), y.min(h - 1)));
+                        (u as u16, v as u16)
+                    });
+                    let u = px.iter().map(|p| p.0).sum::<u16>() / 4;
+                    let v = px.iter().map(|p| p.1).sum::<u16>() / 4;
+                    out.extend_from_slice(&[u as u8, v as u8]);
+                }
+            }
         }
+        PixelFormat::Mjpeg => return Err(
+            "the synthetic generator writes raw formats only (yuyv, nv12, rgb24, grey), not mjpeg"
+                .into(),
+        ),
     }
     Ok(())
 }

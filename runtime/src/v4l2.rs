@@ -8,7 +8,7 @@
 //! against the kernel's ioctl numbers at compile time.
 //!
 //! # Behaviour
-//! - **Open** negotiates the bundle's [`CaptureSpec`]: pixel format (YUYV, GREY, RGB24, MJPEG),
+//! - **Open** negotiates the bundle's [`CaptureSpec`]: pixel format (YUYV, NV12, GREY, RGB24, MJPEG),
 //!   size and frame rate. A format the device does not offer is an error that lists what it
 //!   does offer; a size it cannot do exactly is an error naming the size it proposed. A frame
 //!   rate it cannot do is only a warning (the loop copes with any rate).
@@ -247,16 +247,27 @@ pub fn pixel_fourcc(format: PixelFormat) -> u32 {
         PixelFormat::Grey => fourcc(b"GREY"),
         PixelFormat::Rgb24 => fourcc(b"RGB3"),
         PixelFormat::Mjpeg => fourcc(b"MJPG"),
+        PixelFormat::Nv12 => fourcc(b"NV12"),
     }
 }
 
-/// Bytes per pixel of the uncompressed formats (`None`: compressed, variable size).
+/// Bytes per pixel of the first plane of the uncompressed formats (`None`: compressed,
+/// variable size).
 fn bytes_per_pixel(format: PixelFormat) -> Option<u32> {
     match format {
         PixelFormat::Yuyv => Some(2),
-        PixelFormat::Grey => Some(1),
+        PixelFormat::Grey | PixelFormat::Nv12 => Some(1),
         PixelFormat::Rgb24 => Some(3),
         PixelFormat::Mjpeg => None,
+    }
+}
+
+/// Bytes of one uncompressed frame (NV12: the Y plane and the half-height U, V plane).
+fn frame_bytes(format: PixelFormat, width: u32, height: u32) -> Option<usize> {
+    let (w, h) = (width as usize, height as usize);
+    match format {
+        PixelFormat::Nv12 => Some(w * h * 3 / 2),
+        _ => bytes_per_pixel(format).map(|b| w * h * b as usize),
     }
 }
 
@@ -505,8 +516,7 @@ impl Device {
                 ),
             ));
         }
-        let frame_len =
-            bytes_per_pixel(spec.format).map(|b| (spec.width * spec.height * b) as usize);
+        let frame_len = frame_bytes(spec.format, spec.width, spec.height);
         if let Some(b) = bytes_per_pixel(spec.format) {
             if pix.bytesperline != 0 && pix.bytesperline != spec.width * b {
                 return Err((
@@ -911,6 +921,16 @@ mod tests {
         assert_eq!(pixel_fourcc(PixelFormat::Grey), 0x5945_5247);
         assert_eq!(pixel_fourcc(PixelFormat::Rgb24), 0x3342_4752);
         assert_eq!(pixel_fourcc(PixelFormat::Mjpeg), 0x4750_4A4D);
+        assert_eq!(fourcc_str(pixel_fourcc(PixelFormat::Nv12)), "NV12");
+        assert_eq!(
+            frame_bytes(PixelFormat::Nv12, 320, 180),
+            Some(320 * 180 * 3 / 2)
+        );
+        assert_eq!(
+            frame_bytes(PixelFormat::Yuyv, 320, 180),
+            Some(320 * 180 * 2)
+        );
+        assert_eq!(frame_bytes(PixelFormat::Mjpeg, 320, 180), None);
         assert_eq!(fourcc_str(0x5659_5559), "YUYV");
         assert_eq!(fourcc_str(fourcc(b"Y10 ")), "Y10");
         assert_eq!(fourcc_str(0x0001_4142), "BA??");

@@ -129,12 +129,12 @@ impl Case {
 
     fn frame_len(&self) -> usize {
         let (w, h, f) = self.capture;
-        let bpp = match f {
-            PixelFormat::Yuyv => 2,
-            PixelFormat::Rgb24 | PixelFormat::Mjpeg => 3,
-            PixelFormat::Grey => 1,
-        };
-        (w * h) as usize * bpp
+        match f {
+            PixelFormat::Yuyv => (w * h) as usize * 2,
+            PixelFormat::Rgb24 | PixelFormat::Mjpeg => (w * h) as usize * 3,
+            PixelFormat::Grey => (w * h) as usize,
+            PixelFormat::Nv12 => (w * h) as usize * 3 / 2,
+        }
     }
 }
 
