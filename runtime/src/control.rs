@@ -8,12 +8,20 @@
 //! watchdog's number of periods, or a camera is lost, or on shutdown, it gets a stop command.
 //!
 //! Decisions, in priority order, for each tick:
-//! 1. shutdown requested or a fatal fault -> stop;
+//! 1. shutdown requested or a fatal fault -> stop; the e-stop ([`EStop`], when configured, polled
+//!    first in every tick) tripped or not re-armed yet -> stop, no inference, and any inference
+//!    that arrives is discarded;
 //! 2. a camera reported its device gone (`Degraded`) -> stop (latched until frames return);
 //! 3. a frame older than its camera's `max_age_ms`, or state older than `state.max_age_ms`
 //!    -> hold (the stale observation is not used for inference either);
 //! 4. the plan has an action for this tick -> filter and send it (a "fresh" command);
 //! 5. otherwise hold; after `watchdog_periods` ticks without a fresh command -> stop.
+//!
+//! When the e-stop is re-armed the loop starts over as after warm-up: the old plan is forgotten,
+//! the safety filter is reseeded from the measured state (so the first command after the stop is
+//! rate limited from where the robot is now, not from where it was commanded before the stop), a
+//! new inference is due at once, results of inferences submitted before the re-arm are discarded,
+//! and the robot holds until the new plan arrives (the watchdog counts from the re-arm).
 //!
 //! The tick allocates nothing and formats no text (logs on fault transitions only), which the
 //! counting-allocator test in `tests/` checks.
@@ -21,6 +29,7 @@
 use crate::action::ActionPlanner;
 use crate::clock::Clock;
 use crate::engine::InferenceRunner;
+use crate::estop::{EStop, EStopStatus};
 use crate::io::{Camera, CommandSink, FaultKind, StateSource};
 use crate::preprocess::Preprocessor;
 use crate::safety::{SafeCommand, SafetyError, SafetyFilter};
@@ -75,6 +84,8 @@ pub enum HoldReason {
     CameraLost,
     Watchdog,
     Shutdown,
+    /// The e-stop is pressed, or was released and not re-armed yet.
+    EStop,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +121,8 @@ pub struct LoopCounters {
     pub rejected_nonfinite: u64,
     /// Ticks that started later than one period after the previous one.
     pub missed_deadlines: u64,
+    /// Ticks stopped by the e-stop (tripped, or released and not re-armed yet).
+    pub estop_ticks: u64,
 }
 
 /// Control tick index of time `t_ns`, tick 0 being at `t0` (rounded to the nearest tick).
@@ -152,6 +165,13 @@ pub struct ControlLoop<C: Camera, S: StateSource, K: CommandSink, R: InferenceRu
     /// Capture time of the observation behind the current plan.
     plan_obs_ns: Option<u64>,
     stopped: bool,
+    estop: Option<EStop>,
+    /// The tick of the last e-stop re-arm: results of inferences submitted before it are stale.
+    rearm_tick: Option<u64>,
+    /// For each action dimension, the state dimension of the same name (rate limiter seeding).
+    seed_map: Vec<Option<usize>>,
+    /// The seed's buffer, one value per action dimension.
+    seed_buf: Vec<f32>,
     pub counters: LoopCounters,
     pub timings: StageTimings,
 }
@@ -203,6 +223,12 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             .map(|i| manifest.state.normalization.affine(i))
             .collect();
         let filter = SafetyFilter::new(&manifest.action, rate, opts.allow_unlimited)?;
+        let seed_map: Vec<Option<usize>> = manifest
+            .action
+            .names
+            .iter()
+            .map(|an| manifest.state.names.iter().position(|s| s == an))
+            .collect();
         Ok(ControlLoop {
             cameras: slots,
             state_src,
@@ -226,6 +252,10 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             watchdog_periods: manifest.control.watchdog_periods as u64,
             plan_obs_ns: None,
             stopped: false,
+            estop: None,
+            rearm_tick: None,
+            seed_buf: vec![0.0; seed_map.len()],
+            seed_map,
             counters: LoopCounters::default(),
             timings: StageTimings::new(),
         })
@@ -245,6 +275,18 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
     }
     pub fn filter(&self) -> &SafetyFilter {
         &self.filter
+    }
+
+    /// Adds an e-stop: polled first in every tick; while it is not armed the loop sends stop
+    /// commands and runs no inference (see the module documentation for the re-arm).
+    pub fn with_estop(mut self, estop: EStop) -> Self {
+        self.estop = Some(estop);
+        self
+    }
+
+    /// The e-stop, if one was added (its state and counters, for reports).
+    pub fn estop(&self) -> Option<&EStop> {
+        self.estop.as_ref()
     }
 
     /// Seeds the safety filter's rate limiter with a reference command (e.g. measured joint
@@ -338,14 +380,60 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
                 .is_some_and(|c| now_ns.saturating_sub(c) <= self.state_max_age_ns)
     }
 
-    fn take_result(&mut self, tick: u64) -> bool {
+    /// Seeds the safety filter's rate limiter from the measured state, for the action dimensions
+    /// that share a name with a state dimension (all of them must, else it is not seeded).
+    /// Allocates nothing. Returns whether it seeded.
+    fn seed_from_state(&mut self) -> bool {
+        if self.state_ns.is_none() {
+            return false;
+        }
+        let mut any = false;
+        for (dst, src) in self.seed_buf.iter_mut().zip(&self.seed_map) {
+            *dst = match src {
+                Some(j) => {
+                    any = true;
+                    self.state_raw[*j]
+                }
+                None => f32::NAN,
+            };
+        }
+        if any && self.seed_buf.iter().all(|v| v.is_finite()) {
+            self.filter.seed(&self.seed_buf)
+        } else {
+            if any {
+                log::warn!("only some action names match state names; rate limiter not seeded");
+            }
+            false
+        }
+    }
+
+    /// The e-stop was re-armed at `tick`: start over as after warm-up (see the module doc).
+    fn rearm(&mut self, tick: u64, now_ns: u64) {
+        self.planner.reset();
+        self.plan_obs_ns = None;
+        if self.state_fresh(now_ns) && !self.seed_from_state() {
+            // The filter keeps its last command (the stop position) as the reference.
+            log::debug!("e-stop re-armed without a state seed");
+        }
+        self.last_submit_tick = None;
+        self.overrun_counted = false;
+        self.last_fresh_tick = Some(tick);
+        self.rearm_tick = Some(tick);
+    }
+
+    /// Takes a finished inference, if any, into the plan. With `discard`, or when it was
+    /// submitted before the last e-stop re-arm, the result is dropped unread.
+    fn take_result(&mut self, tick: u64, discard: bool) -> bool {
         let t = Instant::now();
         let (t0, period) = (self.t0_ns, self.period_ns);
+        let rearm_tick = self.rearm_tick;
         let Some(req) = self.runner.poll() else {
             return false;
         };
         let mut received = false;
-        if let Some(e) = &req.error {
+        if discard || rearm_tick.is_some_and(|r| req.submit_tick < r) {
+            log::trace!("inference result discarded (e-stop)");
+        } else if let Some(e) = &req.error {
             self.counters.inference_errors += 1;
             log::warn!("{e}");
         } else if req.output.iter().any(|v| !v.is_finite()) {
@@ -439,12 +527,21 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         self.last_tick = Some(tick);
         self.counters.ticks += 1;
 
+        let estop = match &mut self.estop {
+            Some(e) => e.poll(now_ns),
+            None => EStopStatus::Run,
+        };
+        let estopped = estop == EStopStatus::Stopped;
+
         self.poll_inputs(now_ns)?;
         let camera_lost = self.cameras.iter().any(|s| s.lost);
         let frames_fresh = self.frames_fresh(now_ns);
         let state_fresh = self.state_fresh(now_ns);
+        if estop == EStopStatus::Rearmed {
+            self.rearm(tick, now_ns);
+        }
 
-        let mut chunk_received = self.take_result(tick);
+        let mut chunk_received = self.take_result(tick, estopped);
         let due = match self.last_submit_tick {
             None => true,
             Some(last) => {
@@ -453,7 +550,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             }
         };
         let mut submitted = false;
-        if due && frames_fresh && state_fresh && !camera_lost && !self.stopped {
+        if due && frames_fresh && state_fresh && !camera_lost && !self.stopped && !estopped {
             if self.runner.in_flight() {
                 if !self.overrun_counted {
                     self.counters.overruns += 1;
@@ -462,7 +559,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             } else {
                 submitted = self.submit(tick)?;
                 // An inline runner finishes at submit: take its result in this same tick.
-                chunk_received |= self.take_result(tick);
+                chunk_received |= self.take_result(tick, false);
             }
         }
 
@@ -473,6 +570,9 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
                 CommandKind::Stop,
                 HoldReason::Shutdown,
             )
+        } else if estopped {
+            self.counters.estop_ticks += 1;
+            (self.filter.stop(tick), CommandKind::Stop, HoldReason::EStop)
         } else if camera_lost {
             (
                 self.filter.stop(tick),
@@ -559,10 +659,13 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
     /// Waits (on `clock`) until every camera and the state source have delivered, runs the first
     /// inference to completion, and seeds the safety filter from the measured state for action
     /// dimensions that share a name with a state dimension. Returns the first inference's time.
+    ///
+    /// `_manifest` is the bundle's the loop was built for (kept for callers; the names were
+    /// matched at construction).
     pub fn warm_up(
         &mut self,
         clock: &impl Clock,
-        manifest: &Manifest,
+        _manifest: &Manifest,
         timeout_ns: u64,
     ) -> Result<u64, LoopError> {
         let start = clock.now_ns();
@@ -589,21 +692,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             clock.sleep_until(now + 2_000_000);
         }
         // Seed the rate limiter from measured joint positions where names match.
-        if self.state_ns.is_some() {
-            let mut seed = vec![f32::NAN; manifest.action.names.len()];
-            let mut any = false;
-            for (i, an) in manifest.action.names.iter().enumerate() {
-                if let Some(j) = manifest.state.names.iter().position(|s| s == an) {
-                    seed[i] = self.state_raw[j];
-                    any = true;
-                }
-            }
-            if any && seed.iter().all(|v| v.is_finite()) {
-                self.filter.seed(&seed);
-            } else if any {
-                log::warn!("only some action names match state names; rate limiter not seeded");
-            }
-        }
+        self.seed_from_state();
         let now = clock.now_ns();
         self.t0_ns = Some(now);
         self.submit(0)?;
@@ -618,7 +707,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         // Keep the result: it becomes the first plan. Tick 0 stays at the observation, so the
         // first real tick (one inference later) skips the steps that are already past, exactly
         // like any later chunk.
-        self.take_result(0);
+        self.take_result(0, false);
         self.last_submit_tick = Some(0);
         Ok(infer_ns)
     }

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod codec;
 pub mod control;
 pub mod engine;
+pub mod estop;
 pub mod io;
 pub mod preprocess;
 pub mod replay;

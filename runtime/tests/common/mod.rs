@@ -177,3 +177,24 @@ impl<F: FnMut(u64, &mut [f32]) + Send> PolicyBackend for FnBackend<F> {
         &self.out
     }
 }
+
+/// State the test changes between ticks (e.g. the robot pushed by hand while stopped); always
+/// fresh.
+pub struct SharedState(pub Rc<std::cell::RefCell<Vec<f32>>>);
+
+impl SharedState {
+    pub fn new(values: &[f32]) -> (Self, Rc<std::cell::RefCell<Vec<f32>>>) {
+        let v = Rc::new(std::cell::RefCell::new(values.to_vec()));
+        (SharedState(v.clone()), v)
+    }
+}
+
+impl StateSource for SharedState {
+    fn name(&self) -> &str {
+        "shared"
+    }
+    fn latest(&mut self, now_ns: u64, out: &mut [f32]) -> Result<Option<u64>, StateError> {
+        out.copy_from_slice(&self.0.borrow());
+        Ok(Some(now_ns))
+    }
+}
