@@ -170,6 +170,21 @@ struct RunArgs {
     /// CAN interface name written into candump logs.
     #[arg(long, default_value = "can0")]
     iface: String,
+    /// E-stop input. Pressed (or unreadable) = every tick sends the stop command; the loop
+    /// resumes only after it is released and re-armed with `--arm`.
+    /// `gpio:CHIP:LINE[:active-low][:debounce=MS]` (a line of /dev/gpiochipN, release debounced,
+    /// default 20 ms) or `can:IFACE:ID[:timeout=MS]` (frames with that hex ID, data byte 0 != 0 =
+    /// pressed; with a timeout, silence for that long also counts as pressed).
+    #[arg(long, value_name = "SPEC")]
+    estop: Option<String>,
+    /// Re-arm input after an e-stop: `gpio:CHIP:LINE[:active-low]` (a button: its press re-arms)
+    /// or `can:IFACE:ID` (any frame with that ID re-arms). Without it, a tripped e-stop needs a
+    /// restart of reflex.
+    #[arg(long, value_name = "SPEC", requires = "estop")]
+    arm: Option<String>,
+    /// Status LED: `gpio:CHIP:LINE[:active-low]`, on while armed, blinking while stopped.
+    #[arg(long, value_name = "SPEC", requires = "estop")]
+    status_led: Option<String>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -448,6 +463,54 @@ fn open_sink(
     Ok(Box::new(sink))
 }
 
+/// A safety input from its command-line spec: `gpio:...` or `can:...` (`level`: an e-stop's
+/// status, else an arm button's event).
+fn open_safety_input(spec: &str, level: bool) -> Result<Box<dyn reflex_board::input::SafetyInput>> {
+    if spec.starts_with("gpio:") {
+        let g = reflex_board::input::parse_gpio_spec(spec)?;
+        return Ok(Box::new(g.open()?));
+    }
+    if spec.starts_with("can:") {
+        let (iface, id, kind) = reflex_runtime::socketcan::parse_can_input_spec(spec, level)
+            .map_err(anyhow::Error::msg)?;
+        return Ok(Box::new(reflex_runtime::socketcan::CanSafetyInput::open(
+            &iface, id, kind,
+        )?));
+    }
+    bail!(
+        "`{spec}`: expected gpio:CHIP:LINE[:active-low][:debounce=MS] or can:IFACE:ID{}",
+        if level { "[:timeout=MS]" } else { "" }
+    )
+}
+
+fn open_estop(a: &RunArgs) -> Result<Option<reflex_runtime::estop::EStop>> {
+    let Some(spec) = &a.estop else {
+        return Ok(None);
+    };
+    let stop = open_safety_input(spec, true).context("--estop")?;
+    let arm = a
+        .arm
+        .as_deref()
+        .map(|s| open_safety_input(s, false).context("--arm"))
+        .transpose()?;
+    let mut e = reflex_runtime::estop::EStop::new(stop, arm);
+    if let Some(led) = &a.status_led {
+        let g = reflex_board::input::parse_gpio_spec(led).context("--status-led")?;
+        let out = reflex_board::input::open_gpio_cdev_output(&g.chip, g.line, g.active_low)
+            .context("--status-led")?;
+        e = e.with_status_led(Box::new(out));
+    }
+    log::info!(
+        "e-stop: {}{}",
+        e.stop_name(),
+        match e.arm_name() {
+            Some(n) => format!(", re-armed by {n}"),
+            None => ", no arm input: a trip needs a restart".into(),
+        }
+    );
+    Ok(Some(e))
+}
+
 /// The Ctrl-C / SIGTERM flag, installed once per process (before anything slow, so an early
 /// interrupt is handled too): the loop sees it, sends the stop command and exits.
 fn interrupt_flag() -> Result<Arc<AtomicBool>> {
@@ -466,15 +529,27 @@ struct RunReport {
     startup_ms: f64,
 }
 
-fn run_loop(
-    bundle: &Bundle,
+/// What the loop reads from and writes to.
+struct LoopIo {
     cameras: Vec<Box<dyn Camera>>,
     state: Box<dyn StateSource>,
     sink: Box<dyn CommandSink>,
+    estop: Option<reflex_runtime::estop::EStop>,
+}
+
+fn run_loop(
+    bundle: &Bundle,
+    io: LoopIo,
     engine: &EngineArgs,
     clock: &MonotonicClock,
     t_load: Instant,
 ) -> Result<RunReport> {
+    let LoopIo {
+        cameras,
+        state,
+        sink,
+        estop,
+    } = io;
     let m = &bundle.manifest;
     let tract = TractOptions {
         threads: engine
@@ -504,6 +579,9 @@ fn run_loop(
         allow_unlimited: engine.allow_unlimited,
     };
     let mut lp = ControlLoop::new(m, cameras, state, sink, runner, &opts)?;
+    if let Some(e) = estop {
+        lp = lp.with_estop(e);
+    }
     let first_ms = lp.warm_up(clock, m, 5_000_000_000)? as f64 / 1e6;
     let startup_ms = t_load.elapsed().as_secs_f64() * 1e3;
     log::info!(
@@ -519,6 +597,9 @@ fn run_loop(
     println!("\nstage timings:\n{}", lp.timings.summary());
     println!("counters: {}", serde_json::to_string(&lp.counters)?);
     println!("safety: {:?}", lp.filter().counters());
+    if let Some(e) = lp.estop() {
+        println!("estop: {}", serde_json::to_string(e.counters())?);
+    }
     r?;
     Ok(RunReport { startup_ms })
 }
@@ -530,8 +611,15 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let bundle = load_bundle(&a.bundle)?;
     let (cams, ep) = open_cameras(&bundle, &a.cameras)?;
     let state = open_state(&bundle, a.state.as_deref(), ep.as_deref())?;
+    let estop = open_estop(&a)?;
     let sink = open_sink(&bundle, &a.can, &a.iface, &clock)?;
-    run_loop(&bundle, cams, state, sink, &a.engine, &clock, t_load)?;
+    let io = LoopIo {
+        cameras: cams,
+        state,
+        sink,
+        estop,
+    };
+    run_loop(&bundle, io, &a.engine, &clock, t_load)?;
     Ok(())
 }
 
@@ -825,7 +913,13 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         allow_unlimited: false,
         duration: Some(a.seconds),
     };
-    let rep = run_loop(&bundle, cams, state, sink, &engine, &clock, t_load)?;
+    let io = LoopIo {
+        cameras: cams,
+        state,
+        sink,
+        estop: None,
+    };
+    let rep = run_loop(&bundle, io, &engine, &clock, t_load)?;
     println!(
         "start-up (bundle load to first action): {:.0} ms",
         rep.startup_ms

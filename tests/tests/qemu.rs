@@ -362,6 +362,7 @@ fn v4l2_camera_on_vivid() {
     }
     assert!(out.contains("@@V4L2 format=yuyv"), "{}", tail(&out));
     assert!(out.contains("@@V4L2 format=grey"), "{}", tail(&out));
+    assert!(out.contains("@@V4L2 format=nv12"), "{}", tail(&out));
     assert!(out.contains("@@V4L2 unplug"), "{}", tail(&out));
 
     // End to end: vivid -> reflex -> vcan0.
@@ -370,6 +371,13 @@ fn v4l2_camera_on_vivid() {
         marker(&out, "REFLEX_EXIT", "rc"),
         0.0,
         "reflex failed:\n{}",
+        report.join("\n")
+    );
+    assert!(
+        report
+            .iter()
+            .any(|l| l.contains("camera `/dev/v4l/by-id/platform-vivid.0-video-index0`: vivid")),
+        "the camera is opened and named by its stable path:\n{}",
         report.join("\n")
     );
     let c = counters(&report);
@@ -416,18 +424,18 @@ fn guest_v4l2_capture() {
 
     // Capture for `secs`, sleeping `pause_ms` between calls; checks every frame.
     let capture = |cam: &mut V4l2Camera, spec: &CaptureSpec, secs: f64, pause_ms: u64| {
-        let bpp = if spec.format == PixelFormat::Yuyv {
-            2
-        } else {
-            1
-        };
+        let frame_len = match spec.format {
+            PixelFormat::Yuyv => spec.width * spec.height * 2,
+            PixelFormat::Nv12 => spec.width * spec.height * 3 / 2,
+            _ => spec.width * spec.height,
+        } as usize;
         let (mut frames, mut last_seq, mut max_age_ms) = (0u64, None::<u64>, 0f64);
         let start = clock.now_ns();
         while clock.now_ns() - start < (secs * 1e9) as u64 {
             let now = clock.now_ns();
             match cam.latest(now, now + 50_000_000) {
                 Ok(Some(f)) => {
-                    assert_eq!(f.data.len(), (spec.width * spec.height * bpp) as usize);
+                    assert_eq!(f.data.len(), frame_len);
                     assert_eq!((f.meta.width, f.meta.height), (spec.width, spec.height));
                     assert_eq!(f.meta.format, spec.format);
                     assert!(
@@ -451,6 +459,7 @@ fn guest_v4l2_capture() {
     for spec in [
         mode(320, 180, PixelFormat::Yuyv),
         mode(640, 480, PixelFormat::Grey),
+        mode(320, 180, PixelFormat::Nv12),
     ] {
         let mut cam = V4l2Camera::open(dev, &spec).expect("open vivid");
         let (frames, max_age_ms) = capture(&mut cam, &spec, 1.5, 1);
@@ -642,4 +651,271 @@ fn guest_socketcan_state() {
         sink.counters()
     );
     assert_eq!((c.states, c.malformed, c.errors), (52, 1, 1), "{c:?}");
+}
+
+/// `reflex run` against simulated Damiao MIT motors on vcan0, with the e-stop on the bus: the
+/// state comes from the motors' replies, the start sequence (command timeout, enable) precedes
+/// every command, an e-stop frame turns the commands into damped stops until it is released and
+/// an arm frame arrives.
+#[test]
+fn mit_motors_and_can_estop_on_vcan() {
+    if !enabled("mit_motors_and_can_estop_on_vcan") {
+        return;
+    }
+    let _guest = GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let payload = workdir("qemu-motors");
+    let capture = CaptureSpec {
+        width: 320,
+        height: 180,
+        format: PixelFormat::Yuyv,
+        fps: 30,
+    };
+    let bundle = payload.join("bundle");
+    let m = tiny_bundle(&bundle, capture);
+    generate_synthetic_episode(&m, &payload.join("episode"), 1.0, 30).expect("episode");
+    // The reference arm's gripper is in metres; make it a rotary joint so that every dimension
+    // is an MIT motor, and speak Damiao MIT with damped stops.
+    let p = bundle.join("policy.toml");
+    let t = std::fs::read_to_string(&p).expect("manifest");
+    let at = t.find("[can]").expect("[can]");
+    let end = at + t[at..].find("\n[provenance]").expect("next section");
+    let mut sec = String::from(
+        "[can]\nprotocol = \"mit\"\nflavor = \"damiao\"\ncommand_timeout_ms = 200\nstop = \"damp\"\n",
+    );
+    for i in 0..6 {
+        sec += &format!(
+            "\n[[can.motors]]\nid = {}\nfeedback_id = {}\np_max = 12.5\nv_max = 30.0\n\
+             t_max = 10.0\nkp = 20.0\nkd = 1.0\ndamp_kd = 0.5\n",
+            i + 1,
+            0x11 + i
+        );
+    }
+    let t = format!("{}{sec}{}", &t[..at], &t[end..]).replace("\"m\",", "\"rad\",");
+    std::fs::write(&p, t).expect("write manifest");
+    reflex_models::Bundle::load(&bundle).expect("the MIT bundle is valid");
+
+    let exe = std::env::current_exe().expect("test executable");
+    let out = run_guest_with("motors.sh", &payload, &[exe.as_path()]);
+    let report = section(&out, "reflex.out");
+    assert_eq!(
+        marker(&out, "REFLEX_EXIT", "rc"),
+        0.0,
+        "reflex failed:\n{}",
+        report.join("\n")
+    );
+    assert_eq!(
+        marker(&out, "SIM_EXIT", "rc"),
+        0.0,
+        "motor simulator failed:\n{}",
+        section(&out, "sim.out").join("\n")
+    );
+    let sim = |k: &str| marker(&out, "SIM", k) as u64;
+    println!(
+        "simulated motors: {} state requests, {} timeout writes, {} enables, {} commands ({} \
+         damped), {} commands before enable",
+        sim("requests"),
+        sim("timeouts"),
+        sim("enables"),
+        sim("commands"),
+        sim("damped"),
+        sim("disabled_commands")
+    );
+    assert!(sim("requests") >= 1, "the state was never requested");
+    assert_eq!(
+        sim("disabled_commands"),
+        0,
+        "a motor got a command before its enable frame"
+    );
+    assert!(
+        sim("timeouts") >= 6,
+        "each motor's command timeout is set at enable"
+    );
+    assert!(
+        sim("commands") >= 6 * 40,
+        "too few commands reached the motors"
+    );
+
+    // The bus, in order: requests and timeouts/enables before the first command of each motor.
+    let log = section(&out, "candump.log");
+    let frames: Vec<(String, reflex_runtime::can::CanFrame)> = log
+        .iter()
+        .map(|l| {
+            let (_, _, f) = parse_candump_line(l).unwrap_or_else(|e| panic!("`{l}`: {e}"));
+            (l.to_string(), f)
+        })
+        .collect();
+    let is_command = |f: &reflex_runtime::can::CanFrame| {
+        (1..=6).contains(&f.id()) && f.data().len() == 8 && f.data()[..7] != [0xFF; 7]
+    };
+    let kp_bits = |f: &reflex_runtime::can::CanFrame| {
+        (u32::from(f.data()[3] & 0xF) << 8) | u32::from(f.data()[4])
+    };
+    let first_command = frames
+        .iter()
+        .position(|(_, f)| is_command(f))
+        .expect("no command on the bus");
+    for id in 1..=6u32 {
+        let enable = frames
+            .iter()
+            .position(|(_, f)| {
+                f.id() == id && f.data() == [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFC]
+            })
+            .unwrap_or_else(|| panic!("motor {id} never enabled"));
+        let timeout = frames
+            .iter()
+            .position(|(_, f)| {
+                f.id() == 0x7FF
+                    && f.data().len() == 8
+                    && f.data()[0] as u32 == id
+                    && f.data()[2..4] == [0x55, 9]
+            })
+            .unwrap_or_else(|| panic!("motor {id}: no command timeout written"));
+        assert!(
+            timeout < enable && enable < first_command,
+            "motor {id}: timeout {timeout}, enable {enable}, first command {first_command}"
+        );
+    }
+    // E-stop: from (shortly after) the press to the arm frame, every command is a damped stop
+    // (kp = 0); normal commands (kp = 20 -> 0x0A3) come back after the arm frame.
+    let press = frames
+        .iter()
+        .position(|(_, f)| f.id() == 0xE0 && f.data() == [1])
+        .expect("e-stop press frame on the bus");
+    let release = frames
+        .iter()
+        .position(|(_, f)| f.id() == 0xE0 && f.data() == [0])
+        .expect("e-stop release frame");
+    let arm = frames
+        .iter()
+        .position(|(_, f)| f.id() == 0xE1)
+        .expect("arm frame");
+    assert!(press < release && release < arm);
+    let commands_between = |a: usize, b: usize| -> Vec<u32> {
+        frames[a..b]
+            .iter()
+            .filter(|(_, f)| is_command(f))
+            .map(|(_, f)| kp_bits(f))
+            .collect()
+    };
+    let before = commands_between(first_command, press);
+    assert!(
+        before.iter().filter(|kp| **kp == 0x0A3).count() > 12,
+        "normal commands before the e-stop: {before:?}"
+    );
+    // At most one tick's commands (6 frames) may already be on their way when the press lands.
+    let during = commands_between(press, arm);
+    assert!(
+        during.len() >= 6 * 10,
+        "the loop kept sending during the e-stop: {}",
+        during.len()
+    );
+    assert!(
+        during.iter().skip(6).all(|kp| *kp == 0),
+        "commands during the e-stop must be damped stops (kp = 0): {during:?}"
+    );
+    let after = commands_between(arm, frames.len());
+    assert!(
+        after.iter().filter(|kp| **kp == 0x0A3).count() >= 12,
+        "normal commands resume after release + arm: {after:?}"
+    );
+    let c = counters(&report);
+    println!("reflex counters: {c}");
+    assert!(c["estop_ticks"].as_u64().unwrap_or(0) >= 20, "{c}");
+    assert!(
+        c["stale_state_ticks"].as_u64().unwrap_or(u64::MAX) * 10
+            <= c["ticks"].as_u64().unwrap_or(0),
+        "the motors' replies kept the state fresh: {c}"
+    );
+}
+
+/// Runs inside the guest (REFLEX_QEMU_GUEST=1, from tests/qemu/scenarios/motors.sh): six
+/// Damiao-like MIT motors on vcan0 (IDs 1..6, replies on 0x11..0x16). They answer state requests
+/// and enable frames with their state, follow commands only once enabled (position = the
+/// command's), and count what they saw until /tmp/sim.stop exists.
+#[test]
+fn guest_mit_motor_sim() {
+    use reflex_runtime::codec::{float_to_uint, uint_to_float};
+    use socketcan::{CanFrame as SocketFrame, CanSocket, EmbeddedFrame, Socket, StandardId};
+    if std::env::var("REFLEX_QEMU_GUEST").is_err() {
+        println!("guest_mit_motor_sim: runs only inside the QEMU guest (mit_motors_and_can_estop_on_vcan)");
+        return;
+    }
+    let sock = CanSocket::open("vcan0").expect("vcan0");
+    sock.set_read_timeout(std::time::Duration::from_millis(50))
+        .expect("timeout");
+    let mut enabled = [false; 6];
+    let mut pos = [0.3f32, -0.2, 0.1, 0.0, 0.2, 0.05];
+    let (mut requests, mut timeouts, mut enables, mut commands, mut damped, mut disabled_commands) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let reply = |i: usize, enabled: bool, p: f32| {
+        let p = float_to_uint(p, -12.5, 12.5, 16);
+        let (v, t) = (2047u32, 2047u32);
+        let status = if enabled { 1u8 } else { 0 };
+        let data = [
+            (status << 4) | (i as u8 + 1),
+            (p >> 8) as u8,
+            p as u8,
+            (v >> 4) as u8,
+            (((v & 0xF) << 4) | (t >> 8)) as u8,
+            t as u8,
+            30,
+            30,
+        ];
+        let id = StandardId::new(0x11 + i as u16).expect("id");
+        let f = SocketFrame::new(id, &data).expect("frame");
+        sock.write_frame(&f).expect("reply");
+    };
+    while !Path::new("/tmp/sim.stop").exists() {
+        let Ok(frame) = sock.read_frame() else {
+            continue;
+        };
+        let id = socketcan::Frame::raw_id(&frame);
+        let data = socketcan::EmbeddedFrame::data(&frame).to_vec();
+        if id == 0x7FF && data.len() >= 4 {
+            let i = usize::from(data[0]).wrapping_sub(1);
+            if i >= 6 {
+                continue;
+            }
+            match data[2] {
+                0xCC => {
+                    requests += 1;
+                    reply(i, enabled[i], pos[i]);
+                }
+                0x55 if data[3] == 9 => timeouts += 1,
+                _ => {}
+            }
+        } else if (1..=6).contains(&id) && data.len() == 8 {
+            let i = id as usize - 1;
+            if data[..7] == [0xFF; 7] {
+                match data[7] {
+                    0xFC => {
+                        enables += 1;
+                        enabled[i] = true;
+                    }
+                    0xFD => enabled[i] = false,
+                    _ => {}
+                }
+                reply(i, enabled[i], pos[i]);
+            } else if enabled[i] {
+                commands += 1;
+                let kp = (u32::from(data[3] & 0xF) << 8) | u32::from(data[4]);
+                if kp == 0 {
+                    damped += 1;
+                }
+                pos[i] = uint_to_float(
+                    (u32::from(data[0]) << 8) | u32::from(data[1]),
+                    -12.5,
+                    12.5,
+                    16,
+                );
+                reply(i, true, pos[i]);
+            } else {
+                disabled_commands += 1;
+            }
+        }
+    }
+    println!(
+        "@@SIM requests={requests} timeouts={timeouts} enables={enables} commands={commands} \
+         damped={damped} disabled_commands={disabled_commands}"
+    );
 }
