@@ -50,7 +50,7 @@ pub enum BundleError {
 }
 
 impl BundleError {
-    fn field(path: &Path, field: impl Into<String>, problem: impl Into<String>) -> Self {
+    pub(crate) fn field(path: &Path, field: impl Into<String>, problem: impl Into<String>) -> Self {
         BundleError::Field {
             path: path.to_path_buf(),
             field: field.into(),

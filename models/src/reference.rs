@@ -218,3 +218,58 @@ pub fn write_demo_bundle(dir: &std::path::Path) -> Result<Manifest, ReferenceErr
         default_capture(),
     )
 }
+
+/// An MIT-mode `[can]` section for an arm of `dims` rotary joints, as a starting point for a
+/// robot's own and for tests: motor `i` has CAN ID `i + 1` and replies on `0x11 + i`, Damiao
+/// DM-J4310-like packing ranges (12.5 rad, 30 rad/s, 10 N·m), kp 20, kd 1; Damiao motors get a
+/// 100 ms command timeout. MIT motors take radians: the manifest's action units must be `rad`.
+pub fn example_mit_can(dims: usize, flavor: MitFlavor, stop: MitStop) -> CanSpec {
+    CanSpec::Mit(MitSpec {
+        flavor,
+        command_timeout_ms: (flavor == MitFlavor::Damiao).then_some(100),
+        stop,
+        motors: (0..dims as u32)
+            .map(|i| MitMotor {
+                id: i + 1,
+                feedback_id: Some(0x11 + i),
+                p_max: 12.5,
+                v_max: 30.0,
+                t_max: 10.0,
+                kp_max: 500.0,
+                kd_max: 5.0,
+                kp: 20.0,
+                kd: 1.0,
+                damp_kd: 0.5,
+                position_state: None,
+                velocity_state: None,
+                torque_state: None,
+            })
+            .collect(),
+    })
+}
+
+/// Rewrites the manifest of the bundle in `dir` to speak `can` (and its units to `rad`, as MIT
+/// motors need), keeping its model files: the reference bundles on MIT motors, for tests and
+/// demos.
+pub fn set_bundle_can(dir: &std::path::Path, can: CanSpec) -> Result<Manifest, ReferenceError> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| crate::bundle::BundleError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let mut m = crate::bundle::parse_manifest(&text, &path)?;
+    if matches!(can, CanSpec::Mit(_)) {
+        m.action.units = vec!["rad".into(); m.action.units.len()];
+        m.state.units = vec!["rad".into(); m.state.units.len()];
+    }
+    m.can = can;
+    crate::bundle::validate_manifest(&m, &path)?;
+    let text = m
+        .to_toml()
+        .map_err(|e| crate::bundle::BundleError::field(&path, "can", e.to_string()))?;
+    std::fs::write(&path, text).map_err(|source| crate::bundle::BundleError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(m)
+}

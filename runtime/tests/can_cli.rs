@@ -2,6 +2,8 @@
 //! per-joint protocol and with a Damiao MIT section. Expected frames are derived by hand from the
 //! protocol formulas (see `codec.rs` for the derivations).
 
+use reflex_models::manifest::{MitFlavor, MitStop};
+use reflex_models::reference;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -24,29 +26,14 @@ fn bundles() -> &'static (PathBuf, PathBuf) {
         let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("can-cli");
         let _ = std::fs::remove_dir_all(&root);
         let pj = root.join("per-joint");
-        reflex_models::reference::write_demo_bundle(&pj).expect("demo bundle");
+        reference::write_demo_bundle(&pj).expect("demo bundle");
         let mit = root.join("mit");
         std::fs::create_dir_all(&mit).expect("mkdir");
         for f in ["policy.onnx", "policy.toml"] {
             std::fs::copy(pj.join(f), mit.join(f)).expect("copy");
         }
-        let p = mit.join("policy.toml");
-        let t = std::fs::read_to_string(&p).expect("read");
-        let at = t.find("[can]").expect("[can]");
-        let end = at + t[at..].find("\n[provenance]").expect("next section");
-        let mut sec = String::from(
-            "[can]\nprotocol = \"mit\"\nflavor = \"damiao\"\ncommand_timeout_ms = 100\n",
-        );
-        for i in 0..6 {
-            sec += &format!(
-                "\n[[can.motors]]\nid = {}\nfeedback_id = {}\np_max = 12.5\nv_max = 30.0\n\
-                 t_max = 10.0\nkp = 20.0\nkd = 1.0\n",
-                i + 1,
-                0x11 + i
-            );
-        }
-        let t = format!("{}{sec}{}", &t[..at], &t[end..]).replace("\"m\",", "\"rad\",");
-        std::fs::write(&p, t).expect("write");
+        let can = reference::example_mit_can(6, MitFlavor::Damiao, MitStop::Hold);
+        reference::set_bundle_can(&mit, can).expect("MIT bundle");
         (pj, mit)
     })
 }

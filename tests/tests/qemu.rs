@@ -673,25 +673,13 @@ fn mit_motors_and_can_estop_on_vcan() {
     let bundle = payload.join("bundle");
     let m = tiny_bundle(&bundle, capture);
     generate_synthetic_episode(&m, &payload.join("episode"), 1.0, 30).expect("episode");
-    // The reference arm's gripper is in metres; make it a rotary joint so that every dimension
-    // is an MIT motor, and speak Damiao MIT with damped stops.
-    let p = bundle.join("policy.toml");
-    let t = std::fs::read_to_string(&p).expect("manifest");
-    let at = t.find("[can]").expect("[can]");
-    let end = at + t[at..].find("\n[provenance]").expect("next section");
-    let mut sec = String::from(
-        "[can]\nprotocol = \"mit\"\nflavor = \"damiao\"\ncommand_timeout_ms = 200\nstop = \"damp\"\n",
+    // Every joint an MIT motor (the reference gripper becomes rotary), Damiao, damped stops.
+    let can = reflex_models::reference::example_mit_can(
+        6,
+        reflex_models::manifest::MitFlavor::Damiao,
+        reflex_models::manifest::MitStop::Damp,
     );
-    for i in 0..6 {
-        sec += &format!(
-            "\n[[can.motors]]\nid = {}\nfeedback_id = {}\np_max = 12.5\nv_max = 30.0\n\
-             t_max = 10.0\nkp = 20.0\nkd = 1.0\ndamp_kd = 0.5\n",
-            i + 1,
-            0x11 + i
-        );
-    }
-    let t = format!("{}{sec}{}", &t[..at], &t[end..]).replace("\"m\",", "\"rad\",");
-    std::fs::write(&p, t).expect("write manifest");
+    reflex_models::reference::set_bundle_can(&bundle, can).expect("MIT bundle");
     reflex_models::Bundle::load(&bundle).expect("the MIT bundle is valid");
 
     let exe = std::env::current_exe().expect("test executable");
