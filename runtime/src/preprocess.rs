@@ -406,80 +406,51 @@ fn pil_luma(r: u32, g: u32, b: u32) -> f32 {
     ((19595 * r + 38470 * g + 7471 * b + 0x8000) >> 16) as f32
 }
 
-/// One YUYV row span (pixel pairs) -> 6 planes of `src.len() / 4` f32: R, G, B of the even
-/// pixels, then R, G, B of the odd pixels ([`yuyv_planes_to_rgb`] puts them in pixel order).
+/// One YUYV row span (pixel pairs) -> the 6 planes of [`yuv_pairs_to_planes`].
 ///
-/// Reads one 32-bit word (a pixel pair) per step and works with shifts and masks, channel by
-/// channel, so it vectorizes with plain SSE2/NEON (no byte shuffles) into unit-stride stores.
+/// Reads one 32-bit word (a pixel pair) per step and splits it with shifts and masks, so it
+/// vectorizes with plain SSE2/NEON (no byte shuffles).
 #[inline(always)]
 fn yuyv_rgb_row(src: &[u8], dst: &mut [f32]) {
-    let n = src.len() / 4;
-    let (re, rest) = dst.split_at_mut(n);
-    let (ge, rest) = rest.split_at_mut(n);
-    let (be, rest) = rest.split_at_mut(n);
-    let (ro, rest) = rest.split_at_mut(n);
-    let (go, rest) = rest.split_at_mut(n);
-    let bo = &mut rest[..n];
-    for (i, q) in src.chunks_exact(4).enumerate().take(n) {
+    let pairs = src.chunks_exact(4).map(|q| {
         let w = u32::from_le_bytes([q[0], q[1], q[2], q[3]]);
-        let y0 = yuv_luma(w as u8);
-        let y1 = yuv_luma((w >> 16) as u8);
-        let [cr, cg, cb] = yuv_chroma((w >> 8) as u8, (w >> 24) as u8);
-        re[i] = to_level(y0 + cr);
-        ge[i] = to_level(y0 + cg);
-        be[i] = to_level(y0 + cb);
-        ro[i] = to_level(y1 + cr);
-        go[i] = to_level(y1 + cg);
-        bo[i] = to_level(y1 + cb);
-    }
+        [w as u8, (w >> 16) as u8, (w >> 8) as u8, (w >> 24) as u8]
+    });
+    yuv_pairs_to_planes(pairs, src.len() / 4, dst);
 }
 
 /// One NV12 row span: its Y row and the interleaved U, V row it shares with its neighbour
 /// row -> the 6 planes of [`yuyv_rgb_row`] (same conversion, pixel pairs sharing chroma).
 #[inline(always)]
 fn nv12_rgb_row(y: &[u8], uv: &[u8], dst: &mut [f32]) {
-    let n = y.len() / 2;
+    let pairs = y
+        .chunks_exact(2)
+        .zip(uv.chunks_exact(2))
+        .map(|(y, c)| [y[0], y[1], c[0], c[1]]);
+    yuv_pairs_to_planes(pairs, y.len() / 2, dst);
+}
+
+/// `n` pixel pairs `[Y0, Y1, U, V]` -> 6 planes of `n` f32: R, G, B of the even pixels, then R,
+/// G, B of the odd pixels ([`yuyv_planes_to_rgb`] puts them in pixel order). Channel-by-channel
+/// unit-stride stores vectorize with plain SSE2/NEON.
+#[inline(always)]
+fn yuv_pairs_to_planes(pairs: impl Iterator<Item = [u8; 4]>, n: usize, dst: &mut [f32]) {
     let (re, rest) = dst.split_at_mut(n);
     let (ge, rest) = rest.split_at_mut(n);
     let (be, rest) = rest.split_at_mut(n);
     let (ro, rest) = rest.split_at_mut(n);
     let (go, rest) = rest.split_at_mut(n);
     let bo = &mut rest[..n];
-    for (i, (yy, c)) in y
-        .chunks_exact(2)
-        .zip(uv.chunks_exact(2))
-        .enumerate()
-        .take(n)
-    {
-        let y0 = yuv_luma(yy[0]);
-        let y1 = yuv_luma(yy[1]);
-        let [cr, cg, cb] = yuv_chroma(c[0], c[1]);
+    for (i, [y0, y1, u, v]) in pairs.enumerate().take(n) {
+        let y0 = yuv_luma(y0);
+        let y1 = yuv_luma(y1);
+        let [cr, cg, cb] = yuv_chroma(u, v);
         re[i] = to_level(y0 + cr);
         ge[i] = to_level(y0 + cg);
         be[i] = to_level(y0 + cb);
         ro[i] = to_level(y1 + cr);
         go[i] = to_level(y1 + cg);
         bo[i] = to_level(y1 + cb);
-    }
-}
-
-#[inline(always)]
-fn nv12_luma_row(y: &[u8], uv: &[u8], dst: &mut [f32]) {
-    let luma = |y: f32, c: &[f32; 3]| {
-        pil_luma(
-            to_level(y + c[0]) as u32,
-            to_level(y + c[1]) as u32,
-            to_level(y + c[2]) as u32,
-        )
-    };
-    for ((yy, c), d) in y
-        .chunks_exact(2)
-        .zip(uv.chunks_exact(2))
-        .zip(dst.chunks_exact_mut(2))
-    {
-        let c = yuv_chroma(c[0], c[1]);
-        d[0] = luma(yuv_luma(yy[0]), &c);
-        d[1] = luma(yuv_luma(yy[1]), &c);
     }
 }
 
@@ -505,6 +476,21 @@ fn yuyv_planes_to_rgb(planes: &[f32], dst: &mut [f32]) {
 
 #[inline(always)]
 fn yuyv_luma_row(src: &[u8], dst: &mut [f32]) {
+    yuv_pairs_to_luma(src.chunks_exact(4).map(|s| [s[0], s[2], s[1], s[3]]), dst);
+}
+
+#[inline(always)]
+fn nv12_luma_row(y: &[u8], uv: &[u8], dst: &mut [f32]) {
+    let pairs = y
+        .chunks_exact(2)
+        .zip(uv.chunks_exact(2))
+        .map(|(y, c)| [y[0], y[1], c[0], c[1]]);
+    yuv_pairs_to_luma(pairs, dst);
+}
+
+/// Pixel pairs `[Y0, Y1, U, V]` -> RGB -> PIL luma, one f32 per pixel.
+#[inline(always)]
+fn yuv_pairs_to_luma(pairs: impl Iterator<Item = [u8; 4]>, dst: &mut [f32]) {
     let luma = |y: f32, c: &[f32; 3]| {
         pil_luma(
             to_level(y + c[0]) as u32,
@@ -512,10 +498,10 @@ fn yuyv_luma_row(src: &[u8], dst: &mut [f32]) {
             to_level(y + c[2]) as u32,
         )
     };
-    for (s, d) in src.chunks_exact(4).zip(dst.chunks_exact_mut(2)) {
-        let c = yuv_chroma(s[1], s[3]);
-        d[0] = luma(yuv_luma(s[0]), &c);
-        d[1] = luma(yuv_luma(s[2]), &c);
+    for ([y0, y1, u, v], d) in pairs.zip(dst.chunks_exact_mut(2)) {
+        let c = yuv_chroma(u, v);
+        d[0] = luma(yuv_luma(y0), &c);
+        d[1] = luma(yuv_luma(y1), &c);
     }
 }
 
