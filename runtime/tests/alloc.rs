@@ -125,3 +125,51 @@ fn loop_tick_with_an_estop_allocates_nothing_through_trip_and_rearm() {
     assert_eq!(lp.counters.estop_ticks, 150, "{:?}", lp.counters);
     assert!(lp.counters.fresh >= 800, "{:?}", lp.counters);
 }
+
+#[test]
+fn motor_codecs_and_the_candump_sink_allocate_nothing_per_command() {
+    use reflex_models::manifest::{MitFlavor, MitStop};
+    use reflex_runtime::can::{CanFrame, CandumpSink};
+    use reflex_runtime::codec::{Codec, FeedbackOutcome, Frames};
+    use reflex_runtime::io::CommandSink;
+    use reflex_runtime::safety::SafetyFilter;
+    let mut m = manifest();
+    m.action.units = vec!["rad".into(); 2];
+    m.can = reflex_models::reference::example_mit_can(2, MitFlavor::Damiao, MitStop::Damp);
+    let mit = Codec::from_manifest(&m).expect("MIT codec");
+    let decoder = mit.feedback(&m.state.names, 0).expect("decoder");
+    let per_joint = Codec::per_joint(0x100, 2).expect("per-joint codec");
+    let mut filter = SafetyFilter::new(&m.action, 10.0, false).expect("filter");
+    let log = std::env::temp_dir().join(format!("reflex-alloc-{}.log", std::process::id()));
+    let mut sink = CandumpSink::new(&log, "can0", mit.clone(), 0).expect("sink");
+    let reply =
+        CanFrame::new(0x12, false, &[0x12, 0x80, 0, 0x80, 0x07, 0xFF, 30, 30]).expect("frame");
+    let mut frames = Frames::new();
+    let mut state = [0f32; 2];
+    // The first command also writes the start sequence.
+    sink.send(&filter.filter(&[0.0, 0.0], 0).command, 0)
+        .expect("send");
+    let before = allocs();
+    for tick in 1..1000u64 {
+        let t = tick as f32 * 0.01;
+        let cmd = if tick % 10 == 0 {
+            filter.stop(tick)
+        } else {
+            filter.filter(&[t.sin(), t.cos()], tick).command
+        };
+        mit.encode(&cmd, &mut frames).expect("MIT");
+        per_joint.encode(&cmd, &mut frames).expect("per-joint");
+        sink.send(&cmd, tick * PERIOD).expect("send");
+        assert!(matches!(
+            decoder.decode(&reply, &mut state),
+            FeedbackOutcome::Updated(_)
+        ));
+    }
+    let n = allocs() - before;
+    sink.flush().expect("flush");
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(
+        n, 0,
+        "{n} heap allocations encoding and logging 1000 commands"
+    );
+}
