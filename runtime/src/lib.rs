@@ -14,6 +14,7 @@ pub mod can;
 pub mod clock;
 pub mod codec;
 pub mod control;
+pub mod dbc;
 pub mod engine;
 pub mod estop;
 pub mod io;

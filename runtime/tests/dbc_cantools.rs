@@ -1,0 +1,356 @@
+//! The DBC codec against Python `cantools`, the reference implementation: a few hundred
+//! deterministic pseudo-random physical values per signal, encoded by us and by
+//! `encode_message(..., strict=True)`, must give the same bytes (or both be refused), and both
+//! decoders must agree on them and on random payloads. Also: encoding and decoding allocate
+//! nothing, errors included.
+//!
+//! Needs `python3` with cantools (scripts/setup.sh installs it); without them the test fails.
+#![allow(unsafe_code)]
+
+use reflex_runtime::dbc::{Dbc, Message, Signal, ValueType};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards every call unchanged to the system allocator; the thread-local counter is a
+// const-initialized `Cell` that itself never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> u64 {
+    ALLOCS.with(|c| c.get())
+}
+
+/// Both byte orders, signed and unsigned, scale and offset (fractional and integer), lengths
+/// 1, 3, 12, 16, 20 and 64, a 6-byte message, an extended ID, float32 and float64 signals,
+/// [min|max] ranges that are narrower than the bits.
+const DBC: &str = r#"VERSION ""
+
+NS_ :
+    CM_
+    SIG_VALTYPE_
+
+BS_:
+
+BU_: Robot Motor
+
+BO_ 256 Command: 8 Robot
+ SG_ enable : 0|1@1+ (1,0) [0|1] "" Motor
+ SG_ mode : 1|3@1- (1,0) [0|0] "" Motor
+ SG_ position : 4|12@1+ (0.1,-100) [-100|309.5] "deg" Motor
+ SG_ velocity : 23|16@0- (0.01,0) [0|0] "rad/s" Motor
+ SG_ current : 36|20@0+ (0.5,10) [0|0] "mA" Motor
+ SG_ gain : 56|8@1- (2,-3) [0|0] "" Motor
+
+BO_ 2566844672 Feedback: 8 Motor
+ SG_ torque : 0|32@1- (1,0) [0|0] "Nm" Robot
+ SG_ counter : 39|16@0+ (1,0) [0|65535] "" Robot
+ SG_ temp : 48|16@1- (0.001,0.5) [-30|30] "degC" Robot
+
+BO_ 300 Wide: 8 Robot
+ SG_ big : 7|64@0+ (1,0) [0|0] "" Motor
+
+BO_ 301 Double: 8 Robot
+ SG_ d64 : 0|64@1- (0.5,2) [0|0] "" Motor
+
+BO_ 302 Odd: 6 Robot
+ SG_ u20 : 7|20@0+ (0.25,1.5) [0|0] "" Motor
+ SG_ m3 : 19|3@0- (1,0) [0|0] "" Motor
+ SG_ s20 : 24|20@1- (1,0) [0|0] "" Motor
+
+CM_ SG_ 256 velocity "Joint velocity;
+in rad/s";
+SIG_VALTYPE_ 2566844672 torque : 1;
+SIG_VALTYPE_ 301 d64 : 2;
+"#;
+
+/// splitmix64: deterministic cases without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// A physical value for `s`: mostly valid ones (with fractions to round, exact halves to test
+/// ties to even), some past the bits or at the edge of [min|max].
+fn value(s: &Signal, rng: &mut Rng) -> f64 {
+    let (scale, offset) = (s.scale(), s.offset());
+    let bits = u32::from(s.length());
+    let (lo, hi) = match s.value_type() {
+        ValueType::Float32 | ValueType::Float64 => {
+            return match rng.next() % 4 {
+                0 => (rng.unit() - 0.5) * 2e6,
+                1 => (rng.unit() - 0.5) * 10f64.powi((rng.next() % 60) as i32 - 30),
+                2 => f64::from(f32::from_bits(rng.next() as u32 & 0x7F7F_FFFF)),
+                _ => 0.0,
+            };
+        }
+        ValueType::Unsigned => (0.0, 2f64.powi(bits as i32) - 1.0),
+        ValueType::Signed => (
+            -(2f64.powi(bits as i32 - 1)),
+            2f64.powi(bits as i32 - 1) - 1.0,
+        ),
+    };
+    let raw = if bits >= 53 {
+        // `lo + unit * span` loses the low bits; any u64 will do.
+        (rng.next() >> (64 - bits)) as f64
+    } else {
+        lo + ((rng.next() % ((hi - lo) as u64 + 1)) as f64)
+    };
+    let kind = rng.next() % 10;
+    let v = match kind {
+        0..=5 => raw * scale + offset + (rng.unit() - 0.5) * 0.98 * scale,
+        6 => (raw + 0.5) * scale + offset,
+        7 => raw * scale + offset,
+        8 => {
+            let past = if rng.next().is_multiple_of(2) {
+                hi + 1.0 + (rng.next() % 3) as f64
+            } else {
+                lo - 1.0 - (rng.next() % 3) as f64
+            };
+            past * scale + offset
+        }
+        _ => {
+            // Around the DBC range's edges: inside and outside cantools' 1e-6 * scale tolerance.
+            let edge = if rng.next().is_multiple_of(2) {
+                s.min()
+            } else {
+                s.max()
+            };
+            let nudge = [0.0, 1e-7, -1e-7, 1e-5, -1e-5][(rng.next() % 5) as usize];
+            edge + nudge * scale.abs()
+        }
+    };
+    if kind <= 7 && s.min() < s.max() {
+        v.clamp(s.min(), s.max())
+    } else {
+        v
+    }
+}
+
+fn hex(data: &[u8]) -> String {
+    data.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// Runs `tests/python/<script>`, panicking with its error: a missing reference must not pass.
+fn run_python(script: &str, args: &[&Path]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new(".."))
+        .join("tests/python")
+        .join(script);
+    let help = "the DBC cross-check needs python3 with cantools (scripts/setup.sh installs it: \
+                pip install cantools==45.1.0)";
+    let output = match Command::new("python3").arg(&path).args(args).output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run python3 {}: {e}; {help}", path.display()),
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprint!("{stderr}");
+    assert!(
+        output.status.success(),
+        "{} failed ({}): {stderr}\n{help}",
+        path.display(),
+        output.status
+    );
+}
+
+/// `name=value` pairs as cantools printed them, in our signal order.
+fn parse_values(m: &Message, fields: &[&str]) -> Vec<f64> {
+    let mut out = vec![f64::NAN; m.signals().len()];
+    assert_eq!(fields.len(), out.len(), "{fields:?}");
+    for field in fields {
+        let (name, value) = field.split_once('=').expect("name=value");
+        let i = m.signal_index(name).expect("a signal of the message");
+        out[i] = value.parse().unwrap_or_else(|_| panic!("value {field}"));
+    }
+    out
+}
+
+fn assert_close(m: &Message, ours: &[f64], theirs: &[f64], what: &str) {
+    for ((s, a), b) in m.signals().iter().zip(ours).zip(theirs) {
+        let same = (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        assert!(
+            same,
+            "{what}: signal {} decodes to {a} here, {b} in cantools",
+            s.name()
+        );
+    }
+}
+
+fn work_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dbc_cantools");
+    std::fs::create_dir_all(&dir).expect("create the work dir");
+    dir
+}
+
+#[test]
+fn codec_matches_cantools() {
+    let dbc = Dbc::parse(DBC, "cross.dbc").unwrap();
+    let mut rng = Rng(0x5EED_DBC0);
+    let mut cases = String::new();
+    // (message, our payload or None if we refused) per encode case; message per decode case.
+    let mut encoded = Vec::new();
+    let mut decoded = Vec::new();
+    for k in 0..600 {
+        let m = &dbc.messages()[k % dbc.messages().len()];
+        let values: Vec<f64> = m.signals().iter().map(|s| value(s, &mut rng)).collect();
+        let mut data = [0u8; 8];
+        let ours = m
+            .encode_into(values.iter().copied().enumerate(), &mut data)
+            .ok()
+            .map(|len| data[..len].to_vec());
+        write!(cases, "E {}", m.name()).unwrap();
+        for (s, v) in m.signals().iter().zip(&values) {
+            write!(cases, " {}={v:?}", s.name()).unwrap();
+        }
+        cases.push('\n');
+        encoded.push((m, values, ours));
+    }
+    for k in 0..200 {
+        let m = &dbc.messages()[k % dbc.messages().len()];
+        let payload: Vec<u8> = (0..m.size()).map(|_| rng.next() as u8).collect();
+        writeln!(cases, "D {} {}", m.name(), hex(&payload)).unwrap();
+        decoded.push((m, payload));
+    }
+    let dir = work_dir();
+    let (dbc_path, cases_path, out_path) = (
+        dir.join("cross.dbc"),
+        dir.join("cases.txt"),
+        dir.join("cantools.txt"),
+    );
+    std::fs::write(&dbc_path, DBC).unwrap();
+    std::fs::write(&cases_path, &cases).unwrap();
+    let _ = std::fs::remove_file(&out_path);
+    run_python("dbc_cantools.py", &[&dbc_path, &cases_path, &out_path]);
+    let out = std::fs::read_to_string(&out_path).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), encoded.len() + decoded.len());
+
+    let (mut both_ok, mut both_refused) = (0, 0);
+    for ((m, values, ours), line) in encoded.iter().zip(&lines) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let case = format!("{} {values:?}", m.name());
+        match (ours, fields[0]) {
+            (Some(ours), "OK") => {
+                assert_eq!(hex(ours), fields[1], "{case}: payloads differ");
+                let theirs = parse_values(m, &fields[2..]);
+                let mut mine = vec![0.0; m.signals().len()];
+                m.decode(ours, &mut mine).unwrap();
+                assert_close(m, &mine, &theirs, &case);
+                both_ok += 1;
+            }
+            (None, "ERR") => both_refused += 1,
+            (Some(ours), _) => panic!("{case}: we encode {}, cantools says {line}", hex(ours)),
+            (None, _) => {
+                let mut data = [0u8; 8];
+                let err = m
+                    .encode_into(values.iter().copied().enumerate(), &mut data)
+                    .unwrap_err();
+                panic!("{case}: we refuse ({err}), cantools encodes {line}");
+            }
+        }
+    }
+    // The cases exercise both outcomes (the generator is deterministic, so these are fixed).
+    assert!(
+        both_ok >= 300 && both_refused >= 50,
+        "{both_ok} encoded, {both_refused} refused"
+    );
+
+    for ((m, payload), line) in decoded.iter().zip(&lines[encoded.len()..]) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields[0], "OK", "{line}");
+        let theirs = parse_values(m, &fields[1..]);
+        let mut mine = vec![0.0; m.signals().len()];
+        m.decode(payload, &mut mine).unwrap();
+        assert_close(
+            m,
+            &mine,
+            &theirs,
+            &format!("decode {} {}", m.name(), hex(payload)),
+        );
+    }
+}
+
+#[test]
+fn encode_and_decode_allocate_nothing() {
+    let dbc = Dbc::parse(DBC, "cross.dbc").unwrap();
+    let mut rng = Rng(7);
+    let cases: Vec<(&Message, Vec<f64>)> = (0..300)
+        .map(|k| {
+            let m = &dbc.messages()[k % dbc.messages().len()];
+            (m, m.signals().iter().map(|s| value(s, &mut rng)).collect())
+        })
+        .collect();
+    let mut out = [0.0; 8];
+    // The counter sees allocations on this thread (the test could fail).
+    let probe = allocs();
+    let v = std::hint::black_box(vec![1u8; 16]);
+    assert!(allocs() > probe && v.len() == 16);
+    let before = allocs();
+    let (mut ok, mut refused) = (0, 0);
+    for (m, values) in &cases {
+        let mut data = [0u8; 8];
+        match m.encode_into(values.iter().copied().enumerate(), &mut data) {
+            Ok(len) => {
+                m.decode(&data[..len], &mut out).unwrap();
+                ok += 1;
+            }
+            Err(e) => {
+                std::hint::black_box(&e);
+                refused += 1;
+            }
+        }
+        for s in m.signals() {
+            std::hint::black_box(s.extract(&data));
+        }
+        std::hint::black_box(
+            m.decode(&data[..m.size().saturating_sub(1)], &mut out)
+                .is_err(),
+        );
+    }
+    let n = allocs() - before;
+    assert_eq!(
+        n,
+        0,
+        "{n} heap allocations in {} encodes and decodes",
+        cases.len()
+    );
+    assert!(ok > 100 && refused > 10, "{ok} encoded, {refused} refused");
+}
