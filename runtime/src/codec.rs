@@ -45,11 +45,19 @@
 //!
 //! # DBC
 //!
-//! A DBC file in the bundle and a mapping from action and state names to `Message.Signal`.
+//! A DBC file in the bundle (parsed by [`crate::dbc`]) and a mapping from action and state names
+//! to `Message.Signal`. Every message carrying a mapped action, the stop signal or a constant is
+//! sent with each command, its other signals raw 0. Everything a command could fail on is
+//! checked at start: the signals exist, their messages are not multiplexed, and the action
+//! limits, the constants and the stop signal's 0/1 are representable in their signals.
 
 use crate::can::{decode_per_joint, encode_per_joint, per_joint_id, CanFrame, FrameError};
+use crate::dbc::{Dbc, SignalError};
 use crate::safety::{SafeCommand, MAX_DIM};
-use reflex_models::manifest::{CanSpec, Manifest, MitFlavor, MitSpec, MitStop};
+use reflex_models::manifest::{CanSpec, DbcSpec, Manifest, MitFlavor, MitSpec, MitStop};
+use reflex_models::Bundle;
+use std::path::Path;
+use std::sync::Arc;
 
 /// The most frames one command, or one start sequence, produces.
 pub const MAX_FRAMES: usize = 2 * MAX_DIM;
@@ -74,6 +82,8 @@ pub enum CodecError {
     Config { field: String, message: String },
     #[error("encoding a command: {0}")]
     Frame(#[from] FrameError),
+    #[error("encoding a command: {0}")]
+    Signal(#[from] SignalError),
 }
 
 fn config(field: impl Into<String>, message: impl Into<String>) -> CodecError {
@@ -198,10 +208,38 @@ struct Mit {
     motors: Vec<MitMotor>,
 }
 
+/// Where a DBC signal's value comes from in each command.
+#[derive(Debug, Clone, Copy)]
+enum SignalSource {
+    Action(usize),
+    Constant(f64),
+    /// 1 in stop commands, else 0.
+    Stop,
+}
+
+/// One message sent with every command: its index in the DBC and its assigned signals.
+#[derive(Debug, Clone)]
+struct TxMessage {
+    msg: usize,
+    fields: Vec<(usize, SignalSource)>,
+}
+
+#[derive(Debug, Clone)]
+struct DbcProto {
+    file: String,
+    dbc: Arc<Dbc>,
+    tx: Vec<TxMessage>,
+    /// State name -> (message index, signal index).
+    feedback: Vec<(String, usize, usize)>,
+    /// (message index, signal index) -> action name, for explanations.
+    action_of: Vec<((usize, usize), String)>,
+}
+
 #[derive(Debug, Clone)]
 enum Kind {
     PerJoint { base_id: u32 },
     Mit(Mit),
+    Dbc(DbcProto),
 }
 
 /// A bundle's motor protocol: commands to frames, and the pieces feedback decoding needs.
@@ -213,8 +251,17 @@ pub struct Codec {
 }
 
 impl Codec {
-    /// The codec of a (validated) bundle manifest.
+    /// The codec of a loaded bundle (a DBC protocol reads its file from the bundle directory).
+    pub fn from_bundle(b: &Bundle) -> Result<Codec, CodecError> {
+        Self::build(&b.manifest, Some(&b.dir))
+    }
+
+    /// The codec of a (validated) manifest whose protocol needs no file (per-joint, MIT).
     pub fn from_manifest(m: &Manifest) -> Result<Codec, CodecError> {
+        Self::build(m, None)
+    }
+
+    fn build(m: &Manifest, dir: Option<&Path>) -> Result<Codec, CodecError> {
         let kind = match &m.can {
             CanSpec::PerJoint { base_id } => {
                 per_joint_id(*base_id, m.action.names.len().saturating_sub(1))
@@ -222,11 +269,14 @@ impl Codec {
                 Kind::PerJoint { base_id: *base_id }
             }
             CanSpec::Mit(spec) => Kind::Mit(mit_from_spec(spec, m)?),
-            CanSpec::Dbc(_) => {
-                return Err(config(
-                    "protocol",
-                    "`dbc` is not supported by this build yet",
-                ))
+            CanSpec::Dbc(spec) => {
+                let dir = dir.ok_or_else(|| {
+                    config(
+                        "file",
+                        "a DBC protocol is read from its bundle directory (Codec::from_bundle)",
+                    )
+                })?;
+                Kind::Dbc(dbc_from_spec(spec, m, dir)?)
             }
         };
         Ok(Codec {
@@ -252,6 +302,7 @@ impl Codec {
         match self.kind {
             Kind::PerJoint { .. } => "per-joint",
             Kind::Mit(_) => "mit",
+            Kind::Dbc(_) => "dbc",
         }
     }
 
@@ -269,6 +320,17 @@ impl Codec {
                     .join(", ")
             )
             .to_lowercase(),
+            Kind::Dbc(d) => format!(
+                "DBC {}, messages {}",
+                d.file,
+                d.tx.iter()
+                    .map(|t| {
+                        let m = &d.dbc.messages()[t.msg];
+                        format!("{} ({:#X})", m.name(), m.id())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
 
@@ -362,6 +424,30 @@ impl Codec {
                     };
                     let data = mit_pack(p, 0.0, kp, kd, 0.0, &mo.ranges);
                     push(out, CanFrame::new(mo.id, false, &data)?);
+                }
+                Ok(())
+            }
+            Kind::Dbc(d) => {
+                out.clear();
+                let values = cmd.values();
+                for t in &d.tx {
+                    let msg = &d.dbc.messages()[t.msg];
+                    let mut data = [0u8; 8];
+                    let fields = t.fields.iter().map(|&(sig, src)| {
+                        let v = match src {
+                            SignalSource::Action(i) => {
+                                f64::from(values.get(i).copied().unwrap_or(f32::NAN))
+                            }
+                            SignalSource::Constant(c) => c,
+                            SignalSource::Stop => f64::from(u8::from(cmd.is_stop())),
+                        };
+                        (sig, v)
+                    });
+                    let len = msg.encode_into(fields, &mut data)?;
+                    push(
+                        out,
+                        CanFrame::new(msg.id(), msg.is_extended(), &data[..len])?,
+                    );
                 }
                 Ok(())
             }
@@ -460,8 +546,175 @@ impl Codec {
                     ids,
                 })
             }
+            Kind::Dbc(d) => {
+                let mut entries: Vec<(usize, Vec<(usize, usize)>)> = vec![];
+                let mut covered = 0u64;
+                for (state, msg, sig) in &d.feedback {
+                    let dim = index(format!("feedback.{state}"), state)?;
+                    covered |= 1 << dim;
+                    match entries.iter_mut().find(|e| e.0 == *msg) {
+                        Some(e) => e.1.push((*sig, dim)),
+                        None => entries.push((*msg, vec![(*sig, dim)])),
+                    }
+                }
+                if let Some(missing) = (0..dims).find(|d| covered & (1 << d) == 0) {
+                    return Err(config(
+                        "feedback",
+                        format!(
+                            "state `{}` is not mapped to a DBC signal",
+                            state_names[missing]
+                        ),
+                    ));
+                }
+                let ids = entries
+                    .iter()
+                    .map(|(m, _)| {
+                        let m = &d.dbc.messages()[*m];
+                        (m.id(), m.is_extended())
+                    })
+                    .collect();
+                Ok(FeedbackDecoder {
+                    kind: FeedbackKind::Dbc {
+                        dbc: d.dbc.clone(),
+                        entries,
+                    },
+                    dims,
+                    ids,
+                })
+            }
         }
     }
+}
+
+/// Resolves `Message.Signal` in `dbc` (`field` and `file` name it in errors).
+fn resolve(dbc: &Dbc, file: &str, field: &str, path: &str) -> Result<(usize, usize), CodecError> {
+    let (msg, sig) = path
+        .split_once('.')
+        .ok_or_else(|| config(field, format!("`{path}`: expected `Message.Signal`")))?;
+    let mi = dbc
+        .messages()
+        .iter()
+        .position(|m| m.name() == msg)
+        .ok_or_else(|| {
+            config(
+                field,
+                format!(
+                    "`{path}`: {file} has no message `{msg}` (it has: {})",
+                    dbc.messages()
+                        .iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+    let m = &dbc.messages()[mi];
+    let si = m.signal_index(sig).ok_or_else(|| {
+        config(
+            field,
+            format!(
+                "`{path}`: message `{msg}` of {file} has no signal `{sig}` (it has: {})",
+                m.signals()
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    Ok((mi, si))
+}
+
+fn dbc_from_spec(spec: &DbcSpec, m: &Manifest, dir: &Path) -> Result<DbcProto, CodecError> {
+    let path = dir.join(&spec.file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| config("file", format!("cannot read {}: {e}", path.display())))?;
+    let dbc = Dbc::parse(&text, &spec.file).map_err(|e| config("file", e.to_string()))?;
+    let mut tx: Vec<TxMessage> = vec![];
+    let mut assigned: Vec<((usize, usize), String)> = vec![];
+    let mut action_of = vec![];
+    let mut assign = |field: String, target: &str, src: SignalSource| -> Result<(), CodecError> {
+        let (mi, si) = resolve(&dbc, &spec.file, &field, target)?;
+        if let Some((_, other)) = assigned.iter().find(|(k, _)| *k == (mi, si)) {
+            return Err(config(
+                field,
+                format!("`{target}` is already assigned by {other}"),
+            ));
+        }
+        let msg = &dbc.messages()[mi];
+        if msg.is_multiplexed() {
+            return Err(config(
+                field,
+                format!(
+                    "message `{}` is multiplexed: reflex does not send multiplexed messages",
+                    msg.name()
+                ),
+            ));
+        }
+        let sig = &msg.signals()[si];
+        // Every value this signal will carry must encode: checked once here, not per tick.
+        let probes: Vec<f64> = match src {
+            SignalSource::Action(i) => match &m.action.limits {
+                Some(l) => vec![f64::from(l.min[i]), f64::from(l.max[i])],
+                None => vec![],
+            },
+            SignalSource::Constant(c) => vec![c],
+            SignalSource::Stop => vec![0.0, 1.0],
+        };
+        for v in probes {
+            sig.physical_to_raw(v).map_err(|e| {
+                config(
+                    field.clone(),
+                    format!("{e} (values sent there must be representable)"),
+                )
+            })?;
+        }
+        assigned.push(((mi, si), field));
+        match tx.iter_mut().find(|t| t.msg == mi) {
+            Some(t) => t.fields.push((si, src)),
+            None => tx.push(TxMessage {
+                msg: mi,
+                fields: vec![(si, src)],
+            }),
+        }
+        Ok(())
+    };
+    for (i, name) in m.action.names.iter().enumerate() {
+        let target = spec
+            .actions
+            .get(name)
+            .ok_or_else(|| config("actions", format!("action `{name}` is not mapped")))?;
+        assign(format!("actions.{name}"), target, SignalSource::Action(i))?;
+        action_of.push((resolve(&dbc, &spec.file, "actions", target)?, name.clone()));
+    }
+    for (target, v) in &spec.constants {
+        assign(
+            format!("constants.\"{target}\""),
+            target,
+            SignalSource::Constant(*v),
+        )?;
+    }
+    if let Some(target) = &spec.stop_signal {
+        assign("stop_signal".into(), target, SignalSource::Stop)?;
+    }
+    let mut feedback = vec![];
+    for (state, target) in &spec.feedback {
+        let (mi, si) = resolve(&dbc, &spec.file, &format!("feedback.{state}"), target)?;
+        feedback.push((state.clone(), mi, si));
+    }
+    if tx.len() > MAX_FRAMES {
+        return Err(config(
+            "actions",
+            format!("{} messages per command: at most {MAX_FRAMES}", tx.len()),
+        ));
+    }
+    Ok(DbcProto {
+        file: spec.file.clone(),
+        dbc: Arc::new(dbc),
+        tx,
+        feedback,
+        action_of,
+    })
 }
 
 fn push(out: &mut Frames, f: CanFrame) {
@@ -527,6 +780,11 @@ enum FeedbackKind {
     Mit {
         flavor: MitFlavor,
         motors: Vec<MitFeedback>,
+    },
+    Dbc {
+        dbc: Arc<Dbc>,
+        /// Per feedback message: (message index, [(signal index, state dimension)]).
+        entries: Vec<(usize, Vec<(usize, usize)>)>,
     },
 }
 
@@ -625,6 +883,36 @@ impl FeedbackDecoder {
                             state[d] = v;
                             mask |= 1 << d;
                         }
+                    }
+                }
+                FeedbackOutcome::Updated(mask)
+            }
+            FeedbackKind::Dbc { dbc, entries } => {
+                let Some((msg, fields)) = entries.iter().find_map(|(mi, f)| {
+                    let m = &dbc.messages()[*mi];
+                    (m.id() == frame.id()
+                        && m.is_extended() == frame.is_extended()
+                        && !frame.is_remote())
+                    .then_some((m, f))
+                }) else {
+                    return FeedbackOutcome::Ignored;
+                };
+                if frame.data().len() < msg.size() {
+                    return FeedbackOutcome::Malformed;
+                }
+                let mut mask = 0;
+                for &(si, dim) in fields {
+                    let sig = &msg.signals()[si];
+                    let Some(raw) = sig.extract(frame.data()) else {
+                        return FeedbackOutcome::Malformed;
+                    };
+                    let v = sig.raw_to_physical(raw) as f32;
+                    if !v.is_finite() {
+                        return FeedbackOutcome::Malformed;
+                    }
+                    if dim < state.len() {
+                        state[dim] = v;
+                        mask |= 1 << dim;
                     }
                 }
                 FeedbackOutcome::Updated(mask)
@@ -756,7 +1044,7 @@ impl Codec {
                         }
                 })?;
                 let r = mit_unpack(data, m.flavor, &mo.ranges)?;
-                let mut values = vec![
+                let mut values: Vec<(String, f64, String)> = vec![
                     ("position".into(), f64::from(r.position), "rad".into()),
                     ("velocity".into(), f64::from(r.velocity), "rad/s".into()),
                     ("torque".into(), f64::from(r.torque), "N·m".into()),
@@ -773,6 +1061,40 @@ impl Codec {
                         self.action_names[i],
                         if r.is_fault() { " (FAULT)" } else { "" }
                     ),
+                    values,
+                })
+            }
+            Kind::Dbc(d) => {
+                let mi =
+                    d.dbc.messages().iter().position(|m| {
+                        m.id() == frame.id() && m.is_extended() == frame.is_extended()
+                    })?;
+                let msg = &d.dbc.messages()[mi];
+                if frame.data().len() < msg.size() {
+                    return None;
+                }
+                let role = if d.tx.iter().any(|t| t.msg == mi) {
+                    "command"
+                } else if d.feedback.iter().any(|(_, m, _)| *m == mi) {
+                    "feedback"
+                } else {
+                    "message"
+                };
+                let values = msg
+                    .signals()
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(si, s)| {
+                        let v = s.raw_to_physical(s.extract(frame.data())?);
+                        let name = match d.action_of.iter().find(|(k, _)| *k == (mi, si)) {
+                            Some((_, a)) => format!("{}({a})", s.name()),
+                            None => s.name().to_string(),
+                        };
+                        Some((name, v, s.unit().to_string()))
+                    })
+                    .collect();
+                Some(Explained {
+                    what: format!("{role} {}", msg.name()),
                     values,
                 })
             }
@@ -979,6 +1301,58 @@ mod tests {
             err.contains("`gripper_force` is not in any motor's replies"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn dbc_feedback_fills_the_state() {
+        use reflex_models::manifest::DbcSpec;
+        let dbc = "VERSION \"\"\nBU_: A B\nBO_ 16 Cmd: 4 A\n SG_ J0 : 0|16@1- (0.001,0) [-30|30] \"rad\" B\n SG_ J1 : 16|16@1- (0.001,0) [-30|30] \"rad\" B\n\nBO_ 17 State: 4 B\n SG_ P0 : 0|16@1- (0.001,0) [-30|30] \"rad\" A\n SG_ P1 : 23|16@0- (0.001,0) [-30|30] \"rad\" A\n";
+        let dir = std::env::temp_dir().join(format!("reflex-codec-dbc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("r.dbc"), dbc).unwrap();
+        let mut arch = reflex_models::reference::demo_arch();
+        arch.action_dim = 2;
+        arch.state_dim = 2;
+        let mut m = reflex_models::reference::reference_manifest(
+            &arch,
+            "t",
+            reflex_models::reference::default_capture(),
+        );
+        let names = m.action.names.clone();
+        m.can = CanSpec::Dbc(DbcSpec {
+            file: "r.dbc".into(),
+            sha256: String::new(),
+            actions: [
+                (names[0].clone(), "Cmd.J0".into()),
+                (names[1].clone(), "Cmd.J1".into()),
+            ]
+            .into(),
+            constants: Default::default(),
+            stop_signal: None,
+            feedback: [
+                (names[0].clone(), "State.P0".into()),
+                (names[1].clone(), "State.P1".into()),
+            ]
+            .into(),
+        });
+        assert!(
+            Codec::from_manifest(&m).is_err(),
+            "needs the bundle directory"
+        );
+        let c = Codec::build(&m, Some(&dir)).unwrap();
+        let d = c.feedback(&m.state.names, 0).unwrap();
+        assert_eq!(d.ids(), &[(17, false)]);
+        let mut state = [0f32; 2];
+        // P0 = 1.5 rad = raw 1500 = 0x05DC (Intel: DC 05); P1 = -0.25 rad = raw -250 = 0xFF06
+        // (Motorola, MSB at bit 23: bytes 2..3 = FF 06).
+        let f = CanFrame::new(17, false, &[0xDC, 0x05, 0xFF, 0x06]).unwrap();
+        assert_eq!(d.decode(&f, &mut state), FeedbackOutcome::Updated(0b11));
+        assert_eq!(state, [1.5, -0.25]);
+        let short = CanFrame::new(17, false, &[0xDC]).unwrap();
+        assert_eq!(d.decode(&short, &mut state), FeedbackOutcome::Malformed);
+        let other = CanFrame::new(16, false, &[0; 4]).unwrap();
+        assert_eq!(d.decode(&other, &mut state), FeedbackOutcome::Ignored);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     proptest::proptest! {

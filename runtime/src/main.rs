@@ -415,7 +415,7 @@ fn open_state(
             }
             None => (rest, 0x200),
         };
-        let codec = Codec::from_manifest(&bundle.manifest)?;
+        let codec = Codec::from_bundle(bundle)?;
         let decoder = codec
             .feedback(&bundle.manifest.state.names, base)
             .with_context(|| format!("--state can:{rest}"))?;
@@ -450,7 +450,7 @@ fn open_sink(
         return Ok(Box::new(NullSink::default()));
     }
     if let Some(file) = spec.strip_prefix("candump:") {
-        let codec = Codec::from_manifest(&bundle.manifest)?;
+        let codec = Codec::from_bundle(bundle)?;
         let sink = CandumpSink::new(Path::new(file), iface, codec, clock.epoch_offset_ns())
             .with_context(|| format!("opening candump log {file}"))?;
         return Ok(Box::new(sink));
@@ -458,7 +458,7 @@ fn open_sink(
     if spec.is_empty() || spec.contains(':') || spec.contains('/') {
         bail!("--can {spec}: expected a CAN interface name (can0, vcan0), candump:FILE or null");
     }
-    let codec = Codec::from_manifest(&bundle.manifest)?;
+    let codec = Codec::from_bundle(bundle)?;
     let sink = reflex_runtime::socketcan::SocketCanSink::open(spec, codec)?;
     Ok(Box::new(sink))
 }
@@ -736,7 +736,7 @@ fn cmd_can(c: CanCmd) -> Result<()> {
             stop,
         } => {
             let bundle = load_bundle(&target.bundle)?;
-            let codec = Codec::from_manifest(&bundle.manifest)?;
+            let codec = Codec::from_bundle(&bundle)?;
             let values = parse_targets(&bundle, &target.values)?;
             let m = &bundle.manifest;
             let mut filter =
@@ -845,7 +845,7 @@ fn cmd_can(c: CanCmd) -> Result<()> {
         }
         CanCmd::Decode { bundle, log } => {
             let bundle = load_bundle(&bundle)?;
-            let codec = Codec::from_manifest(&bundle.manifest)?;
+            let codec = Codec::from_bundle(&bundle)?;
             let text = if log.as_os_str() == "-" {
                 std::io::read_to_string(std::io::stdin()).context("reading stdin")?
             } else {

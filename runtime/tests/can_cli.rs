@@ -155,3 +155,239 @@ fn bad_input_is_named() {
     let err = text(&out.stderr);
     assert!(err.contains("broken.log:2"), "{err}");
 }
+
+/// A robot described by a DBC: three joints in a standard-ID message with Intel signals, an
+/// enable constant and a stop bit; three in an extended-ID message with Motorola signals; the
+/// joint state in a feedback message of 10-bit signals.
+const ROBOT_DBC: &str = r#"VERSION ""
+
+NS_ :
+
+BS_:
+
+BU_: Board Arm
+
+BO_ 512 ArmCmdA: 7 Board
+ SG_ ShoulderPan : 0|16@1- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ ShoulderLift : 16|16@1- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ ElbowFlex : 32|16@1- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ Enable : 48|1@1+ (1,0) [0|1] "" Arm
+ SG_ Stop : 49|1@1+ (1,0) [0|1] "" Arm
+
+BO_ 2147484161 ArmCmdB: 6 Board
+ SG_ WristFlex : 7|16@0- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ WristRoll : 23|16@0- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ Gripper : 39|12@0+ (0.0001,0) [0|0.4] "m" Arm
+
+BO_ 768 ArmState: 8 Arm
+ SG_ PanPos : 0|10@1- (0.005,0) [-2.56|2.555] "rad" Board
+ SG_ LiftPos : 10|10@1- (0.005,0) [-2.56|2.555] "rad" Board
+ SG_ ElbowPos : 20|10@1- (0.005,0) [-2.56|2.555] "rad" Board
+ SG_ WristFlexPos : 30|10@1- (0.005,0) [-2.56|2.555] "rad" Board
+ SG_ WristRollPos : 40|10@1- (0.005,0) [-2.56|2.555] "rad" Board
+ SG_ GripperPos : 50|10@1+ (0.0001,0) [0|0.1023] "m" Board
+
+CM_ SG_ 512 Stop "1 = stop now";
+"#;
+
+const JOINTS: [(&str, &str, &str); 6] = [
+    ("shoulder_pan", "ArmCmdA.ShoulderPan", "ArmState.PanPos"),
+    ("shoulder_lift", "ArmCmdA.ShoulderLift", "ArmState.LiftPos"),
+    ("elbow_flex", "ArmCmdA.ElbowFlex", "ArmState.ElbowPos"),
+    ("wrist_flex", "ArmCmdB.WristFlex", "ArmState.WristFlexPos"),
+    ("wrist_roll", "ArmCmdB.WristRoll", "ArmState.WristRollPos"),
+    ("gripper", "ArmCmdB.Gripper", "ArmState.GripperPos"),
+];
+
+fn dbc_bundle(name: &str, dbc: &str) -> PathBuf {
+    use reflex_models::manifest::{CanSpec, DbcSpec};
+    let (pj, _) = bundles();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("can-cli")
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for f in ["policy.onnx", "policy.toml"] {
+        std::fs::copy(pj.join(f), dir.join(f)).expect("copy");
+    }
+    std::fs::write(dir.join("robot.dbc"), dbc).expect("dbc");
+    let spec = DbcSpec {
+        file: "robot.dbc".into(),
+        sha256: reflex_models::bundle::sha256_bytes(dbc.as_bytes()),
+        actions: JOINTS
+            .iter()
+            .map(|(a, s, _)| (a.to_string(), s.to_string()))
+            .collect(),
+        constants: [("ArmCmdA.Enable".to_string(), 1.0)].into(),
+        stop_signal: Some("ArmCmdA.Stop".into()),
+        feedback: JOINTS
+            .iter()
+            .map(|(a, _, f)| (a.to_string(), f.to_string()))
+            .collect(),
+    };
+    reference::set_bundle_can(&dir, CanSpec::Dbc(spec)).expect("DBC bundle");
+    dir
+}
+
+/// The DBC codec's frames are byte for byte what Python cantools encodes for the same values.
+#[test]
+fn dbc_encode_matches_cantools_and_decode_names_signals() {
+    let dir = dbc_bundle("dbc", ROBOT_DBC);
+    // Values exact in f32 and f64 alike, within the bundle's limits.
+    let targets = [0.5f32, -0.25, 1.25, -1.5, 2.5, 0.03125];
+    let args: Vec<String> = JOINTS
+        .iter()
+        .zip(targets)
+        .map(|((a, _, _), v)| format!("{a}={v}"))
+        .collect();
+    let mut cmd = vec!["can", "encode", "--bundle", s(&dir)];
+    cmd.extend(args.iter().map(String::as_str));
+    let out = reflex(&cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    cmd.push("--stop");
+    let out = reflex(&cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours_stop: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("can-cli");
+    let (cases, result) = (tmp.join("dbc-cases.txt"), tmp.join("dbc-out.txt"));
+    let t = targets;
+    std::fs::write(
+        &cases,
+        format!(
+            "E ArmCmdA ShoulderPan={} ShoulderLift={} ElbowFlex={} Enable=1 Stop=0\n\
+             E ArmCmdB WristFlex={} WristRoll={} Gripper={}\n\
+             E ArmCmdA ShoulderPan={} ShoulderLift={} ElbowFlex={} Enable=1 Stop=1\n\
+             D ArmState 64000100C0FF0F00\n",
+            t[0], t[1], t[2], t[3], t[4], t[5], t[0], t[1], t[2]
+        ),
+    )
+    .expect("cases");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/dbc_cantools.py");
+    let py = Command::new("python3")
+        .arg(&script)
+        .arg(dir.join("robot.dbc"))
+        .arg(&cases)
+        .arg(&result)
+        .output()
+        .unwrap_or_else(|e| panic!("python3 {}: {e}; run scripts/setup.sh", script.display()));
+    assert!(
+        py.status.success(),
+        "cantools reference failed (scripts/setup.sh installs cantools): {}",
+        text(&py.stderr)
+    );
+    let reference = std::fs::read_to_string(&result).expect("cantools output");
+    let hex: Vec<&str> = reference
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).expect("OK HEX"))
+        .collect();
+    assert_eq!(
+        ours,
+        [format!("200#{}", hex[0]), format!("00000201#{}", hex[1])]
+    );
+    assert_eq!(ours_stop[0], format!("200#{}", hex[2]));
+
+    // Decoding a log: commands by joint, and the feedback message with its units.
+    let log = tmp.join("dbc.log");
+    std::fs::write(
+        &log,
+        format!(
+            "(1.000000) can0 {}\n(1.000001) can0 {}\n(1.000002) can0 300#64000100C0FF0F00\n",
+            ours[0], ours[1]
+        ),
+    )
+    .expect("log");
+    let out = reflex(&["can", "decode", "--bundle", s(&dir), s(&log)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("command ArmCmdA: ShoulderPan(shoulder_pan)=0.5 rad"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Enable=1 Stop=0"), "{stdout}");
+    assert!(stdout.contains("Gripper(gripper)=0.0312 m"), "{stdout}");
+    // cantools' decoding of the feedback payload, value for value.
+    let fb = reference.lines().nth(3).expect("decode case");
+    for kv in fb.split_whitespace().skip(1) {
+        let (k, v) = kv.split_once('=').expect("k=v");
+        let v: f64 = v.parse().expect("number");
+        let shown = format!("{v:.6}");
+        let shown = shown.trim_end_matches('0').trim_end_matches('.');
+        assert!(
+            stdout.contains(&format!("{k}={shown}")),
+            "{k}={v}: {stdout}"
+        );
+    }
+}
+
+#[test]
+fn dbc_mapping_errors_name_the_field() {
+    let cases = [
+        (
+            ROBOT_DBC.replace("ArmCmdA: 7", "ArmCmdX: 7"),
+            "`ArmCmdA.ShoulderPan`: robot.dbc has no message `ArmCmdA`",
+        ),
+        (
+            ROBOT_DBC.replace(" SG_ ElbowFlex ", " SG_ Elbow "),
+            "message `ArmCmdA` of robot.dbc has no signal `ElbowFlex` (it has: ShoulderPan, ShoulderLift, Elbow, Enable, Stop)",
+        ),
+        // The shoulder_pan limits (+-2 rad) do not fit a +-1 rad signal.
+        (
+            ROBOT_DBC.replace("(0.0001,0) [-3.2|3.2] \"rad\" Arm\n SG_ ShoulderLift", "(0.0001,0) [-1|1] \"rad\" Arm\n SG_ ShoulderLift"),
+            "[can] actions.shoulder_pan: signal `ShoulderPan`: value -2 is outside the DBC range [-1, 1]",
+        ),
+        (ROBOT_DBC.replace("BO_ 768 ArmState: 8", "BO_ 768 ArmState: 8 Arm\n SG_ Broken : 0|99@1+ (1,0) [0|0] \"\" X\nBO_ 769 Other: 8"), "robot.dbc"),
+    ];
+    for (n, (dbc, want)) in cases.iter().enumerate() {
+        let dir = dbc_bundle(&format!("dbc-bad-{n}"), dbc);
+        let mut cmd = vec!["can", "encode", "--bundle", s(&dir)];
+        cmd.extend(TARGET);
+        let out = reflex(&cmd);
+        assert!(!out.status.success(), "case {n}");
+        let err = text(&out.stderr);
+        assert!(err.contains(want), "case {n}: {err}");
+    }
+}
+
+/// `reflex run` on a DBC bundle: the loop's commands go out as the DBC's messages, and the log
+/// decodes back into the joints, the stop bit set on the last command only.
+#[test]
+fn run_with_a_dbc_bundle_logs_its_messages() {
+    let dir = dbc_bundle("dbc-run", ROBOT_DBC);
+    let bundle = reflex_models::Bundle::load(&dir).expect("bundle");
+    let ep = dir.join("episode");
+    reflex_runtime::replay::generate_synthetic_episode(&bundle.manifest, &ep, 1.0, 30)
+        .expect("episode");
+    let log = dir.join("run.log");
+    let camera = format!("replay:{}", s(&ep));
+    let can = format!("candump:{}", s(&log));
+    let out = reflex(&[
+        "run",
+        "--bundle",
+        s(&dir),
+        "--camera",
+        &camera,
+        "--can",
+        &can,
+        "--duration",
+        "1.5",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = reflex(&["can", "decode", "--bundle", s(&dir), s(&log)]);
+    let stdout = text(&out.stdout);
+    let a: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("command ArmCmdA"))
+        .collect();
+    let b = stdout
+        .lines()
+        .filter(|l| l.contains("command ArmCmdB"))
+        .count();
+    assert!(a.len() >= 20 && a.len() == b, "{stdout}");
+    let (last, rest) = a.split_last().expect("commands");
+    assert!(last.contains("Enable=1 Stop=1"), "{last}");
+    assert!(
+        rest.iter().all(|l| l.contains("Enable=1 Stop=0")),
+        "{stdout}"
+    );
+}
