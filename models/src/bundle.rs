@@ -15,11 +15,14 @@ use tract_onnx::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: cannot read: {source}")]
+    /// The cause is part of the message (not a `source`), so that error chains do not print it
+    /// twice.
+    #[error("{path}: cannot {op}: {error}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// `read` or `write`.
+        op: &'static str,
+        error: std::io::Error,
     },
     #[error("{path}: not a valid manifest: {message}")]
     Parse { path: PathBuf, message: String },
@@ -95,9 +98,10 @@ pub struct Bundle {
 
 /// Lower-case hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String, BundleError> {
-    let io = |source| BundleError::Io {
+    let io = |error| BundleError::Io {
         path: path.to_path_buf(),
-        source,
+        op: "read",
+        error,
     };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
@@ -802,9 +806,10 @@ impl Bundle {
                 path.to_path_buf(),
             )
         };
-        let text = std::fs::read_to_string(&manifest_path).map_err(|source| BundleError::Io {
+        let text = std::fs::read_to_string(&manifest_path).map_err(|error| BundleError::Io {
             path: manifest_path.clone(),
-            source,
+            op: "read",
+            error,
         })?;
         let manifest = parse_manifest(&text, &manifest_path)?;
         validate_manifest(&manifest, &manifest_path)?;
@@ -861,7 +866,11 @@ pub fn write_bundle(
 ) -> Result<(), BundleError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| BundleError::Io { path, source }
+        move |error| BundleError::Io {
+            path,
+            op: "write",
+            error,
+        }
     };
     if files.len() != manifest.models.len() {
         return Err(BundleError::field(

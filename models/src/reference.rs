@@ -253,9 +253,10 @@ pub fn example_mit_can(dims: usize, flavor: MitFlavor, stop: MitStop) -> CanSpec
 /// demos.
 pub fn set_bundle_can(dir: &std::path::Path, can: CanSpec) -> Result<Manifest, ReferenceError> {
     let path = dir.join(MANIFEST_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| crate::bundle::BundleError::Io {
+    let text = std::fs::read_to_string(&path).map_err(|error| crate::bundle::BundleError::Io {
         path: path.clone(),
-        source,
+        op: "read",
+        error,
     })?;
     let mut m = crate::bundle::parse_manifest(&text, &path)?;
     if matches!(can, CanSpec::Mit(_)) {
@@ -267,9 +268,10 @@ pub fn set_bundle_can(dir: &std::path::Path, can: CanSpec) -> Result<Manifest, R
     let text = m
         .to_toml()
         .map_err(|e| crate::bundle::BundleError::field(&path, "can", e.to_string()))?;
-    std::fs::write(&path, text).map_err(|source| crate::bundle::BundleError::Io {
+    std::fs::write(&path, text).map_err(|error| crate::bundle::BundleError::Io {
         path: path.clone(),
-        source,
+        op: "write",
+        error,
     })?;
     Ok(m)
 }
