@@ -669,10 +669,15 @@ fn filtered(
     let f = filter.filter(target, tick);
     if warn {
         let a = &bundle.manifest.action;
+        let why = match (f.outcome.clamped_position, f.outcome.rate_limited) {
+            (true, true) => "position limits, then the rate limit",
+            (true, false) => "position limits",
+            _ => "rate limit: the command ramps there",
+        };
         for (i, (t, v)) in target.iter().zip(f.command.values()).enumerate() {
             if t != v {
                 eprintln!(
-                    "note: {} {t} {} -> {v} (safety filter: limits)",
+                    "note: {} {t} {} -> {v} (safety filter: {why})",
                     a.names[i], a.units[i]
                 );
             }

@@ -68,7 +68,10 @@ fn encode_mit_prints_start_sequence_and_commands() {
     // wrist_flex = 3 is clamped to its 1.8 rad limit: 14.3 * 65535 / 25 = 37486.0 -> 0x926E.
     assert_eq!(lines[15], "004#926E7FF0A33337FF");
     let err = text(&out.stderr);
-    assert!(err.contains("wrist_flex 3 rad -> 1.8"), "{err}");
+    assert!(
+        err.contains("wrist_flex 3 rad -> 1.8 (safety filter: position limits)"),
+        "{err}"
+    );
     assert!(err.contains("enable gripper"), "{err}");
 }
 

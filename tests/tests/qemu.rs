@@ -809,6 +809,26 @@ fn mit_motors_and_can_estop_on_vcan() {
     let c = counters(&report);
     println!("reflex counters: {c}");
     assert!(c["estop_ticks"].as_u64().unwrap_or(0) >= 20, "{c}");
+
+    // `reflex can send --state`: seeded from the motors' replies, ramped at the bundle's rate
+    // limits, it ends on the target, which the simulated motors then report.
+    let send = section(&out, "cansend.out").join("\n");
+    assert_eq!(
+        marker(&out, "CANSEND", "rc"),
+        0.0,
+        "reflex can send failed:\n{send}"
+    );
+    println!("{send}");
+    let last = send
+        .lines()
+        .find_map(|l| l.split("last: [").nth(1))
+        .and_then(|r| r.split(']').next())
+        .unwrap_or_else(|| panic!("no last command in:\n{send}"));
+    let last: Vec<f32> = last
+        .split(", ")
+        .map(|v| v.parse().expect("number"))
+        .collect();
+    assert_eq!(last, [0.5, -0.5, 0.25, 0.0, 0.1, 0.04], "{send}");
     assert!(
         c["stale_state_ticks"].as_u64().unwrap_or(u64::MAX) * 10
             <= c["ticks"].as_u64().unwrap_or(0),

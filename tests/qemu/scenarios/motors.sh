@@ -32,6 +32,11 @@ echo "@@ARMED uptime=$(now) lines=$(lines /tmp/candump.log)"
 
 wait "$reflex_pid"
 echo "@@REFLEX_EXIT rc=$? uptime=$(now)"
+# Jog by hand: ramp every joint to a target from the motors' measured positions.
+reflex can send --bundle /payload/bundle --can vcan0 --state can:vcan0 --hold 1.5 \
+    shoulder_pan=0.5 shoulder_lift=-0.5 elbow_flex=0.25 wrist_flex=0 wrist_roll=0.1 \
+    gripper=0.04 > /tmp/cansend.out 2>&1
+echo "@@CANSEND rc=$? uptime=$(now)"
 touch /tmp/sim.stop
 wait "$sim_pid"
 echo "@@SIM_EXIT rc=$? uptime=$(now)"
@@ -40,4 +45,5 @@ kill "$candump_pid"
 grep '^@@SIM ' /tmp/sim.out
 echo "@@BEGIN sim.out"; cat /tmp/sim.out; echo "@@END sim.out"
 echo "@@BEGIN reflex.out"; cat /tmp/reflex.out; echo "@@END reflex.out"
+echo "@@BEGIN cansend.out"; cat /tmp/cansend.out; echo "@@END cansend.out"
 echo "@@BEGIN candump.log"; cat /tmp/candump.log; echo "@@END candump.log"
