@@ -83,7 +83,7 @@ fn main() {
     )
     .expect("loop");
     let clock = ManualClock::new(0);
-    lp.warm_up(&clock, &m, 1_000_000_000).expect("warm");
+    lp.warm_up(&clock, 1_000_000_000).expect("warm");
     let period = lp.period_ns();
     for k in 0..50 {
         lp.tick(k * period).expect("tick");
@@ -144,7 +144,7 @@ fn main() {
     )
     .expect("loop");
     let clock = MonotonicClock::new();
-    lp.warm_up(&clock, &m, 1_000_000_000).expect("warm");
+    lp.warm_up(&clock, 1_000_000_000).expect("warm");
     let ticks = if full { 500 } else { 10 };
     let mut jitter = Histogram::new();
     let mut last = None;

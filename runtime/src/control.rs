@@ -659,15 +659,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
     /// Waits (on `clock`) until every camera and the state source have delivered, runs the first
     /// inference to completion, and seeds the safety filter from the measured state for action
     /// dimensions that share a name with a state dimension. Returns the first inference's time.
-    ///
-    /// `_manifest` is the bundle's the loop was built for (kept for callers; the names were
-    /// matched at construction).
-    pub fn warm_up(
-        &mut self,
-        clock: &impl Clock,
-        _manifest: &Manifest,
-        timeout_ns: u64,
-    ) -> Result<u64, LoopError> {
+    pub fn warm_up(&mut self, clock: &impl Clock, timeout_ns: u64) -> Result<u64, LoopError> {
         let start = clock.now_ns();
         loop {
             let now = clock.now_ns();

@@ -582,7 +582,7 @@ fn run_loop(
     if let Some(e) = estop {
         lp = lp.with_estop(e);
     }
-    let first_ms = lp.warm_up(clock, m, 5_000_000_000)? as f64 / 1e6;
+    let first_ms = lp.warm_up(clock, 5_000_000_000)? as f64 / 1e6;
     let startup_ms = t_load.elapsed().as_secs_f64() * 1e3;
     log::info!(
         "start-up {startup_ms:.0} ms (bundle load to first action; first inference {first_ms:.0} ms); \
@@ -1040,7 +1040,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         };
         let mut lp = ControlLoop::new(m, cams, state, NullSink::default(), runner, &opts)?;
         let clock = MonotonicClock::new();
-        lp.warm_up(&clock, m, 5_000_000_000)?;
+        lp.warm_up(&clock, 5_000_000_000)?;
         let mut next = clock.now_ns();
         for _ in 0..a.warmup {
             lp.tick(clock.now_ns())?;

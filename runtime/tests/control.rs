@@ -180,7 +180,7 @@ fn overrun_keeps_executing_the_current_chunk() {
     .expect("loop");
     let clock = ManualClock::new(0);
     tx.send(()).expect("gate"); // lets the warm-up inference through
-    lp.warm_up(&clock, &m, 1_000_000_000).expect("warm-up");
+    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
     let t0 = clock.now_ns();
     let mut reps = vec![];
     for k in 0..7 {
@@ -317,7 +317,7 @@ fn ctrl_c_sends_the_stop_command() {
     )
     .expect("loop");
     let clock = ManualClock::new(0);
-    lp.warm_up(&clock, &m, 1_000_000_000).expect("warm-up");
+    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
     lp.run(&clock, &flag, Some(1000)).expect("run");
     let cmds = &lp.sink().inner.sent;
     assert_eq!(cmds.len(), 7, "6 ticks then exactly one stop");

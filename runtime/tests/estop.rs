@@ -298,7 +298,7 @@ fn pressed_at_start_sends_nothing_fresh_until_released_and_armed() {
     .with_estop(e);
     let clock = ManualClock::new(0);
     // The warm-up inference plans the first ticks; the e-stop must still win.
-    lp.warm_up(&clock, &m, 1_000_000_000).expect("warm-up");
+    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
     let t0 = clock.now_ns();
     for k in 0..5 {
         assert_estop_stop(&lp.tick(t0 + k * PERIOD).expect("tick"));
@@ -375,7 +375,7 @@ fn inference_results_from_before_the_rearm_are_discarded() {
     let tx = tx;
     let clock = ManualClock::new(0);
     tx.send(()).expect("gate"); // the warm-up inference (run 0)
-    lp.warm_up(&clock, &m, 1_000_000_000).expect("warm-up");
+    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
     let t0 = clock.now_ns();
     let mut tick = |k: u64| lp.tick(t0 + k * PERIOD).expect("tick");
     let settle = || std::thread::sleep(std::time::Duration::from_millis(30));

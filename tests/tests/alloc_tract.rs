@@ -85,7 +85,7 @@ fn tract_allocations_per_inference_are_measured_and_confined_to_inference() {
     )
     .expect("loop");
     let clock = ManualClock::new(0);
-    lp.warm_up(&clock, m, 1_000_000_000).expect("warm-up");
+    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
     let period = lp.period_ns();
     for k in 0..8 {
         lp.tick(k * period).expect("tick");

@@ -89,7 +89,7 @@ fn demo_bundle_runs_and_the_candump_log_decodes_to_the_filtered_commands() {
         &LoopOptions::default(),
     )
     .expect("loop");
-    lp.warm_up(&clock, m, 1_000_000_000).expect("warm-up");
+    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
     let period = lp.period_ns();
     let t0 = clock.now_ns();
     let mut fresh = 0;
