@@ -311,15 +311,17 @@ impl Codec {
         match &self.kind {
             Kind::PerJoint { base_id } => format!("per-joint, base ID {base_id:#X}"),
             Kind::Mit(m) => format!(
-                "MIT mode ({:?}), motor IDs {}",
-                m.flavor,
+                "MIT mode ({}), motor IDs {}",
+                match m.flavor {
+                    MitFlavor::Cubemars => "CubeMars",
+                    MitFlavor::Damiao => "Damiao",
+                },
                 m.motors
                     .iter()
                     .map(|mo| format!("{:#X}", mo.id))
                     .collect::<Vec<_>>()
                     .join(", ")
-            )
-            .to_lowercase(),
+            ),
             Kind::Dbc(d) => format!(
                 "DBC {}, messages {}",
                 d.file,

@@ -339,6 +339,16 @@ fn cmd_check(path: &Path) -> Result<()> {
             "NONE"
         }
     );
+    // The motor protocol is checked too (a DBC file's mapping and ranges), so that a bundle that
+    // cannot drive its robot fails here and not at the first command.
+    let codec = Codec::from_bundle(&b)?;
+    println!("  can: {}", codec.describe());
+    if codec.protocol() != "per-joint" {
+        match codec.feedback(&m.state.names, 0) {
+            Ok(_) => println!("  state from the bus (--state can:IFACE): every state dimension"),
+            Err(e) => println!("  state from the bus (--state can:IFACE): not available: {e}"),
+        }
+    }
     Ok(())
 }
 

@@ -349,6 +349,10 @@ fn dbc_mapping_errors_name_the_field() {
         assert!(!out.status.success(), "case {n}");
         let err = text(&out.stderr);
         assert!(err.contains(want), "case {n}: {err}");
+        // `reflex check` refuses the bundle for the same reason.
+        let out = reflex(&["check", "--bundle", s(&dir)]);
+        assert!(!out.status.success(), "check, case {n}");
+        assert!(text(&out.stderr).contains(want), "check, case {n}");
     }
 }
 
