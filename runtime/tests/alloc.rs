@@ -2,7 +2,6 @@
 //!
 //! Counting is per thread (a thread-local counter), so the test harness's own threads do not
 //! disturb the figure; the inline runner keeps inference on the measuring thread.
-#![allow(unsafe_code)]
 
 mod common;
 
@@ -10,40 +9,12 @@ use common::*;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
 use reflex_runtime::engine::{InlineRunner, Request};
 use reflex_runtime::sinks::NullSink;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; the thread-local counter is a
-// const-initialized `Cell` that itself never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
+static GLOBAL: counting::Counting = counting::Counting;
+use counting::allocs;
 
 #[test]
 fn loop_tick_allocates_nothing_after_warm_up() {

@@ -7,7 +7,6 @@
 //! - frames in the wrong mode, of the wrong length, corrupt JPEGs: errors naming the camera.
 //! - allocation: `run` allocates nothing for raw formats (a counting global allocator, per
 //!   thread); the MJPEG decoder's per-frame allocations are measured and bounded.
-#![allow(unsafe_code)]
 
 use reflex_models::manifest::{
     CameraSpec, CaptureSpec, ColorOrder, CropSpec, Interpolation, Layout, PixelFormat,
@@ -16,44 +15,16 @@ use reflex_models::manifest::{
 use reflex_models::npy::{read_npy, NpyData};
 use reflex_runtime::io::FaultKind;
 use reflex_runtime::preprocess::{PreprocessError, Preprocessor};
-use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
-use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; the thread-local counter is a
-// const-initialized `Cell` that itself never allocates.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
-
-fn allocs() -> u64 {
-    ALLOCS.with(|c| c.get())
-}
+static GLOBAL: counting::Counting = counting::Counting;
+use counting::allocs;
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];

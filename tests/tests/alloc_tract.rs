@@ -4,7 +4,6 @@
 //! tract allocates its intermediate tensors on every run; this test measures that figure, prints
 //! it, and checks that all of it happens inside inference: ticks that do not run the network
 //! allocate nothing even with the real backend in place.
-#![allow(unsafe_code)]
 
 use reflex_models::reference::write_demo_bundle;
 use reflex_models::Bundle;
@@ -15,43 +14,16 @@ use reflex_runtime::engine::{InlineRunner, Request};
 use reflex_runtime::preprocess::Preprocessor;
 use reflex_runtime::replay::{generate_synthetic_episode, Episode, ReplayMode};
 use reflex_runtime::sinks::NullSink;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::path::PathBuf;
 
-struct Counting;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-    static BYTES: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards every call unchanged to the system allocator; the counters are const-initialized
-// thread-local cells that never allocate.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        let _ = BYTES.try_with(|c| c.set(c.get() + layout.size() as u64));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-        let _ = BYTES.try_with(|c| c.set(c.get() + new_size as u64));
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "../../runtime/tests/counting/mod.rs"]
+mod counting;
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting::Counting = counting::Counting;
 
 fn counts() -> (u64, u64) {
-    (ALLOCS.with(|c| c.get()), BYTES.with(|c| c.get()))
+    (counting::allocs(), counting::bytes())
 }
 
 #[test]
