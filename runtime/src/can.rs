@@ -23,13 +23,15 @@
 //!
 //! The [`CandumpSink`] writes what would go on the bus in the `candump -l` format of can-utils,
 //! `(1700000000.123456) can0 123#DEADBEEF`, so a dry run can be inspected, diffed and replayed on
-//! a real bus with `canplayer`. Lines are formatted into a stack buffer: logging a command does
-//! not allocate. The parser never panics, whatever the input, and reports CAN FD lines as
-//! unsupported rather than misreading them.
+//! a real bus with `canplayer`. CAN FD frames are written as can-utils does, `123##1<data>` (the
+//! digit after `##` holds the FD flags: 1 = bit-rate switch). Lines are formatted into a stack
+//! buffer: logging a command does not allocate. The parser never panics, whatever the input, and
+//! reports what it does not support (CAN XL, raw DLCs, error frames) rather than misreading it.
 //!
-//! [`CanFrame`] is classic CAN (at most 8 data bytes). Its fields are private so the
-//! representation can grow: CAN FD (64 bytes) will be a sibling type rather than a wider array
-//! here, so classic frames stay small on the hot path.
+//! [`CanFrame`] is a classic frame (at most 8 data bytes) or a CAN FD frame (0 to 8, 12, 16,
+//! 20, 24, 32, 48 or 64 bytes). One type with room for 64 bytes rather than two: a command is at
+//! most [`crate::codec::MAX_FRAMES`] frames in a fixed buffer (about 5 KiB), and every codec,
+//! sink and log handles both kinds the same way.
 
 use crate::codec::{Codec, CodecError, Frames};
 use crate::io::{CommandSink, FaultKind, SinkError};
@@ -44,6 +46,13 @@ pub const MAX_STANDARD_ID: u32 = 0x7FF;
 pub const MAX_EXTENDED_ID: u32 = 0x1FFF_FFFF;
 /// Most data bytes in a classic CAN frame.
 pub const MAX_CLASSIC_LEN: usize = 8;
+/// Most data bytes in a CAN FD frame.
+pub const MAX_FD_LEN: usize = 64;
+
+/// Whether `len` data bytes is a length a CAN FD frame can have.
+pub fn is_fd_len(len: usize) -> bool {
+    len <= 8 || matches!(len, 12 | 16 | 20 | 24 | 32 | 48 | 64)
+}
 
 /// Why a frame cannot be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -52,16 +61,21 @@ pub enum FrameError {
     IdOutOfRange { id: u32, extended: bool, max: u32 },
     #[error("{len} data bytes exceed the classic CAN maximum of 8")]
     TooLong { len: usize },
+    #[error("{len} data bytes is not a CAN FD length (0 to 8, 12, 16, 20, 24, 32, 48, 64)")]
+    FdLength { len: usize },
 }
 
-/// A classic CAN frame (data or remote), validated on construction.
+/// A classic CAN frame (data or remote) or a CAN FD data frame, validated on construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CanFrame {
     id: u32,
     extended: bool,
     remote: bool,
+    fd: bool,
+    /// CAN FD bit-rate switch.
+    brs: bool,
     len: u8,
-    data: [u8; MAX_CLASSIC_LEN],
+    data: [u8; MAX_FD_LEN],
 }
 
 impl CanFrame {
@@ -72,12 +86,34 @@ impl CanFrame {
         if data.len() > MAX_CLASSIC_LEN {
             return Err(FrameError::TooLong { len: data.len() });
         }
-        let mut buf = [0u8; MAX_CLASSIC_LEN];
+        let mut buf = [0u8; MAX_FD_LEN];
         buf[..data.len()].copy_from_slice(data);
         Ok(Self {
             id,
             extended,
             remote: false,
+            fd: false,
+            brs: false,
+            len: data.len() as u8,
+            data: buf,
+        })
+    }
+
+    /// A CAN FD data frame: `data` must have a CAN FD length (0 to 8, 12, 16, 20, 24, 32, 48 or
+    /// 64 bytes; the kernel would otherwise pad it); `brs` switches to the data bit rate.
+    pub fn new_fd(id: u32, extended: bool, data: &[u8], brs: bool) -> Result<Self, FrameError> {
+        check_id(id, extended)?;
+        if !is_fd_len(data.len()) || data.len() > MAX_FD_LEN {
+            return Err(FrameError::FdLength { len: data.len() });
+        }
+        let mut buf = [0u8; MAX_FD_LEN];
+        buf[..data.len()].copy_from_slice(data);
+        Ok(Self {
+            id,
+            extended,
+            remote: false,
+            fd: true,
+            brs,
             len: data.len() as u8,
             data: buf,
         })
@@ -95,8 +131,10 @@ impl CanFrame {
             id,
             extended,
             remote: true,
+            fd: false,
+            brs: false,
             len: dlc,
-            data: [0; MAX_CLASSIC_LEN],
+            data: [0; MAX_FD_LEN],
         })
     }
 
@@ -110,6 +148,16 @@ impl CanFrame {
 
     pub fn is_remote(&self) -> bool {
         self.remote
+    }
+
+    /// A CAN FD frame.
+    pub fn is_fd(&self) -> bool {
+        self.fd
+    }
+
+    /// A CAN FD frame sent with bit-rate switching.
+    pub fn brs(&self) -> bool {
+        self.brs
     }
 
     /// The data length code: number of data bytes, or bytes requested for a remote frame.
@@ -187,7 +235,11 @@ pub fn decode_per_joint(
     dims: usize,
 ) -> Option<(usize, f32, bool, u8)> {
     let index = usize::try_from(frame.id().checked_sub(base_id)?).ok()?;
-    if index >= dims || frame.is_remote() || frame.is_extended() != (frame.id() > MAX_STANDARD_ID) {
+    if index >= dims
+        || frame.is_remote()
+        || frame.is_fd()
+        || frame.is_extended() != (frame.id() > MAX_STANDARD_ID)
+    {
         return None;
     }
     let d: &[u8; 8] = frame.data().try_into().ok()?;
@@ -300,7 +352,13 @@ pub fn format_candump_line(
         w.hex(frame.id(), 3);
     }
     w.put(b'#');
-    if frame.is_remote() {
+    if frame.is_fd() {
+        w.put(b'#');
+        w.hex(u32::from(frame.brs()), 1);
+        for &b in frame.data() {
+            w.hex(u32::from(b), 2);
+        }
+    } else if frame.is_remote() {
         w.put(b'R');
         if frame.dlc() > 0 {
             w.put(b'0' + frame.dlc());
@@ -369,9 +427,18 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
     if rest.starts_with(b"##") {
         return Err(CandumpError::Unsupported("CAN XL"));
     }
-    if rest.starts_with(b"#") {
-        return Err(CandumpError::Unsupported("CAN FD"));
-    }
+    let fd_flags = match rest {
+        [b'#', f, ..] => Some(nibble(*f).ok_or(CandumpError::Syntax(
+            "CAN FD flags after `##` must be one hex digit",
+        ))?),
+        [b'#'] => {
+            return Err(CandumpError::Syntax(
+                "CAN FD frame without flags after `##`",
+            ))
+        }
+        _ => None,
+    };
+    let rest = if fd_flags.is_some() { &rest[2..] } else { rest };
     let extended = match hash {
         3 => false,
         8 => true,
@@ -390,6 +457,9 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
         return Err(CandumpError::Unsupported("CAN error frames"));
     }
     match rest {
+        [b'R' | b'r', ..] if fd_flags.is_some() => {
+            return Err(CandumpError::Syntax("CAN FD has no remote frames"))
+        }
         [b'R' | b'r'] => return Ok(CanFrame::new_remote(id, extended, 0)?),
         [b'R' | b'r', d] => {
             return match nibble(*d) {
@@ -403,7 +473,12 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
         [b'R' | b'r', ..] => return Err(CandumpError::Syntax("remote frame DLC must be 0 to 8")),
         _ => {}
     }
-    let mut data = [0u8; MAX_CLASSIC_LEN];
+    let max = if fd_flags.is_some() {
+        MAX_FD_LEN
+    } else {
+        MAX_CLASSIC_LEN
+    };
+    let mut data = [0u8; MAX_FD_LEN];
     let mut len = 0;
     let mut i = 0;
     while i < rest.len() {
@@ -419,14 +494,23 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
         else {
             return Err(CandumpError::Syntax("data must be pairs of hex digits"));
         };
-        if len == MAX_CLASSIC_LEN {
-            return Err(CandumpError::Frame(FrameError::TooLong { len: len + 1 }));
+        if len == max {
+            return Err(CandumpError::Frame(if fd_flags.is_some() {
+                FrameError::FdLength { len: len + 1 }
+            } else {
+                FrameError::TooLong { len: len + 1 }
+            }));
         }
         data[len] = (hi << 4) | lo;
         len += 1;
         i += 2;
     }
-    Ok(CanFrame::new(id, extended, &data[..len])?)
+    match fd_flags {
+        // Bit 0: bit-rate switch; ESI (bit 1) and FDF (bit 2) are the sender's and the
+        // kernel's business.
+        Some(f) => Ok(CanFrame::new_fd(id, extended, &data[..len], f & 1 != 0)?),
+        None => Ok(CanFrame::new(id, extended, &data[..len])?),
+    }
 }
 
 /// Parses one `candump -l` line: `(timestamp in µs, interface, frame)`. Accepts what can-utils
@@ -477,7 +561,8 @@ pub fn read_candump_log(path: &Path) -> Result<Vec<(u64, String, CanFrame)>, Can
 /// names of other tools).
 const MAX_IFACE_LEN: usize = 64;
 /// Stack buffer per line: 56 bytes of timestamp, ID and data, the name, the newline.
-const LINE_BUF: usize = 128;
+/// Longest line: timestamp (28), interface (15), extended ID and `##F` (11), 64 data bytes (128).
+const LINE_BUF: usize = 192;
 
 /// A [`CommandSink`] that writes the frames of each command (in the bundle's protocol, see
 /// [`crate::codec`]) to a `candump -l` log instead of a bus: dry runs, replays with `canplayer`,
@@ -628,7 +713,7 @@ mod tests {
     }
 
     fn line(ts: u64, iface: &str, frame: &CanFrame) -> String {
-        let mut buf = [0u8; 128];
+        let mut buf = [0u8; LINE_BUF];
         let n = format_candump_line(ts, iface, frame, &mut buf).unwrap();
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }
@@ -655,6 +740,55 @@ mod tests {
         assert_eq!((f.id(), f.dlc(), f.data()), (0x123, 3, &[1u8, 2, 3][..]));
         let r = CanFrame::new_remote(0x123, false, 4).unwrap();
         assert_eq!((r.is_remote(), r.dlc(), r.data()), (true, 4, &[][..]));
+        // CAN FD: only the lengths a DLC can express.
+        for len in [0, 5, 8, 12, 16, 20, 24, 32, 48, 64] {
+            let f = CanFrame::new_fd(0x123, false, &vec![7; len], true).unwrap();
+            assert!(f.is_fd() && f.brs() && f.data().len() == len);
+        }
+        for len in [9, 13, 63, 65] {
+            assert_eq!(
+                CanFrame::new_fd(1, false, &vec![0; len], false).unwrap_err(),
+                FrameError::FdLength { len }
+            );
+        }
+        assert!(!CanFrame::new(1, false, &[]).unwrap().is_fd());
+    }
+
+    /// CAN FD lines as can-utils writes them: `ID##<flags><data>`.
+    #[test]
+    fn candump_fd_lines() {
+        let data: Vec<u8> = (0..12).collect();
+        let f = CanFrame::new_fd(0x123, false, &data, true).unwrap();
+        let text = line(1_700_000_000_123_456, "can0", &f);
+        assert_eq!(
+            text,
+            "(1700000000.123456) can0 123##1000102030405060708090A0B"
+        );
+        let (_, _, back) = parse_candump_line(&text).unwrap();
+        assert_eq!(back, f);
+        let f = CanFrame::new_fd(0x1234_5678, true, &[0xAB; 64], false).unwrap();
+        let text = line(0, "vcan0", &f);
+        assert!(
+            text.ends_with(&format!("12345678##0{}", "AB".repeat(64))),
+            "{text}"
+        );
+        assert_eq!(parse_candump_line(&text).unwrap().2, f);
+        // Flags other than BRS (ESI, FDF as newer kernels report it) are accepted and dropped.
+        let (_, _, g) = parse_candump_line("(1.000000) can0 123##5AA").unwrap();
+        assert_eq!(g, CanFrame::new_fd(0x123, false, &[0xAA], true).unwrap());
+        for (bad, want) in [
+            ("(1.000000) can0 123##", "without flags"),
+            ("(1.000000) can0 123##X00", "one hex digit"),
+            ("(1.000000) can0 123##0R", "no remote frames"),
+            (
+                "(1.000000) can0 123##0000000000000000000",
+                "not a CAN FD length",
+            ),
+            ("(1.000000) can0 123###00", "CAN XL"),
+        ] {
+            let e = parse_candump_line(bad).unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -809,10 +943,11 @@ mod tests {
     #[test]
     fn parser_errors() {
         let err = |s: &str| parse_candump_line(s).unwrap_err().to_string();
-        assert_eq!(
-            err("(1700000000.000001) can0 123##1DEADBEEF"),
-            "CAN FD not supported yet"
-        );
+        assert!(err(&format!(
+            "(1700000000.000001) can0 123##1{}",
+            "DE".repeat(9)
+        ))
+        .contains("not a CAN FD length"));
         assert!(err("(1700000000.000001) can0 123###00").contains("CAN XL"));
         assert!(err("(1700000000.000001) can0 20000080#0000000000000000").contains("error frames"));
         assert!(err("(1700000000.001) can0 123#00").contains("6 digits"));
@@ -912,14 +1047,14 @@ mod tests {
         let path = temp_path("broken.log");
         std::fs::write(
             &path,
-            "(1700000000.000001) can0 123#00\n\n(1700000000.000002) can0 123##100\n",
+            "(1700000000.000001) can0 123#00\n\n(1700000000.000002) can0 123##1000000000000000000\n",
         )
         .unwrap();
         let err = read_candump_log(&path).unwrap_err();
         assert!(matches!(err, CandumpError::AtLine { line: 3, .. }));
         let msg = err.to_string();
         assert!(
-            msg.contains("broken.log") && msg.contains("line 3") && msg.contains("CAN FD"),
+            msg.contains("broken.log") && msg.contains("line 3") && msg.contains("CAN FD length"),
             "{msg}"
         );
         std::fs::remove_file(&path).unwrap();
@@ -936,14 +1071,25 @@ mod tests {
             any::<bool>(),
             any::<u32>(),
             proptest::collection::vec(any::<u8>(), 0..=8),
+            prop_oneof![Just(None), (0usize..16, any::<bool>()).prop_map(Some)],
         )
-            .prop_map(|(ts, iface, extended, id, data)| {
+            .prop_map(|(ts, iface, extended, id, data, fd)| {
                 let id = if extended {
                     id & MAX_EXTENDED_ID
                 } else {
                     id & MAX_STANDARD_ID
                 };
-                line(ts, iface, &CanFrame::new(id, extended, &data).unwrap())
+                let frame = match fd {
+                    None => CanFrame::new(id, extended, &data).unwrap(),
+                    Some((k, brs)) => {
+                        let len = [0, 1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 20, 24, 32, 48, 64][k];
+                        let bytes: Vec<u8> = (0..len)
+                            .map(|i| data.get(i % 8).copied().unwrap_or(i as u8))
+                            .collect();
+                        CanFrame::new_fd(id, extended, &bytes, brs).unwrap()
+                    }
+                };
+                line(ts, iface, &frame)
             })
     }
 

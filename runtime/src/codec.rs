@@ -340,6 +340,15 @@ impl Codec {
         &self.action_names
     }
 
+    /// Whether commands include CAN FD frames (DBC messages longer than 8 bytes): the sink then
+    /// needs a CAN FD socket on an interface in CAN FD mode.
+    pub fn uses_fd(&self) -> bool {
+        match &self.kind {
+            Kind::Dbc(d) => d.tx.iter().any(|t| d.dbc.messages()[t.msg].size() > 8),
+            _ => false,
+        }
+    }
+
     pub fn action_units(&self) -> &[String] {
         &self.action_units
     }
@@ -818,6 +827,16 @@ impl FeedbackDecoder {
         self.dims
     }
 
+    /// Whether feedback arrives in CAN FD frames (DBC messages longer than 8 bytes).
+    pub fn uses_fd(&self) -> bool {
+        match &self.kind {
+            FeedbackKind::Dbc { dbc, entries } => {
+                entries.iter().any(|(m, _)| dbc.messages()[*m].size() > 8)
+            }
+            _ => false,
+        }
+    }
+
     /// The (ID, extended) pairs feedback arrives on, for receive filters.
     pub fn ids(&self) -> &[(u32, bool)] {
         &self.ids
@@ -855,7 +874,7 @@ impl FeedbackDecoder {
                 }
             }
             FeedbackKind::Mit { flavor, motors } => {
-                if frame.is_extended() || frame.is_remote() {
+                if frame.is_extended() || frame.is_remote() || frame.is_fd() {
                     return FeedbackOutcome::Ignored;
                 }
                 let data = frame.data();

@@ -29,8 +29,10 @@ use crate::can::CanFrame;
 use crate::codec::{Codec, CodecError, FeedbackDecoder, FeedbackOutcome, Frames};
 use crate::io::{CommandSink, FaultKind, SinkError, StateError, StateSource};
 use crate::safety::{SafeCommand, MAX_DIM};
+use ::socketcan::id::FdFlags;
 use ::socketcan::{
-    CanDataFrame, CanSocket, EmbeddedFrame, ExtendedId, Id, Socket, SocketOptions, StandardId,
+    CanDataFrame, CanFdFrame, CanFdSocket, CanRawFrame, CanSocket, EmbeddedFrame, ExtendedId, Id,
+    Socket, SocketOptions, StandardId,
 };
 use reflex_board::input::{InputError, SafetyInput};
 use std::io;
@@ -107,14 +109,154 @@ pub fn classify_send_errno(errno: i32) -> FaultKind {
     }
 }
 
-/// The socketcan crate's frame for one of ours (same ID, ID format and data).
-pub fn to_socketcan_frame(frame: &CanFrame) -> Option<CanDataFrame> {
-    let id: Id = if frame.is_extended() {
+fn socketcan_id(frame: &CanFrame) -> Option<Id> {
+    Some(if frame.is_extended() {
         ExtendedId::new(frame.id())?.into()
     } else {
         StandardId::new(u16::try_from(frame.id()).ok()?)?.into()
+    })
+}
+
+/// The socketcan crate's frame for one of our classic frames (same ID, ID format and data);
+/// `None` for a CAN FD frame.
+pub fn to_socketcan_frame(frame: &CanFrame) -> Option<CanDataFrame> {
+    if frame.is_fd() {
+        return None;
+    }
+    CanDataFrame::new(socketcan_id(frame)?, frame.data())
+}
+
+/// The socketcan crate's CAN FD frame for one of our FD frames.
+pub fn to_socketcan_fd_frame(frame: &CanFrame) -> Option<CanFdFrame> {
+    if !frame.is_fd() {
+        return None;
+    }
+    let flags = if frame.brs() {
+        FdFlags::BRS
+    } else {
+        FdFlags::empty()
     };
-    CanDataFrame::new(id, frame.data())
+    CanFdFrame::with_flags(socketcan_id(frame)?, frame.data(), flags)
+}
+
+/// A raw CAN socket: classic frames only, or with CAN FD frames enabled (`CAN_RAW_FD_FRAMES`) for
+/// protocols that send or receive them. Both are non-blocking once set up.
+enum RawSocket {
+    Classic(CanSocket),
+    Fd(CanFdSocket),
+}
+
+/// A frame as the kernel handed it over.
+enum RawRead {
+    Classic(libc::can_frame),
+    Fd(libc::canfd_frame),
+}
+
+impl RawSocket {
+    fn open(iface: &str, fd: bool) -> io::Result<Self> {
+        Ok(if fd {
+            RawSocket::Fd(CanFdSocket::open(iface)?)
+        } else {
+            RawSocket::Classic(CanSocket::open(iface)?)
+        })
+    }
+
+    fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            RawSocket::Classic(s) => s.set_nonblocking(true),
+            RawSocket::Fd(s) => s.set_nonblocking(true),
+        }
+    }
+
+    fn set_filters(&self, filters: &[(u32, u32)]) -> io::Result<()> {
+        match self {
+            RawSocket::Classic(s) => s.set_filters(filters),
+            RawSocket::Fd(s) => s.set_filters(filters),
+        }
+    }
+
+    fn set_filter_drop_all(&self) -> io::Result<()> {
+        match self {
+            RawSocket::Classic(s) => s.set_filter_drop_all(),
+            RawSocket::Fd(s) => s.set_filter_drop_all(),
+        }
+    }
+
+    fn set_error_filter(&self, mask: u32) -> io::Result<()> {
+        match self {
+            RawSocket::Classic(s) => s.set_error_filter(mask),
+            RawSocket::Fd(s) => s.set_error_filter(mask),
+        }
+    }
+
+    /// Writes one frame; a CAN FD frame on a classic socket is `EINVAL` (the codec and the socket
+    /// are chosen together, so this does not happen).
+    fn write(&self, frame: &CanFrame) -> io::Result<()> {
+        let invalid = || io::Error::from_raw_os_error(libc::EINVAL);
+        match (self, frame.is_fd()) {
+            (RawSocket::Classic(s), false) => {
+                s.write_frame(&to_socketcan_frame(frame).ok_or_else(invalid)?)
+            }
+            (RawSocket::Fd(s), false) => {
+                s.write_frame(&to_socketcan_frame(frame).ok_or_else(invalid)?)
+            }
+            (RawSocket::Fd(s), true) => {
+                s.write_frame(&to_socketcan_fd_frame(frame).ok_or_else(invalid)?)
+            }
+            (RawSocket::Classic(_), true) => Err(invalid()),
+        }
+    }
+
+    fn read(&self) -> io::Result<RawRead> {
+        match self {
+            RawSocket::Classic(s) => s.read_raw_frame().map(RawRead::Classic),
+            RawSocket::Fd(s) => s.read_raw_frame().map(|f| match f {
+                CanRawFrame::Classic(c) => RawRead::Classic(c),
+                CanRawFrame::Fd(f) => RawRead::Fd(f),
+            }),
+        }
+    }
+}
+
+impl RawRead {
+    /// Our frame: `None` for error and remote frames and what is not valid CAN.
+    fn frame(&self) -> Option<CanFrame> {
+        match self {
+            RawRead::Classic(c) => from_raw_frame(c),
+            RawRead::Fd(f) => from_raw_fd_frame(f),
+        }
+    }
+}
+
+/// Our frame for a received raw CAN FD one: `None` for error frames and invalid lengths.
+pub fn from_raw_fd_frame(raw: &libc::canfd_frame) -> Option<CanFrame> {
+    if raw.can_id & (libc::CAN_ERR_FLAG | libc::CAN_RTR_FLAG) != 0 {
+        return None;
+    }
+    let extended = raw.can_id & libc::CAN_EFF_FLAG != 0;
+    let id = if extended {
+        raw.can_id & libc::CAN_EFF_MASK
+    } else {
+        raw.can_id & libc::CAN_SFF_MASK
+    };
+    let len = usize::from(raw.len);
+    let brs = raw.flags & libc::CANFD_BRS as u8 != 0;
+    CanFrame::new_fd(id, extended, raw.data.get(..len)?, brs).ok()
+}
+
+/// Checks that `iface` can carry CAN FD frames (MTU 72), when sysfs says.
+fn check_fd_mtu(sys_class_net: &Path, iface: &str) -> Result<(), String> {
+    let Ok(text) = std::fs::read_to_string(sys_class_net.join(iface).join("mtu")) else {
+        return Ok(());
+    };
+    match text.trim().parse::<u32>() {
+        Ok(72) | Err(_) => Ok(()),
+        Ok(mtu) => Err(format!(
+            "the bundle's protocol sends CAN FD frames but `{iface}` is in classic CAN mode (MTU \
+             {mtu}, CAN FD is 72): `ip link set {iface} type can bitrate B dbitrate DB fd on` \
+             (a vcan: `ip link set {iface} mtu 72`)"
+        )),
+    }
 }
 
 /// Checks that `iface` exists under `sys_class_net`, is a CAN interface and is up. Errors are
@@ -181,7 +323,7 @@ pub fn check_interface(sys_class_net: &Path, iface: &str) -> Result<(), (FaultKi
 /// command, and again before the first command after the interface was down: motors that timed
 /// out while the bus was gone are enabled again by the command that follows.
 pub struct SocketCanSink {
-    socket: CanSocket,
+    socket: RawSocket,
     iface: String,
     name: String,
     codec: Codec,
@@ -213,7 +355,11 @@ impl SocketCanSink {
             message,
         };
         check_interface(sys_class_net, iface).map_err(|(kind, msg)| fail(kind, msg))?;
-        let socket = CanSocket::open(iface).map_err(|e| {
+        let fd = codec.uses_fd();
+        if fd {
+            check_fd_mtu(sys_class_net, iface).map_err(|m| fail(FaultKind::Fatal, m))?;
+        }
+        let socket = RawSocket::open(iface, fd).map_err(|e| {
             let (kind, msg) = match e.raw_os_error() {
                 Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT) => (
                     FaultKind::Fatal,
@@ -236,7 +382,7 @@ impl SocketCanSink {
         let setup = |what: &str, r: io::Result<()>| {
             r.map_err(|e| fail(FaultKind::Fatal, format!("{what} on `{iface}`: {e}")))
         };
-        setup("set_nonblocking", socket.set_nonblocking(true))?;
+        setup("set_nonblocking", socket.set_nonblocking())?;
         // A sink reads no data frames, only the bus's error reports.
         setup("CAN_RAW_FILTER", socket.set_filter_drop_all())?;
         setup(
@@ -264,8 +410,9 @@ impl SocketCanSink {
     /// Reads the pending error frames without blocking.
     fn poll_error_frames(&mut self) {
         for _ in 0..MAX_ERROR_FRAMES_PER_SEND {
-            let Ok(raw) = self.socket.read_raw_frame() else {
+            let Ok(RawRead::Classic(raw)) = self.socket.read() else {
                 // WouldBlock (nothing pending) or the interface went away: `write` will say.
+                // (Error frames are classic frames; the filter lets nothing else through.)
                 return;
             };
             if raw.can_id & libc::CAN_ERR_FLAG == 0 {
@@ -326,11 +473,7 @@ impl SocketCanSink {
     fn write_frames(&mut self) -> Result<(), SinkError> {
         for k in 0..self.frames.len() {
             let frame = self.frames[k];
-            // Cannot fail: the frame was built and checked by the codec.
-            let Some(out) = to_socketcan_frame(&frame) else {
-                continue;
-            };
-            if let Err(e) = self.socket.write_frame(&out) {
+            if let Err(e) = self.socket.write(&frame) {
                 if k > 0 {
                     self.counters.partial_commands += 1;
                 }
@@ -459,7 +602,7 @@ pub struct StateCounters {
 /// complete state arrived for `REQUEST_AFTER_NS`, at most every `REQUEST_AFTER_NS`: during
 /// warm-up, and whenever the commands stop.
 pub struct SocketCanStateSource {
-    socket: CanSocket,
+    socket: RawSocket,
     iface: String,
     name: String,
     decoder: FeedbackDecoder,
@@ -512,12 +655,16 @@ impl SocketCanStateSource {
                 (id | flag, mask | libc::CAN_EFF_FLAG | libc::CAN_RTR_FLAG)
             })
             .collect();
-        let socket = CanSocket::open(iface)
+        let fd = decoder.uses_fd() || requests.iter().any(CanFrame::is_fd);
+        if fd {
+            check_fd_mtu(Path::new(SYS_CLASS_NET), iface).map_err(fail)?;
+        }
+        let socket = RawSocket::open(iface, fd)
             .map_err(|e| fail(format!("opening a CAN socket on `{iface}`: {e}")))?;
         let setup = |what: &str, r: io::Result<()>| {
             r.map_err(|e| fail(format!("{what} on `{iface}`: {e}")))
         };
-        setup("set_nonblocking", socket.set_nonblocking(true))?;
+        setup("set_nonblocking", socket.set_nonblocking())?;
         setup("CAN_RAW_FILTER", socket.set_filters(&filters))?;
         let mut values = heapless::Vec::new();
         // Cannot fail: dims <= MAX_DIM, the capacity.
@@ -552,9 +699,7 @@ impl SocketCanStateSource {
             |t: Option<u64>| t.is_none_or(|t| now_ns.saturating_sub(t) >= REQUEST_AFTER_NS);
         if overdue(self.last_state_ns) && overdue(self.last_request_ns) {
             for f in &self.requests {
-                if let Some(out) = to_socketcan_frame(f) {
-                    let _ = self.socket.write_frame(&out);
-                }
+                let _ = self.socket.write(f);
             }
             self.counters.requests += 1;
             self.last_request_ns = Some(now_ns);
@@ -570,7 +715,7 @@ impl StateSource for SocketCanStateSource {
     fn latest(&mut self, now_ns: u64, out: &mut [f32]) -> Result<Option<u64>, StateError> {
         // Bounded: a flooded bus cannot hold the tick here.
         for _ in 0..8 * self.values.len() {
-            let raw = match self.socket.read_raw_frame() {
+            let raw = match self.socket.read() {
                 Ok(raw) => raw,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -586,7 +731,7 @@ impl StateSource for SocketCanStateSource {
                     });
                 }
             };
-            let Some(frame) = from_raw_frame(&raw) else {
+            let Some(frame) = raw.frame() else {
                 self.counters.malformed += 1;
                 continue;
             };
@@ -891,6 +1036,44 @@ mod tests {
         raw.can_id = 0x123;
         raw.can_dlc = 9;
         assert_eq!(from_raw_frame(&raw), None);
+    }
+
+    #[test]
+    fn fd_frames_convert_both_ways() {
+        let data: Vec<u8> = (0..16).collect();
+        let ours = CanFrame::new_fd(0x123, false, &data, true).unwrap();
+        assert!(
+            to_socketcan_frame(&ours).is_none(),
+            "an FD frame is not a classic one"
+        );
+        let out = to_socketcan_fd_frame(&ours).unwrap();
+        assert!(out.is_brs());
+        assert_eq!(out.data(), &data[..]);
+        let raw: &libc::canfd_frame = out.as_ref();
+        assert_eq!(from_raw_fd_frame(raw), Some(ours));
+        let ext = CanFrame::new_fd(0x1234_5678, true, &[9; 64], false).unwrap();
+        let raw_ext = to_socketcan_fd_frame(&ext).unwrap();
+        let raw: &libc::canfd_frame = raw_ext.as_ref();
+        assert_eq!(from_raw_fd_frame(raw), Some(ext));
+        let classic = CanFrame::new(0x123, false, &[1]).unwrap();
+        assert!(to_socketcan_fd_frame(&classic).is_none());
+    }
+
+    #[test]
+    fn fd_needs_an_fd_mtu() {
+        let root = fake_sysfs(
+            "fd",
+            &[("can0", "280", "0x40c1"), ("can1", "280", "0x40c1")],
+        );
+        std::fs::write(root.join("can0/mtu"), "72\n").unwrap();
+        std::fs::write(root.join("can1/mtu"), "16\n").unwrap();
+        assert_eq!(check_fd_mtu(&root, "can0"), Ok(()));
+        let e = check_fd_mtu(&root, "can1").unwrap_err();
+        assert!(
+            e.contains("classic CAN mode (MTU 16") && e.contains("fd on"),
+            "{e}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     /// A zeroed `can_frame` without `unsafe` (its padding fields are private in libc).
