@@ -1,13 +1,15 @@
-//! fp16 and int8 (QDQ) against fp32, in tract and in ONNX Runtime, same machine, same run.
+//! fp16 and both int8 forms against fp32, in tract and in ONNX Runtime, same machine, same run.
 //!
 //! `cargo bench -p reflex-tools --bench quantized` (needs python3 with onnxruntime). For the
 //! reference ResNet-18 and ViT-S/16 chunk policies: exports the fp32 bundle, quantizes it with
 //! `reflex-tools quantize` (entropy calibration on a synthetic episode), and prints the median
 //! latency of each form in tract (reflex's backend, 2 threads) and ONNX Runtime (2 threads), with
-//! the ratio to fp32. Only the QDQ int8 form exists so far (the operator form with QLinearConv /
-//! QLinearMatMul for tract's int8 kernels is not written yet). Under `cargo test` (no `--bench`)
-//! it runs as a short smoke check.
+//! the ratio to fp32: fp16, int8 in operator form (`int8-qop`, QLinearConv / QLinearMatMul: the
+//! file listed for tract) and int8 QDQ (`int8-qdq`: the file listed for TensorRT, run here on
+//! the CPU for comparison). Under `cargo test` (no `--bench`) it runs as a short smoke check.
 
+use reflex_models::bundle::write_bundle;
+use reflex_models::manifest::BackendKind;
 use reflex_models::Bundle;
 use reflex_runtime::backend::{PolicyBackend, TractBackend, TractOptions};
 use std::path::{Path, PathBuf};
@@ -29,6 +31,18 @@ fn tools(args: &[&str]) {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// A bundle of `int8`'s QDQ file listed for tract, so tract can time that form too.
+fn qdq_for_tract(int8: &Path, out: &Path) {
+    let b = Bundle::load(int8).expect("int8 bundle");
+    let mut m = b.manifest.clone();
+    m.models
+        .retain(|f| f.backends.contains(&BackendKind::Tensorrt));
+    assert_eq!(m.models.len(), 1, "one QDQ entry");
+    m.models[0].backends = vec![BackendKind::Tract];
+    let bytes = std::fs::read(int8.join(&m.models[0].file)).expect("QDQ file");
+    write_bundle(out, &mut m, &[bytes.as_slice()]).expect("QDQ bundle");
 }
 
 fn tract_ms(dir: &Path, runs: usize) -> f64 {
@@ -76,9 +90,9 @@ fn main() {
     let runs = if full { 20 } else { 2 };
     let root = std::env::temp_dir().join("reflex-bench-quantized");
     let s = |p: &PathBuf| p.to_str().expect("utf8").to_string();
-    println!("fp32 vs fp16 vs int8 (QDQ), 2 threads, median of {runs} runs");
+    println!("fp32 vs fp16 vs int8 (operator form, QDQ), 2 threads, median of {runs} runs");
     println!(
-        "{:<10} {:<6} {:>9} {:>8} {:>9} {:>8}",
+        "{:<10} {:<9} {:>9} {:>8} {:>9} {:>8}",
         "model", "form", "tract ms", "vs fp32", "ORT ms", "vs fp32"
     );
     for arch in ["resnet18", "vit-s16"] {
@@ -87,15 +101,19 @@ fn main() {
             tools(&["export", "--arch", arch, "--seed", "0", "--out", &s(&fp32)]);
         }
         let (mut t0, mut o0) = (0.0, None);
-        for form in ["fp32", "fp16", "int8"] {
-            let dir = root.join(format!("{arch}-{form}"));
-            if form != "fp32" && Bundle::load(&dir).is_err() {
+        for form in ["fp32", "fp16", "int8-qop", "int8-qdq"] {
+            let precision = form.split('-').next().unwrap_or(form);
+            let bundle = root.join(format!("{arch}-{precision}"));
+            // Reused from an earlier run unless missing or from before the operator form.
+            let current = Bundle::load(&bundle)
+                .is_ok_and(|b| precision != "int8" || b.policy_path.ends_with("policy.qop.onnx"));
+            if form != "fp32" && form != "int8-qdq" && !current {
                 tools(&[
                     "quantize",
                     "--bundle",
                     &s(&fp32),
                     "--precision",
-                    form,
+                    precision,
                     "--calibration-frames",
                     "16",
                     "--held-out",
@@ -103,11 +121,21 @@ fn main() {
                     "--latency-runs",
                     "2",
                     "--out",
-                    &s(&dir),
+                    &s(&bundle),
                 ]);
             }
+            // The directory tract loads, and the file ONNX Runtime times (the same one).
+            let (dir, file) = match form {
+                "int8-qdq" => {
+                    let d = root.join(format!("{arch}-int8-qdq-on-tract"));
+                    qdq_for_tract(&bundle, &d);
+                    (d, "policy.qdq.onnx")
+                }
+                "int8-qop" => (bundle, "policy.qop.onnx"),
+                _ => (bundle, "policy.onnx"),
+            };
             let t = tract_ms(&dir, runs);
-            let o = ort_ms(&dir.join("policy.onnx"), runs);
+            let o = ort_ms(&dir.join(file), runs);
             if form == "fp32" {
                 (t0, o0) = (t, o);
             }
@@ -116,7 +144,7 @@ fn main() {
                 _ => "n/a".into(),
             };
             println!(
-                "{:<10} {:<6} {:>9.2} {:>8.2} {:>9} {:>8}",
+                "{:<10} {:<9} {:>9.2} {:>8.2} {:>9} {:>8}",
                 arch,
                 form,
                 t,

@@ -5,9 +5,11 @@
 //! The ONNX Runtime comparison needs `python3` with onnx, onnxruntime and numpy; without them the
 //! test fails (a quantized graph no second runtime has checked must not pass silently).
 
+use reflex_models::bundle::validate_manifest;
 use reflex_models::manifest::{BackendKind, Normalization, Precision};
 use reflex_models::npy::read_npy;
 use reflex_models::Bundle;
+use reflex_runtime::backend::{select_backend, BackendChoice, TractOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -236,14 +238,10 @@ fn int8_bundle_report_and_ort_agreement() {
         "resnet18-int8",
         &["--precision", "int8", "--calibration-frames", "8"],
     );
-    // The bundle: int8, hash recomputed (Bundle::load checks it), provenance summarized.
+    // The bundle: two int8 files, the operator form for tract (the one `Bundle::load` reads) and
+    // QDQ for TensorRT, hashes recomputed (Bundle::load checks them), provenance summarized.
     let b = Bundle::load(&out).expect("int8 bundle loads");
-    let model = b.manifest.policy_model().expect("policy");
-    assert_eq!(model.precision, Precision::Int8);
-    assert_eq!(
-        model.backends,
-        vec![BackendKind::Tract, BackendKind::Tensorrt]
-    );
+    assert_int8_forms(&b);
     let q = b.manifest.provenance["quantization"]
         .as_table()
         .expect("provenance.quantization");
@@ -260,8 +258,14 @@ fn int8_bundle_report_and_ort_agreement() {
         .unwrap_or("")
         .contains("not measured"));
     let size = |p: &Path| std::fs::metadata(p).expect("size").len();
-    let (q_size, f_size) = (size(&b.policy_path), size(&resnet18().join("policy.onnx")));
-    assert!(q_size * 3 < f_size, "int8 {q_size} bytes vs fp32 {f_size}");
+    let f_size = size(&resnet18().join("policy.onnx"));
+    for file in ["policy.qop.onnx", "policy.qdq.onnx"] {
+        let q_size = size(&out.join(file));
+        assert!(
+            q_size * 3 < f_size,
+            "{file}: {q_size} bytes vs fp32 {f_size}"
+        );
+    }
 
     // The report: held-out frames disjoint from calibration frames; the head's last layer kept
     // in float; errors the test reproduces.
@@ -284,18 +288,141 @@ fn int8_bundle_report_and_ort_agreement() {
         r["graph"]["quantized_nodes"], 21,
         "20 convs + the first head Gemm"
     );
+    assert_eq!(
+        r["graph"]["operator_form_float_scores"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        r["graph"]["operator_form_float_unsupported"],
+        serde_json::json!([])
+    );
     assert!(f(&r["latency"]["fp32_median_ms"]) > 0.0);
     let tract_out = check_report_against_infer(resnet18(), &out, &held, &r);
 
-    // ONNX Runtime runs the int8 QDQ graph and agrees with tract: the two runtimes differ at
-    // rounding boundaries (ORT fuses DQ + Conv into integer kernels, tract computes in float),
-    // which flips some int8 steps and propagates, so they can only agree to the size of the
-    // quantization error itself; a runtime misreading the graph (the ViT case in earlier work)
-    // is off by far more.
-    assert_ort_agrees_int8(resnet18(), &b.policy_path, &held, &tract_out);
+    // Both int8 forms in both runtimes: each runtime agrees with the other on each form, and
+    // the forms agree with each other, to the size of the quantization error.
+    assert_int8_forms_agree(resnet18(), &out, &held, &tract_out);
 }
 
-fn assert_ort_agrees_int8(fp32: &Path, quant: &Path, held: &Path, tract_out: &Path) {
+/// The two policy entries of an int8 bundle, and `Bundle::load` reading the tract one.
+fn assert_int8_forms(b: &Bundle) {
+    let m = &b.manifest;
+    let tract = m.policy_model_for(BackendKind::Tract).expect("tract entry");
+    let trt = m
+        .policy_model_for(BackendKind::Tensorrt)
+        .expect("tensorrt entry");
+    assert_eq!(
+        (tract.file.as_str(), tract.backends.as_slice()),
+        ("policy.qop.onnx", [BackendKind::Tract].as_slice())
+    );
+    assert_eq!(
+        (trt.file.as_str(), trt.backends.as_slice()),
+        ("policy.qdq.onnx", [BackendKind::Tensorrt].as_slice())
+    );
+    assert_eq!(
+        (tract.precision, trt.precision),
+        (Precision::Int8, Precision::Int8)
+    );
+    assert_eq!(b.policy_path, b.dir.join("policy.qop.onnx"));
+    // The runtime picks tract on the file listed for it.
+    let (_, why) = select_backend(b, BackendChoice::Auto, TractOptions { threads: 1 })
+        .expect("tract selected");
+    assert!(why.starts_with("auto: tract"), "{why}");
+    // Two policy files for one backend are ambiguous: validation names both.
+    let mut twice = m.clone();
+    for f in &mut twice.models {
+        f.backends = vec![BackendKind::Tract];
+    }
+    let err = validate_manifest(&twice, Path::new("b/policy.toml"))
+        .expect_err("two tract policies")
+        .to_string();
+    assert!(
+        err.contains("policy.qdq.onnx")
+            && err.contains("policy.qop.onnx")
+            && err.contains("one policy file per backend"),
+        "{err}"
+    );
+    let ops = |file: &str| {
+        let bytes = std::fs::read(b.dir.join(file)).expect("model");
+        let model: tract_onnx::pb::ModelProto =
+            prost::Message::decode(bytes.as_slice()).expect("onnx");
+        let g = model.graph.expect("graph");
+        let mut ops: Vec<String> = g.node.iter().map(|n| n.op_type.clone()).collect();
+        ops.sort();
+        ops.dedup();
+        assert!(
+            g.node.iter().all(|n| n.domain.is_empty()),
+            "{file}: only ai.onnx ops"
+        );
+        ops
+    };
+    let (qop, qdq) = (ops("policy.qop.onnx"), ops("policy.qdq.onnx"));
+    assert!(qop.iter().any(|o| o.starts_with("QLinear")), "{qop:?}");
+    assert!(!qdq.iter().any(|o| o.starts_with("QLinear")), "{qdq:?}");
+}
+
+/// `out`'s QDQ file as the tract entry of a bundle of its own, so tract runs that form too.
+fn qdq_on_tract(out: &Path) -> PathBuf {
+    let b = Bundle::load(out).expect("int8 bundle");
+    let mut m = b.manifest.clone();
+    m.models.retain(|f| f.file == "policy.qdq.onnx");
+    m.models[0].backends = vec![BackendKind::Tract];
+    let bytes = std::fs::read(out.join("policy.qdq.onnx")).expect("qdq");
+    let d = dir(&format!(
+        "{}-qdq-on-tract",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("q")
+    ));
+    reflex_models::bundle::write_bundle(&d, &mut m, &[bytes.as_slice()]).expect("write");
+    d
+}
+
+fn max_abs_diff(a: &Path, b: &Path) -> f64 {
+    let (a, b) = (
+        read_npy(a).expect("npy").data.to_f32(),
+        read_npy(b).expect("npy").data.to_f32(),
+    );
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs() as f64)
+        .fold(0.0, f64::max)
+}
+
+/// Both int8 forms of `out` run in tract and in ONNX Runtime: on each form the runtimes agree
+/// (see [`assert_ort_agrees_int8`]), and the two forms agree with each other in tract within
+/// the sum of their quantization errors. `tract_qop` holds tract's outputs of the operator form.
+fn assert_int8_forms_agree(fp32: &Path, out: &Path, held: &Path, tract_qop: &Path) {
+    let qop = assert_ort_agrees_int8(fp32, &out.join("policy.qop.onnx"), held, tract_qop);
+    let qdq_bundle = qdq_on_tract(out);
+    let tract_qdq = dir(&format!(
+        "{}-tract",
+        qdq_bundle
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("q")
+    ));
+    std::fs::create_dir_all(&tract_qdq).expect("mkdir");
+    let mut forms = 0f64;
+    for i in 0..HELD_OUT {
+        let o = tract_qdq.join(format!("{i}.npy"));
+        infer(&qdq_bundle, held, i, &o);
+        forms = forms.max(max_abs_diff(&o, &tract_qop.join(format!("{i}.npy"))));
+    }
+    let qdq = assert_ort_agrees_int8(fp32, &out.join("policy.qdq.onnx"), held, &tract_qdq);
+    let bound = f(&qop["ort_quant_vs_ort_fp32"]) + f(&qdq["ort_quant_vs_ort_fp32"]);
+    eprintln!("tract operator form vs tract QDQ: {forms} (bound {bound})");
+    assert!(
+        forms > 0.0 && forms <= bound,
+        "the two int8 forms disagree in tract: {forms} > {bound}"
+    );
+}
+
+/// ONNX Runtime runs an int8 graph and agrees with tract on it: the two runtimes differ at
+/// rounding boundaries (each picks its own kernels: integer, or float on dequantized values),
+/// which flips some int8 steps and propagates, so they can only agree to the size of the
+/// quantization error itself; a runtime misreading the graph (the ViT cases in earlier work) is
+/// off by far more. Returns the script's figures.
+fn assert_ort_agrees_int8(fp32: &Path, quant: &Path, held: &Path, tract_out: &Path) -> Value {
     let ort = ort_check(&fp32.join("policy.onnx"), quant, held, tract_out);
     eprintln!("ONNX Runtime vs tract, int8 {}: {ort}", fp32.display());
     assert_eq!(ort["samples"], HELD_OUT);
@@ -312,6 +439,7 @@ fn assert_ort_agrees_int8(fp32: &Path, quant: &Path, held: &Path, tract_out: &Pa
         tract_err <= 1.5 * ort_err,
         "tract's int8 error far from ORT's: {ort}"
     );
+    ort
 }
 
 /// ViT-S/16: MatMul-based linears (per-channel along axis 1), activation x activation MatMuls
@@ -326,15 +454,22 @@ fn int8_vit_s16_matches_infer_and_ort() {
         &["--precision", "int8", "--calibration-frames", "8"],
     );
     let b = Bundle::load(&out).expect("int8 ViT bundle loads");
-    assert_eq!(
-        b.manifest.policy_model().map(|m| m.precision),
-        Some(Precision::Int8)
-    );
+    assert_int8_forms(&b);
     assert_eq!(r["graph"]["kept_float"], serde_json::json!(["head/2"]));
     // 1 patch conv + 12 blocks x (4 linears + 2 attention MatMuls) + the first head Gemm.
     assert_eq!(r["graph"]["quantized_nodes"], 74);
+    // The operator form computes the attention scores' MatMul (one per block) in float: tract
+    // misran the integer one into Softmax (see quantize::qop).
+    assert_eq!(
+        r["graph"]["operator_form_float_unsupported"],
+        serde_json::json!([])
+    );
+    let scores = r["graph"]["operator_form_float_scores"]
+        .as_array()
+        .expect("scores");
+    assert_eq!(scores.len(), 12, "{scores:?}");
     let tract_out = check_report_against_infer(fp32, &out, &held, &r);
-    assert_ort_agrees_int8(fp32, &b.policy_path, &held, &tract_out);
+    assert_int8_forms_agree(fp32, &out, &held, &tract_out);
 }
 
 #[test]

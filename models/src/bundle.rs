@@ -283,12 +283,35 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
         .iter()
         .filter(|f| f.role == ModelRole::Policy)
         .count();
-    if policies != 1 {
+    if policies == 0 {
         return Err(BundleError::field(
             path,
             "models",
-            format!("expected exactly one model with role = \"policy\", found {policies}"),
+            "expected a model with role = \"policy\", found none",
         ));
+    }
+    // Several policy files (one form per backend) are fine; two for one backend are ambiguous.
+    let mut seen: Vec<(BackendKind, usize)> = vec![];
+    for (i, f) in m.models.iter().enumerate() {
+        if f.role != ModelRole::Policy {
+            continue;
+        }
+        for &b in &f.backends {
+            if let Some((_, j)) = seen.iter().find(|(s, _)| *s == b) {
+                return Err(BundleError::field(
+                    path,
+                    format!("models[{i}].backends"),
+                    format!(
+                        "policy `{}` lists backend {} already listed by policy `{}` \
+                         (models[{j}]): one policy file per backend",
+                        f.file,
+                        b.as_str(),
+                        m.models[*j].file
+                    ),
+                ));
+            }
+            seen.push((b, i));
+        }
     }
     for (i, f) in m.models.iter().enumerate() {
         if f.file.is_empty() || Path::new(&f.file).is_absolute() || f.file.contains("..") {
@@ -835,8 +858,10 @@ impl Bundle {
                 });
             }
         }
+        // The graph read here is the one tract runs: the file listed for tract, else the first.
         let policy = manifest
-            .policy_model()
+            .policy_model_for(BackendKind::Tract)
+            .or_else(|| manifest.policy_model())
             .ok_or_else(|| BundleError::field(&manifest_path, "models", "no policy model"))?;
         let policy_path = dir.join(&policy.file);
         let (policy_model, io) = read_graph(&policy_path)?;

@@ -537,7 +537,16 @@ impl Manifest {
         toml::to_string_pretty(self)
     }
 
+    /// The first policy entry. A quantized bundle may list one policy file per backend (int8:
+    /// the operator form for tract, QDQ for TensorRT); see [`Manifest::policy_model_for`].
     pub fn policy_model(&self) -> Option<&ModelFile> {
         self.models.iter().find(|m| m.role == ModelRole::Policy)
+    }
+
+    /// The policy entry listed for `backend` (validation allows at most one per backend).
+    pub fn policy_model_for(&self, backend: BackendKind) -> Option<&ModelFile> {
+        self.models
+            .iter()
+            .find(|m| m.role == ModelRole::Policy && m.backends.contains(&backend))
     }
 }

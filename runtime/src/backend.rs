@@ -308,11 +308,12 @@ pub fn select_backend(
     choice: BackendChoice,
     tract: TractOptions,
 ) -> Result<(Box<dyn PolicyBackend>, String), BackendError> {
-    let allowed = bundle
-        .manifest
-        .policy_model()
-        .map(|m| m.backends.clone())
-        .unwrap_or_default();
+    // Every backend some policy file is listed for (an int8 bundle lists the operator form for
+    // tract and the QDQ form for TensorRT); `Bundle::load` read the tract one.
+    let allowed: Vec<BackendKind> = [BackendKind::Tract, BackendKind::Tensorrt]
+        .into_iter()
+        .filter(|&b| bundle.manifest.policy_model_for(b).is_some())
+        .collect();
     let allowed_str = allowed
         .iter()
         .map(|b| b.as_str())

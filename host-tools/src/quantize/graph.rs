@@ -14,7 +14,7 @@ use tract_onnx::pb::{
 };
 
 /// Narrow symmetric int8 range: TensorRT's explicit quantization uses [-127, 127] for weights.
-const QMAX: f32 = 127.0;
+pub(super) const QMAX: f32 = 127.0;
 
 /// The smallest default-domain opset with per-axis `DequantizeLinear`.
 const MIN_QDQ_OPSET: i64 = 13;
@@ -31,7 +31,7 @@ fn graph(m: &ModelProto) -> Result<&GraphProto> {
     m.graph.as_ref().context("ONNX model has no graph")
 }
 
-fn graph_mut(m: &mut ModelProto) -> Result<&mut GraphProto> {
+pub(super) fn graph_mut(m: &mut ModelProto) -> Result<&mut GraphProto> {
     m.graph.as_mut().context("ONNX model has no graph")
 }
 
@@ -58,7 +58,7 @@ pub fn floats(t: &TensorProto) -> Result<Vec<f32>> {
         .collect())
 }
 
-fn tensor(name: &str, dims: &[i64], dtype: DataType, raw_data: Vec<u8>) -> TensorProto {
+pub(super) fn tensor(name: &str, dims: &[i64], dtype: DataType, raw_data: Vec<u8>) -> TensorProto {
     TensorProto {
         name: name.to_string(),
         dims: dims.to_vec(),
@@ -68,12 +68,12 @@ fn tensor(name: &str, dims: &[i64], dtype: DataType, raw_data: Vec<u8>) -> Tenso
     }
 }
 
-fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
+pub(super) fn f32_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
     let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
     tensor(name, dims, DataType::Float, raw)
 }
 
-fn i8_tensor(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
+pub(super) fn i8_tensor(name: &str, dims: &[i64], data: &[i8]) -> TensorProto {
     let raw = data.iter().map(|v| *v as u8).collect();
     tensor(name, dims, DataType::Int8, raw)
 }
@@ -86,7 +86,7 @@ fn f16_tensor(name: &str, dims: &[i64], data: &[f32]) -> TensorProto {
     tensor(name, dims, DataType::Float16, raw)
 }
 
-fn int_attr(name: &str, i: i64) -> AttributeProto {
+pub(super) fn int_attr(name: &str, i: i64) -> AttributeProto {
     AttributeProto {
         name: name.to_string(),
         r#type: AttributeType::Int as i32,
@@ -95,7 +95,7 @@ fn int_attr(name: &str, i: i64) -> AttributeProto {
     }
 }
 
-fn node(
+pub(super) fn node(
     name: &str,
     op: &str,
     inputs: &[&str],
@@ -112,15 +112,15 @@ fn node(
     }
 }
 
-fn int_attr_of(n: &NodeProto, name: &str) -> Option<i64> {
+pub(super) fn int_attr_of(n: &NodeProto, name: &str) -> Option<i64> {
     n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
 }
 
 /// Every name in use in a graph (nodes, values, initializers), so new ones never collide.
-struct Names(HashSet<String>);
+pub(super) struct Names(HashSet<String>);
 
 impl Names {
-    fn of(g: &GraphProto) -> Self {
+    pub(super) fn of(g: &GraphProto) -> Self {
         let mut s = HashSet::new();
         for n in &g.node {
             s.insert(n.name.clone());
@@ -134,7 +134,7 @@ impl Names {
     }
 
     /// `base`, or `base_1`, `base_2`, ... if taken; reserves it.
-    fn fresh(&mut self, base: &str) -> String {
+    pub(super) fn fresh(&mut self, base: &str) -> String {
         let mut candidate = base.to_string();
         let mut i = 1;
         while self.0.contains(&candidate) {
@@ -185,12 +185,12 @@ fn check_plain_f32(g: &GraphProto) -> Result<()> {
 
 /// Old exporters list initializers among the graph inputs too (overridable defaults); the
 /// rewritten graph keeps them as plain initializers so its inputs are exactly the fed ones.
-fn drop_initializer_inputs(g: &mut GraphProto) {
+pub(super) fn drop_initializer_inputs(g: &mut GraphProto) {
     let inits: HashSet<String> = g.initializer.iter().map(|t| t.name.clone()).collect();
     g.input.retain(|v| !inits.contains(&v.name));
 }
 
-fn add_metadata(m: &mut ModelProto, key: &str, value: &str) {
+pub(super) fn add_metadata(m: &mut ModelProto, key: &str, value: &str) {
     m.metadata_props.retain(|p| p.key != key);
     m.metadata_props.push(StringStringEntryProto {
         key: key.to_string(),
@@ -282,6 +282,9 @@ pub struct Int8Plan {
     /// Weight initializer per quantized node input: (node index, input index, channel axis;
     /// `None` = per tensor).
     weights: Vec<(usize, usize, Option<usize>)>,
+    /// Outputs of the quantized nodes, in node order: the operator form ([`super::qop`])
+    /// requantizes them with calibrated scales.
+    pub outputs: Vec<String>,
     /// Names of the Conv / Gemm / MatMul nodes that get quantized inputs.
     pub quantized_nodes: Vec<String>,
     /// Names of the Conv / Gemm / MatMul nodes left in float.
@@ -313,6 +316,7 @@ pub fn plan_int8(m: &ModelProto, keep_float: &BTreeSet<String>) -> Result<Int8Pl
     let mut plan = Int8Plan {
         activations: vec![],
         weights: vec![],
+        outputs: vec![],
         quantized_nodes: vec![],
         kept_float: vec![],
     };
@@ -355,6 +359,9 @@ pub fn plan_int8(m: &ModelProto, keep_float: &BTreeSet<String>) -> Result<Int8Pl
                 }
             }
         }
+        if let Some(o) = n.output.first() {
+            plan.outputs.push(o.clone());
+        }
         plan.quantized_nodes.push(n.name.clone());
     }
     ensure!(
@@ -387,7 +394,7 @@ pub fn with_outputs(m: &ModelProto, extra: &[String]) -> Result<ModelProto> {
 
 /// Symmetric int8 of `w` (shape `dims`) per channel along `axis` (per tensor when `None`):
 /// values and one scale per channel.
-fn quantize_weight(w: &[f32], dims: &[i64], axis: Option<usize>) -> (Vec<i8>, Vec<f32>) {
+pub(super) fn quantize_weight(w: &[f32], dims: &[i64], axis: Option<usize>) -> (Vec<i8>, Vec<f32>) {
     let (outer, channels, inner) = match axis {
         Some(a) => {
             let d: Vec<usize> = dims.iter().map(|&d| d.max(0) as usize).collect();

@@ -11,32 +11,40 @@
 //!      TensorRT built with its fp16 flag computes in half anyway. tract does not fold casts
 //!      that would more than double a constant above 4 MiB, so it re-casts the large weights on
 //!      every run: slower than fp32 on tract (the report's latency says how much);
-//!    - int8: explicit quantization (QDQ, the form TensorRT consumes): per-tensor symmetric
-//!      QuantizeLinear/DequantizeLinear pairs on the activation inputs of Conv, Gemm and MatMul,
-//!      ranges from calibration ([`ranges`]: minmax, percentile, entropy), and per-output-channel
-//!      symmetric int8 weights behind a DequantizeLinear; the policy's last layer (and any
-//!      `--keep-float` node) stays float, and so do norms and Softmax (they get no Q/DQ).
-//!      tract runs QDQ in float, Q/DQ as extra element-wise ops, and by the same folding rule
-//!      dequantizes the large weights on every run: slower than fp32 on tract. The int8 form is
-//!      for TensorRT; on tract it only saves file size;
-//! 3. the staged quantized bundle is loaded like the robot loads it and both networks run
-//!    through the runtime's tract backend on the held-out samples; errors are unnormalized to
-//!    action units ([`report`]), latencies measured in the same run;
+//!    - int8: one plan and one calibration ([`ranges`]: minmax, percentile, entropy), two files.
+//!      Per-tensor symmetric int8 activations on the inputs of Conv, Gemm and MatMul,
+//!      per-output-channel symmetric int8 weights; the policy's last layer (and any
+//!      `--keep-float` node) stays float, and so do norms and Softmax.
+//!      - `policy.qdq.onnx`, listed for `tensorrt`: explicit quantization (QDQ), the form
+//!        TensorRT consumes ([`graph::apply_int8`]). tract would run it in float with Q/DQ as
+//!        extra element-wise ops, dequantizing the large weights on every run;
+//!      - `policy.qop.onnx`, listed for `tract`: the operator form ([`qop`]), QLinearConv and
+//!        QLinearMatMul (standard `ai.onnx` ops only; tract 0.23 loads no com.microsoft op) with
+//!        each node's output scale from calibration of that output, which tract and ONNX Runtime
+//!        run with integer kernels;
+//! 3. the staged quantized bundle is loaded like the robot loads it (`Bundle::load` reads the
+//!    file listed for tract, so the operator form for int8) and both networks run through the
+//!    runtime's tract backend on the held-out samples; errors are unnormalized to action units
+//!    ([`report`]), latencies measured in the same run;
 //! 4. the gate (`--max-error`): any dimension over its limit on tract, the only backend measured
 //!    here, drops tract; with no measured backend left the command fails and writes nothing.
 //!    `tensorrt` stays listed, marked as not measured (no TensorRT on this machine);
-//! 5. the bundle (manifest with the new precision, sha256 and a provenance summary, the model,
+//! 5. the bundle (manifest with the new precision, sha256 and a provenance summary, the models,
 //!    `quantization-report.json`) is renamed into place only when everything succeeded.
+//!
 
 mod calib;
 mod graph;
+mod qop;
 mod ranges;
 mod report;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use reflex_models::bundle::{sha256_bytes, write_bundle};
-use reflex_models::manifest::{ActionOutput, BackendKind, Manifest, ModelRole, Precision};
+use reflex_models::manifest::{
+    ActionOutput, BackendKind, Manifest, ModelFile, ModelRole, Precision,
+};
 use reflex_models::npy;
 use reflex_models::{Bundle, GraphIo};
 use reflex_runtime::backend::{PolicyBackend, TractBackend, TractOptions};
@@ -175,16 +183,16 @@ fn feed(b: &mut TractBackend, slots: &[Option<usize>], s: &calib::Sample) -> Res
     Ok(())
 }
 
-/// Runs the fp32 graph with every planned activation exposed as an output over the
-/// calibration samples; returns each activation's calibrated `amax` (and observed max).
+/// Runs the fp32 graph with every value of `values` exposed as an output over the
+/// calibration samples; returns each value's calibrated `amax` (and observed max).
 fn calibrate(
     model: &tract_onnx::pb::ModelProto,
-    plan: &graph::Int8Plan,
+    values: &[String],
     samples: &[calib::Sample],
     io: &GraphIo,
     method: ranges::Method,
 ) -> Result<BTreeMap<String, (f32, f32)>> {
-    let cm = graph::with_outputs(model, &plan.activations)?;
+    let cm = graph::with_outputs(model, values)?;
     let out_names: Vec<String> = cm
         .graph
         .as_ref()
@@ -200,8 +208,7 @@ fn calibrate(
         Input(usize),
         Output(usize),
     }
-    let srcs = plan
-        .activations
+    let srcs = values
         .iter()
         .map(|a| {
             if let Some(i) = io.inputs.iter().position(|(n, _)| n == a) {
@@ -213,8 +220,7 @@ fn calibrate(
             }
         })
         .collect::<Result<Vec<_>>>()?;
-    let mut collectors: Vec<ranges::Collector> = plan
-        .activations
+    let mut collectors: Vec<ranges::Collector> = values
         .iter()
         .map(|_| ranges::Collector::new(method))
         .collect();
@@ -245,7 +251,7 @@ fn calibrate(
         );
     }
     let mut out = BTreeMap::new();
-    for (a, c) in plan.activations.iter().zip(&collectors) {
+    for (a, c) in values.iter().zip(&collectors) {
         let amax = c.amax(method);
         log::debug!(
             "range {a}: amax {amax:.4} (observed max {:.4})",
@@ -383,7 +389,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let model =
         graph::decode(&fp32_bytes).with_context(|| format!("{}", b_in.policy_path.display()))?;
     let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-    let (qmodel, precision, method_desc, scheme) = match a.precision {
+    // The QDQ model (every backend's form for fp16; TensorRT's for int8) and, for int8, the
+    // operator form tract runs.
+    let (qmodel, qop_model, precision, method_desc, scheme) = match a.precision {
         Target::Fp16 => {
             let (q, n) = graph::to_fp16(&model)?;
             info.insert("fp16_initializers".into(), n.into());
@@ -391,6 +399,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                           I/O in FLOAT";
             (
                 q,
+                None,
                 Precision::Fp16,
                 "fp16 weights".to_string(),
                 scheme.to_string(),
@@ -415,18 +424,29 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                 plan.kept_float.join(", ")
             );
             let t = Instant::now();
-            let amax = calibrate(&model, &plan, &samples.calibration, &b_in.io, method)?;
+            let mut values = plan.activations.clone();
+            values.extend(
+                plan.outputs
+                    .iter()
+                    .filter(|o| !plan.activations.contains(o))
+                    .cloned(),
+            );
+            let amax = calibrate(&model, &values, &samples.calibration, &b_in.io, method)?;
             log::info!(
                 "calibrated {} ranges ({}) in {:.1} s",
                 amax.len(),
                 method.name(),
                 t.elapsed().as_secs_f64()
             );
-            let q = graph::apply_int8(
-                &model,
-                &plan,
-                &amax.iter().map(|(k, v)| (k.clone(), v.0)).collect(),
-            )?;
+            let ranges: BTreeMap<String, f32> =
+                amax.iter().map(|(k, v)| (k.clone(), v.0)).collect();
+            let q = graph::apply_int8(&model, &plan, &ranges)?;
+            let (qop, op_float) = qop::apply(&model, &plan, &ranges)?;
+            info.insert(
+                "operator_form_float_unsupported".into(),
+                op_float.unsupported.into(),
+            );
+            info.insert("operator_form_float_scores".into(), op_float.scores.into());
             info.insert("quantized_nodes".into(), plan.quantized_nodes.len().into());
             info.insert("activations".into(), plan.activations.len().into());
             info.insert("kept_float".into(), plan.kept_float.clone().into());
@@ -443,26 +463,66 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                 ranges::Method::Percentile(p) => format!("percentile {p}"),
                 m => m.name().to_string(),
             };
-            let scheme = "QDQ: activations per-tensor symmetric int8 (zero point 0), weights \
-                          per-output-channel symmetric int8 [-127, 127], biases float; \
-                          Q/DQ on the inputs of Conv/Gemm/MatMul only";
-            (q, Precision::Int8, desc, scheme.to_string())
+            let scheme = "activations per-tensor symmetric int8 (zero point 0), weights \
+                          per-output-channel symmetric int8 [-127, 127]; two files: QDQ \
+                          (Q/DQ on the inputs of Conv/Gemm/MatMul, biases float) for TensorRT, \
+                          operator form (QLinearConv with int32 bias, QLinearMatMul, output \
+                          scales from calibration, Gemm bias added in float) for tract";
+            (q, Some(qop), Precision::Int8, desc, scheme.to_string())
         }
     };
     let qbytes = graph::encode(&qmodel);
 
-    // Stage the quantized bundle and load it as the robot would.
+    // The policy entries: one file for every backend (fp16), or for int8 the operator form for
+    // tract and the QDQ form for TensorRT, each listed for its backend only.
+    let src = &m_in.models[pi];
+    let entries: Vec<(ModelFile, Vec<u8>)> = match &qop_model {
+        None => vec![(
+            ModelFile {
+                precision,
+                ..src.clone()
+            },
+            qbytes.clone(),
+        )],
+        Some(qop) => {
+            let stem = src.file.strip_suffix(".onnx").unwrap_or(&src.file);
+            let mut v = vec![];
+            for (bk, form, bytes) in [
+                (BackendKind::Tract, "qop", graph::encode(qop)),
+                (BackendKind::Tensorrt, "qdq", qbytes.clone()),
+            ] {
+                if src.backends.contains(&bk) {
+                    let f = ModelFile {
+                        file: format!("{stem}.{form}.onnx"),
+                        precision,
+                        backends: vec![bk],
+                        ..src.clone()
+                    };
+                    v.push((f, bytes));
+                }
+            }
+            v
+        }
+    };
+
+    // Stage the quantized bundle and load it as the robot would: `Bundle::load` reads the file
+    // listed for tract, so the evaluation below measures the form tract runs.
     let mut manifest: Manifest = m_in.clone();
-    manifest.models[pi].precision = precision;
     let mut files: Vec<Vec<u8>> = vec![];
-    for (i, f) in manifest.models.iter().enumerate() {
+    let mut models = vec![];
+    for (i, f) in m_in.models.iter().enumerate() {
         if i == pi {
-            files.push(qbytes.clone());
+            for (e, bytes) in &entries {
+                models.push(e.clone());
+                files.push(bytes.clone());
+            }
         } else {
             let p = b_in.dir.join(&f.file);
             files.push(std::fs::read(&p).with_context(|| format!("reading {}", p.display()))?);
+            models.push(f.clone());
         }
     }
+    manifest.models = models;
     let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
     let trial = staging.0.join("trial");
     write_bundle(&trial, &mut manifest.clone(), &refs)?;
@@ -545,8 +605,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         );
     }
 
-    // Final bundle: manifest with precision, backends, provenance; the report inside.
-    manifest.models[pi].backends = allowed;
+    // Final bundle: manifest with precision, backends, provenance; the report inside. A tract
+    // failure returned above, so every entry keeps its backends.
+    debug_assert!(entries
+        .iter()
+        .all(|(e, _)| e.backends.iter().all(|b| allowed.contains(b))));
     let mut q = toml::map::Map::new();
     let s = |v: &str| toml::Value::String(v.to_string());
     q.insert("precision".into(), s(precision.as_str()));
@@ -616,11 +679,15 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     if let Some(d) = &a.save_held_out {
         write_held_out(d, &b_in.io, &samples.held_out)?;
     }
+    let sizes: Vec<String> = entries
+        .iter()
+        .map(|(e, b)| format!("{} {} bytes", e.file, b.len()))
+        .collect();
     println!(
-        "wrote {} ({} model, {} bytes; fp32 was {} bytes)",
+        "wrote {} ({} model: {}; fp32 was {} bytes)",
         a.out.display(),
         precision.as_str(),
-        qbytes.len(),
+        sizes.join(", "),
         fp32_bytes.len()
     );
     Ok(())
