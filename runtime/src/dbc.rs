@@ -16,13 +16,26 @@
 //! signals). The other statements (`CM_`, `BA_DEF_`, `BA_`, `VAL_`, `VAL_TABLE_`, `BO_TX_BU_`,
 //! `SIG_GROUP_`, `EV_`, `SG_MUL_VAL_`, ...) are skipped up to their `;`, quoted strings over
 //! several lines included; a skipped statement without its `;` is an error, not a silent loss of
-//! the messages after it. Only classic CAN: a message longer than 8 bytes (CAN FD) is refused.
-//! The pseudo-message `VECTOR__INDEPENDENT_SIG_MSG` that Vector tools write is skipped.
+//! the messages after it. The pseudo-message `VECTOR__INDEPENDENT_SIG_MSG` that Vector tools
+//! write is skipped.
 //!
 //! Multiplexed messages (`M`, `m<k>`, `m<k>M` signals) are parsed and their layout recorded, but
-//! [`Message::encode_into`] refuses them; [`Message::decode`] decodes them, writing NaN for the
+//! [`Message::encode_into_fd`] and [`Message::encode_into`] refuse them; [`Message::decode`] decodes them, writing NaN for the
 //! multiplexed signals that the multiplexer value does not select (all of them under extended
 //! multiplexing, `m<k>M`, which is not resolved).
+//!
+//! # Classic CAN and CAN FD
+//!
+//! A message is 0 to 8 bytes (classic CAN) or one of the longer CAN FD lengths 12, 16, 20, 24,
+//! 32, 48 and 64 ([`Message::is_fd`]); any other size (9, 10, 13, ..., 65) is a parse error.
+//! Signals may sit anywhere in the payload. [`Message::encode_into_fd`] encodes any message into
+//! a [`MAX_FD_LEN`]-byte buffer; [`Message::encode_into`] keeps the classic 8-byte buffer and
+//! refuses a CAN FD message ([`SignalError::TooLongForClassic`]). [`Message::decode`],
+//! [`Signal::extract`] and [`Signal::insert`] take a slice of any length. A signal is read
+//! through a 16-byte window from its first byte (a `u128`: a 64-bit signal that starts mid-byte
+//! spans nine bytes), placed once at parse, so the codec neither loops over bits nor allocates.
+//! Whether a frame is sent as CAN FD (the DBC's `VFrameFormat` attribute, bit rate switching) is
+//! not read here: [`Message::is_fd`] is the size alone.
 //!
 //! # Wire conventions
 //!
@@ -48,8 +61,15 @@
 //! NaN where we refuse; and it decodes a multiplexed message by its multiplexer instead of
 //! writing NaN.
 
-use crate::can::{MAX_CLASSIC_LEN, MAX_EXTENDED_ID, MAX_STANDARD_ID};
+use crate::can::{is_fd_len, MAX_CLASSIC_LEN, MAX_EXTENDED_ID, MAX_STANDARD_ID};
 use std::sync::Arc;
+
+/// Most data bytes in a message: a CAN FD frame's 64 (the same constant as
+/// [`crate::can::MAX_FD_LEN`]).
+pub use crate::can::MAX_FD_LEN;
+
+/// Bytes of the window a signal is read through: a 64-bit signal starting mid-byte spans 9.
+const WINDOW: usize = 16;
 
 /// A parse or validation error: the file, the 1-based line, what was wrong or expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -104,6 +124,11 @@ pub enum SignalError {
         count: usize,
         len: usize,
     },
+    #[error(
+        "message `{message}` is {size} bytes (CAN FD), longer than the 8-byte classic buffer of \
+         `encode_into`; use `encode_into_fd`"
+    )]
+    TooLongForClassic { message: Arc<str>, size: usize },
 }
 
 /// Bit numbering of a signal (`@1` / `@0` in the DBC).
@@ -147,6 +172,8 @@ pub struct Signal {
     name: Arc<str>,
     start_bit: u16,
     length: u8,
+    /// Where the codec finds the bits, from [`Placement::new`].
+    place: Placement,
     byte_order: ByteOrder,
     value_type: ValueType,
     scale: f64,
@@ -225,16 +252,22 @@ impl Message {
         self.extended
     }
 
-    /// Payload length in bytes (0 to 8).
+    /// Payload length in bytes: 0 to 8, or a CAN FD length (12, 16, 20, 24, 32, 48, 64).
     pub fn size(&self) -> usize {
         usize::from(self.size)
+    }
+
+    /// Whether the message needs a CAN FD frame (it is longer than 8 bytes).
+    pub fn is_fd(&self) -> bool {
+        self.size() > MAX_CLASSIC_LEN
     }
 
     pub fn sender(&self) -> &str {
         &self.sender
     }
 
-    /// The signals in file order; [`Message::encode_into`] and [`Message::decode`] index them.
+    /// The signals in file order; [`Message::encode_into_fd`] and [`Message::decode`] index
+    /// them.
     pub fn signals(&self) -> &[Signal] {
         &self.signals
     }
@@ -253,20 +286,41 @@ impl Message {
         self.signals.iter().any(|s| s.multiplex != Multiplex::None)
     }
 
-    /// Encodes `(signal index, physical value)` pairs into `data`; signals not given are raw 0,
-    /// bytes past the message's size are 0. Returns the payload length (the message's size).
+    /// [`Message::encode_into_fd`] into a classic 8-byte buffer: the same, but a CAN FD
+    /// message (longer than 8 bytes) is refused with [`SignalError::TooLongForClassic`].
     /// On error `data` is left unchanged. Does not allocate.
     pub fn encode_into(
         &self,
         values: impl IntoIterator<Item = (usize, f64)>,
         data: &mut [u8; MAX_CLASSIC_LEN],
     ) -> Result<usize, SignalError> {
+        if self.is_fd() {
+            return Err(SignalError::TooLongForClassic {
+                message: self.name.clone(),
+                size: self.size(),
+            });
+        }
+        let mut buf = [0u8; MAX_FD_LEN];
+        let len = self.encode_into_fd(values, &mut buf)?;
+        data.copy_from_slice(&buf[..MAX_CLASSIC_LEN]);
+        Ok(len)
+    }
+
+    /// Encodes `(signal index, physical value)` pairs into `data`, classic or CAN FD: the
+    /// payload is `data[..len]`, `len` (returned) being the message's size; signals not given
+    /// are raw 0, bytes past the size are 0. On error `data` is left unchanged. Does not
+    /// allocate.
+    pub fn encode_into_fd(
+        &self,
+        values: impl IntoIterator<Item = (usize, f64)>,
+        data: &mut [u8; MAX_FD_LEN],
+    ) -> Result<usize, SignalError> {
         if self.is_multiplexed() {
             return Err(SignalError::Multiplexed {
                 message: self.name.clone(),
             });
         }
-        let mut buf = [0u8; MAX_CLASSIC_LEN];
+        let mut buf = [0u8; MAX_FD_LEN];
         for (index, value) in values {
             let signal = self
                 .signals
@@ -373,24 +427,9 @@ impl Signal {
         u64::MAX >> (64 - u32::from(self.length))
     }
 
-    /// Shift of the signal's LSB in the payload read as a little-endian (Intel) or big-endian
-    /// (Motorola) `u64`. In range 0..=63 for every validated signal.
-    fn shift(&self) -> u32 {
-        let start = u32::from(self.start_bit);
-        match self.byte_order {
-            ByteOrder::LittleEndian => start,
-            ByteOrder::BigEndian => 64 - (network_bit(start) + u32::from(self.length)),
-        }
-    }
-
     /// How many payload bytes the signal reaches into.
     pub fn bytes_needed(&self) -> usize {
-        let start = u32::from(self.start_bit);
-        let first = match self.byte_order {
-            ByteOrder::LittleEndian => start,
-            ByteOrder::BigEndian => network_bit(start),
-        };
-        (first + u32::from(self.length)).div_ceil(8) as usize
+        usize::from(self.place.needed)
     }
 
     /// The raw bits for a physical value: `round_half_even((value - offset) / scale)` for integer
@@ -479,16 +518,21 @@ impl Signal {
     /// Writes the raw bits into the payload, leaving the other bits as they are. `data` should
     /// hold at least [`Signal::bytes_needed`] bytes; bits past its end are dropped.
     pub fn insert(&self, raw: u64, data: &mut [u8]) {
-        let n = data.len().min(MAX_CLASSIC_LEN);
-        let mut buf = [0u8; MAX_CLASSIC_LEN];
-        buf[..n].copy_from_slice(&data[..n]);
-        let (mask, shift) = (self.mask(), self.shift());
-        let put = |x: u64| (x & !(mask << shift)) | ((raw & mask) << shift);
-        buf = match self.byte_order {
-            ByteOrder::LittleEndian => put(u64::from_le_bytes(buf)).to_le_bytes(),
-            ByteOrder::BigEndian => put(u64::from_be_bytes(buf)).to_be_bytes(),
+        let first = usize::from(self.place.first);
+        let Some(bytes) = data.get_mut(first..) else {
+            return;
         };
-        data[..n].copy_from_slice(&buf[..n]);
+        let n = bytes.len().min(WINDOW);
+        let mut buf = [0u8; WINDOW];
+        buf[..n].copy_from_slice(&bytes[..n]);
+        let mask = u128::from(self.mask()) << self.place.shift;
+        let bits = u128::from(raw) << self.place.shift;
+        let put = |x: u128| (x & !mask) | (bits & mask);
+        buf = match self.byte_order {
+            ByteOrder::LittleEndian => put(u128::from_le_bytes(buf)).to_le_bytes(),
+            ByteOrder::BigEndian => put(u128::from_be_bytes(buf)).to_be_bytes(),
+        };
+        bytes[..n].copy_from_slice(&buf[..n]);
     }
 
     /// Reads the raw bits (not sign-extended), or `None` if `data` is shorter than
@@ -497,21 +541,61 @@ impl Signal {
         if data.len() < self.bytes_needed() {
             return None;
         }
-        let n = data.len().min(MAX_CLASSIC_LEN);
-        let mut buf = [0u8; MAX_CLASSIC_LEN];
-        buf[..n].copy_from_slice(&data[..n]);
+        let bytes = data.get(usize::from(self.place.first)..)?;
+        let n = bytes.len().min(WINDOW);
+        let mut buf = [0u8; WINDOW];
+        buf[..n].copy_from_slice(&bytes[..n]);
         let x = match self.byte_order {
-            ByteOrder::LittleEndian => u64::from_le_bytes(buf),
-            ByteOrder::BigEndian => u64::from_be_bytes(buf),
+            ByteOrder::LittleEndian => u128::from_le_bytes(buf),
+            ByteOrder::BigEndian => u128::from_be_bytes(buf),
         };
-        Some((x >> self.shift()) & self.mask())
+        // The mask keeps 64 bits at most, so the cast drops nothing.
+        Some((x >> self.place.shift) as u64 & self.mask())
     }
 
-    /// The payload bits the signal occupies, as a little-endian `u64` (for overlap checks).
-    fn occupancy(&self) -> u64 {
-        let mut buf = [0u8; MAX_CLASSIC_LEN];
+    /// The payload bits the signal occupies (for overlap checks).
+    fn occupancy(&self) -> [u8; MAX_FD_LEN] {
+        let mut buf = [0u8; MAX_FD_LEN];
         self.insert(u64::MAX, &mut buf);
-        u64::from_le_bytes(buf)
+        buf
+    }
+
+    fn overlaps(&self, other: &Signal) -> bool {
+        let (a, b) = (self.occupancy(), other.occupancy());
+        a.iter().zip(&b).any(|(x, y)| x & y != 0)
+    }
+}
+
+/// Where a signal's bits are, worked out once at parse: the codec reads the payload from byte
+/// `first` on as a little-endian (Intel) or big-endian (Motorola) `u128` of [`WINDOW`] bytes
+/// (zero past the payload's end), and the signal is `length` bits from bit `shift` of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Placement {
+    first: u8,
+    /// At most 7 + 64 = 71 bits from the window's least significant bit.
+    shift: u8,
+    /// Payload bytes the signal reaches into.
+    needed: u8,
+}
+
+impl Placement {
+    /// For a signal whose bits `start..start + length` (Intel, sawtooth numbering) or
+    /// `network_bit(start)..+length` (Motorola, network order) lie inside the payload.
+    fn new(start: u16, length: u8, byte_order: ByteOrder) -> Placement {
+        let (start, length) = (u32::from(start), u32::from(length));
+        let (first_bit, shift) = match byte_order {
+            ByteOrder::LittleEndian => (start, start % 8),
+            ByteOrder::BigEndian => {
+                let msb = network_bit(start);
+                // In the big-endian window, bit `msb % 8` from the top is the signal's MSB.
+                (msb, 8 * WINDOW as u32 - (msb % 8 + length))
+            }
+        };
+        Placement {
+            first: (first_bit / 8) as u8,
+            shift: shift as u8,
+            needed: (first_bit + length).div_ceil(8) as u8,
+        }
     }
 }
 
@@ -952,10 +1036,10 @@ fn parse_message(l: &mut Line<'_>) -> Result<Option<Message>, DbcError> {
         };
         l.error(message)
     })?;
-    if size > MAX_CLASSIC_LEN as u64 {
+    if !usize::try_from(size).is_ok_and(|n| n <= MAX_FD_LEN && is_fd_len(n)) {
         return Err(l.error(format!(
-            "message `{name}` is {size} bytes: only classic CAN (0 to 8 bytes) is supported, \
-             not CAN FD"
+            "message `{name}` is {size} bytes: a CAN message is 0 to 8 bytes (classic) or one \
+             of the CAN FD lengths 12, 16, 20, 24, 32, 48 and 64"
         )));
     }
     Ok(Some(Message {
@@ -1067,6 +1151,7 @@ fn parse_signal(l: &mut Line<'_>, message: &mut Message) -> Result<(), DbcError>
         name: name.into(),
         start_bit: start as u16,
         length: length as u8,
+        place: Placement::new(start as u16, length as u8, byte_order),
         byte_order,
         value_type,
         scale,
@@ -1077,7 +1162,6 @@ fn parse_signal(l: &mut Line<'_>, message: &mut Message) -> Result<(), DbcError>
         receivers,
         multiplex,
     };
-    let bits_used = signal.occupancy();
     for other in &message.signals {
         let exclusive = match (signal.multiplex, other.multiplex) {
             (Multiplex::Multiplexed(a), Multiplex::Multiplexed(b)) => a != b,
@@ -1087,7 +1171,7 @@ fn parse_signal(l: &mut Line<'_>, message: &mut Message) -> Result<(), DbcError>
             ) => true,
             _ => false,
         };
-        if !exclusive && bits_used & other.occupancy() != 0 {
+        if !exclusive && signal.overlaps(other) {
             return Err(l.error(format!(
                 "signal `{name}` overlaps signal `{}` in message `{}`",
                 other.name, message.name
@@ -1396,6 +1480,192 @@ SIG_VALTYPE_ 2566844672 speed : 1;
         assert_eq!(all, [0xE0, 0x55, 0x15, 0x78, 0, 0x82, 0x85, 0xFF]);
     }
 
+    /// CAN FD messages: 16 and 64 bytes, signals in the upper bytes, both byte orders.
+    const FD: &str = r#"VERSION ""
+
+BO_ 400 Fd16: 16 Robot
+ SG_ cross : 60|12@1+ (1,0) [0|0] "" Motors
+ SG_ moto : 83|20@0+ (1,0) [0|0] "" Motors
+ SG_ tail : 112|16@1- (0.5,0) [0|0] "" Motors
+
+BO_ 2147484049 Fd64: 64 Robot
+ SG_ intel64 : 261|64@1+ (1,0) [0|0] "" Motors
+ SG_ moto64 : 403|64@0+ (1,0) [0|0] "" Motors
+ SG_ last : 511|8@0+ (1,0) [0|0] "" Motors
+ SG_ f : 0|32@1- (1,0) [0|0] "" Motors
+
+BO_ 402 Fd12: 12 Robot
+ SG_ w : 71|32@0- (1,0) [0|0] "" Motors
+
+BO_ 403 Classic: 3 Robot
+ SG_ c : 0|24@1+ (1,0) [0|0] "" Motors
+
+SIG_VALTYPE_ 2147484049 f : 1;
+"#;
+
+    fn fd() -> Dbc {
+        Dbc::parse(FD, "fd.dbc").unwrap()
+    }
+
+    fn encode_fd(m: &Message, values: &[(usize, f64)]) -> Vec<u8> {
+        let mut data = [0xAA; MAX_FD_LEN];
+        let len = m.encode_into_fd(values.iter().copied(), &mut data).unwrap();
+        assert_eq!(len, m.size());
+        assert!(data[len..].iter().all(|&b| b == 0), "{data:?}");
+        data[..len].to_vec()
+    }
+
+    #[test]
+    fn fd_sizes() {
+        let dbc = fd();
+        let sizes: Vec<(usize, bool)> = dbc
+            .messages()
+            .iter()
+            .map(|m| (m.size(), m.is_fd()))
+            .collect();
+        assert_eq!(sizes, [(16, true), (64, true), (12, true), (3, false)]);
+        for size in [0, 1, 8, 12, 16, 20, 24, 32, 48, 64] {
+            let text = format!("BO_ 1 M: {size} X\n");
+            assert_eq!(Dbc::parse(&text, "x").unwrap().messages()[0].size(), size);
+        }
+        for size in [9, 10, 11, 13, 15, 17, 25, 33, 47, 49, 63, 65, 128, 256] {
+            let e = parse_err(&format!("BO_ 1 M: {size} X\n"));
+            assert!(
+                e.contains(&format!("line 1: message `M` is {size} bytes"))
+                    && e.contains("CAN FD lengths 12, 16, 20, 24, 32, 48 and 64"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn fd16_golden_bytes() {
+        let dbc = fd();
+        let m = dbc.message_by_name("Fd16").unwrap();
+        // cross = 0xABC, Intel, LSB at bit 60 = byte 7 bit 4: the low nibble 0xC fills byte 7
+        // bits 4..7 (0xC0), the high byte 0xAB is byte 8.
+        let mut want = [0u8; 16];
+        want[7] = 0xC0;
+        want[8] = 0xAB;
+        assert_eq!(encode_fd(m, &[(0, 2748.0)]), want);
+        // moto = 0xABCDE, Motorola, MSB at bit 83 = byte 10 bit 3: its top 4 bits 0xA fill
+        // byte 10 bits 3..0, then 0xBC and 0xDE fill bytes 11 and 12.
+        let mut want = [0u8; 16];
+        want[10..13].copy_from_slice(&[0x0A, 0xBC, 0xDE]);
+        assert_eq!(encode_fd(m, &[(1, 703710.0)]), want);
+        // tail = -1.0 / 0.5 = raw -2 = 0xFFFE, little-endian in bytes 14 and 15.
+        let all = encode_fd(m, &[(0, 2748.0), (1, 703710.0), (2, -1.0)]);
+        assert_eq!(
+            all,
+            [0, 0, 0, 0, 0, 0, 0, 0xC0, 0xAB, 0, 0x0A, 0xBC, 0xDE, 0, 0xFE, 0xFF]
+        );
+        let mut out = [0.0; 3];
+        m.decode(&all, &mut out).unwrap();
+        assert_eq!(out, [2748.0, 703710.0, -1.0]);
+        let (cross, moto) = (&m.signals()[0], &m.signals()[1]);
+        assert_eq!((cross.bytes_needed(), moto.bytes_needed()), (9, 13));
+        assert_eq!(cross.extract(&all[..9]), Some(0xABC));
+        assert_eq!(cross.extract(&all[..8]), None);
+        assert_eq!(moto.extract(&all[..13]), Some(0xABCDE));
+        assert_eq!(moto.extract(&all[..12]), None);
+        // The classic buffer refuses a CAN FD message and is left alone.
+        let mut classic = [7u8; 8];
+        let e = m.encode_into([(0, 1.0)], &mut classic).unwrap_err();
+        assert_eq!(
+            e,
+            SignalError::TooLongForClassic {
+                message: "Fd16".into(),
+                size: 16
+            }
+        );
+        assert!(e.to_string().contains("`Fd16` is 16 bytes"), "{e}");
+        assert_eq!(classic, [7; 8]);
+        assert!(matches!(
+            m.decode(&all[..15], &mut out),
+            Err(SignalError::TooShort {
+                len: 15,
+                size: 16,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn fd64_golden_bytes() {
+        let dbc = fd();
+        let m = dbc.message_by_id(401, true).unwrap();
+        assert_eq!(m.name(), "Fd64");
+        let v: u64 = 0xFEDC_BA98_7654_3210;
+        // intel64, LSB at bit 261 = byte 32 bit 5: v << 5 = 0x1F_DB97_530E_CA86_4200, nine
+        // bytes little-endian from byte 32.
+        let s = &m.signals()[0];
+        let mut data = [0u8; 64];
+        s.insert(v, &mut data);
+        let mut want = [0u8; 64];
+        want[32..41].copy_from_slice(&[0x00, 0x42, 0x86, 0xCA, 0x0E, 0x53, 0x97, 0xDB, 0x1F]);
+        assert_eq!(data, want);
+        assert_eq!(s.extract(&data), Some(v));
+        assert_eq!(s.bytes_needed(), 41);
+        // moto64, MSB at bit 403 = byte 50 bit 3: the nine bytes 50..58 read big-endian hold v
+        // from their 4th bit, i.e. v << 4 = 0x0F_EDCB_A987_6543_2100.
+        let s = &m.signals()[1];
+        let mut data = [0u8; 64];
+        s.insert(v, &mut data);
+        let mut want = [0u8; 64];
+        want[50..59].copy_from_slice(&[0x0F, 0xED, 0xCB, 0xA9, 0x87, 0x65, 0x43, 0x21, 0x00]);
+        assert_eq!(data, want);
+        assert_eq!(s.extract(&data), Some(v));
+        assert_eq!(s.bytes_needed(), 59);
+        // Inserting into a payload that ends mid-signal drops the bits past its end.
+        let mut short = [0u8; 54];
+        s.insert(v, &mut short);
+        assert_eq!(short[50..], [0x0F, 0xED, 0xCB, 0xA9]);
+        assert_eq!(s.extract(&short), None);
+        // last: Motorola, MSB at bit 511 = byte 63 bit 7, the whole last byte. f: float32.
+        let bytes = encode_fd(m, &[(2, 165.0), (3, 1.5)]);
+        let mut want = [0u8; 64];
+        want[63] = 0xA5;
+        want[2..4].copy_from_slice(&[0xC0, 0x3F]);
+        assert_eq!(bytes, want);
+        let mut out = [0.0; 4];
+        m.decode(&bytes, &mut out).unwrap();
+        assert_eq!(out, [0.0, 0.0, 165.0, 1.5]);
+        // Extra bytes after the payload are ignored.
+        let mut long = bytes.clone();
+        long.extend([0xFF; 8]);
+        m.decode(&long, &mut out).unwrap();
+        assert_eq!(out, [0.0, 0.0, 165.0, 1.5]);
+        // Motorola signed, 32 bits from byte 8 bit 7: -2 = 0xFFFFFFFE in bytes 8..11.
+        let w = dbc.message_by_name("Fd12").unwrap();
+        assert_eq!(
+            encode_fd(w, &[(0, -2.0)]),
+            [0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 0xFF, 0xFE]
+        );
+    }
+
+    #[test]
+    fn classic_messages_encode_into_both_buffers() {
+        let dbc = fd();
+        let c = dbc.message_by_name("Classic").unwrap();
+        let mut classic = [0xAA; 8];
+        assert_eq!(c.encode_into([(0, 0x123456 as f64)], &mut classic), Ok(3));
+        assert_eq!(classic, [0x56, 0x34, 0x12, 0, 0, 0, 0, 0]);
+        assert_eq!(encode_fd(c, &[(0, 0x123456 as f64)]), [0x56, 0x34, 0x12]);
+        let example = example();
+        for m in example.messages() {
+            let values: Vec<(usize, f64)> = (0..m.signals().len()).map(|i| (i, 1.0)).collect();
+            let mut classic = [0xAA; 8];
+            let mut long = [0xAA; MAX_FD_LEN];
+            let a = m.encode_into(values.iter().copied(), &mut classic);
+            let b = m.encode_into_fd(values.iter().copied(), &mut long);
+            assert_eq!(a, b);
+            if a.is_ok() {
+                assert_eq!(classic[..], long[..8]);
+                assert_eq!(long[8..], [0; 56]);
+            }
+        }
+    }
+
     #[test]
     fn float32_signal() {
         let dbc = example();
@@ -1537,7 +1807,14 @@ SIG_VALTYPE_ 2566844672 speed : 1;
             ("BO_ 257 M: 8 X\n", "line 4: duplicate message name `M` (first on line 3)"),
             ("BO_ 2048 N: 8 X\n", "line 4: standard ID 0x800 of message `N` exceeds 11 bits"),
             ("BO_ 2684354560 N: 8 X\n", "line 4: extended ID 0x20000000 of message `N` exceeds 29 bits"),
-            ("BO_ 300 N: 64 X\n", "line 4: message `N` is 64 bytes: only classic CAN (0 to 8 bytes) is supported, not CAN FD"),
+            ("BO_ 300 N: 9 X\n", "line 4: message `N` is 9 bytes: a CAN message is 0 to 8 bytes (classic) or one of the CAN FD lengths 12, 16, 20, 24, 32, 48 and 64"),
+            ("BO_ 300 N: 65 X\n", "line 4: message `N` is 65 bytes: a CAN message is 0 to 8 bytes (classic) or one of the CAN FD lengths"),
+            ("BO_ 300 N: 13 X\n", "line 4: message `N` is 13 bytes"),
+            ("BO_ 300 N: 99999999999999999999 X\n", "line 4: expected the message size in bytes"),
+            ("BO_ 300 N: 18446744073709551615 X\n", "line 4: message `N` is 18446744073709551615 bytes"),
+            ("BO_ 300 N: 16 X\n SG_ a : 121|8@1+ (1,0) [0|0] \"\" X\n", "line 5: signal `a` (Intel, LSB at bit 121, 8 bits) does not fit the 16-byte message `N`"),
+            ("BO_ 300 N: 64 X\n SG_ a : 507|64@0+ (1,0) [0|0] \"\" X\n", "line 5: signal `a` (Motorola, MSB at bit 507, 64 bits) does not fit the 64-byte message `N`"),
+            ("BO_ 300 N: 64 X\n SG_ a : 500|8@1+ (1,0) [0|0] \"\" X\n SG_ b : 503|1@0+ (1,0) [0|0] \"\" X\n", "line 6: signal `b` overlaps signal `a` in message `N`"),
             ("\nCM_ \"open\nstill open;\n", "line 5: string opened here is never closed"),
             ("\nCM_ BO_ 256 \"no semicolon\"\nBO_ 300 N: 8 X\n", "line 5: expected `;` to end this `CM_` statement before the `BO_` on line 6"),
             ("SIG_VALTYPE_ 256 zz : 1;\n", "line 4: `SIG_VALTYPE_`: message `M` has no signal `zz`"),
@@ -1575,24 +1852,41 @@ SIG_VALTYPE_ 2566844672 speed : 1;
         assert_eq!(Dbc::parse(&crlf, "x").unwrap(), dbc);
     }
 
-    /// A DBC line for a random signal that fits an 8-byte message.
-    fn layout() -> impl Strategy<Value = (u16, u8, bool, bool)> {
+    /// A random signal that fits a message of `size` bytes: (start bit, length, Intel, signed).
+    fn layout_in(size: usize) -> impl Strategy<Value = (u16, u8, bool, bool)> {
+        let max_len = (8 * size).min(64) as u8;
         (
-            1u8..=64,
+            1u8..=max_len,
             any::<bool>(),
             any::<bool>(),
             any::<prop::sample::Index>(),
         )
-            .prop_map(|(len, intel, signed, at)| {
+            .prop_map(move |(len, intel, signed, at)| {
                 let len_u = u32::from(len);
+                let bits = 8 * size as u32;
                 let start = if intel {
-                    at.index((64 - len_u + 1) as usize) as u32
+                    at.index((bits - len_u + 1) as usize) as u32
                 } else {
-                    // MSB in network order 0..=64-len, written in sawtooth numbering.
-                    network_bit(at.index((64 - len_u + 1) as usize) as u32)
+                    // MSB in network order 0..=bits-len, written in sawtooth numbering.
+                    network_bit(at.index((bits - len_u + 1) as usize) as u32)
                 };
                 (start as u16, len, intel, signed)
             })
+    }
+
+    /// A random signal that fits an 8-byte message.
+    fn layout() -> impl Strategy<Value = (u16, u8, bool, bool)> {
+        layout_in(8)
+    }
+
+    /// A message size other than 0, classic or CAN FD.
+    fn any_size() -> impl Strategy<Value = usize> {
+        prop::sample::select(vec![1, 2, 3, 5, 8, 12, 16, 20, 24, 32, 48, 64])
+    }
+
+    /// A size and a signal that fits it.
+    fn sized_layout() -> impl Strategy<Value = (usize, (u16, u8, bool, bool))> {
+        any_size().prop_flat_map(|size| (Just(size), layout_in(size)))
     }
 
     fn signal_line(
@@ -1609,8 +1903,19 @@ SIG_VALTYPE_ 2566844672 speed : 1;
     }
 
     fn one_signal(layout: (u16, u8, bool, bool), scale: f64, offset: f64) -> Dbc {
-        let text = format!("BO_ 1 M: 8 X\n{}", signal_line("s", layout, scale, offset));
+        one_signal_in(8, layout, scale, offset)
+    }
+
+    fn one_signal_in(size: usize, layout: (u16, u8, bool, bool), scale: f64, offset: f64) -> Dbc {
+        let text = format!(
+            "BO_ 1 M: {size} X\n{}",
+            signal_line("s", layout, scale, offset)
+        );
         Dbc::parse(&text, "prop").unwrap()
+    }
+
+    fn ones(bytes: &[u8]) -> u32 {
+        bytes.iter().map(|b| b.count_ones()).sum()
     }
 
     /// Mutations of a valid file.
@@ -1642,16 +1947,50 @@ SIG_VALTYPE_ 2566844672 speed : 1;
 
     proptest! {
         #[test]
-        fn raw_bits_round_trip(layout in layout(), raw in any::<u64>(), junk in any::<[u8; 8]>()) {
-            let dbc = one_signal(layout, 1.0, 0.0);
+        fn raw_bits_round_trip(
+            (size, layout) in sized_layout(),
+            raw in any::<u64>(),
+            junk in proptest::collection::vec(any::<u8>(), 64),
+        ) {
+            let dbc = one_signal_in(size, layout, 1.0, 0.0);
             let s = &dbc.messages()[0].signals()[0];
-            let mut data = junk;
+            prop_assert!(s.bytes_needed() <= size);
+            let mut data = junk[..size].to_vec();
             s.insert(raw, &mut data);
             prop_assert_eq!(s.extract(&data), Some(raw & s.mask()));
-            // The other bits are untouched.
+            // The other bits are untouched, the signal's are exactly `length` bits.
             let occupied = s.occupancy();
-            prop_assert_eq!(u64::from_le_bytes(data) & !occupied, u64::from_le_bytes(junk) & !occupied);
-            prop_assert_eq!(occupied.count_ones(), u32::from(layout.1));
+            for ((d, j), o) in data.iter().zip(&junk).zip(&occupied) {
+                prop_assert_eq!(d & !o, j & !o);
+            }
+            prop_assert_eq!(ones(&occupied), u32::from(layout.1));
+            prop_assert!(occupied[size..].iter().all(|&b| b == 0));
+            // The signal's last byte is its `bytes_needed`.
+            prop_assert!(occupied[s.bytes_needed() - 1] != 0);
+        }
+
+        #[test]
+        fn raw_bits_match_a_bit_by_bit_reference((size, layout) in sized_layout(), raw in any::<u64>()) {
+            // The definition: Intel bit i of the signal is payload bit start + i (sawtooth);
+            // Motorola bit i (from the MSB) is network bit network_bit(start) + i.
+            let dbc = one_signal_in(size, layout, 1.0, 0.0);
+            let s = &dbc.messages()[0].signals()[0];
+            let (start, len, intel, _) = layout;
+            let len = u32::from(len);
+            let mut want = vec![0u8; size];
+            for i in 0..len {
+                let (bit_of_raw, net) = if intel {
+                    (i, network_bit(u32::from(start) + i))
+                } else {
+                    (len - 1 - i, network_bit(u32::from(start)) + i)
+                };
+                if (raw >> bit_of_raw) & 1 == 1 {
+                    want[(net / 8) as usize] |= 0x80 >> (net % 8);
+                }
+            }
+            let mut data = vec![0u8; size];
+            s.insert(raw, &mut data);
+            prop_assert_eq!(data, want);
         }
 
         #[test]
@@ -1672,35 +2011,74 @@ SIG_VALTYPE_ 2566844672 speed : 1;
 
         #[test]
         fn message_round_trip(
-            layouts in proptest::collection::vec((layout(), prop::sample::select(vec![1.0, 0.1, -0.25]), -50i32..50), 1..8),
-            raws in proptest::collection::vec(any::<u64>(), 8),
+            (size, layouts) in any_size().prop_flat_map(|size| (
+                Just(size),
+                proptest::collection::vec((layout_in(size), prop::sample::select(vec![1.0, 0.1, -0.25]), -50i32..50), 1..12),
+            )),
+            raws in proptest::collection::vec(any::<u64>(), 12),
         ) {
             // Keep the signals that do not overlap the ones before.
-            let mut text = String::from("BO_ 1 M: 8 X\n");
-            let mut used = 0u64;
+            let head = format!("BO_ 1 M: {size} X\n");
+            let mut text = head.clone();
+            let mut used = [0u8; MAX_FD_LEN];
             let mut n = 0;
             for (layout, scale, offset) in &layouts {
                 let layout = (layout.0, layout.1.min(40), layout.2, layout.3);
                 let line = signal_line(&format!("s{n}"), layout, *scale, f64::from(*offset));
-                let probe = Dbc::parse(&format!("BO_ 1 M: 8 X\n{line}"), "p").unwrap();
+                let probe = Dbc::parse(&format!("{head}{line}"), "p").unwrap();
                 let bits = probe.messages()[0].signals()[0].occupancy();
-                if bits & used == 0 {
-                    used |= bits;
+                if bits.iter().zip(&used).all(|(b, u)| b & u == 0) {
+                    used.iter_mut().zip(&bits).for_each(|(u, b)| *u |= b);
                     text.push_str(&line);
                     n += 1;
                 }
             }
+            // The parser's overlap check agrees: everything kept parses together.
             let dbc = Dbc::parse(&text, "prop").unwrap();
             let m = &dbc.messages()[0];
             let physical: Vec<f64> = m.signals().iter().zip(&raws).map(|(s, r)| s.raw_to_physical(r & s.mask())).collect();
-            let mut data = [0u8; 8];
-            m.encode_into(physical.iter().copied().enumerate(), &mut data).unwrap();
+            let mut data = [0xAAu8; MAX_FD_LEN];
+            prop_assert_eq!(m.encode_into_fd(physical.iter().copied().enumerate(), &mut data), Ok(size));
+            prop_assert!(data[size..].iter().all(|&b| b == 0));
             for (s, r) in m.signals().iter().zip(&raws) {
-                prop_assert_eq!(s.extract(&data), Some(r & s.mask()));
+                prop_assert_eq!(s.extract(&data[..size]), Some(r & s.mask()));
             }
             let mut out = vec![0.0; n];
-            m.decode(&data, &mut out).unwrap();
-            prop_assert_eq!(out, physical);
+            m.decode(&data[..size], &mut out).unwrap();
+            prop_assert_eq!(&out, &physical);
+            // The classic buffer gives the same bytes, or refuses a CAN FD message.
+            let mut classic = [0u8; 8];
+            let r = m.encode_into(physical.iter().copied().enumerate(), &mut classic);
+            if size <= 8 {
+                prop_assert_eq!(r, Ok(size));
+                prop_assert_eq!(&classic[..], &data[..8]);
+            } else {
+                let fd_refused = matches!(r, Err(SignalError::TooLongForClassic { .. }));
+                prop_assert!(fd_refused);
+            }
+        }
+
+        #[test]
+        fn overlap_check_matches_the_bits(
+            (size, (a, b)) in any_size().prop_flat_map(|size| (Just(size), (layout_in(size), layout_in(size)))),
+        ) {
+            let text = format!(
+                "BO_ 1 M: {size} X\n{}{}",
+                signal_line("a", a, 1.0, 0.0),
+                signal_line("b", b, 1.0, 0.0)
+            );
+            let (sa, sb) = (
+                one_signal_in(size, a, 1.0, 0.0).messages()[0].signals()[0].occupancy(),
+                one_signal_in(size, b, 1.0, 0.0).messages()[0].signals()[0].occupancy(),
+            );
+            let overlap = sa.iter().zip(&sb).any(|(x, y)| x & y != 0);
+            match Dbc::parse(&text, "p") {
+                Ok(_) => prop_assert!(!overlap),
+                Err(e) => {
+                    prop_assert!(overlap);
+                    prop_assert!(e.message.contains("signal `b` overlaps signal `a`"), "{}", e);
+                }
+            }
         }
 
         #[test]
@@ -1714,23 +2092,29 @@ SIG_VALTYPE_ 2566844672 speed : 1;
         }
 
         #[test]
-        fn parser_never_panics_on_mutated_files(ops in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..8)) {
-            let text = mutate(EXAMPLE, &ops);
+        fn parser_never_panics_on_mutated_files(
+            base in prop::sample::select(vec![EXAMPLE, FD]),
+            ops in proptest::collection::vec((any::<u8>(), any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let text = mutate(base, &ops);
             if let Ok(dbc) = Dbc::parse(&text, "fuzz") {
                 // Whatever parses can be used without panicking.
                 for m in dbc.messages() {
                     let mut out = vec![0.0; m.signals().len()];
                     let _ = m.decode(&[0xFF; 8], &mut out);
+                    let _ = m.decode(&[0xFF; MAX_FD_LEN], &mut out);
                     let mut data = [0u8; 8];
                     let _ = m.encode_into((0..m.signals().len()).map(|i| (i, 1.0)), &mut data);
+                    let mut data = [0u8; MAX_FD_LEN];
+                    let _ = m.encode_into_fd((0..m.signals().len()).map(|i| (i, 1.0)), &mut data);
                 }
             }
         }
 
         #[test]
-        fn codec_never_panics_on_random_payloads(data in proptest::collection::vec(any::<u8>(), 0..12), value in any::<f64>()) {
-            let dbc = example();
-            for m in dbc.messages() {
+        fn codec_never_panics_on_random_payloads(data in proptest::collection::vec(any::<u8>(), 0..70), value in any::<f64>()) {
+            let (classic, fd) = (example(), fd());
+            for m in classic.messages().iter().chain(fd.messages()) {
                 let mut out = vec![0.0; m.signals().len()];
                 let r = m.decode(&data, &mut out);
                 prop_assert_eq!(r.is_ok(), data.len() >= m.size());

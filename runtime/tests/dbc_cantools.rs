@@ -6,7 +6,7 @@
 //!
 //! Needs `python3` with cantools (scripts/setup.sh installs it); without them the test fails.
 
-use reflex_runtime::dbc::{Dbc, Message, Signal, ValueType};
+use reflex_runtime::dbc::{Dbc, Message, Signal, SignalError, ValueType, MAX_FD_LEN};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,8 +18,10 @@ static GLOBAL: counting::Counting = counting::Counting;
 use counting::allocs;
 
 /// Both byte orders, signed and unsigned, scale and offset (fractional and integer), lengths
-/// 1, 3, 12, 16, 20 and 64, a 6-byte message, an extended ID, float32 and float64 signals,
-/// [min|max] ranges that are narrower than the bits.
+/// 1, 3, 12, 13, 16, 20, 30 and 64, a 6-byte message, an extended ID, float32 and float64
+/// signals, [min|max] ranges that are narrower than the bits; CAN FD messages of 16 and 64 bytes
+/// with signals in their upper bytes in both byte orders (an Intel signal across byte 8, 64-bit
+/// signals at unaligned starts spanning nine bytes, the last byte of a 64-byte payload).
 const DBC: &str = r#"VERSION ""
 
 NS_ :
@@ -54,10 +56,27 @@ BO_ 302 Odd: 6 Robot
  SG_ m3 : 19|3@0- (1,0) [0|0] "" Motor
  SG_ s20 : 24|20@1- (1,0) [0|0] "" Motor
 
+BO_ 303 Fd16: 16 Robot
+ SG_ lo : 0|8@1+ (1,0) [0|0] "" Motor
+ SG_ f32 : 24|32@1- (1,0) [0|0] "" Motor
+ SG_ cross : 60|12@1- (0.5,-3) [0|0] "" Motor
+ SG_ mot : 83|20@0- (0.1,0) [-1000|1000] "" Motor
+ SG_ hi : 119|16@0+ (1,0) [0|0] "" Motor
+
+BO_ 2147484160 Fd64: 64 Robot
+ SG_ d64 : 64|64@1- (1,0) [0|0] "" Motor
+ SG_ m30 : 175|30@0+ (0.001,0) [0|0] "" Motor
+ SG_ a64 : 261|64@1+ (1,0) [0|0] "" Motor
+ SG_ m64 : 403|64@0- (1,0) [0|0] "" Motor
+ SG_ i13 : 485|13@1- (0.25,10) [0|0] "" Motor
+ SG_ last : 511|8@0+ (1,0) [0|200] "" Motor
+
 CM_ SG_ 256 velocity "Joint velocity;
 in rad/s";
 SIG_VALTYPE_ 2566844672 torque : 1;
 SIG_VALTYPE_ 301 d64 : 2;
+SIG_VALTYPE_ 303 f32 : 1;
+SIG_VALTYPE_ 2147484160 d64 : 2;
 "#;
 
 /// splitmix64: deterministic cases without a dependency.
@@ -202,11 +221,19 @@ fn codec_matches_cantools() {
     for k in 0..600 {
         let m = &dbc.messages()[k % dbc.messages().len()];
         let values: Vec<f64> = m.signals().iter().map(|s| value(s, &mut rng)).collect();
-        let mut data = [0u8; 8];
+        let mut data = [0u8; MAX_FD_LEN];
         let ours = m
-            .encode_into(values.iter().copied().enumerate(), &mut data)
+            .encode_into_fd(values.iter().copied().enumerate(), &mut data)
             .ok()
             .map(|len| data[..len].to_vec());
+        // The classic buffer gives the same result for a classic message, refuses CAN FD.
+        let mut classic = [0u8; 8];
+        let r = m.encode_into(values.iter().copied().enumerate(), &mut classic);
+        if m.is_fd() {
+            assert!(matches!(r, Err(SignalError::TooLongForClassic { .. })));
+        } else {
+            assert_eq!(r.ok().map(|len| classic[..len].to_vec()), ours);
+        }
         write!(cases, "E {}", m.name()).unwrap();
         for (s, v) in m.signals().iter().zip(&values) {
             write!(cases, " {}={v:?}", s.name()).unwrap();
@@ -250,9 +277,9 @@ fn codec_matches_cantools() {
             (None, "ERR") => both_refused += 1,
             (Some(ours), _) => panic!("{case}: we encode {}, cantools says {line}", hex(ours)),
             (None, _) => {
-                let mut data = [0u8; 8];
+                let mut data = [0u8; MAX_FD_LEN];
                 let err = m
-                    .encode_into(values.iter().copied().enumerate(), &mut data)
+                    .encode_into_fd(values.iter().copied().enumerate(), &mut data)
                     .unwrap_err();
                 panic!("{case}: we refuse ({err}), cantools encodes {line}");
             }
@@ -263,6 +290,13 @@ fn codec_matches_cantools() {
         both_ok >= 300 && both_refused >= 50,
         "{both_ok} encoded, {both_refused} refused"
     );
+    // ... for the CAN FD messages too.
+    let fd_ok = encoded
+        .iter()
+        .zip(&lines)
+        .filter(|((m, _, ours), _)| m.is_fd() && ours.is_some())
+        .count();
+    assert!(fd_ok >= 60, "{fd_ok} CAN FD payloads encoded");
 
     for ((m, payload), line) in decoded.iter().zip(&lines[encoded.len()..]) {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -297,8 +331,8 @@ fn encode_and_decode_allocate_nothing() {
     let before = allocs();
     let (mut ok, mut refused) = (0, 0);
     for (m, values) in &cases {
-        let mut data = [0u8; 8];
-        match m.encode_into(values.iter().copied().enumerate(), &mut data) {
+        let mut data = [0u8; MAX_FD_LEN];
+        match m.encode_into_fd(values.iter().copied().enumerate(), &mut data) {
             Ok(len) => {
                 m.decode(&data[..len], &mut out).unwrap();
                 ok += 1;
@@ -308,6 +342,10 @@ fn encode_and_decode_allocate_nothing() {
                 refused += 1;
             }
         }
+        // The classic buffer, CAN FD refusals included.
+        let mut classic = [0u8; 8];
+        let r = m.encode_into(values.iter().copied().enumerate(), &mut classic);
+        std::hint::black_box(&r);
         for s in m.signals() {
             std::hint::black_box(s.extract(&data));
         }
