@@ -507,6 +507,10 @@ pub struct DbcSpec {
     /// State name -> `Message.Signal` of the feedback.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub feedback: BTreeMap<String, String>,
+    /// Messages longer than 8 bytes are CAN FD frames; send them with bit-rate switching (the
+    /// bus's data bit rate) when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fd_brs: bool,
 }
 
 fn default_base_id() -> u32 {

@@ -47,8 +47,10 @@
 //!
 //! A DBC file in the bundle (parsed by [`crate::dbc`]) and a mapping from action and state names
 //! to `Message.Signal`. Every message carrying a mapped action, the stop signal or a constant is
-//! sent with each command, its other signals raw 0. Everything a command could fail on is
-//! checked at start: the signals exist, their messages are not multiplexed, and the action
+//! sent with each command, its other signals raw 0. Messages longer than 8 bytes are CAN FD
+//! frames (with bit-rate switching when `fd_brs` is set): the sink and the state source then open
+//! CAN FD sockets and check that the interface is in CAN FD mode. Everything a command could fail
+//! on is checked at start: the signals exist, their messages are not multiplexed, and the action
 //! limits, the constants and the stop signal's 0/1 are representable in their signals.
 
 use crate::can::{decode_per_joint, encode_per_joint, per_joint_id, CanFrame, FrameError};
@@ -227,6 +229,8 @@ struct TxMessage {
 #[derive(Debug, Clone)]
 struct DbcProto {
     file: String,
+    /// CAN FD messages go out with bit-rate switching.
+    brs: bool,
     dbc: Arc<Dbc>,
     tx: Vec<TxMessage>,
     /// State name -> (message index, signal index).
@@ -443,7 +447,7 @@ impl Codec {
                 let values = cmd.values();
                 for t in &d.tx {
                     let msg = &d.dbc.messages()[t.msg];
-                    let mut data = [0u8; 8];
+                    let mut data = [0u8; crate::can::MAX_FD_LEN];
                     let fields = t.fields.iter().map(|&(sig, src)| {
                         let v = match src {
                             SignalSource::Action(i) => {
@@ -454,11 +458,13 @@ impl Codec {
                         };
                         (sig, v)
                     });
-                    let len = msg.encode_into(fields, &mut data)?;
-                    push(
-                        out,
-                        CanFrame::new(msg.id(), msg.is_extended(), &data[..len])?,
-                    );
+                    let len = msg.encode_into_fd(fields, &mut data)?;
+                    let frame = if msg.is_fd() {
+                        CanFrame::new_fd(msg.id(), msg.is_extended(), &data[..len], d.brs)?
+                    } else {
+                        CanFrame::new(msg.id(), msg.is_extended(), &data[..len])?
+                    };
+                    push(out, frame);
                 }
                 Ok(())
             }
@@ -721,6 +727,7 @@ fn dbc_from_spec(spec: &DbcSpec, m: &Manifest, dir: &Path) -> Result<DbcProto, C
     }
     Ok(DbcProto {
         file: spec.file.clone(),
+        brs: spec.fd_brs,
         dbc: Arc::new(dbc),
         tx,
         feedback,
@@ -1350,6 +1357,7 @@ mod tests {
             .into(),
             constants: Default::default(),
             stop_signal: None,
+            fd_brs: false,
             feedback: [
                 (names[0].clone(), "State.P0".into()),
                 (names[1].clone(), "State.P1".into()),

@@ -222,6 +222,7 @@ fn dbc_bundle(name: &str, dbc: &str) -> PathBuf {
             .collect(),
         constants: [("ArmCmdA.Enable".to_string(), 1.0)].into(),
         stop_signal: Some("ArmCmdA.Stop".into()),
+        fd_brs: false,
         feedback: JOINTS
             .iter()
             .map(|(a, _, f)| (a.to_string(), f.to_string()))

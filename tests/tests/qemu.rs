@@ -927,3 +927,138 @@ fn guest_mit_motor_sim() {
          damped={damped} disabled_commands={disabled_commands}"
     );
 }
+
+/// A DBC bundle whose command and state messages are 16-byte CAN FD frames: six joints as signed
+/// 16-bit signals at 0.0001, the last ones past byte 8, plus enable and stop bits.
+const FD_DBC: &str = r#"VERSION ""
+
+NS_ :
+
+BS_:
+
+BU_: Board Arm
+
+BO_ 512 ArmCmd: 16 Board
+ SG_ ShoulderPan : 0|16@1- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ ShoulderLift : 16|16@1- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ ElbowFlex : 32|16@1- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ WristFlex : 48|16@1- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ WristRoll : 64|16@1- (0.0001,0) [-3.2|3.2] "rad" Arm
+ SG_ Gripper : 80|16@1- (0.0001,0) [-0.4|0.4] "m" Arm
+ SG_ Enable : 96|1@1+ (1,0) [0|1] "" Arm
+ SG_ Stop : 97|1@1+ (1,0) [0|1] "" Arm
+
+BO_ 768 ArmState: 16 Arm
+ SG_ PanPos : 0|16@1- (0.0001,0) [-3.2|3.2] "rad" Board
+ SG_ LiftPos : 16|16@1- (0.0001,0) [-3.2|3.2] "rad" Board
+ SG_ ElbowPos : 32|16@1- (0.0001,0) [-3.2|3.2] "rad" Board
+ SG_ WristFlexPos : 48|16@1- (0.0001,0) [-3.2|3.2] "rad" Board
+ SG_ WristRollPos : 64|16@1- (0.0001,0) [-3.2|3.2] "rad" Board
+ SG_ GripperPos : 80|16@1- (0.0001,0) [-0.4|0.4] "m" Board
+"#;
+
+/// CAN FD on vcan (MTU 72): `reflex can send --state can:vcan0` reads the state from 16-byte FD
+/// frames and sends 16-byte FD commands; a classic vcan is refused with an error naming its MTU.
+#[test]
+fn can_fd_on_vcan() {
+    use reflex_models::manifest::{CanSpec, DbcSpec};
+    if !enabled("can_fd_on_vcan") {
+        return;
+    }
+    let _guest = GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let payload = workdir("qemu-canfd");
+    let capture = CaptureSpec {
+        width: 320,
+        height: 180,
+        format: PixelFormat::Yuyv,
+        fps: 30,
+    };
+    let bundle = payload.join("bundle");
+    let m = tiny_bundle(&bundle, capture);
+    std::fs::write(bundle.join("robot.dbc"), FD_DBC).expect("dbc");
+    let cmd = [
+        "ShoulderPan",
+        "ShoulderLift",
+        "ElbowFlex",
+        "WristFlex",
+        "WristRoll",
+        "Gripper",
+    ];
+    let spec = DbcSpec {
+        file: "robot.dbc".into(),
+        sha256: reflex_models::bundle::sha256_bytes(FD_DBC.as_bytes()),
+        actions: m
+            .action
+            .names
+            .iter()
+            .zip(cmd)
+            .map(|(a, s)| (a.clone(), format!("ArmCmd.{s}")))
+            .collect(),
+        constants: [("ArmCmd.Enable".to_string(), 1.0)].into(),
+        stop_signal: Some("ArmCmd.Stop".into()),
+        fd_brs: true,
+        feedback: m
+            .state
+            .names
+            .iter()
+            .zip([
+                "PanPos",
+                "LiftPos",
+                "ElbowPos",
+                "WristFlexPos",
+                "WristRollPos",
+                "GripperPos",
+            ])
+            .map(|(n, s)| (n.clone(), format!("ArmState.{s}")))
+            .collect(),
+    };
+    reflex_models::reference::set_bundle_can(&bundle, CanSpec::Dbc(spec)).expect("FD bundle");
+    let loaded = reflex_models::Bundle::load(&bundle).expect("bundle");
+    let codec = reflex_runtime::codec::Codec::from_bundle(&loaded).expect("codec");
+    assert!(codec.uses_fd());
+
+    let out = run_guest_with("canfd.sh", &payload, &[]);
+    assert_eq!(marker(&out, "MTU", "vcan0"), 72.0);
+    let send = section(&out, "send.out").join("\n");
+    assert_eq!(marker(&out, "SEND", "rc"), 0.0, "{send}");
+    println!("{send}");
+    assert!(
+        send.contains("last: [0.5, -0.5, 0.25, 0.0, 0.1, 0.04]"),
+        "{send}"
+    );
+    let classic = section(&out, "classic.out").join("\n");
+    assert_ne!(marker(&out, "CLASSIC", "rc"), 0.0, "{classic}");
+    assert!(
+        classic.contains("`vcan1` is in classic CAN mode (MTU 16"),
+        "{classic}"
+    );
+
+    // What candump saw: the robot's 16-byte state frames and reflex's 16-byte commands, ramping
+    // from the measured 0.1 rad (rate limit 1.5 rad/s at 20 Hz: 0.075 rad a tick) to 0.5.
+    let log = section(&out, "candump.log");
+    let mut commands = vec![];
+    for l in &log {
+        let (_, _, f) = parse_candump_line(l).unwrap_or_else(|e| panic!("`{l}`: {e}"));
+        assert!(f.is_fd() && f.data().len() == 16, "`{l}`");
+        if f.id() == 0x200 {
+            let e = codec.explain(&f).expect("an ArmCmd frame");
+            commands.push(e.values[0].1);
+        }
+    }
+    println!(
+        "candump: {} FD frames, {} commands; shoulder_pan {:?} .. {:?}",
+        log.len(),
+        commands.len(),
+        commands.first(),
+        commands.last()
+    );
+    assert!(commands.len() >= 15, "{commands:?}");
+    assert!(
+        (commands[0] - 0.175).abs() < 1e-3,
+        "the first command is one rate-limited step from the measured state: {commands:?}"
+    );
+    assert!(
+        (commands[commands.len() - 1] - 0.5).abs() < 1e-3,
+        "{commands:?}"
+    );
+}
