@@ -93,7 +93,7 @@ enum CanCmd {
         /// Output: a SocketCAN interface (can0, vcan0) or candump:FILE.
         #[arg(long)]
         can: String,
-        /// Joint state to start from: can:IFACE[:BASE_ID] (as for `reflex run`).
+        /// Joint state to start from: `can:IFACE[:BASE_ID]` (as for `reflex run`).
         #[arg(long)]
         state: Option<String>,
         /// Seconds to keep sending the command at the control rate (with --state; default 2).
