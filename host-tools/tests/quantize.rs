@@ -393,6 +393,8 @@ fn max_abs_diff(a: &Path, b: &Path) -> f64 {
 /// the sum of their quantization errors. `tract_qop` holds tract's outputs of the operator form.
 fn assert_int8_forms_agree(fp32: &Path, out: &Path, held: &Path, tract_qop: &Path) {
     let qop = assert_ort_agrees_int8(fp32, &out.join("policy.qop.onnx"), held, tract_qop);
+    // uint8 activations (zero point 128) beside the int8 weights.
+    assert!(qop["quant_types"].to_string().contains("UINT8"), "{qop}");
     let qdq_bundle = qdq_on_tract(out);
     let tract_qdq = dir(&format!(
         "{}-tract",

@@ -19,9 +19,9 @@
 //!        TensorRT consumes ([`graph::apply_int8`]). tract would run it in float with Q/DQ as
 //!        extra element-wise ops, dequantizing the large weights on every run;
 //!      - `policy.qop.onnx`, listed for `tract`: the operator form ([`qop`]), QLinearConv and
-//!        QLinearMatMul (standard `ai.onnx` ops only; tract 0.23 loads no com.microsoft op) with
-//!        each node's output scale from calibration of that output, which tract and ONNX Runtime
-//!        run with integer kernels;
+//!        QLinearMatMul (standard `ai.onnx` ops only; tract 0.23 loads no com.microsoft op) on
+//!        uint8 activations (zero point 128: the same grid), with each node's output scale from
+//!        calibration of that output, which tract and ONNX Runtime run with integer kernels;
 //! 3. the staged quantized bundle is loaded like the robot loads it (`Bundle::load` reads the
 //!    file listed for tract, so the operator form for int8) and both networks run through the
 //!    runtime's tract backend on the held-out samples; errors are unnormalized to action units
@@ -463,11 +463,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                 ranges::Method::Percentile(p) => format!("percentile {p}"),
                 m => m.name().to_string(),
             };
-            let scheme = "activations per-tensor symmetric int8 (zero point 0), weights \
-                          per-output-channel symmetric int8 [-127, 127]; two files: QDQ \
-                          (Q/DQ on the inputs of Conv/Gemm/MatMul, biases float) for TensorRT, \
-                          operator form (QLinearConv with int32 bias, QLinearMatMul, output \
-                          scales from calibration, Gemm bias added in float) for tract";
+            let scheme = "activations per-tensor symmetric 8-bit, weights per-output-channel \
+                          symmetric int8 [-127, 127]; two files: QDQ (int8 activations with zero \
+                          point 0, Q/DQ on the inputs of Conv/Gemm/MatMul, biases float) for \
+                          TensorRT, operator form (uint8 activations with zero point 128, \
+                          QLinearConv with int32 bias, QLinearMatMul, output scales from \
+                          calibration, Gemm bias added in float) for tract";
             (q, Some(qop), Precision::Int8, desc, scheme.to_string())
         }
     };

@@ -5,8 +5,8 @@
 //! consumers), one standard `ai.onnx` integer op, and `DequantizeLinear` back to float under the
 //! node's old output name, so everything else in the graph (norms, Softmax, the kept-float last
 //! layer, residual adds) is untouched and stays float, as in the QDQ form:
-//! - `Conv` -> `QLinearConv`: int8 activations (per tensor, zero point 0), int8 weights per
-//!   output channel, int32 bias with scale `x_scale * w_scale[c]`;
+//! - `Conv` -> `QLinearConv`: uint8 activations (per tensor), int8 weights per output channel
+//!   (zero point 0), int32 bias with scale `x_scale * w_scale[c]`;
 //! - `MatMul` -> `QLinearMatMul`: a constant right-hand side per output column (last axis), an
 //!   activation right-hand side (attention) per tensor. Attention scores that go into a Softmax
 //!   are the exception: that MatMul stays float on its dequantized int8 inputs (QDQ style).
@@ -17,6 +17,13 @@
 //!   cause inside tract was not pinned down;
 //! - `Gemm` (alpha = beta = 1, no transA) -> `QLinearMatMul` on the weight laid out `[K, N]`, then
 //!   a float `Add` of the bias after the dequantization.
+//!
+//! Activations are uint8 with zero point 128: the symmetric int8 grid of the QDQ form shifted by
+//! 128, so the values and results are the same (measured: tract and ONNX Runtime give outputs
+//! identical to the int8-activation form on the reference ResNet-18). It is the layout integer
+//! kernels on x86 are built for (u8 x s8 products): ONNX Runtime 1.23 ran the ResNet-18 operator
+//! form in 7.0 ms with uint8 activations against 176 ms with int8 ones on this AVX-512 VNNI
+//! EPYC (2 threads; fp32 17.0 ms); tract ran both at the same speed.
 //!
 //! The output scale of each op is its node's calibrated output range. For Gemm that range
 //! includes the bias, which is added after the integer op; the bias is small beside the range in
@@ -36,6 +43,15 @@ use super::graph::{
 use anyhow::{Context, Result};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tract_onnx::pb::{tensor_proto::DataType, NodeProto, TensorProto};
+
+/// Zero point of the uint8 activations: 128, so the uint8 grid is the symmetric int8 grid of
+/// the QDQ form shifted by 128 (same values, same rounding).
+fn u8_zero_point(name: &str) -> TensorProto {
+    tensor(name, &[], DataType::Uint8, vec![ACT_ZERO_POINT])
+}
+
+/// See [`u8_zero_point`].
+const ACT_ZERO_POINT: u8 = 128;
 
 /// Scale and zero-point initializers of a per-tensor quantized activation, and its int8 value.
 struct QAct {
@@ -121,7 +137,7 @@ pub fn apply(
             let zero = names.fresh(&format!("{v}_zero_point"));
             let q = names.fresh(&format!("{v}_quantized"));
             new_inits.push(f32_tensor(&scale, &[], &[activation_scale(range(v)?)]));
-            new_inits.push(i8_tensor(&zero, &[], &[0]));
+            new_inits.push(u8_zero_point(&zero));
             let qn = names.fresh(&format!("{v}_QuantizeLinear"));
             nodes.push(node(&qn, "QuantizeLinear", &[v, &scale, &zero], &q, vec![]));
             acts.insert(v.to_string(), QAct { q, scale, zero });
@@ -158,7 +174,7 @@ pub fn apply(
         let yzn = names.fresh(&format!("{out}_zero_point"));
         let yq = names.fresh(&format!("{out}_quantized"));
         new_inits.push(f32_tensor(&ysn, &[], &[ys]));
-        new_inits.push(i8_tensor(&yzn, &[], &[0]));
+        new_inits.push(u8_zero_point(&yzn));
         let xa = &acts[&a];
         let xs = amax
             .get(&a)
