@@ -32,6 +32,39 @@
 //! 5. the bundle (manifest with the new precision, sha256 and a provenance summary, the models,
 //!    `quantization-report.json`) is renamed into place only when everything succeeded.
 //!
+//! ## Default CPU precision: fp32 (measured on the development machine)
+//!
+//! reflex runs tract on the CPU, and on this machine tract runs every reduced form slower than
+//! fp32, so the CPU default stays fp32; int8 is for TensorRT (QDQ) and for CPUs whose tract
+//! integer kernels are fast (ARM cores with dot-product instructions: not measured here).
+//! `cargo bench -p reflex-tools --bench quantized`, 2 threads, median of 20 runs, on a 2-core
+//! AMD EPYC VM with AVX-512 and AVX-512 VNNI (`avx512_vnni` in /proc/cpuinfo), tract 0.23.9,
+//! ONNX Runtime 1.23 (CPUExecutionProvider), reference policies with seeded weights; ms, and the
+//! ratio to fp32 of the same runtime in the same run (a quiet run; on the shared machine under
+//! load, absolute times doubled but the order of the forms stayed the same):
+//!
+//! | model | form | tract ms | vs fp32 | ORT ms | vs fp32 |
+//! |---|---|---|---|---|---|
+//! | ResNet-18 | fp32 | 29.96 | 1.00 | 17.20 | 1.00 |
+//! | | fp16 | 48.64 | 1.62 | 17.04 | 0.99 |
+//! | | int8 operator form | 93.48 | 3.12 | 6.95 | 0.40 |
+//! | | int8 QDQ | 52.75 | 1.76 | 40.84 | 2.37 |
+//! | ViT-S/16 | fp32 | 70.49 | 1.00 | 49.10 | 1.00 |
+//! | | fp16 | 73.20 | 1.04 | 50.02 | 1.02 |
+//! | | int8 operator form | 209.56 | 2.97 | 21.36 | 0.43 |
+//! | | int8 QDQ | 102.45 | 1.45 | 91.19 | 1.86 |
+//!
+//! - tract: the operator form (QLinearConv / QLinearMatMul) is 3x slower than fp32 here,
+//!   AVX-512 VNNI notwithstanding (the same with int8 activations: 2.75x and 3.03x in an
+//!   earlier run); fp16 weights
+//!   are re-cast on every run; QDQ computes in float plus the Q/DQ ops: all slower than fp32;
+//! - ONNX Runtime: the operator form with uint8 activations is 2.3-2.5x faster than fp32 (its
+//!   u8s8 VNNI kernels); with int8 activations the same graph was 3.4-4.5x slower, hence uint8
+//!   in [`qop`]. So int8 pays on this CPU in ONNX Runtime, not in tract;
+//! - not measured: TensorRT (no GPU here), ARM boards (no board here), tract's int8 path on an
+//!   ARM core with dot-product instructions, where it should pay. Measure there
+//!   (`reflex bench --model-only` on each form) before changing a board's default.
+//!
 
 mod calib;
 mod graph;
