@@ -338,3 +338,95 @@ fn feeds_softmax(consumers: &HashMap<String, Vec<(String, String)>>, v: &str) ->
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::graph::{encode, plan_int8};
+    use super::*;
+    use reflex_models::onnx::builder::{Attr, GraphBuilder};
+    use std::collections::BTreeSet;
+    use tract_onnx::prelude::*;
+
+    /// x [1, 1, 2, 2] -> Conv (2 output channels, 1x1, bias) -> Flatten -> Gemm (transB, bias).
+    fn conv_gemm() -> tract_onnx::pb::ModelProto {
+        let mut b = GraphBuilder::new("t");
+        let x = b.input("x", &[1, 1, 2, 2]);
+        let w = b.initializer("w", &[2, 1, 1, 1], &[0.5, -1.0]);
+        let bias = b.initializer("b", &[2], &[0.1, 0.2]);
+        let c = b.node("conv", "Conv", &[&x, &w, &bias], &[]);
+        let f = b.node("flat", "Flatten", &[&c], &[("axis", Attr::Int(1))]);
+        let gw: Vec<f32> = (0..24).map(|i| (i as f32 - 11.5) / 12.0).collect();
+        let gw = b.initializer("gw", &[3, 8], &gw);
+        let gb = b.initializer("gb", &[3], &[0.05, -0.05, 0.0]);
+        let y = b.node("gemm", "Gemm", &[&f, &gw, &gb], &[("transB", Attr::Int(1))]);
+        b.output(&y, &[1, 3]);
+        b.finish()
+    }
+
+    fn run(m: &tract_onnx::pb::ModelProto, x: &[f32]) -> Vec<f32> {
+        let bytes = encode(m);
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut bytes.as_slice())
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .expect("tract loads");
+        let t = Tensor::from_shape(&[1, 1, 2, 2], x).expect("input");
+        let out = plan.run(tvec!(t.into_tvalue())).expect("runs");
+        out[0]
+            .try_as_plain_ram()
+            .and_then(|t| t.as_slice::<f32>().map(|s| s.to_vec()))
+            .expect("f32")
+    }
+
+    #[test]
+    fn conv_and_gemm_become_integer_ops_that_tract_runs() {
+        let m = conv_gemm();
+        let plan = plan_int8(&m, &BTreeSet::new()).expect("plan");
+        assert_eq!(plan.outputs, vec!["conv".to_string(), "gemm".to_string()]);
+        let amax: BTreeMap<String, f32> = [("x", 1.27), ("conv", 1.27), ("flat", 1.27)]
+            .into_iter()
+            .chain([("gemm", 2.54)])
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let (q, floats) = apply(&m, &plan, &amax).expect("operator form");
+        assert!(floats.unsupported.is_empty() && floats.scores.is_empty());
+        let g = q.graph.as_ref().expect("graph");
+        let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(
+            ops,
+            [
+                "QuantizeLinear",
+                "QLinearConv",
+                "DequantizeLinear",
+                "Flatten",
+                "QuantizeLinear",
+                "QLinearMatMul",
+                "DequantizeLinear",
+                "Add"
+            ]
+        );
+        let init = |n: &str| {
+            g.initializer
+                .iter()
+                .find(|t| t.name == n)
+                .unwrap_or_else(|| panic!("no initializer {n}"))
+        };
+        // int32 bias in steps of x_scale * w_scale[c]: 0.1 / (0.01 * 0.5 / 127), 0.2 / (0.01 / 127).
+        let bias: Vec<i32> = init("b_int32")
+            .raw_data
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        assert_eq!(bias, vec![2540, 2540]);
+        // uint8 activations with zero point 128; the Gemm weight laid out [K, N].
+        assert_eq!(init("x_zero_point").raw_data, vec![128]);
+        assert_eq!(init("x_zero_point").data_type, DataType::Uint8 as i32);
+        assert_eq!(init("gw_quantized").dims, vec![8, 3]);
+        // tract runs it, within a few int8 steps of the float graph.
+        let x = [0.3, -0.7, 1.0, 0.05];
+        let (f, i) = (run(&m, &x), run(&q, &x));
+        for (a, b) in f.iter().zip(&i) {
+            assert!((a - b).abs() < 0.05, "float {f:?}, int8 {i:?}");
+        }
+    }
+}
