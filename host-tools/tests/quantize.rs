@@ -288,6 +288,7 @@ fn int8_bundle_report_and_ort_agreement() {
         r["graph"]["quantized_nodes"], 21,
         "20 convs + the first head Gemm"
     );
+    assert_eq!(r["graph"]["measured_file"], "policy.qop.onnx");
     assert_eq!(
         r["graph"]["operator_form_float_scores"],
         serde_json::json!([])

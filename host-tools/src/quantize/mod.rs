@@ -561,6 +561,14 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let trial = staging.0.join("trial");
     write_bundle(&trial, &mut manifest.clone(), &refs)?;
     let b_q = Bundle::load(&trial).context("the quantized bundle does not load")?;
+    // The file tract runs, hence the one measured below.
+    let measured = b_q
+        .policy_path
+        .strip_prefix(&trial)
+        .unwrap_or(&b_q.policy_path)
+        .display()
+        .to_string();
+    info.insert("measured_file".into(), measured.into());
 
     let threads = a.threads.unwrap_or_else(|| TractOptions::default().threads);
     let ev = evaluate(
