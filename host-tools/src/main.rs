@@ -32,7 +32,8 @@ use tract_onnx::prelude::*;
         or ViT-S/16 with torchvision/timm key names), from seeded weights, or from an ONNX file \
         you exported with torch.onnx.export; `inspect` shows one; `infer` runs its network on \
         .npy tensors for parity checks against PyTorch; `quantize` writes its fp16 or int8 \
-        (QDQ) form with an accuracy report in action units."
+        forms (int8: QLinearConv/QLinearMatMul for tract, QDQ for TensorRT) with an accuracy \
+        report in action units."
 )]
 struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -61,7 +62,8 @@ enum Cmd {
         #[arg(long)]
         output: PathBuf,
     },
-    /// Quantize a bundle to fp16 or int8 (QDQ), with an accuracy report in action units and a gate.
+    /// Quantize a bundle to fp16 or int8 (operator form for tract + QDQ for TensorRT), with an
+    /// accuracy report in action units and a gate.
     Quantize(Box<quantize::QuantizeArgs>),
 }
 

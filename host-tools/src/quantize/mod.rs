@@ -143,7 +143,7 @@ pub struct QuantizeArgs {
     /// Report file (JSON); a copy is always written into the bundle as quantization-report.json.
     #[arg(long)]
     pub report: Option<PathBuf>,
-    /// Also write the held-out network inputs, DIR/<i>/<graph input>.npy, for checks with
+    /// Also write the held-out network inputs, `DIR/<i>/<graph input>.npy`, for checks with
     /// other runtimes.
     #[arg(long)]
     pub save_held_out: Option<PathBuf>,
