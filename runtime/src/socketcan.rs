@@ -230,15 +230,7 @@ impl RawRead {
 
 /// Our frame for a received raw CAN FD one: `None` for error frames and invalid lengths.
 pub fn from_raw_fd_frame(raw: &libc::canfd_frame) -> Option<CanFrame> {
-    if raw.can_id & (libc::CAN_ERR_FLAG | libc::CAN_RTR_FLAG) != 0 {
-        return None;
-    }
-    let extended = raw.can_id & libc::CAN_EFF_FLAG != 0;
-    let id = if extended {
-        raw.can_id & libc::CAN_EFF_MASK
-    } else {
-        raw.can_id & libc::CAN_SFF_MASK
-    };
+    let (id, extended) = data_frame_id(raw.can_id)?;
     let len = usize::from(raw.len);
     let brs = raw.flags & libc::CANFD_BRS as u8 != 0;
     CanFrame::new_fd(id, extended, raw.data.get(..len)?, brs).ok()
@@ -557,18 +549,24 @@ impl CommandSink for SocketCanSink {
     }
 }
 
+/// The ID and ID format of a raw `can_id`; `None` for error and remote frames.
+fn data_frame_id(can_id: u32) -> Option<(u32, bool)> {
+    if can_id & (libc::CAN_ERR_FLAG | libc::CAN_RTR_FLAG) != 0 {
+        return None;
+    }
+    let extended = can_id & libc::CAN_EFF_FLAG != 0;
+    let mask = if extended {
+        libc::CAN_EFF_MASK
+    } else {
+        libc::CAN_SFF_MASK
+    };
+    Some((can_id & mask, extended))
+}
+
 /// Our frame for a received raw one: `None` for error and remote frames, and for what is not
 /// classic CAN.
 pub fn from_raw_frame(raw: &libc::can_frame) -> Option<CanFrame> {
-    if raw.can_id & (libc::CAN_ERR_FLAG | libc::CAN_RTR_FLAG) != 0 {
-        return None;
-    }
-    let extended = raw.can_id & libc::CAN_EFF_FLAG != 0;
-    let id = if extended {
-        raw.can_id & libc::CAN_EFF_MASK
-    } else {
-        raw.can_id & libc::CAN_SFF_MASK
-    };
+    let (id, extended) = data_frame_id(raw.can_id)?;
     let len = usize::from(raw.can_dlc);
     CanFrame::new(id, extended, raw.data.get(..len)?).ok()
 }

@@ -553,7 +553,13 @@ pub fn apply_int8(
         nodes.push(n);
     }
     g.node = nodes;
-    // Float weights nothing reads any more are dropped (a kept-float node may still read one).
+    replace_initializers(g, new_inits);
+    Ok(m)
+}
+
+/// Drops the initializers no node or output reads any more (float weights that were quantized;
+/// a kept-float node may still read one) and appends `new_inits`.
+pub fn replace_initializers(g: &mut GraphProto, mut new_inits: Vec<TensorProto>) {
     let used: HashSet<&str> = g
         .node
         .iter()
@@ -568,7 +574,6 @@ pub fn apply_int8(
         .collect();
     g.initializer = kept;
     g.initializer.append(&mut new_inits);
-    Ok(m)
 }
 
 #[cfg(test)]

@@ -289,20 +289,7 @@ pub fn apply(
         }
     }
     g.node = nodes;
-    let used: HashSet<&str> = g
-        .node
-        .iter()
-        .flat_map(|n| n.input.iter().map(String::as_str))
-        .chain(g.output.iter().map(|v| v.name.as_str()))
-        .collect();
-    let kept: Vec<TensorProto> = g
-        .initializer
-        .iter()
-        .filter(|t| used.contains(t.name.as_str()))
-        .cloned()
-        .collect();
-    g.initializer = kept;
-    g.initializer.append(&mut new_inits);
+    super::graph::replace_initializers(g, new_inits);
     Ok((m, floats_left))
 }
 
