@@ -543,6 +543,16 @@ impl Manifest {
 
     /// The first policy entry. A quantized bundle may list one policy file per backend (int8:
     /// the operator form for tract, QDQ for TensorRT); see [`Manifest::policy_model_for`].
+    /// For each action dimension, the state dimension of the same name: where a measured
+    /// position can seed the rate limiter for that joint.
+    pub fn action_state_indices(&self) -> Vec<Option<usize>> {
+        self.action
+            .names
+            .iter()
+            .map(|a| self.state.names.iter().position(|s| s == a))
+            .collect()
+    }
+
     pub fn policy_model(&self) -> Option<&ModelFile> {
         self.models.iter().find(|m| m.role == ModelRole::Policy)
     }

@@ -35,7 +35,7 @@
 
 use crate::codec::{Codec, CodecError, Frames};
 use crate::io::{CommandSink, FaultKind, SinkError};
-use crate::safety::{SafeCommand, MAX_DIM};
+use crate::safety::SafeCommand;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -211,7 +211,7 @@ pub fn per_joint_id(base_id: u32, index: usize) -> Result<(u32, bool), FrameErro
 pub fn encode_per_joint(
     cmd: &SafeCommand,
     base_id: u32,
-    out: &mut heapless::Vec<CanFrame, MAX_DIM>,
+    out: &mut Frames,
 ) -> Result<(), FrameError> {
     out.clear();
     let flags = if cmd.is_stop() { FLAG_STOP } else { 0 };
@@ -220,7 +220,7 @@ pub fn encode_per_joint(
         let (id, extended) = per_joint_id(base_id, i)?;
         let v = value.to_le_bytes();
         let data = [v[0], v[1], v[2], v[3], flags, tick, 0, 0];
-        // A SafeCommand has at most MAX_DIM values, the capacity of `out`.
+        // A SafeCommand has at most MAX_DIM values, fewer than the capacity of `out`.
         let _ = out.push(CanFrame::new(id, extended, &data)?);
     }
     Ok(())
@@ -637,11 +637,7 @@ impl CandumpSink {
                     })?;
             line[len] = b'\n';
             if let Err(e) = self.writer.write_all(&line[..=len]) {
-                return Err(SinkError {
-                    sink: self.name.clone(),
-                    kind: FaultKind::Degraded,
-                    message: format!("cannot write `{}`: {e}", self.path.display()),
-                });
+                return Err(self.io_error(&e));
             }
         }
         Ok(())

@@ -421,15 +421,7 @@ impl Codec {
     /// Encodes one safe command into `out` (replacing its contents). Allocation-free.
     pub fn encode(&self, cmd: &SafeCommand, out: &mut Frames) -> Result<(), CodecError> {
         match &self.kind {
-            Kind::PerJoint { base_id } => {
-                let mut tmp = heapless::Vec::<CanFrame, MAX_DIM>::new();
-                encode_per_joint(cmd, *base_id, &mut tmp)?;
-                out.clear();
-                for f in tmp {
-                    push(out, f);
-                }
-                Ok(())
-            }
+            Kind::PerJoint { base_id } => Ok(encode_per_joint(cmd, *base_id, out)?),
             Kind::Mit(m) => {
                 out.clear();
                 for (mo, &p) in m.motors.iter().zip(cmd.values()) {
@@ -862,22 +854,20 @@ impl FeedbackDecoder {
     pub fn decode(&self, frame: &CanFrame, state: &mut [f32]) -> FeedbackOutcome {
         match &self.kind {
             FeedbackKind::PerJoint { base_id } => {
-                let Some(index) = frame
+                // A joint's ID that does not decode is malformed; any other ID is not ours.
+                let ours = frame
                     .id()
                     .checked_sub(*base_id)
-                    .filter(|i| (*i as usize) < self.dims)
-                else {
+                    .is_some_and(|i| (i as usize) < self.dims);
+                if !ours {
                     return FeedbackOutcome::Ignored;
-                };
+                }
                 match decode_per_joint(frame, *base_id, self.dims) {
                     Some((i, v, _, _)) if v.is_finite() && i < state.len() => {
                         state[i] = v;
                         FeedbackOutcome::Updated(1 << i)
                     }
-                    _ => {
-                        let _ = index;
-                        FeedbackOutcome::Malformed
-                    }
+                    _ => FeedbackOutcome::Malformed,
                 }
             }
             FeedbackKind::Mit { flavor, motors } => {
@@ -1197,7 +1187,6 @@ mod tests {
 
     /// A 3-joint Damiao arm: IDs 1..3, replies on 0x11..0x13, joint names as state names.
     fn damiao_manifest(stop: MitStop) -> Manifest {
-        use reflex_models::manifest::{MitMotor as M, MitSpec as S};
         let mut arch = reflex_models::reference::demo_arch();
         arch.action_dim = 3;
         arch.state_dim = 3;
@@ -1207,28 +1196,14 @@ mod tests {
             reflex_models::reference::default_capture(),
         );
         m.action.units = vec!["rad".into(); 3];
-        m.can = CanSpec::Mit(S {
-            flavor: MitFlavor::Damiao,
-            command_timeout_ms: Some(100),
-            stop,
-            motors: (0..3)
-                .map(|i| M {
-                    id: i + 1,
-                    feedback_id: Some(0x11 + i),
-                    p_max: 12.5,
-                    v_max: 30.0,
-                    t_max: 10.0,
-                    kp_max: 500.0,
-                    kd_max: 5.0,
-                    kp: 20.0,
-                    kd: 1.0,
-                    damp_kd: 2.0,
-                    position_state: None,
-                    velocity_state: None,
-                    torque_state: None,
-                })
-                .collect(),
-        });
+        let mut can = reflex_models::reference::example_mit_can(3, MitFlavor::Damiao, stop);
+        if let CanSpec::Mit(spec) = &mut can {
+            // A damping gain whose packing is easy to derive by hand (see mit_commands_and_stops).
+            for mo in &mut spec.motors {
+                mo.damp_kd = 2.0;
+            }
+        }
+        m.can = can;
         m
     }
 

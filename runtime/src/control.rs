@@ -223,12 +223,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             .map(|i| manifest.state.normalization.affine(i))
             .collect();
         let filter = SafetyFilter::new(&manifest.action, rate, opts.allow_unlimited)?;
-        let seed_map: Vec<Option<usize>> = manifest
-            .action
-            .names
-            .iter()
-            .map(|an| manifest.state.names.iter().position(|s| s == an))
-            .collect();
+        let seed_map = manifest.action_state_indices();
         Ok(ControlLoop {
             cameras: slots,
             state_src,

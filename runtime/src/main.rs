@@ -781,7 +781,7 @@ fn cmd_can(c: CanCmd) -> Result<()> {
             hold,
             iface,
         } => {
-            interrupt_flag()?;
+            let stop = interrupt_flag()?;
             let clock = MonotonicClock::new();
             let bundle = load_bundle(&target.bundle)?;
             let values = parse_targets(&bundle, &target.values)?;
@@ -789,7 +789,6 @@ fn cmd_can(c: CanCmd) -> Result<()> {
             let mut filter =
                 SafetyFilter::new(&m.action, m.control.rate_hz, target.allow_unlimited)?;
             let mut sink = open_sink(&bundle, &can, &iface, &clock)?;
-            let stop = interrupt_flag()?;
             let Some(state_spec) = state else {
                 eprintln!(
                     "note: no --state: the command is not rate-limited from the joints' positions"
@@ -816,16 +815,9 @@ fn cmd_can(c: CanCmd) -> Result<()> {
                 clock.sleep_until(clock.now_ns() + 2_000_000);
             }
             let seed: Vec<f32> = m
-                .action
-                .names
+                .action_state_indices()
                 .iter()
-                .map(|n| {
-                    m.state
-                        .names
-                        .iter()
-                        .position(|s| s == n)
-                        .map_or(f32::NAN, |j| st[j])
-                })
+                .map(|j| j.map_or(f32::NAN, |j| st[j]))
                 .collect();
             if !filter.seed(&seed) {
                 bail!(
@@ -833,7 +825,7 @@ fn cmd_can(c: CanCmd) -> Result<()> {
                      dimension (state names must match action names): nothing sent"
                 );
             }
-            let period = (1e9 / m.control.rate_hz) as u64;
+            let period = bundle.period_ns();
             let ticks = ((hold.unwrap_or(2.0) * 1e9) as u64 / period).max(1);
             let start = clock.now_ns();
             let mut last = None;

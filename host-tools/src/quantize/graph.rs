@@ -452,11 +452,7 @@ pub fn apply_int8(
     let g = graph_mut(&mut m)?;
     drop_initializer_inputs(g);
     let mut names = Names::of(g);
-    let inits: HashMap<String, TensorProto> = g
-        .initializer
-        .iter()
-        .map(|t| (t.name.clone(), t.clone()))
-        .collect();
+    let inits = initializers_by_name(g);
     let mut new_inits = vec![];
     let mut front = vec![];
     // Weights: one int8 initializer + DequantizeLinear per (initializer, axis), shared by its
@@ -555,6 +551,14 @@ pub fn apply_int8(
     g.node = nodes;
     replace_initializers(g, new_inits);
     Ok(m)
+}
+
+/// The graph's initializers by name (copies: the rewrite replaces `g.initializer`).
+pub fn initializers_by_name(g: &GraphProto) -> HashMap<String, TensorProto> {
+    g.initializer
+        .iter()
+        .map(|t| (t.name.clone(), t.clone()))
+        .collect()
 }
 
 /// Drops the initializers no node or output reads any more (float weights that were quantized;

@@ -82,11 +82,7 @@ pub fn apply(
     let g = graph_mut(&mut m)?;
     drop_initializer_inputs(g);
     let mut names = Names::of(g);
-    let inits: HashMap<String, TensorProto> = g
-        .initializer
-        .iter()
-        .map(|t| (t.name.clone(), t.clone()))
-        .collect();
+    let inits = super::graph::initializers_by_name(g);
     let quantized: HashSet<&str> = plan.quantized_nodes.iter().map(String::as_str).collect();
     let range = |v: &str| {
         amax.get(v)
