@@ -11,7 +11,7 @@
 use reflex_models::bundle::write_bundle;
 use reflex_models::manifest::BackendKind;
 use reflex_models::Bundle;
-use reflex_runtime::backend::{PolicyBackend, TractBackend, TractOptions};
+use reflex_runtime::infer::backend::{PolicyBackend, TractBackend, TractOptions};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;

@@ -9,7 +9,7 @@ use reflex_models::bundle::validate_manifest;
 use reflex_models::manifest::{BackendKind, Normalization, Precision};
 use reflex_models::npy::read_npy;
 use reflex_models::Bundle;
-use reflex_runtime::backend::{select_backend, BackendChoice, TractOptions};
+use reflex_runtime::infer::backend::{select_backend, BackendChoice, TractOptions};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -565,7 +565,7 @@ fn calibrates_from_a_recorded_episode_directory() {
     let fp32 = Bundle::load(resnet18()).expect("fp32");
     let episode = dir("episode");
     // 3 s at 30 fps: 90 frames, of which 6 are picked evenly.
-    reflex_runtime::replay::generate_synthetic_episode(&fp32.manifest, &episode, 3.0, 30)
+    reflex_runtime::camera::replay::generate_synthetic_episode(&fp32.manifest, &episode, 3.0, 30)
         .expect("episode");
     let out = dir("episode-int8");
     let text = ok(&tools(&[

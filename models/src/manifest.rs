@@ -393,7 +393,7 @@ pub enum CanSpec {
     },
     /// "MIT mode" motor drivers (mini-cheetah firmware lineage: CubeMars AK, Damiao, MyActuator
     /// and others): one 8-byte frame per motor packing position, velocity, kp, kd and feed-forward
-    /// torque, enable/disable frames, and a reply frame per command. See `reflex_runtime::codec`.
+    /// torque, enable/disable frames, and a reply frame per command. See `reflex_runtime::can::codec`.
     Mit(MitSpec),
     /// A DBC file in the bundle plus a mapping from action/state names to its signals.
     Dbc(DbcSpec),

@@ -9,13 +9,13 @@
 //! monotonic clock. Ratios are against a memory copy of the same frame, measured in the same run.
 
 use reflex_models::reference::{default_capture, demo_arch, reference_manifest};
-use reflex_runtime::backend::{BackendError, PolicyBackend};
+use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
+use reflex_runtime::can::sink::NullSink;
 use reflex_runtime::clock::{Clock, ManualClock, MonotonicClock};
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::engine::{InlineRunner, Request, ThreadedRunner};
+use reflex_runtime::infer::backend::{BackendError, PolicyBackend};
+use reflex_runtime::infer::runner::{InlineRunner, Request, ThreadedRunner};
 use reflex_runtime::preprocess::Preprocessor;
-use reflex_runtime::replay::{generate_synthetic_episode, Episode, ReplayMode};
-use reflex_runtime::sinks::NullSink;
 use reflex_runtime::timing::{Histogram, Stage};
 use std::time::Instant;
 

@@ -12,7 +12,7 @@
 use reflex_models::onnx::{EncoderKind, PolicyArch, SeededWeights};
 use reflex_models::reference::{default_capture, demo_arch, write_reference_bundle};
 use reflex_models::Bundle;
-use reflex_runtime::backend::{PolicyBackend, TractBackend, TractOptions};
+use reflex_runtime::infer::backend::{PolicyBackend, TractBackend, TractOptions};
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;

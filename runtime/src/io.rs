@@ -8,7 +8,7 @@
 //! Time is always a `u64` of nanoseconds on the monotonic clock the loop's [`crate::clock::Clock`]
 //! uses; drivers convert their own timestamps into it.
 
-use crate::safety::SafeCommand;
+use crate::control::safety::SafeCommand;
 use reflex_models::manifest::PixelFormat;
 
 /// What the control loop should do about an error.

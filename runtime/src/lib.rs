@@ -1,27 +1,25 @@
 //! reflex-runtime: the on-board runtime, from camera frames to CAN commands.
 //!
-//! Data flow per tick: [`io::Camera`] frames -> [`preprocess::Preprocessor`] (the training
-//! pipeline, into preallocated tensors) -> [`engine::InferenceRunner`] running a
-//! [`backend::PolicyBackend`] -> [`action::ActionPlanner`] (unnormalize, chunk schedule,
-//! temporal ensembling, latency compensation) -> [`safety::SafetyFilter`] -> [`io::CommandSink`].
-//! [`control::ControlLoop`] ties them together at a fixed rate on a caller-supplied
-//! [`clock::Clock`].
+//! The modules follow a frame through the robot, in this order:
+//!
+//! 1. [`camera`]: V4L2 devices and replayed episodes yield frames ([`io::Camera`]).
+//! 2. [`preprocess`]: the training pipeline, into preallocated CHW tensors.
+//! 3. [`infer`]: the policy network, prepared once and run on preallocated buffers, inline or
+//!    on its own thread.
+//! 4. [`control`]: the fixed-rate loop ([`control::ControlLoop`]): action plan (unnormalize,
+//!    chunk schedule, temporal ensembling, latency compensation), safety filter, e-stop latch.
+//! 5. [`can`]: safe commands to CAN frames in the bundle's motor protocol, onto SocketCAN or a
+//!    candump log.
+//!
+//! Beside the data path: [`io`] (the hardware traits and fault kinds), [`clock`] (caller-supplied
+//! time), [`timing`] (per-stage latency histograms) and [`bench`] (`reflex bench` reports).
 
-pub mod action;
-pub mod backend;
 pub mod bench;
+pub mod camera;
 pub mod can;
 pub mod clock;
-pub mod codec;
 pub mod control;
-pub mod dbc;
-pub mod engine;
-pub mod estop;
+pub mod infer;
 pub mod io;
 pub mod preprocess;
-pub mod replay;
-pub mod safety;
-pub mod sinks;
-pub mod socketcan;
 pub mod timing;
-pub mod v4l2;

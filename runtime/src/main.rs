@@ -3,16 +3,16 @@
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use reflex_models::Bundle;
-use reflex_runtime::backend::{select_backend, BackendChoice, TractOptions};
-use reflex_runtime::can::CandumpSink;
+use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
+use reflex_runtime::can::codec::Codec;
+use reflex_runtime::can::sink::CandumpSink;
+use reflex_runtime::can::sink::NullSink;
 use reflex_runtime::clock::{Clock, MonotonicClock};
-use reflex_runtime::codec::Codec;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::engine::{Request, ThreadedRunner};
+use reflex_runtime::infer::backend::{select_backend, BackendChoice, TractOptions};
+use reflex_runtime::infer::runner::{Request, ThreadedRunner};
 use reflex_runtime::io::{Camera, CommandSink, StateSource};
 use reflex_runtime::preprocess::Preprocessor;
-use reflex_runtime::replay::{generate_synthetic_episode, Episode, ReplayMode};
-use reflex_runtime::sinks::NullSink;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -396,7 +396,8 @@ fn open_cameras(bundle: &Bundle, specs: &[String]) -> Result<OpenedCameras> {
             cams.push(Box::new(ep.camera(&spec.name, ReplayMode::RealTime)?));
             first_episode.get_or_insert(dir);
         } else if src.starts_with("/dev/") {
-            let cam = reflex_runtime::v4l2::V4l2Camera::open(Path::new(&src), &spec.capture)?;
+            let cam =
+                reflex_runtime::camera::v4l2::V4l2Camera::open(Path::new(&src), &spec.capture)?;
             cams.push(Box::new(cam));
         } else {
             bail!(
@@ -429,10 +430,11 @@ fn open_state(
         let decoder = codec
             .feedback(&bundle.manifest.state.names, base)
             .with_context(|| format!("--state can:{rest}"))?;
-        let mut requests = reflex_runtime::codec::Frames::new();
+        let mut requests = reflex_runtime::can::codec::Frames::new();
         codec.state_request_frames(&mut requests)?;
-        let src = reflex_runtime::socketcan::SocketCanStateSource::open(iface, decoder, requests)
-            .with_context(|| format!("opening joint feedback on {iface}"))?;
+        let src =
+            reflex_runtime::can::socketcan::SocketCanStateSource::open(iface, decoder, requests)
+                .with_context(|| format!("opening joint feedback on {iface}"))?;
         return Ok(Box::new(src));
     }
     let dir = match spec {
@@ -469,7 +471,7 @@ fn open_sink(
         bail!("--can {spec}: expected a CAN interface name (can0, vcan0), candump:FILE or null");
     }
     let codec = Codec::from_bundle(bundle)?;
-    let sink = reflex_runtime::socketcan::SocketCanSink::open(spec, codec)?;
+    let sink = reflex_runtime::can::socketcan::SocketCanSink::open(spec, codec)?;
     Ok(Box::new(sink))
 }
 
@@ -481,11 +483,11 @@ fn open_safety_input(spec: &str, level: bool) -> Result<Box<dyn reflex_board::in
         return Ok(Box::new(g.open()?));
     }
     if spec.starts_with("can:") {
-        let (iface, id, kind) = reflex_runtime::socketcan::parse_can_input_spec(spec, level)
+        let (iface, id, kind) = reflex_runtime::can::socketcan::parse_can_input_spec(spec, level)
             .map_err(anyhow::Error::msg)?;
-        return Ok(Box::new(reflex_runtime::socketcan::CanSafetyInput::open(
-            &iface, id, kind,
-        )?));
+        return Ok(Box::new(
+            reflex_runtime::can::socketcan::CanSafetyInput::open(&iface, id, kind)?,
+        ));
     }
     bail!(
         "`{spec}`: expected gpio:CHIP:LINE[:active-low][:debounce=MS] or can:IFACE:ID{}",
@@ -493,7 +495,7 @@ fn open_safety_input(spec: &str, level: bool) -> Result<Box<dyn reflex_board::in
     )
 }
 
-fn open_estop(a: &RunArgs) -> Result<Option<reflex_runtime::estop::EStop>> {
+fn open_estop(a: &RunArgs) -> Result<Option<reflex_runtime::control::estop::EStop>> {
     let Some(spec) = &a.estop else {
         return Ok(None);
     };
@@ -503,7 +505,7 @@ fn open_estop(a: &RunArgs) -> Result<Option<reflex_runtime::estop::EStop>> {
         .as_deref()
         .map(|s| open_safety_input(s, false).context("--arm"))
         .transpose()?;
-    let mut e = reflex_runtime::estop::EStop::new(stop, arm);
+    let mut e = reflex_runtime::control::estop::EStop::new(stop, arm);
     if let Some(led) = &a.status_led {
         let g = reflex_board::input::parse_gpio_spec(led).context("--status-led")?;
         let out = reflex_board::input::open_gpio_cdev_output(&g.chip, g.line, g.active_low)
@@ -544,7 +546,7 @@ struct LoopIo {
     cameras: Vec<Box<dyn Camera>>,
     state: Box<dyn StateSource>,
     sink: Box<dyn CommandSink>,
-    estop: Option<reflex_runtime::estop::EStop>,
+    estop: Option<reflex_runtime::control::estop::EStop>,
 }
 
 fn run_loop(
@@ -670,12 +672,12 @@ fn parse_targets(bundle: &Bundle, args: &[String]) -> Result<Vec<f32>> {
 
 /// The safety filter of `bundle` at its control rate, with a warning per clamped dimension.
 fn filtered(
-    filter: &mut reflex_runtime::safety::SafetyFilter,
+    filter: &mut reflex_runtime::control::safety::SafetyFilter,
     bundle: &Bundle,
     target: &[f32],
     tick: u64,
     warn: bool,
-) -> reflex_runtime::safety::SafeCommand {
+) -> reflex_runtime::control::safety::SafeCommand {
     let f = filter.filter(target, tick);
     if warn {
         let a = &bundle.manifest.action;
@@ -742,8 +744,8 @@ fn stdout_line(line: &str) -> Result<()> {
 }
 
 fn cmd_can(c: CanCmd) -> Result<()> {
-    use reflex_runtime::codec::Frames;
-    use reflex_runtime::safety::SafetyFilter;
+    use reflex_runtime::can::codec::Frames;
+    use reflex_runtime::control::safety::SafetyFilter;
     match c {
         CanCmd::Encode {
             target,
@@ -863,7 +865,7 @@ fn cmd_can(c: CanCmd) -> Result<()> {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let (ts, ifc, f) = reflex_runtime::can::parse_candump_line(line)
+                let (ts, ifc, f) = reflex_runtime::can::candump::parse_candump_line(line)
                     .with_context(|| format!("{}:{}", log.display(), n + 1))?;
                 stdout_line(&format!(
                     "({}.{:06}) {ifc} {}  {}",

@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
+use reflex_runtime::can::sink::NullSink;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::engine::{InlineRunner, Request};
-use reflex_runtime::sinks::NullSink;
+use reflex_runtime::infer::runner::{InlineRunner, Request};
 
 mod counting;
 
@@ -54,7 +54,7 @@ fn loop_tick_allocates_nothing_after_warm_up() {
 
 #[test]
 fn loop_tick_with_an_estop_allocates_nothing_through_trip_and_rearm() {
-    use reflex_runtime::estop::{EStop, ManualInput};
+    use reflex_runtime::control::estop::{EStop, ManualInput};
     let (cam, _, _) = ScriptedCamera::new();
     let backend = FnBackend::new(|run, out: &mut [f32]| {
         for (i, v) in out.iter_mut().enumerate() {
@@ -100,10 +100,11 @@ fn loop_tick_with_an_estop_allocates_nothing_through_trip_and_rearm() {
 #[test]
 fn motor_codecs_and_the_candump_sink_allocate_nothing_per_command() {
     use reflex_models::manifest::{MitFlavor, MitStop};
-    use reflex_runtime::can::{CanFrame, CandumpSink};
-    use reflex_runtime::codec::{Codec, FeedbackOutcome, Frames};
+    use reflex_runtime::can::codec::{Codec, FeedbackOutcome, Frames};
+    use reflex_runtime::can::sink::CandumpSink;
+    use reflex_runtime::can::CanFrame;
+    use reflex_runtime::control::safety::SafetyFilter;
     use reflex_runtime::io::CommandSink;
-    use reflex_runtime::safety::SafetyFilter;
     let mut m = manifest();
     m.action.units = vec!["rad".into(); 2];
     m.can = reflex_models::reference::example_mit_can(2, MitFlavor::Damiao, MitStop::Damp);

@@ -364,7 +364,7 @@ fn run_with_a_dbc_bundle_logs_its_messages() {
     let dir = dbc_bundle("dbc-run", ROBOT_DBC);
     let bundle = reflex_models::Bundle::load(&dir).expect("bundle");
     let ep = dir.join("episode");
-    reflex_runtime::replay::generate_synthetic_episode(&bundle.manifest, &ep, 1.0, 30)
+    reflex_runtime::camera::replay::generate_synthetic_episode(&bundle.manifest, &ep, 1.0, 30)
         .expect("episode");
     let log = dir.join("run.log");
     let camera = format!("replay:{}", s(&ep));

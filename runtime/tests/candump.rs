@@ -5,10 +5,12 @@
 #![allow(clippy::unwrap_used)]
 
 use reflex_models::manifest::{ActionLimits, ActionOutput, ActionSpec, Normalization};
-use reflex_runtime::can::{decode_per_joint, read_candump_log, CandumpSink};
-use reflex_runtime::codec::Codec;
+use reflex_runtime::can::candump::read_candump_log;
+use reflex_runtime::can::codec::Codec;
+use reflex_runtime::can::frame::decode_per_joint;
+use reflex_runtime::can::sink::CandumpSink;
+use reflex_runtime::control::safety::SafetyFilter;
 use reflex_runtime::io::CommandSink;
-use reflex_runtime::safety::SafetyFilter;
 
 #[test]
 fn safe_commands_reach_the_log_intact() {

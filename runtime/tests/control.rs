@@ -4,12 +4,12 @@
 mod common;
 
 use common::*;
+use reflex_runtime::can::sink::RecordingSink;
 use reflex_runtime::clock::{Clock, ManualClock};
+use reflex_runtime::control::safety::SafeCommand;
 use reflex_runtime::control::{CommandKind, ControlLoop, HoldReason, LoopOptions};
-use reflex_runtime::engine::{InlineRunner, Request, ThreadedRunner};
+use reflex_runtime::infer::runner::{InlineRunner, Request, ThreadedRunner};
 use reflex_runtime::io::CommandSink;
-use reflex_runtime::safety::SafeCommand;
-use reflex_runtime::sinks::RecordingSink;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -38,7 +38,12 @@ fn inline_loop<F: FnMut(u64, &mut [f32]) + Send>(f: F) -> (TestLoop<F>, Flag, Fl
 }
 
 fn sent<C: reflex_runtime::io::Camera>(
-    lp: &ControlLoop<C, FixedState, RecordingSink, impl reflex_runtime::engine::InferenceRunner>,
+    lp: &ControlLoop<
+        C,
+        FixedState,
+        RecordingSink,
+        impl reflex_runtime::infer::runner::InferenceRunner,
+    >,
 ) -> Vec<SafeCommand> {
     lp.sink().sent.iter().map(|(_, c)| c.clone()).collect()
 }

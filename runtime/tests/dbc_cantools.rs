@@ -6,7 +6,7 @@
 //!
 //! Needs `python3` with cantools (scripts/setup.sh installs it); without them the test fails.
 
-use reflex_runtime::dbc::{Dbc, Message, Signal, SignalError, ValueType, MAX_FD_LEN};
+use reflex_runtime::can::dbc::{Dbc, Message, Signal, SignalError, ValueType, MAX_FD_LEN};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,13 +4,13 @@
 mod common;
 
 use common::*;
+use reflex_runtime::can::sink::RecordingSink;
 use reflex_runtime::clock::{Clock, ManualClock};
+use reflex_runtime::control::estop::{EStop, EStopState, ManualInput, ManualInputHandle};
+use reflex_runtime::control::safety::SafeCommand;
 use reflex_runtime::control::{CommandKind, ControlLoop, HoldReason, LoopOptions, TickReport};
-use reflex_runtime::engine::{InferenceRunner, InlineRunner, Request, ThreadedRunner};
-use reflex_runtime::estop::{EStop, EStopState, ManualInput, ManualInputHandle};
+use reflex_runtime::infer::runner::{InferenceRunner, InlineRunner, Request, ThreadedRunner};
 use reflex_runtime::io::{Camera, StateSource};
-use reflex_runtime::safety::SafeCommand;
-use reflex_runtime::sinks::RecordingSink;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};

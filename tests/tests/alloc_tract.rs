@@ -7,13 +7,13 @@
 
 use reflex_models::reference::write_demo_bundle;
 use reflex_models::Bundle;
-use reflex_runtime::backend::{TractBackend, TractOptions};
+use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
+use reflex_runtime::can::sink::NullSink;
 use reflex_runtime::clock::ManualClock;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::engine::{InlineRunner, Request};
+use reflex_runtime::infer::backend::{TractBackend, TractOptions};
+use reflex_runtime::infer::runner::{InlineRunner, Request};
 use reflex_runtime::preprocess::Preprocessor;
-use reflex_runtime::replay::{generate_synthetic_episode, Episode, ReplayMode};
-use reflex_runtime::sinks::NullSink;
 use std::path::PathBuf;
 
 #[path = "../../runtime/tests/counting/mod.rs"]

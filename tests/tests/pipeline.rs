@@ -3,16 +3,18 @@
 
 use reflex_models::reference::write_demo_bundle;
 use reflex_models::Bundle;
-use reflex_runtime::backend::{TractBackend, TractOptions};
-use reflex_runtime::can::{decode_per_joint, read_candump_log, CandumpSink};
+use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
+use reflex_runtime::can::candump::read_candump_log;
+use reflex_runtime::can::codec::Codec;
+use reflex_runtime::can::frame::decode_per_joint;
+use reflex_runtime::can::sink::CandumpSink;
 use reflex_runtime::clock::{Clock, ManualClock};
-use reflex_runtime::codec::Codec;
+use reflex_runtime::control::safety::SafeCommand;
 use reflex_runtime::control::{CommandKind, ControlLoop, LoopOptions};
-use reflex_runtime::engine::{InlineRunner, Request};
+use reflex_runtime::infer::backend::{TractBackend, TractOptions};
+use reflex_runtime::infer::runner::{InlineRunner, Request};
 use reflex_runtime::io::{CommandSink, SinkError};
 use reflex_runtime::preprocess::Preprocessor;
-use reflex_runtime::replay::{generate_synthetic_episode, Episode, ReplayMode};
-use reflex_runtime::safety::SafeCommand;
 use std::path::PathBuf;
 
 fn workdir(name: &str) -> PathBuf {

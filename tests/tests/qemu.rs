@@ -17,8 +17,9 @@
 use reflex_models::manifest::{CaptureSpec, Manifest, PixelFormat};
 use reflex_models::onnx::builder::{Attr, GraphBuilder};
 use reflex_models::onnx::{EncoderKind, HeadKind, PolicyArch};
-use reflex_runtime::can::{decode_per_joint, parse_candump_line};
-use reflex_runtime::replay::generate_synthetic_episode;
+use reflex_runtime::camera::replay::generate_synthetic_episode;
+use reflex_runtime::can::candump::parse_candump_line;
+use reflex_runtime::can::frame::decode_per_joint;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -406,9 +407,9 @@ fn v4l2_camera_on_vivid() {
 /// camera on vivid's /dev/video0.
 #[test]
 fn guest_v4l2_capture() {
+    use reflex_runtime::camera::v4l2::V4l2Camera;
     use reflex_runtime::clock::{Clock, MonotonicClock};
     use reflex_runtime::io::{Camera, FaultKind};
-    use reflex_runtime::v4l2::V4l2Camera;
     if std::env::var("REFLEX_QEMU_GUEST").is_err() {
         println!("guest_v4l2_capture: runs only inside the QEMU guest (v4l2_camera_on_vivid)");
         return;
@@ -549,10 +550,10 @@ fn guest_v4l2_capture() {
 /// 0x200 the state source reads back.
 #[test]
 fn guest_socketcan_state() {
-    use reflex_runtime::codec::{Codec, Frames};
+    use reflex_runtime::can::codec::{Codec, Frames};
+    use reflex_runtime::can::socketcan::{SocketCanSink, SocketCanStateSource};
+    use reflex_runtime::control::safety::SafetyFilter;
     use reflex_runtime::io::{CommandSink, FaultKind, StateSource};
-    use reflex_runtime::safety::SafetyFilter;
-    use reflex_runtime::socketcan::{SocketCanSink, SocketCanStateSource};
     if std::env::var("REFLEX_QEMU_GUEST").is_err() {
         println!("guest_socketcan_state: runs only inside the QEMU guest (socketcan_sink_on_vcan)");
         return;
@@ -842,7 +843,7 @@ fn mit_motors_and_can_estop_on_vcan() {
 /// command's), and count what they saw until /tmp/sim.stop exists.
 #[test]
 fn guest_mit_motor_sim() {
-    use reflex_runtime::codec::{float_to_uint, uint_to_float};
+    use reflex_runtime::can::codec::{float_to_uint, uint_to_float};
     use socketcan::{CanFrame as SocketFrame, CanSocket, EmbeddedFrame, Socket, StandardId};
     if std::env::var("REFLEX_QEMU_GUEST").is_err() {
         println!("guest_mit_motor_sim: runs only inside the QEMU guest (mit_motors_and_can_estop_on_vcan)");
@@ -1014,7 +1015,7 @@ fn can_fd_on_vcan() {
     };
     reflex_models::reference::set_bundle_can(&bundle, CanSpec::Dbc(spec)).expect("FD bundle");
     let loaded = reflex_models::Bundle::load(&bundle).expect("bundle");
-    let codec = reflex_runtime::codec::Codec::from_bundle(&loaded).expect("codec");
+    let codec = reflex_runtime::can::codec::Codec::from_bundle(&loaded).expect("codec");
     assert!(codec.uses_fd());
 
     let out = run_guest_with("canfd.sh", &payload, &[]);

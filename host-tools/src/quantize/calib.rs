@@ -9,8 +9,8 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use reflex_models::Bundle;
+use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode};
 use reflex_runtime::preprocess::Preprocessor;
-use reflex_runtime::replay::{generate_synthetic_episode, Episode};
 use std::path::{Path, PathBuf};
 
 /// Where calibration frames come from.
@@ -25,7 +25,7 @@ pub enum Source {
 impl Source {
     pub fn describe(&self) -> String {
         match self {
-            Source::Synthetic => "synthetic episode (reflex_runtime::replay)".into(),
+            Source::Synthetic => "synthetic episode (reflex_runtime::camera::replay)".into(),
             Source::Episode(p) => format!("episode {}", p.display()),
         }
     }

@@ -80,7 +80,7 @@ use reflex_models::manifest::{
 };
 use reflex_models::npy;
 use reflex_models::{Bundle, GraphIo};
-use reflex_runtime::backend::{PolicyBackend, TractBackend, TractOptions};
+use reflex_runtime::infer::backend::{PolicyBackend, TractBackend, TractOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;

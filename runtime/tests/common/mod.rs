@@ -3,7 +3,7 @@
 
 use reflex_models::bundle::parse_manifest;
 use reflex_models::manifest::{Manifest, PixelFormat};
-use reflex_runtime::backend::{BackendError, PolicyBackend};
+use reflex_runtime::infer::backend::{BackendError, PolicyBackend};
 use reflex_runtime::io::{
     Camera, CameraError, FaultKind, Frame, FrameMeta, StateError, StateSource,
 };

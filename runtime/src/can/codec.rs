@@ -45,7 +45,7 @@
 //!
 //! # DBC
 //!
-//! A DBC file in the bundle (parsed by [`crate::dbc`]) and a mapping from action and state names
+//! A DBC file in the bundle (parsed by [`crate::can::dbc`]) and a mapping from action and state names
 //! to `Message.Signal`. Every message carrying a mapped action, the stop signal or a constant is
 //! sent with each command, its other signals raw 0. Messages longer than 8 bytes are CAN FD
 //! frames (with bit-rate switching when `fd_brs` is set): the sink and the state source then open
@@ -53,19 +53,15 @@
 //! on is checked at start: the signals exist, their messages are not multiplexed, and the action
 //! limits, the constants and the stop signal's 0/1 are representable in their signals.
 
-use crate::can::{decode_per_joint, encode_per_joint, per_joint_id, CanFrame, FrameError};
-use crate::dbc::{Dbc, SignalError};
-use crate::safety::{SafeCommand, MAX_DIM};
+use crate::can::dbc::{Dbc, SignalError};
+use crate::can::frame::{decode_per_joint, encode_per_joint, per_joint_id, CanFrame, FrameError};
+use crate::control::safety::{SafeCommand, MAX_DIM};
 use reflex_models::manifest::{CanSpec, DbcSpec, Manifest, MitFlavor, MitSpec, MitStop};
 use reflex_models::Bundle;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The most frames one command, or one start sequence, produces.
-pub const MAX_FRAMES: usize = 2 * MAX_DIM;
-
-/// A fixed-capacity list of frames: encoding a tick allocates nothing.
-pub type Frames = heapless::Vec<CanFrame, MAX_FRAMES>;
+pub use crate::can::frame::{Frames, MAX_FRAMES};
 
 /// ID of Damiao's register and refresh requests.
 pub const DAMIAO_CONFIG_ID: u32 = 0x7FF;
@@ -1242,7 +1238,7 @@ mod tests {
     fn mit_commands_and_stops() {
         let m = damiao_manifest(MitStop::Damp);
         let c = Codec::from_manifest(&m).unwrap();
-        let mut f = crate::safety::SafetyFilter::new(&m.action, 50.0, true).unwrap();
+        let mut f = crate::control::safety::SafetyFilter::new(&m.action, 50.0, true).unwrap();
         let mut out = Frames::new();
         c.encode(&f.filter(&[0.0, 0.0, 0.0], 0).command, &mut out)
             .unwrap();

@@ -26,13 +26,13 @@
 //! The tick allocates nothing and formats no text (logs on fault transitions only), which the
 //! counting-allocator test in `tests/` checks.
 
-use crate::action::ActionPlanner;
 use crate::clock::Clock;
-use crate::engine::InferenceRunner;
-use crate::estop::{EStop, EStopStatus};
+use crate::control::estop::{EStop, EStopStatus};
+use crate::control::plan::ActionPlanner;
+use crate::control::safety::{SafeCommand, SafetyError, SafetyFilter};
+use crate::infer::runner::InferenceRunner;
 use crate::io::{Camera, CommandSink, FaultKind, StateSource};
 use crate::preprocess::Preprocessor;
-use crate::safety::{SafeCommand, SafetyError, SafetyFilter};
 use crate::timing::{Stage, StageTimings};
 use reflex_models::manifest::Manifest;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -8,7 +8,7 @@
 //! [`InlineRunner`] runs the same request on the caller's thread: deterministic, for tests,
 //! warm-up and `reflex bench`.
 
-use crate::backend::{BackendError, PolicyBackend};
+use crate::infer::backend::{BackendError, PolicyBackend};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::time::Instant;
 

@@ -61,7 +61,7 @@
 //! NaN where we refuse; and it decodes a multiplexed message by its multiplexer instead of
 //! writing NaN.
 
-use crate::can::{is_fd_len, MAX_CLASSIC_LEN, MAX_EXTENDED_ID, MAX_STANDARD_ID};
+use crate::can::frame::{is_fd_len, MAX_CLASSIC_LEN, MAX_EXTENDED_ID, MAX_STANDARD_ID};
 use std::sync::Arc;
 
 /// Most data bytes in a message: a CAN FD frame's 64 (the same constant as

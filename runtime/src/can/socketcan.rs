@@ -25,10 +25,10 @@
 //! keeps the newest value of each joint and reports a new state each time every joint has
 //! reported since the last one.
 
+use crate::can::codec::{Codec, CodecError, FeedbackDecoder, FeedbackOutcome, Frames};
 use crate::can::CanFrame;
-use crate::codec::{Codec, CodecError, FeedbackDecoder, FeedbackOutcome, Frames};
+use crate::control::safety::{SafeCommand, MAX_DIM};
 use crate::io::{CommandSink, FaultKind, SinkError, StateError, StateSource};
-use crate::safety::{SafeCommand, MAX_DIM};
 use ::socketcan::id::FdFlags;
 use ::socketcan::{
     CanDataFrame, CanFdFrame, CanFdSocket, CanRawFrame, CanSocket, EmbeddedFrame, ExtendedId, Id,
@@ -589,7 +589,7 @@ pub struct StateCounters {
 }
 
 /// Joint state from a SocketCAN interface, decoded by the bundle's protocol (see
-/// [`crate::codec`]): per-joint feedback frames, MIT replies, DBC signals.
+/// [`crate::can::codec`]): per-joint feedback frames, MIT replies, DBC signals.
 ///
 /// The state's timestamp is the loop time of the call that completed it: frames are read every
 /// tick, so it is late by at most one control period. A state is complete when every state

@@ -41,7 +41,7 @@ type Values = heapless::Vec<f32, MAX_DIM>;
 ///
 /// ```compile_fail
 /// // Private fields: no code outside this module can build one.
-/// let cmd = reflex_runtime::safety::SafeCommand {
+/// let cmd = reflex_runtime::control::safety::SafeCommand {
 ///     values: heapless::Vec::new(),
 ///     stop: false,
 ///     tick: 0,
