@@ -9,6 +9,8 @@ source scripts/setup.sh
 export REFLEX_HEAVY_TESTS="${REFLEX_HEAVY_TESTS:-1}"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
+echo "== module import cycles"
+for src in models/src runtime/src host-tools/src board/src; do python3 scripts/module-cycles.py "$src"; done
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
