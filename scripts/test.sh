@@ -6,7 +6,6 @@ cd "$(dirname "$0")/.."
 export REFLEX_QEMU_TESTS="${REFLEX_QEMU_TESTS:-1}"
 source scripts/setup.sh
 
-export REFLEX_HEAVY_TESTS="${REFLEX_HEAVY_TESTS:-1}"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== module import cycles"
