@@ -1,9 +1,11 @@
 //! V4L2 cameras: a [`Camera`] over a Linux video capture device (`/dev/video0`,
 //! `/dev/v4l/by-id/usb-...-video-index0`), with memory-mapped streaming.
 //!
-//! Raw ioctls rather than a wrapper crate: the capture path needs non-blocking dequeues (take
-//! every ready buffer, keep the newest), the driver's timestamps and sequence numbers, and
-//! reopening after an unplug, and the few structures involved are stable kernel ABI. The
+//! Raw ioctls rather than the `v4l` crate (the usual choice, and the one a design card would
+//! name): `v4l`'s streams dequeue one buffer at a time with a blocking `next()`, and the loop needs
+//! a non-blocking "take every ready buffer, keep the newest, count the rest as dropped" so a slow
+//! tick never reads a stale frame; it also needs the driver's timestamps and sequence numbers,
+//! and reopening after an unplug. The few structures involved are stable kernel ABI. The
 //! structures are declared here for 64-bit Linux (x86_64, aarch64) and their sizes are checked
 //! against the kernel's ioctl numbers at compile time.
 //!
