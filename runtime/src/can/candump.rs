@@ -22,6 +22,13 @@ pub enum CandumpError {
     Syntax(&'static str),
     #[error("{0} not supported yet")]
     Unsupported(&'static str),
+    /// [`parse_candump_line`] reads frames that can be sent; error frames are read by
+    /// [`parse_candump_record`].
+    #[error(
+        "a CAN error frame ({0}), not a data or remote frame: CAN error frames are read with \
+         parse_candump_record"
+    )]
+    ErrorFrame(String),
     #[error("candump line: {0}")]
     Frame(#[from] FrameError),
     #[error("interface name must be non-empty printable ASCII without spaces")]
@@ -42,6 +49,208 @@ pub enum CandumpError {
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// `CAN_ERR_FLAG` (linux/can.h): an ID with this bit is an error frame, not a bus frame.
+pub const CAN_ERR_FLAG: u32 = 0x2000_0000;
+/// `CAN_ERR_MASK` (linux/can.h): the error class bits of an error frame's ID.
+pub const CAN_ERR_MASK: u32 = 0x1FFF_FFFF;
+
+/// One line of a candump log: a frame that was on the bus, or an error frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogFrame {
+    /// A data frame (classic or CAN FD) or a remote frame.
+    Can(CanFrame),
+    /// An error frame the kernel reported.
+    Error(ErrorFrame),
+}
+
+/// A SocketCAN error frame: the error classes (the ID without `CAN_ERR_FLAG`) and the 8 data
+/// bytes that detail them, laid out as linux/can/error.h says (data[0] the bit of a lost
+/// arbitration, data[1] controller problems, data[2..3] protocol violation type and location,
+/// data[4] transceiver status, data[6..7] the TX and RX error counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// `CAN_ERR_*` class bits (`CAN_ERR_TX_TIMEOUT` = 0x1 ... `CAN_ERR_CNT` = 0x200).
+    pub class: u32,
+    /// The data bytes, zero-padded to 8.
+    pub data: [u8; 8],
+    /// How many bytes the log line held.
+    pub len: u8,
+}
+
+/// Error classes: (bit in the ID, name) as linux/can/error.h defines the bits (`CAN_ERR_TX_TIMEOUT`
+/// ... `CAN_ERR_RESTARTED`) and can-utils names them (`candump -e`).
+pub const ERROR_CLASSES: [(u32, &str); 9] = [
+    (0x001, "tx-timeout"),
+    (0x002, "lost-arbitration"),
+    (0x004, "controller-problem"),
+    (0x008, "protocol-violation"),
+    (0x010, "transceiver-status"),
+    (0x020, "no-acknowledgement-on-tx"),
+    (0x040, "bus-off"),
+    (0x080, "bus-error"),
+    (0x100, "restarted-after-bus-off"),
+];
+
+/// Controller problems, data[1] (`CAN_ERR_CRTL_RX_OVERFLOW` = 0x01 ... `CAN_ERR_CRTL_ACTIVE` =
+/// 0x40).
+pub const CONTROLLER_PROBLEMS: [(u8, &str); 7] = [
+    (0x01, "rx-overflow"),
+    (0x02, "tx-overflow"),
+    (0x04, "rx-error-warning"),
+    (0x08, "tx-error-warning"),
+    (0x10, "rx-error-passive"),
+    (0x20, "tx-error-passive"),
+    (0x40, "back-to-error-active"),
+];
+
+/// Protocol violation types, data[2] (`CAN_ERR_PROT_BIT` = 0x01 ... `CAN_ERR_PROT_TX` = 0x80).
+pub const PROTOCOL_VIOLATIONS: [(u8, &str); 8] = [
+    (0x01, "single-bit-error"),
+    (0x02, "frame-format-error"),
+    (0x04, "bit-stuffing-error"),
+    (0x08, "tx-dominant-bit-error"),
+    (0x10, "tx-recessive-bit-error"),
+    (0x20, "bus-overload"),
+    (0x40, "active-error"),
+    (0x80, "error-on-tx"),
+];
+
+/// Protocol violation locations, data[3] (`CAN_ERR_PROT_LOC_*`).
+pub const PROTOCOL_LOCATIONS: [(u8, &str); 24] = [
+    (0x03, "start-of-frame"),
+    (0x02, "id.28-to-id.21"),
+    (0x06, "id.20-to-id.18"),
+    (0x04, "bit-srtr"),
+    (0x05, "bit-ide"),
+    (0x07, "id.17-to-id.13"),
+    (0x0F, "id.12-to-id.5"),
+    (0x0E, "id.4-to-id.0"),
+    (0x0C, "bit-rtr"),
+    (0x0D, "reserved-bit-1"),
+    (0x09, "reserved-bit-0"),
+    (0x0B, "data-length-code"),
+    (0x0A, "data-field"),
+    (0x08, "crc-sequence"),
+    (0x18, "crc-delimiter"),
+    (0x19, "acknowledge-slot"),
+    (0x1B, "acknowledge-delimiter"),
+    (0x1A, "end-of-frame"),
+    (0x12, "intermission"),
+    (0x11, "active-error-flag"),
+    (0x16, "passive-error-flag"),
+    (0x13, "tolerate-dominant-bits"),
+    (0x17, "error-delimiter"),
+    (0x1C, "overload-flag"),
+];
+
+/// Transceiver status, data[4] (`CAN_ERR_TRX_*`): the bus wire and its fault.
+pub const TRANSCEIVER_STATUS: [(u8, &str); 9] = [
+    (0x04, "CANH-no-wire"),
+    (0x05, "CANH-short-to-bat"),
+    (0x06, "CANH-short-to-vcc"),
+    (0x07, "CANH-short-to-gnd"),
+    (0x40, "CANL-no-wire"),
+    (0x50, "CANL-short-to-bat"),
+    (0x60, "CANL-short-to-vcc"),
+    (0x70, "CANL-short-to-gnd"),
+    (0x80, "CANL-short-to-CANH"),
+];
+
+/// `CAN_ERR_CNT` (linux/can/error.h): data[6] and data[7] hold the TX and RX error counters.
+pub const CAN_ERR_CNT: u32 = 0x200;
+
+impl ErrorFrame {
+    /// The error explained with can-utils' words (the format of `candump -e`): each class,
+    /// with its detail in braces, joined by `,`; then the error counters when they are set or
+    /// `CAN_ERR_CNT` says they are valid. `controller-problem{tx-error-passive},
+    /// error-counter-tx-rx{{128}{0}}` for the class 0x4 frame `0020000000008000`. Class bits no
+    /// kernel defines are shown as `unknown-class-0x...`.
+    pub fn describe(&self) -> String {
+        let d = &self.data;
+        let names = |bits: u8, table: &[(u8, &str)]| -> String {
+            table
+                .iter()
+                .filter(|(b, _)| bits & b != 0)
+                .map(|(_, n)| *n)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut parts: Vec<String> = Vec::new();
+        for &(bit, name) in &ERROR_CLASSES {
+            if self.class & bit == 0 {
+                continue;
+            }
+            parts.push(match bit {
+                0x002 => format!("{name}{{at bit {}}}", d[0]),
+                0x004 => format!("{name}{{{}}}", names(d[1], &CONTROLLER_PROBLEMS)),
+                0x008 => {
+                    let location = PROTOCOL_LOCATIONS
+                        .iter()
+                        .find(|(l, _)| *l == d[3])
+                        .map_or("", |(_, n)| *n);
+                    format!(
+                        "{name}{{{{{}}}{{{location}}}}}",
+                        names(d[2], &PROTOCOL_VIOLATIONS)
+                    )
+                }
+                0x010 => {
+                    let status = TRANSCEIVER_STATUS
+                        .iter()
+                        .filter(|(s, _)| {
+                            // One CANH state in the low nibble, one CANL state in the high one.
+                            (*s & 0x0F != 0 && d[4] & 0x0F == *s)
+                                || (*s & 0x0F == 0 && d[4] & 0xF0 == *s)
+                                || (*s == 0x80 && d[4] == 0x80)
+                        })
+                        .map(|(_, n)| *n)
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    format!("{name}{{{status}}}")
+                }
+                _ => name.to_string(),
+            });
+        }
+        let known = ERROR_CLASSES.iter().fold(CAN_ERR_CNT, |m, (b, _)| m | b);
+        if self.class & !known != 0 {
+            parts.push(format!("unknown-class-{:#x}", self.class & !known));
+        }
+        if self.class & CAN_ERR_CNT != 0 || d[6] != 0 || d[7] != 0 {
+            parts.push(format!("error-counter-tx-rx{{{{{}}}{{{}}}}}", d[6], d[7]));
+        }
+        if parts.is_empty() {
+            "no error class set".to_string()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
+/// A frame in can-utils' compact notation (what `cansend` takes and `candump -l` writes after
+/// the interface): `123#DEADBEEF`, `12345678#00`, `123##1<data>` for CAN FD (the digit holds
+/// the FD flags, 1 = bit-rate switch), `123#R` / `123#R5` for a remote frame.
+pub fn frame_notation(frame: &CanFrame) -> String {
+    let mut buf = [0u8; LINE_BUF];
+    // A one-character interface and a zero timestamp, cut off below: the formatter is the one
+    // the logs are written with.
+    match format_candump_line(0, "x", frame, &mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n])
+            .split(' ')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string(),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+/// An error frame in the same notation, as `candump -l` logs it: `20000004#0020000000008000`.
+pub fn error_frame_notation(e: &ErrorFrame) -> String {
+    let data: String = e.data[..usize::from(e.len.min(8))]
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    format!("{:08X}#{data}", e.class | CAN_ERR_FLAG)
+}
 
 /// Writes bytes into a caller's buffer, counting what would not fit.
 struct Out<'a> {
@@ -182,7 +391,7 @@ fn parse_timestamp(field: &str) -> Result<u64, CandumpError> {
         .ok_or(overflow)
 }
 
-fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
+fn parse_frame(field: &str) -> Result<LogFrame, CandumpError> {
     let b = field.as_bytes();
     let hash = b
         .iter()
@@ -218,17 +427,33 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
         let n = nibble(c).ok_or(CandumpError::Syntax("CAN ID must be hexadecimal"))?;
         id = (id << 4) | u32::from(n);
     }
-    if extended && id & 0x2000_0000 != 0 {
-        return Err(CandumpError::Unsupported("CAN error frames"));
+    if extended && id & CAN_ERR_FLAG != 0 {
+        // linux/can/error.h: the class bits in the ID, 8 data bytes (the kernel always sends 8;
+        // a shorter logged payload is zero-padded, as the kernel's frame would be).
+        if fd_flags.is_some() || matches!(rest, [b'R' | b'r', ..]) {
+            return Err(CandumpError::Syntax(
+                "an error frame is a classic data frame (`ID#DATA`)",
+            ));
+        }
+        let (bytes, len) = parse_data(rest, MAX_CLASSIC_LEN, false)?;
+        let mut data = [0u8; MAX_CLASSIC_LEN];
+        data.copy_from_slice(&bytes[..MAX_CLASSIC_LEN]);
+        return Ok(LogFrame::Error(ErrorFrame {
+            class: id & CAN_ERR_MASK,
+            data,
+            len: len as u8,
+        }));
     }
     match rest {
         [b'R' | b'r', ..] if fd_flags.is_some() => {
             return Err(CandumpError::Syntax("CAN FD has no remote frames"))
         }
-        [b'R' | b'r'] => return Ok(CanFrame::new_remote(id, extended, 0)?),
+        [b'R' | b'r'] => return Ok(LogFrame::Can(CanFrame::new_remote(id, extended, 0)?)),
         [b'R' | b'r', d] => {
             return match nibble(*d) {
-                Some(dlc) if dlc <= 8 => Ok(CanFrame::new_remote(id, extended, dlc)?),
+                Some(dlc) if dlc <= 8 => {
+                    Ok(LogFrame::Can(CanFrame::new_remote(id, extended, dlc)?))
+                }
                 _ => Err(CandumpError::Syntax("remote frame DLC must be 0 to 8")),
             }
         }
@@ -243,6 +468,22 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
     } else {
         MAX_CLASSIC_LEN
     };
+    let (data, len) = parse_data(rest, max, fd_flags.is_some())?;
+    Ok(LogFrame::Can(match fd_flags {
+        // Bit 0: bit-rate switch; ESI (bit 1) and FDF (bit 2) are the sender's and the
+        // kernel's business.
+        Some(f) => CanFrame::new_fd(id, extended, &data[..len], f & 1 != 0)?,
+        None => CanFrame::new(id, extended, &data[..len])?,
+    }))
+}
+
+/// Data bytes as hex pairs (`.` between bytes allowed, as can-utils' `parse_canframe`
+/// accepts), at most `max` of them.
+fn parse_data(
+    rest: &[u8],
+    max: usize,
+    fd: bool,
+) -> Result<([u8; MAX_FD_LEN], usize), CandumpError> {
     let mut data = [0u8; MAX_FD_LEN];
     let mut len = 0;
     let mut i = 0;
@@ -260,7 +501,7 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
             return Err(CandumpError::Syntax("data must be pairs of hex digits"));
         };
         if len == max {
-            return Err(CandumpError::Frame(if fd_flags.is_some() {
+            return Err(CandumpError::Frame(if fd {
                 FrameError::FdLength { len: len + 1 }
             } else {
                 FrameError::TooLong { len: len + 1 }
@@ -270,18 +511,24 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
         len += 1;
         i += 2;
     }
-    match fd_flags {
-        // Bit 0: bit-rate switch; ESI (bit 1) and FDF (bit 2) are the sender's and the
-        // kernel's business.
-        Some(f) => Ok(CanFrame::new_fd(id, extended, &data[..len], f & 1 != 0)?),
-        None => Ok(CanFrame::new(id, extended, &data[..len])?),
+    Ok((data, len))
+}
+
+/// Parses one `candump -l` line holding a data or remote frame: `(timestamp in µs, interface,
+/// frame)`. Accepts what can-utils writes and reads: padded interface names, lower-case hex, `.`
+/// between data bytes, a trailing `T`/`R` direction mark (`candump -x`), a trailing newline. An
+/// error frame is [`CandumpError::ErrorFrame`] (see [`parse_candump_record`]). Never panics.
+pub fn parse_candump_line(line: &str) -> Result<(u64, &str, CanFrame), CandumpError> {
+    match parse_candump_record(line)? {
+        (ts, iface, LogFrame::Can(frame)) => Ok((ts, iface, frame)),
+        (_, _, LogFrame::Error(e)) => Err(CandumpError::ErrorFrame(e.describe())),
     }
 }
 
-/// Parses one `candump -l` line: `(timestamp in µs, interface, frame)`. Accepts what can-utils
-/// writes and reads: padded interface names, lower-case hex, `.` between data bytes, a trailing
-/// `T`/`R` direction mark (`candump -x`), a trailing newline. Never panics.
-pub fn parse_candump_line(line: &str) -> Result<(u64, &str, CanFrame), CandumpError> {
+/// Parses any `candump -l` line: a data or remote frame, or an error frame (an extended ID with
+/// `CAN_ERR_FLAG` set, as `candump` logs what the kernel reports on an interface with error
+/// frames enabled). Never panics.
+pub fn parse_candump_record(line: &str) -> Result<(u64, &str, LogFrame), CandumpError> {
     let mut fields = line.split_ascii_whitespace();
     let ts = fields.next().ok_or(CandumpError::Syntax("empty line"))?;
     let iface = fields
