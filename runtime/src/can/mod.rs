@@ -12,6 +12,7 @@
 pub mod candump;
 pub mod codec;
 pub mod dbc;
+pub mod decode;
 pub mod frame;
 pub mod protocol;
 pub mod sink;
