@@ -10,24 +10,51 @@
 //! mutated files) and never panics; the codec is checked bit for bit against Python `cantools`
 //! (`runtime/tests/dbc_cantools.rs`).
 //!
+//! The `can-dbc` crate (10.0.0, a pest grammar) was tried on every file our tests and cantools
+//! read, the field cases of `runtime/tests/data/dbc/` included: it reads them all. It is not
+//! used because it also reads files that cantools refuses, losing data without a word: a `CM_`
+//! statement without its `;` followed by a `BO_` line parses, where cantools reports a syntax
+//! error and we report the missing `;` with both lines (test `errors_name_file_line_and_
+//! expectation`); its errors are grammar positions (`positives: [maximum]`) rather than "expected
+//! the maximum (a finite number), found `inf]`"; and everything this module checks after the
+//! grammar (signals that fit their message, overlaps under multiplexing, duplicate names and IDs,
+//! `SIG_VALTYPE_` lengths, multiplexer trees, long names) would still be ours on top of its
+//! syntax tree. Re-evaluate when it refuses what cantools refuses.
+//!
 //! # What is understood
 //!
-//! `VERSION`, `NS_`, `BS_`, `BU_`, `BO_` with its `SG_` lines, and `SIG_VALTYPE_` (IEEE float
-//! signals). The other statements (`CM_`, `BA_DEF_`, `BA_`, `VAL_`, `VAL_TABLE_`, `BO_TX_BU_`,
-//! `SIG_GROUP_`, `EV_`, `SG_MUL_VAL_`, ...) are skipped up to their `;`, quoted strings over
-//! several lines included; a skipped statement without its `;` is an error, not a silent loss of
-//! the messages after it. The pseudo-message `VECTOR__INDEPENDENT_SIG_MSG` that Vector tools
-//! write is skipped.
+//! `VERSION`, `NS_`, `BS_`, `BU_`, `BO_` with its `SG_` lines, `SIG_VALTYPE_` (IEEE float
+//! signals), `SG_MUL_VAL_` (extended multiplexing: which multiplexer values select a signal) and,
+//! among the `BA_` attributes, `SystemMessageLongSymbol` / `SystemSignalLongSymbol`: a message or
+//! signal is then named by its long name, as cantools shows it, and found by either name
+//! ([`Dbc::message_by_name`], [`Message::signal_index`]). The other statements (`CM_`,
+//! `BA_DEF_`, other `BA_`, `VAL_`, `VAL_TABLE_`, `BO_TX_BU_`, `SIG_GROUP_`, `EV_`, ...) are
+//! skipped up to their `;`, quoted strings over several lines included; a skipped statement
+//! without its `;` is an error, not a silent loss of the messages after it. A `//` comment runs
+//! to the end of its line, after a statement too (outside quoted strings). The pseudo-message
+//! `VECTOR__INDEPENDENT_SIG_MSG` that Vector tools write is skipped.
 //!
-//! Multiplexed messages (`M`, `m<k>`, `m<k>M` signals) are parsed and their layout recorded, but
-//! [`Message::encode_into_fd`] and [`Message::encode_into`] refuse them; [`Message::decode`] decodes them, writing NaN for the
-//! multiplexed signals that the multiplexer value does not select (all of them under extended
-//! multiplexing, `m<k>M`, which is not resolved).
+//! Files are bytes: [`Dbc::from_bytes`] reads UTF-8, and Windows-1252 (what Vector's tools write,
+//! and cantools' default encoding for DBC) when the bytes are not UTF-8 ([`decode_text`]).
+//!
+//! Multiplexed messages (`M`, `m<k>`, `m<k>M` signals) are parsed and their multiplexer tree
+//! resolved: a `m<k>` signal hangs off the message's `M` signal unless an `SG_MUL_VAL_` line
+//! names its multiplexer and value ranges ([`Signal::selector`], [`Message::is_active`]). Signals
+//! that no multiplexer value can select together may share bits (cantools' strict check); others
+//! may not. [`Message::encode_into_fd`] and [`Message::encode_into`] refuse multiplexed messages;
+//! [`Message::decode`] decodes them, writing NaN for the signals the payload's multiplexers do
+//! not select (cantools leaves them out).
+//!
+//! # Message lengths
+//!
+//! A message is 0 to 8 bytes (classic CAN), one of the longer CAN FD lengths 12, 16, 20, 24, 32,
+//! 48 and 64 ([`Message::is_fd`]), or, like cantools, any other length up to
+//! [`MAX_MESSAGE_LEN`] (1785 bytes): a J1939 parameter group that only a transport protocol
+//! carries. Such a message parses and decodes; [`Message::fits_one_frame`] is false and
+//! [`Message::encode_into_fd`] refuses it ([`SignalError::NotOneFrame`]).
 //!
 //! # Classic CAN and CAN FD
 //!
-//! A message is 0 to 8 bytes (classic CAN) or one of the longer CAN FD lengths 12, 16, 20, 24,
-//! 32, 48 and 64 ([`Message::is_fd`]); any other size (9, 10, 13, ..., 65) is a parse error.
 //! Signals may sit anywhere in the payload. [`Message::encode_into_fd`] encodes any message into
 //! a [`MAX_FD_LEN`]-byte buffer; [`Message::encode_into`] keeps the classic 8-byte buffer and
 //! refuses a CAN FD message ([`SignalError::TooLongForClassic`]). [`Message::decode`],
@@ -58,8 +85,9 @@
 //! Where cantools (45.1.0, `encode_message(..., strict=True)`) differs: it checks `[min|max]`
 //! unless both are written `0`, so a degenerate range (`min >= max`, other than `[0|0]`) refuses
 //! nearly every value there and none here; it packs an `f32` overflow as infinity and NaN as
-//! NaN where we refuse; and it decodes a multiplexed message by its multiplexer instead of
-//! writing NaN.
+//! NaN where we refuse; it leaves unselected multiplexed signals out of a decoding where we
+//! write NaN; it encodes J1939 groups of other lengths, which we refuse; and it reads a UTF-8
+//! file with non-ASCII text as cp1252 (`Â°`) where we read UTF-8.
 
 use crate::can::frame::{is_fd_len, MAX_CLASSIC_LEN, MAX_EXTENDED_ID, MAX_STANDARD_ID};
 use std::sync::Arc;
@@ -2274,6 +2302,110 @@ SIG_VALTYPE_ 2147484049 f : 1;
         // Windows line ends and a BOM.
         let crlf = format!("\u{FEFF}{}", text.replace('\n', "\r\n"));
         assert_eq!(Dbc::parse(&crlf, "x").unwrap(), dbc);
+    }
+
+    /// `//` comments after statements (issue 15, kind 4): on `VERSION`, `BU_`, `BO_`, `SG_`
+    /// lines and after skipped statements; `//` inside a string is text.
+    #[test]
+    fn comments_after_statements() {
+        let text = "VERSION \"v\" // version\nNS_ : // symbols\n\tCM_ // comment\nBS_: // rates\nBU_: A B // nodes\nBO_ 1 M: 8 A // message\n SG_ s : 0|8@1+ (1,0) [0|0] \"u//nit\" B // signal\n SG_ t : 8|8@1+ (1,0) [0|0] \"\" B//tight\nCM_ SG_ 1 s \"a // b ; c\"; // after\nVAL_ 1 s 0 \"zero\" // a comment with ; and \"quote\n 1 \"one\";\n";
+        let dbc = Dbc::parse(text, "c.dbc").unwrap();
+        assert_eq!(dbc.version(), "v");
+        assert_eq!(dbc.nodes(), ["A", "B"]);
+        let m = &dbc.messages()[0];
+        assert_eq!((m.sender(), m.signals().len()), ("A", 2));
+        assert_eq!(m.signals()[0].unit(), "u//nit");
+        assert_eq!(m.signals()[1].receivers(), ["B"]);
+    }
+
+    /// Extended multiplexing: `SG_MUL_VAL_` says which multiplexer values select a signal, so
+    /// signals under different values of different multiplexers may share bits. Without those
+    /// lines the same file is refused, as cantools refuses it (both `m2`, one `M`).
+    #[test]
+    fn extended_multiplexing() {
+        let text = include_str!("../../tests/data/dbc/extended_mux.dbc");
+        let dbc = Dbc::parse(text, "x.dbc").unwrap();
+        let m = dbc.message_by_name("ArmDiag").unwrap();
+        let idx = |n: &str| m.signal_index(n).unwrap();
+        assert_eq!(
+            m.signals()[idx("TempA")].selector(),
+            Some((idx("SubPage"), &[(2, 2)][..]))
+        );
+        assert_eq!(
+            m.signals()[idx("Volts")].selector(),
+            Some((idx("Page"), &[(0, 0)][..]))
+        );
+        // Page 1, SubPage 2: TempA; Page 2: Errors; Page 1 SubPage 3: TempB.
+        let active = |data: [u8; 8]| -> Vec<&str> {
+            (0..m.signals().len())
+                .filter(|&i| m.is_active(i, &data))
+                .map(|i| m.signals()[i].name())
+                .collect()
+        };
+        assert_eq!(
+            active([1, 2, 0, 0, 0, 0, 0, 0]),
+            ["Page", "SubPage", "TempA"]
+        );
+        assert_eq!(
+            active([1, 3, 0, 0, 0, 0, 0, 0]),
+            ["Page", "SubPage", "TempB"]
+        );
+        assert_eq!(active([2, 3, 0, 0, 0, 0, 0, 0]), ["Page", "Errors"]);
+        assert_eq!(active([0, 2, 0, 0, 0, 0, 0, 0]), ["Page", "Volts"]);
+        let mut out = [0.0; 6];
+        m.decode(&[2, 3, 7, 0, 0, 0, 0, 0], &mut out).unwrap();
+        assert_eq!(out[idx("Errors")], 7.0);
+        assert!(out[idx("TempA")].is_nan() && out[idx("Volts")].is_nan());
+        let without: String = text
+            .lines()
+            .filter(|l| !l.starts_with("SG_MUL_VAL_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            parse_err(&without).contains("overlaps"),
+            "{}",
+            parse_err(&without)
+        );
+        // Errors in SG_MUL_VAL_ lines name the line.
+        let bad = text.replace(
+            "SG_MUL_VAL_ 512 TempA SubPage 2-2;",
+            "SG_MUL_VAL_ 512 TempA Nope 2-2;",
+        );
+        assert!(parse_err(&bad).contains("`SG_MUL_VAL_`: message `ArmDiag` has no signal `Nope`"));
+        let bad = text.replace(
+            "SG_MUL_VAL_ 512 TempA SubPage 2-2;",
+            "SG_MUL_VAL_ 512 TempA Volts 2-2;",
+        );
+        assert!(parse_err(&bad).contains("`Volts` of message `ArmDiag` is not a multiplexer"));
+        let bad = text.replace(
+            "SG_MUL_VAL_ 512 TempA SubPage 2-2;",
+            "SG_MUL_VAL_ 512 TempA SubPage 3-2;",
+        );
+        assert!(parse_err(&bad).contains("range 3-2 is empty"));
+        let bad = text.replace(
+            "SG_MUL_VAL_ 512 SubPage Page 1-1;",
+            "SG_MUL_VAL_ 512 SubPage SubPage 1-1;",
+        );
+        assert!(parse_err(&bad).contains("is not a multiplexer"));
+    }
+
+    /// `SystemMessageLongSymbol` / `SystemSignalLongSymbol`: the long name is the name, the
+    /// short one still finds the message or signal.
+    #[test]
+    fn long_names() {
+        let text = include_str!("../../tests/data/dbc/long_names.dbc");
+        let dbc = Dbc::parse(text, "l.dbc").unwrap();
+        let m = dbc
+            .message_by_name("ArmCommandShoulderAndElbowJointTargets")
+            .unwrap();
+        assert_eq!(m.short_name(), Some("ArmCommandShoulderAndElbowJo"));
+        assert_eq!(dbc.message_by_name("ArmCommandShoulderAndElbowJo"), Some(m));
+        let s = &m.signals()[0];
+        assert_eq!(s.name(), "ShoulderPanTargetPositionRadians");
+        assert_eq!(m.signal_index("ShoulderPanTargetPositionRa"), Some(0));
+        assert_eq!(m.signals()[1].short_name(), None);
+        let bad = text.replace("\"ShoulderPanTargetPositionRadians\"", "\"has space\"");
+        assert!(parse_err(&bad).contains("long name `has space`"));
     }
 
     /// A random signal that fits a message of `size` bytes: (start bit, length, Intel, signed).
