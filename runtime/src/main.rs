@@ -830,14 +830,17 @@ fn cmd_can(c: CanCmd) -> Result<()> {
         CanCmd::Decode { bundle, log } => {
             let bundle = load_bundle(&bundle)?;
             let codec = Codec::from_bundle(&bundle)?;
-            let text = if log.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            let bytes = if log.as_os_str() == "-" {
+                let mut b = vec![];
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .context("reading stdin")?;
+                b
             } else {
-                std::fs::read_to_string(&log)
-                    .with_context(|| format!("reading {}", log.display()))?
+                std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?
             };
-            // Every line, to the end (as log2asc): a line that does not parse is reported and
-            // counted, and the exit status says so.
+            // Every line, to the end (as log2asc): a line that does not parse (a stray non-UTF-8
+            // byte included) is reported and counted, and the exit status says so.
+            let text = String::from_utf8_lossy(&bytes);
             let mut bad = 0;
             for (n, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {

@@ -15,7 +15,8 @@
 //! multiplexer selects it.
 
 use super::{
-    config, push, state_index, CodecError, Explained, Feedback, FeedbackOutcome, Joints, Protocol,
+    config, push, state_index, CodecError, Explained, Feedback, FeedbackOutcome, FeedbackParts,
+    Joints, Protocol,
 };
 use crate::can::dbc::{Dbc, Message};
 use crate::can::frame::{CanFrame, Frames, MAX_FRAMES};
@@ -283,7 +284,7 @@ impl Protocol for DbcProtocol {
         _joints: &Joints,
         state_names: &[String],
         _per_joint_base: u32,
-    ) -> Result<(Arc<dyn Feedback>, Vec<(u32, bool)>), CodecError> {
+    ) -> Result<FeedbackParts, CodecError> {
         let dims = state_names.len();
         let mut entries: Vec<(usize, Vec<(usize, usize)>)> = vec![];
         let mut covered = 0u64;

@@ -34,7 +34,8 @@
 //! command, one warm-up later).
 
 use super::{
-    config, push, state_index, CodecError, Explained, Feedback, FeedbackOutcome, Joints, Protocol,
+    config, push, state_index, CodecError, Explained, Feedback, FeedbackOutcome, FeedbackParts,
+    Joints, Protocol,
 };
 use crate::can::frame::{CanFrame, Frames};
 use crate::control::safety::SafeCommand;
@@ -298,7 +299,7 @@ impl Protocol for Mit {
         joints: &Joints,
         state_names: &[String],
         _per_joint_base: u32,
-    ) -> Result<(Arc<dyn Feedback>, Vec<(u32, bool)>), CodecError> {
+    ) -> Result<FeedbackParts, CodecError> {
         let dims = state_names.len();
         let mut motors = Vec::with_capacity(self.motors.len());
         let mut covered = 0u64;

@@ -129,12 +129,15 @@ pub trait Protocol: Debug + Send + Sync {
         joints: &Joints,
         state_names: &[String],
         per_joint_base: u32,
-    ) -> Result<(Arc<dyn Feedback>, Vec<(u32, bool)>), CodecError>;
+    ) -> Result<FeedbackParts, CodecError>;
 
     /// Explains a frame of this protocol (command, special frame or reply), `None` when the
     /// frame is not one of its own.
     fn explain(&self, joints: &Joints, frame: &CanFrame) -> Option<Explained>;
 }
+
+/// A protocol's feedback decoder and the `(ID, extended)` pairs its frames arrive on.
+pub type FeedbackParts = (Arc<dyn Feedback>, Vec<(u32, bool)>);
 
 /// Decodes one protocol's feedback frames into a state vector.
 pub trait Feedback: Debug + Send + Sync {

@@ -4,7 +4,9 @@
 //! it from there); this module is the protocol around them: start-time ID checks, feedback
 //! (the same frames, from `per_joint_base` on) and explanations.
 
-use super::{config, CodecError, Explained, Feedback, FeedbackOutcome, Joints, Protocol};
+use super::{
+    config, CodecError, Explained, Feedback, FeedbackOutcome, FeedbackParts, Joints, Protocol,
+};
 use crate::can::frame::{decode_per_joint, encode_per_joint, per_joint_id, CanFrame, Frames};
 use crate::control::safety::SafeCommand;
 use std::sync::Arc;
@@ -42,7 +44,7 @@ impl Protocol for PerJoint {
         _joints: &Joints,
         state_names: &[String],
         per_joint_base: u32,
-    ) -> Result<(Arc<dyn Feedback>, Vec<(u32, bool)>), CodecError> {
+    ) -> Result<FeedbackParts, CodecError> {
         let dims = state_names.len();
         let mut ids = Vec::with_capacity(dims);
         for i in 0..dims {
