@@ -468,4 +468,83 @@ mod tests {
         assert_eq!(d.decode(&other, &mut state), FeedbackOutcome::Ignored);
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    /// A 2-joint manifest mapped onto `dbc` (written to a temp dir): actions on `Cmd.J0/J1`,
+    /// state from `feedback`.
+    fn two_joint_codec(tag: &str, dbc: &str, feedback: [&str; 2]) -> (Codec, Manifest) {
+        use reflex_models::manifest::DbcSpec;
+        let dir = std::env::temp_dir().join(format!("reflex-dbc-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("r.dbc"), dbc).unwrap();
+        let mut arch = reflex_models::reference::demo_arch();
+        arch.action_dim = 2;
+        arch.state_dim = 2;
+        let mut m = reflex_models::reference::reference_manifest(
+            &arch,
+            "t",
+            reflex_models::reference::default_capture(),
+        );
+        let names = m.action.names.clone();
+        m.can = CanSpec::Dbc(DbcSpec {
+            file: "r.dbc".into(),
+            sha256: String::new(),
+            actions: [
+                (names[0].clone(), "Cmd.J0".into()),
+                (names[1].clone(), "Cmd.J1".into()),
+            ]
+            .into(),
+            constants: Default::default(),
+            stop_signal: None,
+            fd_brs: false,
+            feedback: [
+                (names[0].clone(), feedback[0].into()),
+                (names[1].clone(), feedback[1].into()),
+            ]
+            .into(),
+        });
+        let c = Codec::build(&m, Some(&dir));
+        let _ = std::fs::remove_dir_all(&dir);
+        (c.unwrap(), m)
+    }
+
+    const CMD: &str = "VERSION \"\"\nBU_: A B\nBO_ 16 Cmd: 4 A\n SG_ J0 : 0|16@1- (0.001,0) [-30|30] \"rad\" B\n SG_ J1 : 16|16@1- (0.001,0) [-30|30] \"rad\" B\n";
+
+    /// A multiplexed feedback message: a joint's signal updates the state only from frames
+    /// whose multiplexer selects it (before, any frame of the message wrote it), and `reflex can
+    /// decode` shows only the selected signals.
+    #[test]
+    fn multiplexed_feedback_follows_the_multiplexer() {
+        let dbc = format!("{CMD}\nBO_ 17 State: 3 B\n SG_ Joint M : 0|8@1+ (1,0) [0|1] \"\" A\n SG_ P0 m0 : 8|16@1- (0.001,0) [-30|30] \"rad\" A\n SG_ P1 m1 : 8|16@1- (0.001,0) [-30|30] \"rad\" A\n");
+        let (c, m) = two_joint_codec("mux", &dbc, ["State.P0", "State.P1"]);
+        let d = c.feedback(&m.state.names, 0).unwrap();
+        let mut state = [0f32; 2];
+        // Joint 1, raw 1500: only P1.
+        let f = CanFrame::new(17, false, &[1, 0xDC, 0x05]).unwrap();
+        assert_eq!(d.decode(&f, &mut state), FeedbackOutcome::Updated(0b10));
+        assert_eq!(state, [0.0, 1.5]);
+        let e = c.explain(&f).unwrap();
+        let names: Vec<&str> = e.values.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(names, ["Joint", "P1"]);
+    }
+
+    /// A J1939 parameter group that is not one frame long cannot be sent or received here:
+    /// refused at start, naming the message and the transport protocol.
+    #[test]
+    fn j1939_groups_of_other_lengths_are_refused_at_start() {
+        let dbc = CMD.replace("BO_ 16 Cmd: 4 A", "BO_ 16 Cmd: 9 A");
+        let dir = std::env::temp_dir().join(format!("reflex-dbc-j1939b-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("r.dbc"), &dbc).unwrap();
+        let (_, mut m) = two_joint_codec("j1939ok", CMD, ["Cmd.J0", "Cmd.J1"]);
+        if let CanSpec::Dbc(spec) = &mut m.can {
+            spec.feedback.clear();
+        }
+        let err = Codec::build(&m, Some(&dir)).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            err.contains("message `Cmd` of r.dbc is 9 bytes: not a CAN frame length")
+                && err.contains("J1939 transport protocol"),
+            "{err}"
+        );
+    }
 }
