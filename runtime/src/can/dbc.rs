@@ -1182,7 +1182,9 @@ impl<'a> Parser<'a> {
             m.signals[si].selector = Some(selector);
         }
         for si in 0..m.signals.len() {
-            if chain(m, si).len() >= m.signals.len() {
+            let links = chain(m, si);
+            // Without a loop, a chain passes each other signal at most once.
+            if links.iter().filter(|(s, _)| *s != usize::MAX).count() >= m.signals.len() {
                 return Err(self.error(
                     mul_vals.first().map_or(1, |v| v.line),
                     format!(
@@ -2387,6 +2389,28 @@ SIG_VALTYPE_ 2147484049 f : 1;
             "SG_MUL_VAL_ 512 SubPage SubPage 1-1;",
         );
         assert!(parse_err(&bad).contains("is not a multiplexer"));
+    }
+
+    /// A lone extended-multiplexed signal whose multiplexer the file does not give parses (it is
+    /// never selected); multiplexers that select each other are refused.
+    #[test]
+    fn multiplexer_edge_cases() {
+        let dbc = Dbc::parse(
+            &format!("{HEAD} SG_ a m0M : 0|8@1+ (1,0) [0|0] \"\" X\n"),
+            "x",
+        )
+        .unwrap();
+        let m = &dbc.messages()[0];
+        assert!(!m.is_active(0, &[0; 8]));
+        let looped = format!(
+            "{HEAD} SG_ a m0M : 0|8@1+ (1,0) [0|0] \"\" X\n SG_ b m0M : 8|8@1+ (1,0) [0|0] \"\" X\n\
+             SG_MUL_VAL_ 256 a b 0-0;\nSG_MUL_VAL_ 256 b a 0-0;\n"
+        );
+        assert!(
+            parse_err(&looped).contains("select each other in a loop"),
+            "{}",
+            parse_err(&looped)
+        );
     }
 
     /// `SystemMessageLongSymbol` / `SystemSignalLongSymbol`: the long name is the name, the
