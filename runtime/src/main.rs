@@ -286,11 +286,7 @@ fn cmd_check(path: &Path) -> Result<()> {
     let t = Instant::now();
     let b = load_bundle(path)?;
     let m = &b.manifest;
-    println!(
-        "bundle {} OK ({:.0} ms)",
-        b.dir.display(),
-        t.elapsed().as_secs_f64() * 1e3
-    );
+    println!("bundle {}", b.dir.display());
     println!("  name: {}  format_version: {}", m.name, m.format_version);
     for f in &m.models {
         let backends: Vec<&str> = f.backends.iter().map(|b| b.as_str()).collect();
@@ -349,6 +345,12 @@ fn cmd_check(path: &Path) -> Result<()> {
             Err(e) => println!("  state from the bus (--state can:IFACE): not available: {e}"),
         }
     }
+    // Last: OK only once every check above passed (the CAN protocol's included).
+    println!(
+        "bundle {} OK ({:.0} ms)",
+        b.dir.display(),
+        t.elapsed().as_secs_f64() * 1e3
+    );
     Ok(())
 }
 
@@ -699,38 +701,11 @@ fn filtered(
 }
 
 fn frame_text(f: &reflex_runtime::can::CanFrame) -> String {
-    let data: String = f.data().iter().map(|b| format!("{b:02X}")).collect();
-    if f.is_extended() {
-        format!("{:08X}#{data}", f.id())
-    } else {
-        format!("{:03X}#{data}", f.id())
-    }
+    reflex_runtime::can::candump::frame_notation(f)
 }
 
 fn explain_text(codec: &Codec, f: &reflex_runtime::can::CanFrame) -> String {
-    match codec.explain(f) {
-        Some(e) => {
-            let vals: Vec<String> = e
-                .values
-                .iter()
-                .map(|(n, v, u)| {
-                    let v = format!("{v:.6}");
-                    let v = v.trim_end_matches('0').trim_end_matches('.');
-                    if u.is_empty() {
-                        format!("{n}={v}")
-                    } else {
-                        format!("{n}={v} {u}")
-                    }
-                })
-                .collect();
-            if vals.is_empty() {
-                e.what
-            } else {
-                format!("{}: {}", e.what, vals.join(" "))
-            }
-        }
-        None => format!("not a {} frame of this bundle", codec.protocol()),
-    }
+    reflex_runtime::can::decode::explain_frame(codec, f)
 }
 
 /// Prints a line; a closed pipe (`| head`) ends the program quietly, as for other Unix tools.
@@ -855,25 +830,32 @@ fn cmd_can(c: CanCmd) -> Result<()> {
         CanCmd::Decode { bundle, log } => {
             let bundle = load_bundle(&bundle)?;
             let codec = Codec::from_bundle(&bundle)?;
-            let text = if log.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            let bytes = if log.as_os_str() == "-" {
+                let mut b = vec![];
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+                    .context("reading stdin")?;
+                b
             } else {
-                std::fs::read_to_string(&log)
-                    .with_context(|| format!("reading {}", log.display()))?
+                std::fs::read(&log).with_context(|| format!("reading {}", log.display()))?
             };
+            // Every line, to the end (as log2asc): a line that does not parse (a stray non-UTF-8
+            // byte included) is reported and counted, and the exit status says so.
+            let text = String::from_utf8_lossy(&bytes);
+            let mut bad = 0;
             for (n, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let (ts, ifc, f) = reflex_runtime::can::candump::parse_candump_line(line)
-                    .with_context(|| format!("{}:{}", log.display(), n + 1))?;
-                stdout_line(&format!(
-                    "({}.{:06}) {ifc} {}  {}",
-                    ts / 1_000_000,
-                    ts % 1_000_000,
-                    frame_text(&f),
-                    explain_text(&codec, &f)
-                ))?;
+                match reflex_runtime::can::decode::explain_line(&codec, line) {
+                    Ok(out) => stdout_line(&out)?,
+                    Err(e) => {
+                        bad += 1;
+                        eprintln!("{}:{}: {e}", log.display(), n + 1);
+                    }
+                }
+            }
+            if bad > 0 {
+                bail!("{bad} line(s) of {} could not be read", log.display());
             }
             Ok(())
         }

@@ -399,3 +399,185 @@ fn run_with_a_dbc_bundle_logs_its_messages() {
         "{stdout}"
     );
 }
+
+/// A DBC bundle from a field-case file (bytes as saved) and a `Message.Signal` per joint.
+fn dbc_case_bundle(name: &str, file: &str, joints: [&str; 6], stop: &str) -> PathBuf {
+    use reflex_models::manifest::{CanSpec, DbcSpec};
+    let (pj, _) = bundles();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("can-cli")
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    for f in ["policy.onnx", "policy.toml"] {
+        std::fs::copy(pj.join(f), dir.join(f)).expect("copy");
+    }
+    let bytes = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/dbc")
+            .join(file),
+    )
+    .expect("case file");
+    std::fs::write(dir.join("robot.dbc"), &bytes).expect("dbc");
+    let spec = DbcSpec {
+        file: "robot.dbc".into(),
+        sha256: reflex_models::bundle::sha256_bytes(&bytes),
+        actions: JOINTS
+            .iter()
+            .zip(joints)
+            .map(|((a, _, _), s)| (a.to_string(), s.to_string()))
+            .collect(),
+        constants: Default::default(),
+        stop_signal: Some(stop.into()),
+        fd_brs: false,
+        feedback: Default::default(),
+    };
+    reference::set_bundle_can(&dir, CanSpec::Dbc(spec)).expect("DBC bundle");
+    dir
+}
+
+/// `../shared/cases/dbc-cp1252/`: a DBC saved in Windows-1252 (as Vector's tools write it, a
+/// `°` in a unit) with its `[can]` mapping. `reflex check` accepts it and prints OK as its last
+/// line; the commands are cantools' bytes (the same script as above).
+#[test]
+fn windows_1252_dbc_bundle_checks_and_encodes_like_cantools() {
+    let dir = dbc_case_bundle(
+        "dbc-cp1252",
+        "robot_cp1252.dbc",
+        [
+            "ArmCmdA.ShoulderPan",
+            "ArmCmdA.ShoulderLift",
+            "ArmCmdA.ElbowFlex",
+            "ArmCmdA.WristFlex",
+            "ArmCmdB.WristRoll",
+            "ArmCmdB.Gripper",
+        ],
+        "ArmCmdB.Stop",
+    );
+    let out = reflex(&["check", "--bundle", s(&dir)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().expect("output");
+    assert!(
+        last.starts_with("bundle ") && last.contains(" OK ("),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches(" OK (").count(), 1, "{stdout}");
+
+    let mut cmd = vec!["can", "encode", "--bundle", s(&dir)];
+    cmd.extend(TARGET);
+    let out = reflex(&cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ours: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("can-cli");
+    let (cases, result) = (tmp.join("cp1252-cases.txt"), tmp.join("cp1252-out.txt"));
+    // TARGET after the safety filter's first command: the values as given (within limits;
+    // wrist_flex=3 is clamped to its 1.8 rad limit).
+    std::fs::write(
+        &cases,
+        "E ArmCmdA ShoulderPan=0.1 ShoulderLift=0 ElbowFlex=0 WristFlex=1.8\n\
+         E ArmCmdB WristRoll=0 Gripper=0.01 Enable=0 Stop=0\n",
+    )
+    .expect("cases");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/dbc_cantools.py");
+    let py = Command::new("python3")
+        .arg(&script)
+        .arg(dir.join("robot.dbc"))
+        .arg(&cases)
+        .arg(&result)
+        .output()
+        .unwrap_or_else(|e| panic!("python3 {}: {e}; run scripts/setup.sh", script.display()));
+    assert!(py.status.success(), "cantools: {}", text(&py.stderr));
+    let reference = std::fs::read_to_string(&result).expect("cantools output");
+    let hex: Vec<&str> = reference
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).expect("OK HEX"))
+        .collect();
+    assert_eq!(ours, [format!("100#{}", hex[0]), format!("101#{}", hex[1])]);
+}
+
+/// A `[can]` mapping written with the long names cantools shows
+/// (`SystemMessageLongSymbol` / `SystemSignalLongSymbol`) resolves, in `check` and in the
+/// frames; a short name written in the `BO_`/`SG_` line resolves too.
+#[test]
+fn long_dbc_names_resolve() {
+    let long = "ArmCommandShoulderAndElbowJointTargets";
+    let pan = format!("{long}.ShoulderPanTargetPositionRadians");
+    let lift = format!("{long}.ShoulderLift");
+    let dir = dbc_case_bundle(
+        "dbc-long",
+        "long_names.dbc",
+        [
+            &pan,
+            &lift,
+            "ArmCommandShoulderAndElbowJo.ElbowFlex",
+            &format!("{long}.WristFlex"),
+            "ArmCmdB.WristRoll",
+            "ArmCmdB.GripperOpeningTargetMetersFromClosed",
+        ],
+        "ArmCmdB.Stop",
+    );
+    let out = reflex(&["check", "--bundle", s(&dir)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("ArmCommandShoulderAndElbowJointTargets (0x100)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let mut cmd = vec!["can", "encode", "--bundle", s(&dir)];
+    cmd.extend(TARGET);
+    let out = reflex(&cmd);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // shoulder_pan = 0.1 rad = raw 1000 = E8 03; wrist_flex clamped to 1.8 rad = raw 18000 =
+    // 50 46; gripper 0.01 m = raw 1000 = E8 03.
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        ["100#E803000000005046", "101#0000E80300000000"]
+    );
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("ShoulderPanTargetPositionRadians(shoulder_pan)=0.1 rad"),
+        "{err}"
+    );
+}
+
+/// `../shared/cases/candump-error-frames/`: a `candump -l` log with an error frame and a
+/// remote frame between per-joint commands of the demo bundle. Every line decodes, in order,
+/// as can-utils' `log2asc` reads it: 20 lines, the error frame (line 7) explained by its class
+/// as `candump -e` names it, the remote frame (line 14) as a remote request.
+#[test]
+fn candump_log_with_error_and_remote_frames_decodes_every_line() {
+    let (pj, _) = bundles();
+    let log = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/candump_error_frames.log");
+    let out = reflex(&["can", "decode", "--bundle", s(pj), s(&log)]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 20, "{stdout}");
+    assert_eq!(
+        lines[6],
+        "(1764500000.000070) can0 20000004#0020000000008000  error frame: \
+         controller-problem{tx-error-passive},error-counter-tx-rx{{128}{0}}"
+    );
+    assert_eq!(
+        lines[13],
+        "(1764500000.050070) can0 123#R  remote request (DLC 0)"
+    );
+    // The commands after the error frame decode: third tick, gripper (joint 5) = 0.0420 m.
+    assert!(
+        lines[19].contains("command gripper: gripper=0.042 m tick=2"),
+        "{}",
+        lines[19]
+    );
+    // log2asc (can-utils), where installed, sees the same 20 frames with the error frame and
+    // the remote frame at the same places.
+    if let Ok(asc) = Command::new("log2asc")
+        .args(["-I", s(&log), "can0"])
+        .output()
+    {
+        let asc = text(&asc.stdout);
+        let frames: Vec<&str> = asc.lines().filter(|l| l.starts_with("   ")).collect();
+        assert_eq!(frames.len(), 20, "{asc}");
+        assert!(frames[6].contains("ErrorFrame"), "{asc}");
+        assert!(frames[13].contains(" r 0"), "{asc}");
+    }
+}

@@ -363,3 +363,225 @@ fn encode_and_decode_allocate_nothing() {
     );
     assert!(ok > 100 && refused > 10, "{ok} encoded, {refused} refused");
 }
+
+/// The DBC files of the field cases (`tests/data/dbc/`), as the tools of the trade write them:
+/// Windows-1252 (`°` in a unit, the case from `../shared/cases/dbc-cp1252/`), `//` comments
+/// after statements, extended multiplexing in `SG_MUL_VAL_`, J1939 parameter groups of 9, 20
+/// and 100 bytes, long names from `SystemMessageLongSymbol` / `SystemSignalLongSymbol`.
+const FIELD_CASES: [&str; 5] = [
+    "robot_cp1252.dbc",
+    "trailing_comments.dbc",
+    "extended_mux.dbc",
+    "j1939.dbc",
+    "long_names.dbc",
+];
+
+fn field_case(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/dbc")
+        .join(name)
+}
+
+/// Our reading of a DBC in the layout format of `tests/python/dbc_layout.py`.
+fn layout(dbc: &Dbc) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in dbc.messages() {
+        out.push(format!(
+            "M {} {} {} {}",
+            m.name(),
+            m.id(),
+            u8::from(m.is_extended()),
+            m.size()
+        ));
+        for s in m.signals() {
+            let (switch, ids) = match s.selector() {
+                None => ("-".to_string(), "-".to_string()),
+                Some((sw, ranges)) => (
+                    m.signals()[sw].name().to_string(),
+                    ranges
+                        .iter()
+                        .flat_map(|&(lo, hi)| lo..=hi)
+                        .map(|v| v.to_string())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ),
+            };
+            out.push(format!(
+                "S {} {} {} {} {} {} {} {} {} '{}' {switch} {ids}",
+                s.name(),
+                s.start_bit(),
+                s.length(),
+                match s.byte_order() {
+                    reflex_runtime::can::dbc::ByteOrder::LittleEndian => "little_endian",
+                    reflex_runtime::can::dbc::ByteOrder::BigEndian => "big_endian",
+                },
+                u8::from(s.value_type() == ValueType::Signed),
+                s.scale(),
+                s.offset(),
+                s.min(),
+                s.max(),
+                s.unit(),
+            ));
+        }
+    }
+    out
+}
+
+/// Compares a layout line field by field, numbers as numbers (`1` and `1.0` agree).
+fn same_layout_line(ours: &str, theirs: &str) -> bool {
+    let (a, b): (Vec<&str>, Vec<&str>) = (
+        ours.split_whitespace().collect(),
+        theirs.split_whitespace().collect(),
+    );
+    a.len() == b.len()
+        && a.iter().zip(&b).all(|(x, y)| {
+            x == y || matches!((x.parse::<f64>(), y.parse::<f64>()), (Ok(p), Ok(q)) if p == q)
+        })
+}
+
+/// Every field case reads here as in cantools (strict mode, its default cp1252 for DBC files):
+/// the same messages, IDs, lengths, signal layouts, units, long names and multiplexer
+/// relations; and random payloads decode to the same signals (a multiplexed signal only where
+/// its multiplexers select it) with the same values. Messages that fit one frame and are not
+/// multiplexed also encode byte for byte as cantools (through `codec_matches_cantools`'s
+/// script); J1939 groups of other lengths are refused by our frame encoder.
+#[test]
+fn field_cases_read_as_cantools_reads_them() {
+    let dir = work_dir();
+    let mut rng = Rng(0xF1E1_D0CA);
+    for name in FIELD_CASES {
+        let path = field_case(name);
+        let bytes = std::fs::read(&path).unwrap();
+        let dbc = Dbc::from_bytes(&bytes, name).unwrap_or_else(|e| panic!("{e}"));
+        let mut cases = String::new();
+        let mut payloads = Vec::new();
+        for m in dbc.messages() {
+            for _ in 0..40 {
+                let mut payload: Vec<u8> = (0..m.size()).map(|_| rng.next() as u8).collect();
+                // Multiplexer values the file defines (cantools refuses the others): ArmDiag's
+                // Page 0 to 2 in byte 0, SubPage 2 or 3 in byte 1.
+                if m.is_multiplexed() {
+                    payload[0] %= 3;
+                    payload[1] = 2 + payload[1] % 2;
+                }
+                writeln!(cases, "D {} {}", m.name(), hex(&payload)).unwrap();
+                payloads.push((m, payload));
+            }
+        }
+        let cases_path = dir.join(format!("{name}.cases"));
+        let out_path = dir.join(format!("{name}.cantools"));
+        std::fs::write(&cases_path, &cases).unwrap();
+        let _ = std::fs::remove_file(&out_path);
+        run_python("dbc_layout.py", &[&path, &cases_path, &out_path]);
+        let out = std::fs::read_to_string(&out_path).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        let ours = layout(&dbc);
+        assert_eq!(lines.len(), ours.len() + payloads.len(), "{name}: {out}");
+        for (a, b) in ours.iter().zip(&lines) {
+            assert!(same_layout_line(a, b), "{name}: ours `{a}`, cantools `{b}`");
+        }
+        for ((m, payload), line) in payloads.iter().zip(&lines[ours.len()..]) {
+            let case = format!("{name}: decode {} {}", m.name(), hex(payload));
+            let mut mine = vec![0.0; m.signals().len()];
+            m.decode(payload, &mut mine).unwrap();
+            let theirs: Vec<(&str, f64)> = line
+                .split_whitespace()
+                .skip(1)
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').expect("k=v");
+                    (k, v.parse().expect("number"))
+                })
+                .collect();
+            let active: Vec<&str> = m
+                .signals()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| m.is_active(*i, payload))
+                .map(|(_, s)| s.name())
+                .collect();
+            let names: Vec<&str> = theirs.iter().map(|(k, _)| *k).collect();
+            assert_eq!(active, names, "{case}: signals in the payload");
+            for (k, v) in theirs {
+                let i = m.signal_index(k).unwrap();
+                assert!(
+                    (mine[i] - v).abs() <= 1e-9 * v.abs().max(1.0),
+                    "{case}: {k} = {} here, {v} in cantools",
+                    mine[i]
+                );
+            }
+        }
+        // Encoding: byte for byte as cantools (`encode_message(..., strict=True)`), or both
+        // refuse; J1939 groups that are not one frame are refused by our frame encoder.
+        let mut cases = String::new();
+        let mut encoded = Vec::new();
+        for m in dbc.messages() {
+            let mut data = [0u8; MAX_FD_LEN];
+            if !m.fits_one_frame() {
+                assert!(matches!(
+                    m.encode_into_fd([], &mut data),
+                    Err(SignalError::NotOneFrame { .. })
+                ));
+                continue;
+            }
+            if m.is_multiplexed() {
+                continue;
+            }
+            for _ in 0..40 {
+                let values: Vec<f64> = m.signals().iter().map(|s| value(s, &mut rng)).collect();
+                let ours = m
+                    .encode_into_fd(values.iter().copied().enumerate(), &mut data)
+                    .ok()
+                    .map(|len| hex(&data[..len]));
+                write!(cases, "E {}", m.name()).unwrap();
+                for (s, v) in m.signals().iter().zip(&values) {
+                    write!(cases, " {}={v:?}", s.name()).unwrap();
+                }
+                cases.push('\n');
+                encoded.push((m.name(), ours));
+            }
+        }
+        let cases_path = dir.join(format!("{name}.encode"));
+        let out_path = dir.join(format!("{name}.encoded"));
+        std::fs::write(&cases_path, &cases).unwrap();
+        let _ = std::fs::remove_file(&out_path);
+        run_python("dbc_cantools.py", &[&path, &cases_path, &out_path]);
+        let out = std::fs::read_to_string(&out_path).unwrap();
+        let mut agreed = 0;
+        for ((msg, ours), line) in encoded.iter().zip(out.lines()) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match (ours, fields[0]) {
+                (Some(ours), "OK") => {
+                    assert_eq!(ours, fields[1], "{name}: {msg}");
+                    agreed += 1;
+                }
+                (None, "ERR") => {}
+                _ => panic!("{name}: {msg}: ours {ours:?}, cantools {line}"),
+            }
+        }
+        assert_eq!(out.lines().count(), encoded.len());
+        assert!(
+            agreed >= encoded.len() / 3,
+            "{name}: {agreed} of {}",
+            encoded.len()
+        );
+    }
+}
+
+/// The Windows-1252 case: `°` is the byte B0 in the file and `°C` in the unit, as cantools
+/// shows it; the same text saved as UTF-8 reads the same.
+#[test]
+fn windows_1252_and_utf8_files_read_alike() {
+    let bytes = std::fs::read(field_case("robot_cp1252.dbc")).unwrap();
+    assert!(
+        std::str::from_utf8(&bytes).is_err(),
+        "the case is not UTF-8"
+    );
+    let dbc = Dbc::from_bytes(&bytes, "robot_cp1252.dbc").unwrap();
+    let temp = dbc
+        .message_by_name("ArmStatus")
+        .unwrap()
+        .signal("MotorTemp");
+    assert_eq!(temp.unwrap().unit(), "°C");
+    let utf8 = reflex_runtime::can::dbc::decode_text(&bytes).into_owned();
+    assert_eq!(Dbc::from_bytes(utf8.as_bytes(), "utf8.dbc").unwrap(), dbc);
+}

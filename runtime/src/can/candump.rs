@@ -5,8 +5,22 @@
 //! diffed and replayed on a real bus with `canplayer`. CAN FD frames are written as can-utils
 //! does, `123##1<data>` (the digit after `##` holds the FD flags: 1 = bit-rate switch). Lines are
 //! formatted into a stack buffer: logging a command does not allocate. The parser never panics,
-//! whatever the input, and reports what it does not support (CAN XL, raw DLCs, error frames)
-//! rather than misreading it.
+//! whatever the input, and reports what it does not support (CAN XL, raw DLCs) rather than
+//! misreading it. Error frames (an extended ID with `CAN_ERR_FLAG`, what `candump` logs from an
+//! interface with error reporting on) are read by [`parse_candump_record`] and explained by
+//! their classes in can-utils' words ([`ErrorFrame::describe`]).
+//!
+//! # Why not the `socketcan` crate's `dump` module
+//!
+//! `socketcan::dump::Reader` (4.0.0, already a dependency for the bus) covers CAN FD, remote and
+//! error frames, and was tried on our test lines (test `socketcan_dump_falls_short`). It refuses
+//! lines that can-utils writes or reads and that reflex accepts: data bytes separated by `.`
+//! (`1AB#DE.AD`, accepted by can-utils' `parse_canframe`), fields separated by more than one
+//! space (it splits on single spaces, where can-utils' readers use `sscanf`), and a lower-case
+//! `r` for a remote frame (`123#r5`). Its errors carry no reason beyond `InvalidCanFrame` (no
+//! "not a CAN FD length", no "CAN XL"), and each record allocates (a `String` and a `Vec`) where
+//! this parser allocates nothing. It is also Linux-only, while candump logs are read by the host
+//! tools on any system.
 
 use super::frame::*;
 use std::path::{Path, PathBuf};
@@ -22,6 +36,13 @@ pub enum CandumpError {
     Syntax(&'static str),
     #[error("{0} not supported yet")]
     Unsupported(&'static str),
+    /// [`parse_candump_line`] reads frames that can be sent; error frames are read by
+    /// [`parse_candump_record`].
+    #[error(
+        "a CAN error frame ({0}), not a data or remote frame: CAN error frames are read with \
+         parse_candump_record"
+    )]
+    ErrorFrame(String),
     #[error("candump line: {0}")]
     Frame(#[from] FrameError),
     #[error("interface name must be non-empty printable ASCII without spaces")]
@@ -42,6 +63,210 @@ pub enum CandumpError {
 }
 
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// `CAN_ERR_FLAG` (linux/can.h): an ID with this bit is an error frame, not a bus frame.
+pub const CAN_ERR_FLAG: u32 = 0x2000_0000;
+/// `CAN_ERR_MASK` (linux/can.h): the error class bits of an error frame's ID.
+pub const CAN_ERR_MASK: u32 = 0x1FFF_FFFF;
+
+/// One line of a candump log: a frame that was on the bus, or an error frame.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LogFrame {
+    /// A data frame (classic or CAN FD) or a remote frame.
+    Can(CanFrame),
+    /// An error frame the kernel reported.
+    Error(ErrorFrame),
+}
+
+/// A SocketCAN error frame: the error classes (the ID without `CAN_ERR_FLAG`) and the 8 data
+/// bytes that detail them, laid out as linux/can/error.h says (data[0] the bit of a lost
+/// arbitration, data[1] controller problems, data[2..3] protocol violation type and location,
+/// data[4] transceiver status, data[6..7] the TX and RX error counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorFrame {
+    /// `CAN_ERR_*` class bits (`CAN_ERR_TX_TIMEOUT` = 0x1 ... `CAN_ERR_CNT` = 0x200).
+    pub class: u32,
+    /// The data bytes, zero-padded to 8.
+    pub data: [u8; 8],
+    /// How many bytes the log line held.
+    pub len: u8,
+}
+
+/// Error classes: (bit in the ID, name) as linux/can/error.h defines the bits (`CAN_ERR_TX_TIMEOUT`
+/// ... `CAN_ERR_RESTARTED`) and can-utils names them (`candump -e`).
+pub const ERROR_CLASSES: [(u32, &str); 9] = [
+    (0x001, "tx-timeout"),
+    (0x002, "lost-arbitration"),
+    (0x004, "controller-problem"),
+    (0x008, "protocol-violation"),
+    (0x010, "transceiver-status"),
+    (0x020, "no-acknowledgement-on-tx"),
+    (0x040, "bus-off"),
+    (0x080, "bus-error"),
+    (0x100, "restarted-after-bus-off"),
+];
+
+/// Controller problems, data[1] (`CAN_ERR_CRTL_RX_OVERFLOW` = 0x01 ... `CAN_ERR_CRTL_ACTIVE` =
+/// 0x40, "recovered to error active state", which can-utils 2020.11 leaves unnamed).
+pub const CONTROLLER_PROBLEMS: [(u8, &str); 7] = [
+    (0x01, "rx-overflow"),
+    (0x02, "tx-overflow"),
+    (0x04, "rx-error-warning"),
+    (0x08, "tx-error-warning"),
+    (0x10, "rx-error-passive"),
+    (0x20, "tx-error-passive"),
+    (0x40, "back-to-error-active"),
+];
+
+/// Protocol violation types, data[2] (`CAN_ERR_PROT_BIT` = 0x01 ... `CAN_ERR_PROT_TX` = 0x80).
+/// 0x40 (`CAN_ERR_PROT_ACTIVE`, "active error announcement") is named as can-utils names it.
+pub const PROTOCOL_VIOLATIONS: [(u8, &str); 8] = [
+    (0x01, "single-bit-error"),
+    (0x02, "frame-format-error"),
+    (0x04, "bit-stuffing-error"),
+    (0x08, "tx-dominant-bit-error"),
+    (0x10, "tx-recessive-bit-error"),
+    (0x20, "bus-overload"),
+    (0x40, "back-to-error-active"),
+    (0x80, "error-on-tx"),
+];
+
+/// Protocol violation locations, data[3]: the `CAN_ERR_PROT_LOC_*` values of linux/can/error.h,
+/// then the five that only can-utils names (by their index in its table).
+pub const PROTOCOL_LOCATIONS: [(u8, &str); 24] = [
+    (0x03, "start-of-frame"),
+    (0x02, "id.28-to-id.21"),
+    (0x06, "id.20-to-id.18"),
+    (0x04, "bit-srtr"),
+    (0x05, "bit-ide"),
+    (0x07, "id.17-to-id.13"),
+    (0x0F, "id.12-to-id.5"),
+    (0x0E, "id.4-to-id.0"),
+    (0x0C, "bit-rtr"),
+    (0x0D, "reserved-bit-1"),
+    (0x09, "reserved-bit-0"),
+    (0x0B, "data-length-code"),
+    (0x0A, "data-field"),
+    (0x08, "crc-sequence"),
+    (0x18, "crc-delimiter"),
+    (0x19, "acknowledge-slot"),
+    (0x1B, "acknowledge-delimiter"),
+    (0x1A, "end-of-frame"),
+    (0x12, "intermission"),
+    (0x11, "active-error-flag"),
+    (0x16, "passive-error-flag"),
+    (0x13, "tolerate-dominant-bits"),
+    (0x17, "error-delimiter"),
+    (0x1C, "overload-flag"),
+];
+
+/// Transceiver status, data[4] (`CAN_ERR_TRX_*`): the bus wire and its fault.
+pub const TRANSCEIVER_STATUS: [(u8, &str); 9] = [
+    (0x04, "CANH-no-wire"),
+    (0x05, "CANH-short-to-bat"),
+    (0x06, "CANH-short-to-vcc"),
+    (0x07, "CANH-short-to-gnd"),
+    (0x40, "CANL-no-wire"),
+    (0x50, "CANL-short-to-bat"),
+    (0x60, "CANL-short-to-vcc"),
+    (0x70, "CANL-short-to-gnd"),
+    (0x80, "CANL-short-to-CANH"),
+];
+
+/// `CAN_ERR_CNT` (linux/can/error.h): data[6] and data[7] hold the TX and RX error counters.
+pub const CAN_ERR_CNT: u32 = 0x200;
+
+impl ErrorFrame {
+    /// The error explained with can-utils' words (the format of `candump -e`): each class,
+    /// with its detail in braces, joined by `,`; then the error counters when they are set or
+    /// `CAN_ERR_CNT` says they are valid. `controller-problem{tx-error-passive},
+    /// error-counter-tx-rx{{128}{0}}` for the class 0x4 frame `0020000000008000`. Class bits no
+    /// kernel defines are shown as `unknown-class-0x...`.
+    pub fn describe(&self) -> String {
+        let d = &self.data;
+        let names = |bits: u8, table: &[(u8, &str)]| -> String {
+            table
+                .iter()
+                .filter(|(b, _)| bits & b != 0)
+                .map(|(_, n)| *n)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut parts: Vec<String> = Vec::new();
+        for &(bit, name) in &ERROR_CLASSES {
+            if self.class & bit == 0 {
+                continue;
+            }
+            parts.push(match bit {
+                0x002 => format!("{name}{{at bit {}}}", d[0]),
+                0x004 => format!("{name}{{{}}}", names(d[1], &CONTROLLER_PROBLEMS)),
+                0x008 => {
+                    let location = PROTOCOL_LOCATIONS
+                        .iter()
+                        .find(|(l, _)| *l == d[3])
+                        .map_or("", |(_, n)| *n);
+                    format!(
+                        "{name}{{{{{}}}{{{location}}}}}",
+                        names(d[2], &PROTOCOL_VIOLATIONS)
+                    )
+                }
+                0x010 => {
+                    let status = TRANSCEIVER_STATUS
+                        .iter()
+                        .filter(|(s, _)| {
+                            // One CANH state in the low nibble, one CANL state in the high one.
+                            (*s & 0x0F != 0 && d[4] & 0x0F == *s)
+                                || (*s & 0x0F == 0 && d[4] & 0xF0 == *s)
+                                || (*s == 0x80 && d[4] == 0x80)
+                        })
+                        .map(|(_, n)| *n)
+                        .collect::<Vec<_>>()
+                        .join(",");
+                    format!("{name}{{{status}}}")
+                }
+                _ => name.to_string(),
+            });
+        }
+        let known = ERROR_CLASSES.iter().fold(CAN_ERR_CNT, |m, (b, _)| m | b);
+        if self.class & !known != 0 {
+            parts.push(format!("unknown-class-{:#x}", self.class & !known));
+        }
+        if self.class & CAN_ERR_CNT != 0 || d[6] != 0 || d[7] != 0 {
+            parts.push(format!("error-counter-tx-rx{{{{{}}}{{{}}}}}", d[6], d[7]));
+        }
+        if parts.is_empty() {
+            "no error class set".to_string()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
+/// A frame in can-utils' compact notation (what `cansend` takes and `candump -l` writes after
+/// the interface): `123#DEADBEEF`, `12345678#00`, `123##1<data>` for CAN FD (the digit holds
+/// the FD flags, 1 = bit-rate switch), `123#R` / `123#R5` for a remote frame.
+pub fn frame_notation(frame: &CanFrame) -> String {
+    let mut buf = [0u8; LINE_BUF];
+    // A one-character interface and a zero timestamp, cut off below: the formatter is the one
+    // the logs are written with.
+    match format_candump_line(0, "x", frame, &mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n])
+            .split(' ')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string(),
+        Err(e) => format!("<{e}>"),
+    }
+}
+
+/// An error frame in the same notation, as `candump -l` logs it: `20000004#0020000000008000`.
+pub fn error_frame_notation(e: &ErrorFrame) -> String {
+    let data: String = e.data[..usize::from(e.len.min(8))]
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    format!("{:08X}#{data}", e.class | CAN_ERR_FLAG)
+}
 
 /// Writes bytes into a caller's buffer, counting what would not fit.
 struct Out<'a> {
@@ -182,7 +407,7 @@ fn parse_timestamp(field: &str) -> Result<u64, CandumpError> {
         .ok_or(overflow)
 }
 
-fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
+fn parse_frame(field: &str) -> Result<LogFrame, CandumpError> {
     let b = field.as_bytes();
     let hash = b
         .iter()
@@ -218,17 +443,33 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
         let n = nibble(c).ok_or(CandumpError::Syntax("CAN ID must be hexadecimal"))?;
         id = (id << 4) | u32::from(n);
     }
-    if extended && id & 0x2000_0000 != 0 {
-        return Err(CandumpError::Unsupported("CAN error frames"));
+    if extended && id & CAN_ERR_FLAG != 0 {
+        // linux/can/error.h: the class bits in the ID, 8 data bytes (the kernel always sends 8;
+        // a shorter logged payload is zero-padded, as the kernel's frame would be).
+        if fd_flags.is_some() || matches!(rest, [b'R' | b'r', ..]) {
+            return Err(CandumpError::Syntax(
+                "an error frame is a classic data frame (`ID#DATA`)",
+            ));
+        }
+        let (bytes, len) = parse_data(rest, MAX_CLASSIC_LEN, false)?;
+        let mut data = [0u8; MAX_CLASSIC_LEN];
+        data.copy_from_slice(&bytes[..MAX_CLASSIC_LEN]);
+        return Ok(LogFrame::Error(ErrorFrame {
+            class: id & CAN_ERR_MASK,
+            data,
+            len: len as u8,
+        }));
     }
     match rest {
         [b'R' | b'r', ..] if fd_flags.is_some() => {
             return Err(CandumpError::Syntax("CAN FD has no remote frames"))
         }
-        [b'R' | b'r'] => return Ok(CanFrame::new_remote(id, extended, 0)?),
+        [b'R' | b'r'] => return Ok(LogFrame::Can(CanFrame::new_remote(id, extended, 0)?)),
         [b'R' | b'r', d] => {
             return match nibble(*d) {
-                Some(dlc) if dlc <= 8 => Ok(CanFrame::new_remote(id, extended, dlc)?),
+                Some(dlc) if dlc <= 8 => {
+                    Ok(LogFrame::Can(CanFrame::new_remote(id, extended, dlc)?))
+                }
                 _ => Err(CandumpError::Syntax("remote frame DLC must be 0 to 8")),
             }
         }
@@ -243,6 +484,22 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
     } else {
         MAX_CLASSIC_LEN
     };
+    let (data, len) = parse_data(rest, max, fd_flags.is_some())?;
+    Ok(LogFrame::Can(match fd_flags {
+        // Bit 0: bit-rate switch; ESI (bit 1) and FDF (bit 2) are the sender's and the
+        // kernel's business.
+        Some(f) => CanFrame::new_fd(id, extended, &data[..len], f & 1 != 0)?,
+        None => CanFrame::new(id, extended, &data[..len])?,
+    }))
+}
+
+/// Data bytes as hex pairs (`.` between bytes allowed, as can-utils' `parse_canframe`
+/// accepts), at most `max` of them.
+fn parse_data(
+    rest: &[u8],
+    max: usize,
+    fd: bool,
+) -> Result<([u8; MAX_FD_LEN], usize), CandumpError> {
     let mut data = [0u8; MAX_FD_LEN];
     let mut len = 0;
     let mut i = 0;
@@ -260,7 +517,7 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
             return Err(CandumpError::Syntax("data must be pairs of hex digits"));
         };
         if len == max {
-            return Err(CandumpError::Frame(if fd_flags.is_some() {
+            return Err(CandumpError::Frame(if fd {
                 FrameError::FdLength { len: len + 1 }
             } else {
                 FrameError::TooLong { len: len + 1 }
@@ -270,18 +527,24 @@ fn parse_frame(field: &str) -> Result<CanFrame, CandumpError> {
         len += 1;
         i += 2;
     }
-    match fd_flags {
-        // Bit 0: bit-rate switch; ESI (bit 1) and FDF (bit 2) are the sender's and the
-        // kernel's business.
-        Some(f) => Ok(CanFrame::new_fd(id, extended, &data[..len], f & 1 != 0)?),
-        None => Ok(CanFrame::new(id, extended, &data[..len])?),
+    Ok((data, len))
+}
+
+/// Parses one `candump -l` line holding a data or remote frame: `(timestamp in µs, interface,
+/// frame)`. Accepts what can-utils writes and reads: padded interface names, lower-case hex, `.`
+/// between data bytes, a trailing `T`/`R` direction mark (`candump -x`), a trailing newline. An
+/// error frame is [`CandumpError::ErrorFrame`] (see [`parse_candump_record`]). Never panics.
+pub fn parse_candump_line(line: &str) -> Result<(u64, &str, CanFrame), CandumpError> {
+    match parse_candump_record(line)? {
+        (ts, iface, LogFrame::Can(frame)) => Ok((ts, iface, frame)),
+        (_, _, LogFrame::Error(e)) => Err(CandumpError::ErrorFrame(e.describe())),
     }
 }
 
-/// Parses one `candump -l` line: `(timestamp in µs, interface, frame)`. Accepts what can-utils
-/// writes and reads: padded interface names, lower-case hex, `.` between data bytes, a trailing
-/// `T`/`R` direction mark (`candump -x`), a trailing newline. Never panics.
-pub fn parse_candump_line(line: &str) -> Result<(u64, &str, CanFrame), CandumpError> {
+/// Parses any `candump -l` line: a data or remote frame, or an error frame (an extended ID with
+/// `CAN_ERR_FLAG` set, as `candump` logs what the kernel reports on an interface with error
+/// frames enabled). Never panics.
+pub fn parse_candump_record(line: &str) -> Result<(u64, &str, LogFrame), CandumpError> {
     let mut fields = line.split_ascii_whitespace();
     let ts = fields.next().ok_or(CandumpError::Syntax("empty line"))?;
     let iface = fields
@@ -766,5 +1029,158 @@ mod tests {
                 prop_assert_eq!((ts, iface, frame), (ts2, iface2, frame2));
             }
         }
+    }
+
+    /// The `socketcan` crate's candump reader on lines can-utils writes or reads and we accept
+    /// (see the module documentation): it covers error and FD frames but refuses these.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn socketcan_dump_falls_short() {
+        let read = |line: &str| {
+            socketcan::dump::Reader::from_reader(line.as_bytes())
+                .next_record()
+                .map(|r| r.is_some())
+        };
+        // What it does read: classic, FD, remote and error frames.
+        for ok in [
+            "(1700000000.000001) can0 1AB#DEAD",
+            "(1700000000.000001) can0 123##1DEADBEEF",
+            "(1700000000.000001) can0 123#R",
+            "(1764500000.000070) can0 20000004#0020000000008000",
+        ] {
+            assert!(matches!(read(ok), Ok(true)), "{ok}");
+        }
+        for refused in [
+            "(1700000000.000001) can0 1AB#DE.AD",
+            "(1700000000.000001)   can0 1AB#DEAD",
+            "(1.000000) can0 123#r5",
+        ] {
+            assert!(
+                read(refused).is_err(),
+                "socketcan::dump now reads `{refused}`: re-evaluate replacing our parser"
+            );
+            assert!(parse_candump_line(refused).is_ok(), "{refused}");
+        }
+    }
+
+    /// The error-frame tables against the kernel's header, where it is installed: every bit and
+    /// value we name is the one linux/can/error.h defines.
+    #[test]
+    fn error_frame_tables_match_linux_can_error_h() {
+        let Ok(h) = std::fs::read_to_string("/usr/include/linux/can/error.h") else {
+            eprintln!("skipped: /usr/include/linux/can/error.h not installed (linux-libc-dev)");
+            return;
+        };
+        let define = |name: &str| -> u32 {
+            let line = h
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(name))
+                .unwrap_or_else(|| panic!("{name} not in error.h"));
+            let v = line
+                .split_whitespace()
+                .nth(2)
+                .unwrap()
+                .trim_end_matches('U');
+            u32::from_str_radix(v.trim_start_matches("0x"), 16).unwrap()
+        };
+        let classes = [
+            "TX_TIMEOUT",
+            "LOSTARB",
+            "CRTL",
+            "PROT",
+            "TRX",
+            "ACK",
+            "BUSOFF",
+            "BUSERROR",
+            "RESTARTED",
+        ];
+        for ((bit, _), c) in ERROR_CLASSES.iter().zip(classes) {
+            assert_eq!(*bit, define(&format!("CAN_ERR_{c}")), "{c}");
+        }
+        assert_eq!(CAN_ERR_CNT, define("CAN_ERR_CNT"));
+        let crtl = [
+            "RX_OVERFLOW",
+            "TX_OVERFLOW",
+            "RX_WARNING",
+            "TX_WARNING",
+            "RX_PASSIVE",
+            "TX_PASSIVE",
+            "ACTIVE",
+        ];
+        for ((bit, _), c) in CONTROLLER_PROBLEMS.iter().zip(crtl) {
+            assert_eq!(u32::from(*bit), define(&format!("CAN_ERR_CRTL_{c}")), "{c}");
+        }
+        let prot = [
+            "BIT", "FORM", "STUFF", "BIT0", "BIT1", "OVERLOAD", "ACTIVE", "TX",
+        ];
+        for ((bit, _), c) in PROTOCOL_VIOLATIONS.iter().zip(prot) {
+            assert_eq!(u32::from(*bit), define(&format!("CAN_ERR_PROT_{c}")), "{c}");
+        }
+        // The last five have no macro in the header: their values are can-utils' table indices.
+        let loc = [
+            "SOF", "ID28_21", "ID20_18", "SRTR", "IDE", "ID17_13", "ID12_05", "ID04_00", "RTR",
+            "RES1", "RES0", "DLC", "DATA", "CRC_SEQ", "CRC_DEL", "ACK", "ACK_DEL", "EOF", "INTERM",
+        ];
+        for ((v, _), c) in PROTOCOL_LOCATIONS.iter().zip(loc) {
+            assert_eq!(
+                u32::from(*v),
+                define(&format!("CAN_ERR_PROT_LOC_{c}")),
+                "{c}"
+            );
+        }
+        let trx = [
+            "CANH_NO_WIRE",
+            "CANH_SHORT_TO_BAT",
+            "CANH_SHORT_TO_VCC",
+            "CANH_SHORT_TO_GND",
+            "CANL_NO_WIRE",
+            "CANL_SHORT_TO_BAT",
+            "CANL_SHORT_TO_VCC",
+            "CANL_SHORT_TO_GND",
+            "CANL_SHORT_TO_CANH",
+        ];
+        for ((v, _), c) in TRANSCEIVER_STATUS.iter().zip(trx) {
+            assert_eq!(u32::from(*v), define(&format!("CAN_ERR_TRX_{c}")), "{c}");
+        }
+    }
+
+    /// The field case's error frame, and the other classes, in `candump -e`'s words.
+    #[test]
+    fn error_frames_are_read_and_explained() {
+        let (ts, iface, f) =
+            parse_candump_record("(1764500000.000070) can0 20000004#0020000000008000").unwrap();
+        assert_eq!((ts, iface), (1_764_500_000_000_070, "can0"));
+        let LogFrame::Error(e) = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(e.class, 0x4);
+        assert_eq!(
+            e.describe(),
+            "controller-problem{tx-error-passive},error-counter-tx-rx{{128}{0}}"
+        );
+        assert_eq!(error_frame_notation(&e), "20000004#0020000000008000");
+        let describe = |line: &str| match parse_candump_record(line).unwrap().2 {
+            LogFrame::Error(e) => e.describe(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            describe("(1.000000) can0 2000000A#0C00880800000000"),
+            "lost-arbitration{at bit 12},protocol-violation{{tx-dominant-bit-error,error-on-tx}{crc-sequence}}"
+        );
+        assert_eq!(
+            describe("(1.000000) can0 20000260#0000000000000000"),
+            "no-acknowledgement-on-tx,bus-off,error-counter-tx-rx{{0}{0}}"
+        );
+        assert_eq!(
+            describe("(1.000000) can0 20000010#0000000004000000"),
+            "transceiver-status{CANH-no-wire}"
+        );
+        // Not a command: the frame parser says so and names the class.
+        let err = parse_candump_line("(1.000000) can0 20000040#0000000000000000")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("bus-off"), "{err}");
+        assert!(parse_candump_record("(1.000000) can0 20000004##1").is_err());
+        assert!(parse_candump_record("(1.000000) can0 20000004#R").is_err());
     }
 }

@@ -10,24 +10,51 @@
 //! mutated files) and never panics; the codec is checked bit for bit against Python `cantools`
 //! (`runtime/tests/dbc_cantools.rs`).
 //!
+//! The `can-dbc` crate (10.0.0, a pest grammar) was tried on every file our tests and cantools
+//! read, the field cases of `runtime/tests/data/dbc/` included: it reads them all. It is not
+//! used because it also reads files that cantools refuses, losing data without a word: a `CM_`
+//! statement without its `;` followed by a `BO_` line parses, where cantools reports a syntax
+//! error and we report the missing `;` with both lines (test `errors_name_file_line_and_
+//! expectation`); its errors are grammar positions (`positives: [maximum]`) rather than "expected
+//! the maximum (a finite number), found `inf]`"; and everything this module checks after the
+//! grammar (signals that fit their message, overlaps under multiplexing, duplicate names and IDs,
+//! `SIG_VALTYPE_` lengths, multiplexer trees, long names) would still be ours on top of its
+//! syntax tree. Re-evaluate when it refuses what cantools refuses.
+//!
 //! # What is understood
 //!
-//! `VERSION`, `NS_`, `BS_`, `BU_`, `BO_` with its `SG_` lines, and `SIG_VALTYPE_` (IEEE float
-//! signals). The other statements (`CM_`, `BA_DEF_`, `BA_`, `VAL_`, `VAL_TABLE_`, `BO_TX_BU_`,
-//! `SIG_GROUP_`, `EV_`, `SG_MUL_VAL_`, ...) are skipped up to their `;`, quoted strings over
-//! several lines included; a skipped statement without its `;` is an error, not a silent loss of
-//! the messages after it. The pseudo-message `VECTOR__INDEPENDENT_SIG_MSG` that Vector tools
-//! write is skipped.
+//! `VERSION`, `NS_`, `BS_`, `BU_`, `BO_` with its `SG_` lines, `SIG_VALTYPE_` (IEEE float
+//! signals), `SG_MUL_VAL_` (extended multiplexing: which multiplexer values select a signal) and,
+//! among the `BA_` attributes, `SystemMessageLongSymbol` / `SystemSignalLongSymbol`: a message or
+//! signal is then named by its long name, as cantools shows it, and found by either name
+//! ([`Dbc::message_by_name`], [`Message::signal_index`]). The other statements (`CM_`,
+//! `BA_DEF_`, other `BA_`, `VAL_`, `VAL_TABLE_`, `BO_TX_BU_`, `SIG_GROUP_`, `EV_`, ...) are
+//! skipped up to their `;`, quoted strings over several lines included; a skipped statement
+//! without its `;` is an error, not a silent loss of the messages after it. A `//` comment runs
+//! to the end of its line, after a statement too (outside quoted strings). The pseudo-message
+//! `VECTOR__INDEPENDENT_SIG_MSG` that Vector tools write is skipped.
 //!
-//! Multiplexed messages (`M`, `m<k>`, `m<k>M` signals) are parsed and their layout recorded, but
-//! [`Message::encode_into_fd`] and [`Message::encode_into`] refuse them; [`Message::decode`] decodes them, writing NaN for the
-//! multiplexed signals that the multiplexer value does not select (all of them under extended
-//! multiplexing, `m<k>M`, which is not resolved).
+//! Files are bytes: [`Dbc::from_bytes`] reads UTF-8, and Windows-1252 (what Vector's tools write,
+//! and cantools' default encoding for DBC) when the bytes are not UTF-8 ([`decode_text`]).
+//!
+//! Multiplexed messages (`M`, `m<k>`, `m<k>M` signals) are parsed and their multiplexer tree
+//! resolved: a `m<k>` signal hangs off the message's `M` signal unless an `SG_MUL_VAL_` line
+//! names its multiplexer and value ranges ([`Signal::selector`], [`Message::is_active`]). Signals
+//! that no multiplexer value can select together may share bits (cantools' strict check); others
+//! may not. [`Message::encode_into_fd`] and [`Message::encode_into`] refuse multiplexed messages;
+//! [`Message::decode`] decodes them, writing NaN for the signals the payload's multiplexers do
+//! not select (cantools leaves them out).
+//!
+//! # Message lengths
+//!
+//! A message is 0 to 8 bytes (classic CAN), one of the longer CAN FD lengths 12, 16, 20, 24, 32,
+//! 48 and 64 ([`Message::is_fd`]), or, like cantools, any other length up to
+//! [`MAX_MESSAGE_LEN`] (1785 bytes): a J1939 parameter group that only a transport protocol
+//! carries. Such a message parses and decodes; [`Message::fits_one_frame`] is false and
+//! [`Message::encode_into_fd`] refuses it ([`SignalError::NotOneFrame`]).
 //!
 //! # Classic CAN and CAN FD
 //!
-//! A message is 0 to 8 bytes (classic CAN) or one of the longer CAN FD lengths 12, 16, 20, 24,
-//! 32, 48 and 64 ([`Message::is_fd`]); any other size (9, 10, 13, ..., 65) is a parse error.
 //! Signals may sit anywhere in the payload. [`Message::encode_into_fd`] encodes any message into
 //! a [`MAX_FD_LEN`]-byte buffer; [`Message::encode_into`] keeps the classic 8-byte buffer and
 //! refuses a CAN FD message ([`SignalError::TooLongForClassic`]). [`Message::decode`],
@@ -58,8 +85,9 @@
 //! Where cantools (45.1.0, `encode_message(..., strict=True)`) differs: it checks `[min|max]`
 //! unless both are written `0`, so a degenerate range (`min >= max`, other than `[0|0]`) refuses
 //! nearly every value there and none here; it packs an `f32` overflow as infinity and NaN as
-//! NaN where we refuse; and it decodes a multiplexed message by its multiplexer instead of
-//! writing NaN.
+//! NaN where we refuse; it leaves unselected multiplexed signals out of a decoding where we
+//! write NaN; it encodes J1939 groups of other lengths, which we refuse; and it reads a UTF-8
+//! file with non-ASCII text as cp1252 (`Â°`) where we read UTF-8.
 
 use crate::can::frame::{is_fd_len, MAX_CLASSIC_LEN, MAX_EXTENDED_ID, MAX_STANDARD_ID};
 use std::sync::Arc;
@@ -68,8 +96,31 @@ use std::sync::Arc;
 /// [`crate::can::MAX_FD_LEN`]).
 pub use crate::can::MAX_FD_LEN;
 
+/// Longest message a DBC may declare: 1785 bytes, the most the J1939 transport protocol
+/// carries (J1939-21), and the limit of Vector's DBC editor. cantools accepts any length.
+pub const MAX_MESSAGE_LEN: usize = 1785;
+
 /// Bytes of the window a signal is read through: a 64-bit signal starting mid-byte spans 9.
 const WINDOW: usize = 16;
+
+/// The text of a DBC file: the bytes as UTF-8 when they are valid UTF-8, else decoded as
+/// Windows-1252 (WHATWG's `windows-1252`, through `encoding_rs`). cantools (45.1.0) reads every
+/// DBC file as cp1252 unless told otherwise; the one difference is a file that is valid UTF-8
+/// with non-ASCII text (`°` as C2 B0), which cantools shows as `Â°` and we as `°`. Python's
+/// cp1252 refuses the five bytes Windows-1252 leaves undefined (81, 8D, 8F, 90, 9D) where
+/// WHATWG maps them to C1 control characters: such a file reads here and not in cantools.
+/// Identifiers, numbers and keywords are ASCII in both encodings, so only units, comments and
+/// other strings can differ.
+pub fn decode_text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => {
+            encoding_rs::WINDOWS_1252
+                .decode_without_bom_handling(bytes)
+                .0
+        }
+    }
+}
 
 /// A parse or validation error: the file, the 1-based line, what was wrong or expected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +180,11 @@ pub enum SignalError {
          `encode_into`; use `encode_into_fd`"
     )]
     TooLongForClassic { message: Arc<str>, size: usize },
+    #[error(
+        "message `{message}` is {size} bytes, not a CAN frame length (a J1939 parameter group \
+         for the transport protocol)"
+    )]
+    NotOneFrame { message: Arc<str>, size: usize },
 }
 
 /// Bit numbering of a signal (`@1` / `@0` in the DBC).
@@ -183,6 +239,18 @@ pub struct Signal {
     unit: String,
     receivers: Vec<String>,
     multiplex: Multiplex,
+    /// What selects a multiplexed signal, resolved once the whole file is read.
+    selector: Option<Selector>,
+    /// The `SG_` line's name when a long name replaced it.
+    short_name: Option<Arc<str>>,
+}
+
+/// The multiplexer signal (index in the message) whose raw value selects a signal, and the
+/// inclusive raw ranges that do.
+#[derive(Debug, Clone, PartialEq)]
+struct Selector {
+    switch: usize,
+    values: Vec<(u64, u64)>,
 }
 
 /// One `BO_` message.
@@ -191,11 +259,11 @@ pub struct Message {
     name: Arc<str>,
     id: u32,
     extended: bool,
-    size: u8,
+    size: u16,
     sender: String,
     signals: Vec<Signal>,
-    /// The `M` signal under simple multiplexing.
-    multiplexor: Option<usize>,
+    /// The `BO_` line's name when a long name replaced it.
+    short_name: Option<Arc<str>>,
 }
 
 /// A parsed DBC file.
@@ -212,6 +280,14 @@ impl Dbc {
         Parser::new(text, source).run()
     }
 
+    /// Reads a DBC file's bytes as the tools that write them do, then parses it: UTF-8 (a
+    /// leading byte-order mark dropped) when the bytes are valid UTF-8, else Windows-1252, the
+    /// encoding Vector's tools write and cantools' default for DBC files (`°` is the byte B0).
+    /// See [`decode_text`].
+    pub fn from_bytes(bytes: &[u8], source: &str) -> Result<Dbc, DbcError> {
+        Self::parse(&decode_text(bytes), source)
+    }
+
     pub fn version(&self) -> &str {
         &self.version
     }
@@ -226,8 +302,17 @@ impl Dbc {
         &self.messages
     }
 
+    /// The message with this name: the name cantools shows (a `SystemMessageLongSymbol`
+    /// long name) or the short name of its `BO_` line.
     pub fn message_by_name(&self, name: &str) -> Option<&Message> {
-        self.messages.iter().find(|m| &*m.name == name)
+        self.message_index(name).map(|i| &self.messages[i])
+    }
+
+    /// The index in [`Dbc::messages`] of the message with this (long or short) name.
+    pub fn message_index(&self, name: &str) -> Option<usize> {
+        self.messages
+            .iter()
+            .position(|m| &*m.name == name || m.short_name.as_deref() == Some(name))
     }
 
     /// The message with this CAN ID and ID format (`id` without the DBC's bit 31).
@@ -262,6 +347,45 @@ impl Message {
         self.size() > MAX_CLASSIC_LEN
     }
 
+    /// Whether one CAN frame holds the message: 0 to 8 bytes, or a CAN FD length (12, 16, 20,
+    /// 24, 32, 48, 64). Other sizes (J1939 parameter groups of 9 to 1785 bytes) travel only with
+    /// a transport protocol; [`Message::encode_into_fd`] refuses them.
+    pub fn fits_one_frame(&self) -> bool {
+        self.size() <= MAX_FD_LEN && is_fd_len(self.size())
+    }
+
+    /// The short name of the `BO_` line when a `SystemMessageLongSymbol` attribute gave the
+    /// message a long [`Message::name`] (what cantools shows).
+    pub fn short_name(&self) -> Option<&str> {
+        self.short_name.as_deref()
+    }
+
+    /// Whether signal `index` is in a payload: always for a signal that is not multiplexed;
+    /// for a multiplexed one, when its multiplexer's raw value is one of those that select it
+    /// (`m<k>`, or the ranges of its `SG_MUL_VAL_` line) and that multiplexer is itself in the
+    /// payload. `false` for an index past the signals or a payload too short. Does not
+    /// allocate.
+    pub fn is_active(&self, index: usize, data: &[u8]) -> bool {
+        let mut at = index;
+        // The parser refuses selector loops, so a chain is shorter than the signal count.
+        for _ in 0..=self.signals.len() {
+            let Some(signal) = self.signals.get(at) else {
+                return false;
+            };
+            let Some(sel) = &signal.selector else {
+                return true;
+            };
+            let Some(raw) = self.signals.get(sel.switch).and_then(|s| s.extract(data)) else {
+                return false;
+            };
+            if !sel.values.iter().any(|&(lo, hi)| lo <= raw && raw <= hi) {
+                return false;
+            }
+            at = sel.switch;
+        }
+        false
+    }
+
     pub fn sender(&self) -> &str {
         &self.sender
     }
@@ -272,13 +396,17 @@ impl Message {
         &self.signals
     }
 
+    /// The signal with this (long or short) name.
     pub fn signal(&self, name: &str) -> Option<&Signal> {
-        self.signals.iter().find(|s| &*s.name == name)
+        self.signal_index(name).map(|i| &self.signals[i])
     }
 
-    /// The index of a signal in [`Message::signals`].
+    /// The index in [`Message::signals`] of the signal with this name: the name cantools shows
+    /// (a `SystemSignalLongSymbol` long name) or the short name of its `SG_` line.
     pub fn signal_index(&self, name: &str) -> Option<usize> {
-        self.signals.iter().position(|s| &*s.name == name)
+        self.signals
+            .iter()
+            .position(|s| &*s.name == name || s.short_name.as_deref() == Some(name))
     }
 
     /// Whether any signal is a multiplexer or multiplexed.
@@ -320,6 +448,12 @@ impl Message {
                 message: self.name.clone(),
             });
         }
+        if !self.fits_one_frame() {
+            return Err(SignalError::NotOneFrame {
+                message: self.name.clone(),
+                size: self.size(),
+            });
+        }
         let mut buf = [0u8; MAX_FD_LEN];
         for (index, value) in values {
             let signal = self
@@ -355,15 +489,9 @@ impl Message {
                 len: out.len(),
             });
         }
-        let switch = self.multiplexor.and_then(|i| self.signals[i].extract(data));
-        for (signal, slot) in self.signals.iter().zip(out.iter_mut()) {
-            let active = match signal.multiplex {
-                Multiplex::None | Multiplex::Multiplexor => true,
-                Multiplex::Multiplexed(k) => switch == Some(k),
-                Multiplex::MultiplexedMultiplexor(_) => false,
-            };
+        for (i, (signal, slot)) in self.signals.iter().zip(out.iter_mut()).enumerate() {
             *slot = match signal.extract(data) {
-                Some(raw) if active => signal.raw_to_physical(raw),
+                Some(raw) if self.is_active(i, data) => signal.raw_to_physical(raw),
                 _ => f64::NAN,
             };
         }
@@ -421,6 +549,20 @@ impl Signal {
 
     pub fn multiplex(&self) -> Multiplex {
         self.multiplex
+    }
+
+    /// The short name of the `SG_` line when a `SystemSignalLongSymbol` attribute gave the
+    /// signal a long [`Signal::name`] (what cantools shows).
+    pub fn short_name(&self) -> Option<&str> {
+        self.short_name.as_deref()
+    }
+
+    /// The multiplexer that selects this signal and the raw values that do, `None` for a
+    /// signal that is always present.
+    pub fn selector(&self) -> Option<(usize, &[(u64, u64)])> {
+        self.selector
+            .as_ref()
+            .map(|s| (s.switch, s.values.as_slice()))
     }
 
     fn mask(&self) -> u64 {
@@ -553,15 +695,15 @@ impl Signal {
         Some((x >> self.place.shift) as u64 & self.mask())
     }
 
-    /// The payload bits the signal occupies (for overlap checks).
-    fn occupancy(&self) -> [u8; MAX_FD_LEN] {
-        let mut buf = [0u8; MAX_FD_LEN];
+    /// The payload bits the signal occupies in a `size`-byte message (for overlap checks).
+    fn occupancy(&self, size: usize) -> Vec<u8> {
+        let mut buf = vec![0u8; size];
         self.insert(u64::MAX, &mut buf);
         buf
     }
 
-    fn overlaps(&self, other: &Signal) -> bool {
-        let (a, b) = (self.occupancy(), other.occupancy());
+    fn overlaps(&self, other: &Signal, size: usize) -> bool {
+        let (a, b) = (self.occupancy(size), other.occupancy(size));
         a.iter().zip(&b).any(|(x, y)| x & y != 0)
     }
 }
@@ -571,11 +713,11 @@ impl Signal {
 /// (zero past the payload's end), and the signal is `length` bits from bit `shift` of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Placement {
-    first: u8,
+    first: u16,
     /// At most 7 + 64 = 71 bits from the window's least significant bit.
     shift: u8,
     /// Payload bytes the signal reaches into.
-    needed: u8,
+    needed: u16,
 }
 
 impl Placement {
@@ -592,9 +734,9 @@ impl Placement {
             }
         };
         Placement {
-            first: (first_bit / 8) as u8,
+            first: (first_bit / 8) as u16,
             shift: shift as u8,
-            needed: (first_bit + length).div_ceil(8) as u8,
+            needed: (first_bit + length).div_ceil(8) as u16,
         }
     }
 }
@@ -711,9 +853,9 @@ impl<'a> Parser<'a> {
         rest[..end].trim_end_matches('\r')
     }
 
-    /// The rest of the current line, consumed up to the newline.
+    /// The rest of the current line, consumed up to the newline, without a `//` comment.
     fn take_line(&mut self) -> Line<'a> {
-        let s = self.peek_line();
+        let s = strip_comment(self.peek_line());
         let rest = &self.text[self.pos..];
         self.pos += rest.find('\n').unwrap_or(rest.len());
         Line {
@@ -752,6 +894,11 @@ impl<'a> Parser<'a> {
                 b'\\' if string_from.is_some() && bytes.get(self.pos) == Some(&b'"') => {
                     self.pos += 1;
                 }
+                // A `//` comment outside strings runs to the end of the line.
+                b'/' if string_from.is_none() && bytes.get(self.pos) == Some(&b'/') => {
+                    let rest = &self.text[self.pos..];
+                    self.pos += rest.find('\n').unwrap_or(rest.len());
+                }
                 b'"' => {
                     string_from = match string_from {
                         None => Some(self.line),
@@ -777,7 +924,11 @@ impl<'a> Parser<'a> {
         let mut current: Option<usize> = None;
         let mut skipping = false;
         let mut message_lines = Vec::new();
+        // Per message, the line of each signal.
+        let mut signal_lines: Vec<Vec<usize>> = Vec::new();
         let mut valtypes = Vec::new();
+        let mut mul_vals = Vec::new();
+        let mut long_names = Vec::new();
         loop {
             self.skip_space();
             if self.pos >= self.text.len() {
@@ -793,7 +944,10 @@ impl<'a> Parser<'a> {
             if keyword == "SG_" {
                 let mut l = self.take_line();
                 match current {
-                    Some(i) => parse_signal(&mut l, &mut dbc.messages[i])?,
+                    Some(i) => {
+                        parse_signal(&mut l, &mut dbc.messages[i])?;
+                        signal_lines[i].push(line);
+                    }
                     None if skipping => {}
                     None => {
                         return Err(l.error(
@@ -817,7 +971,7 @@ impl<'a> Parser<'a> {
                     // Indented lines of one keyword each; the block ends at the first other line.
                     loop {
                         self.skip_space();
-                        let next = self.peek_line().trim();
+                        let next = strip_comment(self.peek_line()).trim();
                         if next.is_empty() || leading_ident(next) != next {
                             break;
                         }
@@ -861,6 +1015,7 @@ impl<'a> Parser<'a> {
                             }
                             dbc.messages.push(m);
                             message_lines.push(line);
+                            signal_lines.push(Vec::new());
                             current = Some(dbc.messages.len() - 1);
                         }
                     }
@@ -880,6 +1035,20 @@ impl<'a> Parser<'a> {
                         signal,
                         kind,
                     });
+                }
+                "SG_MUL_VAL_" => {
+                    let from = self.pos;
+                    self.skip_statement("SG_MUL_VAL_", line)?;
+                    let mut l = self.statement(from, line);
+                    mul_vals.push(parse_mul_val(&mut l)?);
+                }
+                "BA_" => {
+                    let from = self.pos;
+                    self.skip_statement("BA_", line)?;
+                    let mut l = self.statement(from, line);
+                    if let Some(n) = parse_long_name(&mut l)? {
+                        long_names.push(n);
+                    }
                 }
                 k if SKIPPED.contains(&k) => self.skip_statement(k, line)?,
                 "" => {
@@ -924,14 +1093,139 @@ impl<'a> Parser<'a> {
                     ),
                 ));
             }
-            if switches == 1 && !extended {
-                m.multiplexor = m
-                    .signals
-                    .iter()
-                    .position(|s| s.multiplex == Multiplex::Multiplexor);
-            }
+        }
+        for (mi, m) in dbc.messages.iter_mut().enumerate() {
+            self.resolve_multiplexing(m, &mul_vals)?;
+            check_overlaps(m, &signal_lines[mi], self.file)?;
+        }
+        for n in &long_names {
+            self.apply_long_name(&mut dbc, n)?;
         }
         Ok(dbc)
+    }
+
+    /// The line of a statement read from byte `from` to the current position (its `;`).
+    fn statement(&self, from: usize, line: usize) -> Line<'a> {
+        Line {
+            s: &self.text[from..self.pos],
+            pos: 0,
+            line,
+            file: self.file,
+        }
+    }
+
+    /// Gives every multiplexed signal of `m` its [`Selector`]: the ranges of its `SG_MUL_VAL_`
+    /// line when it has one (extended multiplexing), else the message's single `M` signal with
+    /// its own `m<k>` value. Without either (several `M`, no `SG_MUL_VAL_`), the signal is never
+    /// selected, as its multiplexer is unknown.
+    fn resolve_multiplexing(&self, m: &mut Message, mul_vals: &[MulVal]) -> Result<(), DbcError> {
+        let mut switches = m
+            .signals
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.multiplex == Multiplex::Multiplexor);
+        let single = match (switches.next(), switches.next()) {
+            (Some((i, _)), None) => Some(i),
+            _ => None,
+        };
+        for si in 0..m.signals.len() {
+            let k = match m.signals[si].multiplex {
+                Multiplex::Multiplexed(k) | Multiplex::MultiplexedMultiplexor(k) => k,
+                _ => continue,
+            };
+            let explicit = mul_vals.iter().find(|v| {
+                split_id(v.raw_id) == Some((m.id, m.extended)) && *v.signal == *m.signals[si].name
+            });
+            let selector = match (explicit, single) {
+                (Some(v), _) => {
+                    let switch = m
+                        .signals
+                        .iter()
+                        .position(|s| *s.name == *v.switch)
+                        .ok_or_else(|| {
+                            self.error(
+                                v.line,
+                                format!(
+                                    "`SG_MUL_VAL_`: message `{}` has no signal `{}`",
+                                    m.name, v.switch
+                                ),
+                            )
+                        })?;
+                    let is_switch = matches!(
+                        m.signals[switch].multiplex,
+                        Multiplex::Multiplexor | Multiplex::MultiplexedMultiplexor(_)
+                    );
+                    if !is_switch || switch == si {
+                        return Err(self.error(
+                            v.line,
+                            format!(
+                                "`SG_MUL_VAL_`: `{}` of message `{}` is not a multiplexer of \
+                                 `{}` (a multiplexer is marked `M` or `m<k>M`)",
+                                v.switch, m.name, v.signal
+                            ),
+                        ));
+                    }
+                    Selector {
+                        switch,
+                        values: v.ranges.clone(),
+                    }
+                }
+                (None, Some(switch)) => Selector {
+                    switch,
+                    values: vec![(k, k)],
+                },
+                (None, None) => Selector {
+                    switch: usize::MAX,
+                    values: vec![],
+                },
+            };
+            m.signals[si].selector = Some(selector);
+        }
+        for si in 0..m.signals.len() {
+            let links = chain(m, si);
+            // Without a loop, a chain passes each other signal at most once.
+            if links.iter().filter(|(s, _)| *s != usize::MAX).count() >= m.signals.len() {
+                return Err(self.error(
+                    mul_vals.first().map_or(1, |v| v.line),
+                    format!(
+                        "the multiplexers of message `{}` select each other in a loop \
+                         (`SG_MUL_VAL_` lines)",
+                        m.name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Renames a message or signal after its `SystemMessageLongSymbol` /
+    /// `SystemSignalLongSymbol` attribute, keeping the short name for look-ups.
+    fn apply_long_name(&self, dbc: &mut Dbc, n: &LongName) -> Result<(), DbcError> {
+        let (id, extended) = split_id(n.raw_id).ok_or_else(|| {
+            self.error(n.line, format!("message ID {} is out of range", n.raw_id))
+        })?;
+        let Some(message) = dbc
+            .messages
+            .iter_mut()
+            .find(|m| m.id == id && m.extended == extended)
+        else {
+            // cantools ignores attributes of messages the file does not define.
+            return Ok(());
+        };
+        let long: Arc<str> = n.name.as_str().into();
+        match &n.signal {
+            None => {
+                let short = std::mem::replace(&mut message.name, long);
+                message.short_name = Some(short);
+            }
+            Some(sig) => {
+                if let Some(s) = message.signals.iter_mut().find(|s| *s.name == **sig) {
+                    let short = std::mem::replace(&mut s.name, long);
+                    s.short_name = Some(short);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn apply_valtype(&self, dbc: &mut Dbc, v: &ValType) -> Result<(), DbcError> {
@@ -990,6 +1284,163 @@ impl<'a> Parser<'a> {
     }
 }
 
+/// The `(multiplexer, selecting ranges)` links from signal `si` up to an always-present
+/// signal, at most `signals.len()` of them (more means a loop).
+fn chain(m: &Message, si: usize) -> Vec<(usize, &[(u64, u64)])> {
+    let mut out = Vec::new();
+    let mut at = si;
+    while let Some(sel) = m.signals.get(at).and_then(|s| s.selector.as_ref()) {
+        out.push((sel.switch, sel.values.as_slice()));
+        if out.len() >= m.signals.len() {
+            break;
+        }
+        at = sel.switch;
+    }
+    out
+}
+
+/// Whether two signals can never be in the same payload: some multiplexer selects them with
+/// disjoint values, or one hangs off a multiplexer the file leaves unknown.
+fn exclusive(m: &Message, a: usize, b: usize) -> bool {
+    let (ca, cb) = (chain(m, a), chain(m, b));
+    let unknown = |c: &[(usize, &[(u64, u64)])]| c.iter().any(|(s, _)| *s == usize::MAX);
+    if (unknown(&ca) && !cb.is_empty()) || (unknown(&cb) && !ca.is_empty()) {
+        return true;
+    }
+    ca.iter().any(|(sa, va)| {
+        cb.iter().any(|(sb, vb)| {
+            sa == sb
+                && !va
+                    .iter()
+                    .any(|&(lo, hi)| vb.iter().any(|&(l2, h2)| lo <= h2 && l2 <= hi))
+        })
+    })
+}
+
+/// Refuses two signals that share payload bits and can be in the same payload (cantools'
+/// strict check); `lines` holds each signal's line.
+fn check_overlaps(m: &Message, lines: &[usize], file: &str) -> Result<(), DbcError> {
+    for b in 1..m.signals.len() {
+        for a in 0..b {
+            if !exclusive(m, a, b) && m.signals[a].overlaps(&m.signals[b], m.size()) {
+                return Err(DbcError {
+                    file: file.to_owned(),
+                    line: lines.get(b).copied().unwrap_or(0),
+                    message: format!(
+                        "signal `{}` overlaps signal `{}` in message `{}`",
+                        m.signals[b].name, m.signals[a].name, m.name
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `SG_MUL_VAL_` statement: which multiplexer values select a signal.
+struct MulVal {
+    line: usize,
+    raw_id: u64,
+    signal: String,
+    switch: String,
+    ranges: Vec<(u64, u64)>,
+}
+
+/// `SG_MUL_VAL_ <id> <signal> <multiplexer> <lo>-<hi>[, <lo>-<hi>...];`
+fn parse_mul_val(l: &mut Line<'_>) -> Result<MulVal, DbcError> {
+    l.word("SG_MUL_VAL_")?;
+    let raw_id = l.integer("the message ID")?;
+    let signal = l.ident("the multiplexed signal's name")?.to_owned();
+    let switch = l.ident("the multiplexer signal's name")?.to_owned();
+    let mut ranges = Vec::new();
+    loop {
+        let lo = l.integer("a multiplexer value range `<low>-<high>`")?;
+        l.expect(b'-', "`-` between the low and high multiplexer values")?;
+        let hi = l.integer("the high multiplexer value")?;
+        if hi < lo {
+            return Err(l.error(format!("multiplexer value range {lo}-{hi} is empty")));
+        }
+        ranges.push((lo, hi));
+        l.skip_ws();
+        match l.peek() {
+            Some(b',') => l.pos += 1,
+            Some(b';') => break,
+            _ => return Err(l.error_found("`,` or `;` after a multiplexer value range")),
+        }
+    }
+    Ok(MulVal {
+        line: l.line,
+        raw_id,
+        signal,
+        switch,
+        ranges,
+    })
+}
+
+/// A long name from a `SystemMessageLongSymbol` / `SystemSignalLongSymbol` attribute.
+struct LongName {
+    line: usize,
+    raw_id: u64,
+    /// The signal's short name, `None` for the message's own name.
+    signal: Option<String>,
+    name: String,
+}
+
+/// `BA_ "SystemMessageLongSymbol" BO_ <id> "<name>";` or `BA_ "SystemSignalLongSymbol" SG_
+/// <id> <signal> "<name>";`; `None` for any other attribute (skipped).
+fn parse_long_name(l: &mut Line<'_>) -> Result<Option<LongName>, DbcError> {
+    l.word("BA_")?;
+    let Ok(attribute) = l.string("the attribute name") else {
+        return Ok(None);
+    };
+    let signal = match attribute {
+        "SystemMessageLongSymbol" => {
+            l.word("BO_")?;
+            false
+        }
+        "SystemSignalLongSymbol" => {
+            l.word("SG_")?;
+            true
+        }
+        _ => return Ok(None),
+    };
+    let raw_id = l.integer("the message ID")?;
+    let signal = if signal {
+        Some(l.ident("the signal name")?.to_owned())
+    } else {
+        None
+    };
+    let name = l.string("the long name")?;
+    if name.is_empty() || !name.bytes().all(is_ident_byte) {
+        return Err(l.error(format!(
+            "long name `{name}` must be a non-empty identifier (letters, digits, `_`)"
+        )));
+    }
+    Ok(Some(LongName {
+        line: l.line,
+        raw_id,
+        signal,
+        name: name.to_owned(),
+    }))
+}
+
+/// `s` without a `//` comment that starts outside a quoted string.
+fn strip_comment(s: &str) -> &str {
+    let b = s.as_bytes();
+    let mut in_string = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' if in_string && b.get(i + 1) == Some(&b'"') => i += 1,
+            b'"' => in_string = !in_string,
+            b'/' if !in_string && b.get(i + 1) == Some(&b'/') => return &s[..i],
+            _ => {}
+        }
+        i += 1;
+    }
+    s
+}
+
 /// `(id, extended)` of a DBC message ID (bit 31 = extended), if in range.
 fn split_id(raw: u64) -> Option<(u32, bool)> {
     let raw = u32::try_from(raw).ok()?;
@@ -1036,20 +1487,21 @@ fn parse_message(l: &mut Line<'_>) -> Result<Option<Message>, DbcError> {
         };
         l.error(message)
     })?;
-    if !usize::try_from(size).is_ok_and(|n| n <= MAX_FD_LEN && is_fd_len(n)) {
+    if !usize::try_from(size).is_ok_and(|n| n <= MAX_MESSAGE_LEN) {
         return Err(l.error(format!(
-            "message `{name}` is {size} bytes: a CAN message is 0 to 8 bytes (classic) or one \
-             of the CAN FD lengths 12, 16, 20, 24, 32, 48 and 64"
+            "message `{name}` is {size} bytes: a DBC message is at most {MAX_MESSAGE_LEN} bytes \
+             (a J1939 parameter group sent with the transport protocol; one CAN frame holds 0 to \
+             8 bytes, or 12, 16, 20, 24, 32, 48 or 64 with CAN FD)"
         )));
     }
     Ok(Some(Message {
         name: name.into(),
         id,
         extended,
-        size: size as u8,
+        size: size as u16,
         sender: sender.to_owned(),
         signals: Vec::new(),
-        multiplexor: None,
+        short_name: None,
     }))
 }
 
@@ -1161,23 +1613,9 @@ fn parse_signal(l: &mut Line<'_>, message: &mut Message) -> Result<(), DbcError>
         unit,
         receivers,
         multiplex,
+        selector: None,
+        short_name: None,
     };
-    for other in &message.signals {
-        let exclusive = match (signal.multiplex, other.multiplex) {
-            (Multiplex::Multiplexed(a), Multiplex::Multiplexed(b)) => a != b,
-            (
-                Multiplex::Multiplexed(_) | Multiplex::MultiplexedMultiplexor(_),
-                Multiplex::Multiplexed(_) | Multiplex::MultiplexedMultiplexor(_),
-            ) => true,
-            _ => false,
-        };
-        if !exclusive && signal.overlaps(other) {
-            return Err(l.error(format!(
-                "signal `{name}` overlaps signal `{}` in message `{}`",
-                other.name, message.name
-            )));
-        }
-    }
     message.signals.push(signal);
     Ok(())
 }
@@ -1528,11 +1966,28 @@ SIG_VALTYPE_ 2147484049 f : 1;
             let text = format!("BO_ 1 M: {size} X\n");
             assert_eq!(Dbc::parse(&text, "x").unwrap().messages()[0].size(), size);
         }
-        for size in [9, 10, 11, 13, 15, 17, 25, 33, 47, 49, 63, 65, 128, 256] {
+        // J1939 parameter groups: any length up to 1785 bytes, read as cantools reads them, but
+        // not one frame (the codec refuses to send them; encode_into_fd refuses them).
+        for size in [
+            9, 10, 11, 13, 15, 17, 25, 33, 47, 49, 63, 65, 128, 256, 1785,
+        ] {
+            let dbc = Dbc::parse(&format!("BO_ 1 M: {size} X\n"), "x").unwrap();
+            let m = &dbc.messages()[0];
+            assert_eq!(
+                (m.size(), m.is_fd(), m.fits_one_frame()),
+                (size, true, false)
+            );
+            let mut data = [0u8; MAX_FD_LEN];
+            assert!(matches!(
+                m.encode_into_fd([], &mut data),
+                Err(SignalError::NotOneFrame { .. })
+            ));
+        }
+        for size in [1786, 4096] {
             let e = parse_err(&format!("BO_ 1 M: {size} X\n"));
             assert!(
                 e.contains(&format!("line 1: message `M` is {size} bytes"))
-                    && e.contains("CAN FD lengths 12, 16, 20, 24, 32, 48 and 64"),
+                    && e.contains("at most 1785 bytes"),
                 "{e}"
             );
         }
@@ -1807,9 +2262,8 @@ SIG_VALTYPE_ 2147484049 f : 1;
             ("BO_ 257 M: 8 X\n", "line 4: duplicate message name `M` (first on line 3)"),
             ("BO_ 2048 N: 8 X\n", "line 4: standard ID 0x800 of message `N` exceeds 11 bits"),
             ("BO_ 2684354560 N: 8 X\n", "line 4: extended ID 0x20000000 of message `N` exceeds 29 bits"),
-            ("BO_ 300 N: 9 X\n", "line 4: message `N` is 9 bytes: a CAN message is 0 to 8 bytes (classic) or one of the CAN FD lengths 12, 16, 20, 24, 32, 48 and 64"),
-            ("BO_ 300 N: 65 X\n", "line 4: message `N` is 65 bytes: a CAN message is 0 to 8 bytes (classic) or one of the CAN FD lengths"),
-            ("BO_ 300 N: 13 X\n", "line 4: message `N` is 13 bytes"),
+            ("BO_ 300 N: 1786 X\n", "line 4: message `N` is 1786 bytes: a DBC message is at most 1785 bytes"),
+            ("BO_ 300 N: 9 X\n SG_ a : 72|1@1+ (1,0) [0|0] \"\" X\n", "line 5: signal `a` (Intel, LSB at bit 72, 1 bits) does not fit the 9-byte message `N`"),
             ("BO_ 300 N: 99999999999999999999 X\n", "line 4: expected the message size in bytes"),
             ("BO_ 300 N: 18446744073709551615 X\n", "line 4: message `N` is 18446744073709551615 bytes"),
             ("BO_ 300 N: 16 X\n SG_ a : 121|8@1+ (1,0) [0|0] \"\" X\n", "line 5: signal `a` (Intel, LSB at bit 121, 8 bits) does not fit the 16-byte message `N`"),
@@ -1850,6 +2304,132 @@ SIG_VALTYPE_ 2147484049 f : 1;
         // Windows line ends and a BOM.
         let crlf = format!("\u{FEFF}{}", text.replace('\n', "\r\n"));
         assert_eq!(Dbc::parse(&crlf, "x").unwrap(), dbc);
+    }
+
+    /// `//` comments after statements (issue 15, kind 4): on `VERSION`, `BU_`, `BO_`, `SG_`
+    /// lines and after skipped statements; `//` inside a string is text.
+    #[test]
+    fn comments_after_statements() {
+        let text = "VERSION \"v\" // version\nNS_ : // symbols\n\tCM_ // comment\nBS_: // rates\nBU_: A B // nodes\nBO_ 1 M: 8 A // message\n SG_ s : 0|8@1+ (1,0) [0|0] \"u//nit\" B // signal\n SG_ t : 8|8@1+ (1,0) [0|0] \"\" B//tight\nCM_ SG_ 1 s \"a // b ; c\"; // after\nVAL_ 1 s 0 \"zero\" // a comment with ; and \"quote\n 1 \"one\";\n";
+        let dbc = Dbc::parse(text, "c.dbc").unwrap();
+        assert_eq!(dbc.version(), "v");
+        assert_eq!(dbc.nodes(), ["A", "B"]);
+        let m = &dbc.messages()[0];
+        assert_eq!((m.sender(), m.signals().len()), ("A", 2));
+        assert_eq!(m.signals()[0].unit(), "u//nit");
+        assert_eq!(m.signals()[1].receivers(), ["B"]);
+    }
+
+    /// Extended multiplexing: `SG_MUL_VAL_` says which multiplexer values select a signal, so
+    /// signals under different values of different multiplexers may share bits. Without those
+    /// lines the same file is refused, as cantools refuses it (both `m2`, one `M`).
+    #[test]
+    fn extended_multiplexing() {
+        let text = include_str!("../../tests/data/dbc/extended_mux.dbc");
+        let dbc = Dbc::parse(text, "x.dbc").unwrap();
+        let m = dbc.message_by_name("ArmDiag").unwrap();
+        let idx = |n: &str| m.signal_index(n).unwrap();
+        assert_eq!(
+            m.signals()[idx("TempA")].selector(),
+            Some((idx("SubPage"), &[(2, 2)][..]))
+        );
+        assert_eq!(
+            m.signals()[idx("Volts")].selector(),
+            Some((idx("Page"), &[(0, 0)][..]))
+        );
+        // Page 1, SubPage 2: TempA; Page 2: Errors; Page 1 SubPage 3: TempB.
+        let active = |data: [u8; 8]| -> Vec<&str> {
+            (0..m.signals().len())
+                .filter(|&i| m.is_active(i, &data))
+                .map(|i| m.signals()[i].name())
+                .collect()
+        };
+        assert_eq!(
+            active([1, 2, 0, 0, 0, 0, 0, 0]),
+            ["Page", "SubPage", "TempA"]
+        );
+        assert_eq!(
+            active([1, 3, 0, 0, 0, 0, 0, 0]),
+            ["Page", "SubPage", "TempB"]
+        );
+        assert_eq!(active([2, 3, 0, 0, 0, 0, 0, 0]), ["Page", "Errors"]);
+        assert_eq!(active([0, 2, 0, 0, 0, 0, 0, 0]), ["Page", "Volts"]);
+        let mut out = [0.0; 6];
+        m.decode(&[2, 3, 7, 0, 0, 0, 0, 0], &mut out).unwrap();
+        assert_eq!(out[idx("Errors")], 7.0);
+        assert!(out[idx("TempA")].is_nan() && out[idx("Volts")].is_nan());
+        let without: String = text
+            .lines()
+            .filter(|l| !l.starts_with("SG_MUL_VAL_"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(
+            parse_err(&without).contains("overlaps"),
+            "{}",
+            parse_err(&without)
+        );
+        // Errors in SG_MUL_VAL_ lines name the line.
+        let bad = text.replace(
+            "SG_MUL_VAL_ 512 TempA SubPage 2-2;",
+            "SG_MUL_VAL_ 512 TempA Nope 2-2;",
+        );
+        assert!(parse_err(&bad).contains("`SG_MUL_VAL_`: message `ArmDiag` has no signal `Nope`"));
+        let bad = text.replace(
+            "SG_MUL_VAL_ 512 TempA SubPage 2-2;",
+            "SG_MUL_VAL_ 512 TempA Volts 2-2;",
+        );
+        assert!(parse_err(&bad).contains("`Volts` of message `ArmDiag` is not a multiplexer"));
+        let bad = text.replace(
+            "SG_MUL_VAL_ 512 TempA SubPage 2-2;",
+            "SG_MUL_VAL_ 512 TempA SubPage 3-2;",
+        );
+        assert!(parse_err(&bad).contains("range 3-2 is empty"));
+        let bad = text.replace(
+            "SG_MUL_VAL_ 512 SubPage Page 1-1;",
+            "SG_MUL_VAL_ 512 SubPage SubPage 1-1;",
+        );
+        assert!(parse_err(&bad).contains("is not a multiplexer"));
+    }
+
+    /// A lone extended-multiplexed signal whose multiplexer the file does not give parses (it is
+    /// never selected); multiplexers that select each other are refused.
+    #[test]
+    fn multiplexer_edge_cases() {
+        let dbc = Dbc::parse(
+            &format!("{HEAD} SG_ a m0M : 0|8@1+ (1,0) [0|0] \"\" X\n"),
+            "x",
+        )
+        .unwrap();
+        let m = &dbc.messages()[0];
+        assert!(!m.is_active(0, &[0; 8]));
+        let looped = format!(
+            "{HEAD} SG_ a m0M : 0|8@1+ (1,0) [0|0] \"\" X\n SG_ b m0M : 8|8@1+ (1,0) [0|0] \"\" X\n\
+             SG_MUL_VAL_ 256 a b 0-0;\nSG_MUL_VAL_ 256 b a 0-0;\n"
+        );
+        assert!(
+            parse_err(&looped).contains("select each other in a loop"),
+            "{}",
+            parse_err(&looped)
+        );
+    }
+
+    /// `SystemMessageLongSymbol` / `SystemSignalLongSymbol`: the long name is the name, the
+    /// short one still finds the message or signal.
+    #[test]
+    fn long_names() {
+        let text = include_str!("../../tests/data/dbc/long_names.dbc");
+        let dbc = Dbc::parse(text, "l.dbc").unwrap();
+        let m = dbc
+            .message_by_name("ArmCommandShoulderAndElbowJointTargets")
+            .unwrap();
+        assert_eq!(m.short_name(), Some("ArmCommandShoulderAndElbowJo"));
+        assert_eq!(dbc.message_by_name("ArmCommandShoulderAndElbowJo"), Some(m));
+        let s = &m.signals()[0];
+        assert_eq!(s.name(), "ShoulderPanTargetPositionRadians");
+        assert_eq!(m.signal_index("ShoulderPanTargetPositionRa"), Some(0));
+        assert_eq!(m.signals()[1].short_name(), None);
+        let bad = text.replace("\"ShoulderPanTargetPositionRadians\"", "\"has space\"");
+        assert!(parse_err(&bad).contains("long name `has space`"));
     }
 
     /// A random signal that fits a message of `size` bytes: (start bit, length, Intel, signed).
@@ -1959,7 +2539,7 @@ SIG_VALTYPE_ 2147484049 f : 1;
             s.insert(raw, &mut data);
             prop_assert_eq!(s.extract(&data), Some(raw & s.mask()));
             // The other bits are untouched, the signal's are exactly `length` bits.
-            let occupied = s.occupancy();
+            let occupied = s.occupancy(MAX_FD_LEN);
             for ((d, j), o) in data.iter().zip(&junk).zip(&occupied) {
                 prop_assert_eq!(d & !o, j & !o);
             }
@@ -2026,7 +2606,7 @@ SIG_VALTYPE_ 2147484049 f : 1;
                 let layout = (layout.0, layout.1.min(40), layout.2, layout.3);
                 let line = signal_line(&format!("s{n}"), layout, *scale, f64::from(*offset));
                 let probe = Dbc::parse(&format!("{head}{line}"), "p").unwrap();
-                let bits = probe.messages()[0].signals()[0].occupancy();
+                let bits = probe.messages()[0].signals()[0].occupancy(MAX_FD_LEN);
                 if bits.iter().zip(&used).all(|(b, u)| b & u == 0) {
                     used.iter_mut().zip(&bits).for_each(|(u, b)| *u |= b);
                     text.push_str(&line);
@@ -2068,8 +2648,8 @@ SIG_VALTYPE_ 2147484049 f : 1;
                 signal_line("b", b, 1.0, 0.0)
             );
             let (sa, sb) = (
-                one_signal_in(size, a, 1.0, 0.0).messages()[0].signals()[0].occupancy(),
-                one_signal_in(size, b, 1.0, 0.0).messages()[0].signals()[0].occupancy(),
+                one_signal_in(size, a, 1.0, 0.0).messages()[0].signals()[0].occupancy(MAX_FD_LEN),
+                one_signal_in(size, b, 1.0, 0.0).messages()[0].signals()[0].occupancy(MAX_FD_LEN),
             );
             let overlap = sa.iter().zip(&sb).any(|(x, y)| x & y != 0);
             match Dbc::parse(&text, "p") {
