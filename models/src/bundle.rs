@@ -251,6 +251,18 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
             format!("{} is not in (0, 1000]", c.rate_hz),
         ));
     }
+    if let Some(r) = c.chunk_rate_hz {
+        if !(r.is_finite() && r > 0.0 && r <= 1000.0) {
+            return Err(BundleError::field(
+                path,
+                "control.chunk_rate_hz",
+                format!(
+                    "{r} is not in (0, 1000]: give the control rate of the training data in Hz, \
+                     or leave it out to use control.rate_hz"
+                ),
+            ));
+        }
+    }
     let horizon = m.action.output.horizon();
     if c.steps_per_inference == 0 || c.steps_per_inference > horizon {
         return Err(BundleError::field(

@@ -41,10 +41,20 @@ pub struct Manifest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControlSpec {
-    /// Control loop rate in Hz (one command per period).
+    /// Control loop rate in Hz (one command per period); `reflex run --rate` overrides it.
     pub rate_hz: f64,
+    /// Rate of the policy's action steps in Hz: the control rate of the data it was trained on
+    /// (LeRobot's dataset `fps`). Step `k` of a chunk is the action for `k / chunk_rate_hz`
+    /// seconds after the chunk's start, whatever rate the loop runs at: at another loop rate the
+    /// planner interpolates linearly between steps, so the robot moves at its trained speed.
+    /// Absent = `rate_hz` (the bundle's own rate, not a `--rate` override).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk_rate_hz: Option<f64>,
     /// For chunk policies: how many steps of each chunk are executed before the next inference
-    /// result is taken (ACT calls this the query frequency). 1 = re-plan every tick.
+    /// result is taken (ACT calls this the query frequency), counted in chunk steps (at
+    /// [`ControlSpec::chunk_rate`]). 1 = re-plan every step. The loop submits an inference
+    /// earlier when the plan would otherwise run out before the result arrives (see
+    /// `reflex_runtime::control::plan`).
     #[serde(default = "one")]
     pub steps_per_inference: usize,
     /// ACT-style temporal ensembling: weight `exp(-m * i)` for the i-th oldest prediction of the
@@ -58,6 +68,13 @@ pub struct ControlSpec {
     /// Watchdog: no fresh (policy-derived) command for this many periods -> stop command.
     #[serde(default = "default_watchdog")]
     pub watchdog_periods: u32,
+}
+
+impl ControlSpec {
+    /// Rate of the policy's action steps in Hz: `chunk_rate_hz`, or `rate_hz` when absent.
+    pub fn chunk_rate(&self) -> f64 {
+        self.chunk_rate_hz.unwrap_or(self.rate_hz)
+    }
 }
 
 fn one() -> usize {

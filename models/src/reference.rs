@@ -90,6 +90,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             ActionOutput::Single,
             ControlSpec {
                 rate_hz: 10.0,
+                chunk_rate_hz: None,
                 steps_per_inference: 1,
                 temporal_ensemble_m: None,
                 latency_compensation: true,
@@ -100,6 +101,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             ActionOutput::Chunk { horizon },
             ControlSpec {
                 rate_hz: 20.0,
+                chunk_rate_hz: None,
                 steps_per_inference: (horizon / 4).max(1),
                 temporal_ensemble_m: Some(0.01),
                 latency_compensation: true,

@@ -403,3 +403,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn chunk_rate_parses_defaults_and_validates() {
+    // Absent: the chunk's steps are at the bundle's own rate (old bundles behave as before).
+    let m = Bundle::load(pristine()).expect("loads").manifest;
+    assert_eq!(m.control.chunk_rate_hz, None);
+    assert_eq!(m.control.chunk_rate(), m.control.rate_hz);
+
+    let d = copy_of("chunk-rate-ok");
+    edit_manifest(&d, |t| {
+        t.replacen("rate_hz =", "chunk_rate_hz = 15.0\nrate_hz =", 1)
+    });
+    let m = Bundle::load(&d).expect("loads").manifest;
+    assert_eq!(m.control.chunk_rate_hz, Some(15.0));
+    assert_eq!(m.control.chunk_rate(), 15.0);
+    // Written back as it was read.
+    let text = toml::to_string(&m).expect("serializes");
+    assert!(text.contains("chunk_rate_hz = 15.0"), "{text}");
+
+    for bad in ["0.0", "-20.0", "2000.0", "nan", "inf"] {
+        let d = copy_of("chunk-rate-bad");
+        edit_manifest(&d, |t| {
+            t.replacen("rate_hz =", &format!("chunk_rate_hz = {bad}\nrate_hz ="), 1)
+        });
+        let e = load_err(&d);
+        assert!(
+            e.contains(MANIFEST_FILE) && e.contains("control.chunk_rate_hz"),
+            "{bad}: {e}"
+        );
+    }
+    // Strict parsing: a near miss is an error, not a silently ignored setting.
+    let d = copy_of("chunk-rate-typo");
+    edit_manifest(&d, |t| {
+        t.replacen("rate_hz =", "chunk_rate = 15.0\nrate_hz =", 1)
+    });
+    let e = load_err(&d);
+    assert!(e.contains("chunk_rate"), "{e}");
+}

@@ -8,6 +8,7 @@ use reflex_runtime::can::codec::Codec;
 use reflex_runtime::can::sink::CandumpSink;
 use reflex_runtime::can::sink::NullSink;
 use reflex_runtime::clock::{Clock, MonotonicClock};
+use reflex_runtime::control::plan::feed_check;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
 use reflex_runtime::infer::backend::{select_backend, BackendChoice, TractOptions};
 use reflex_runtime::infer::runner::{Request, ThreadedRunner};
@@ -344,6 +345,23 @@ fn cmd_check(path: &Path) -> Result<()> {
             Ok(_) => println!("  state from the bus (--state can:IFACE): every state dimension"),
             Err(e) => println!("  state from the bus (--state can:IFACE): not available: {e}"),
         }
+    }
+    // Can the plan stay fed at this machine's inference latency (slowest of 3 runs after one)?
+    match select_backend(&b, BackendChoice::Auto, TractOptions::default()) {
+        Ok((mut backend, _)) => {
+            backend.run()?;
+            let mut latency_s = 0f64;
+            for _ in 0..3 {
+                let t = Instant::now();
+                backend.run()?;
+                latency_s = latency_s.max(t.elapsed().as_secs_f64());
+            }
+            let h = m.action.output.horizon();
+            let feed = feed_check(&m.control, h, m.control.rate_hz, latency_s);
+            let warn = if feed.fed() { "" } else { "WARNING: " };
+            println!("  {warn}{}", feed.message);
+        }
+        Err(e) => println!("  plan feed: not measured ({e})"),
     }
     // Last: OK only once every check above passed (the CAN protocol's included).
     println!(
@@ -1060,6 +1078,13 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         lp.shutdown(clock.now_ns());
     }
     let stages = bench::stage_stats(&timings);
+    if let Some(inference) = stages.iter().find(|s| s.stage == "inference") {
+        let h = m.action.output.horizon();
+        let feed = feed_check(&m.control, h, rate, inference.p99_ms / 1e3);
+        if !feed.fed() {
+            eprintln!("warning: {}", feed.message);
+        }
+    }
     let period_ms = period_ns as f64 / 1e6;
     let verdict = bench::verdict(&stages, period_ms, steps, a.margin, a.model_only);
     let report = BenchReport {

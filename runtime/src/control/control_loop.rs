@@ -17,6 +17,21 @@
 //! 4. the plan has an action for this tick -> filter and send it (a "fresh" command);
 //! 5. otherwise hold; after `watchdog_periods` ticks without a fresh command -> stop.
 //!
+//! **When to infer.** A new inference is due when `steps_per_inference` chunk steps (converted to
+//! ticks at the loop rate) have passed since the last one, or earlier, as soon as the plan left
+//! is no longer than the measured inference latency, so that the next chunk arrives before the
+//! current one is used up (the chunk threshold of LeRobot's asynchronous inference, here derived
+//! from the latency rather than a fixed fraction). The latency estimate starts at the warm-up
+//! inference's time and follows the ticks between each submission and its result, rising at once
+//! and decaying by a quarter of the gap per result. With `steps_per_inference` = horizon (ACT's
+//! `n_action_steps = chunk_size`) and a slow network, the plan thus never runs dry at a chunk
+//! boundary as long as a chunk outlasts the latency (see [`crate::control::plan::feed_check`]).
+//!
+//! **The first chunk** is the warm-up inference's. It is taken at the first tick, like any chunk:
+//! with latency compensation, anchored at its observation, so the steps for the time the
+//! warm-up took are skipped (and counted in `skipped_steps`); without, it starts at that tick with
+//! its step 0.
+//!
 //! When the e-stop is re-armed the loop starts over as after warm-up: the old plan is forgotten,
 //! the safety filter is reseeded from the measured state (so the first command after the stop is
 //! rate limited from where the robot is now, not from where it was commanded before the stop), a
@@ -109,7 +124,8 @@ pub struct LoopCounters {
     /// A new inference was due while the previous one was still running (skipped, counted once
     /// per late request).
     pub overruns: u64,
-    /// Chunk steps dropped because they were already in the past when the chunk arrived.
+    /// Chunk steps never sent because their time had already passed when the chunk was taken
+    /// (latency compensation), the warm-up chunk included.
     pub skipped_steps: u64,
     pub stale_frame_ticks: u64,
     pub stale_state_ticks: u64,
@@ -159,7 +175,8 @@ pub struct ControlLoop<C: Camera, S: StateSource, K: CommandSink, R: InferenceRu
     last_submit_tick: Option<u64>,
     overrun_counted: bool,
     last_fresh_tick: Option<u64>,
-    steps_per_inference: u64,
+    /// Estimated ticks from submitting an inference to taking its result (see the module doc).
+    latency_ticks: u64,
     latency_compensation: bool,
     watchdog_periods: u64,
     /// Capture time of the observation behind the current plan.
@@ -224,6 +241,16 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             .collect();
         let filter = SafetyFilter::new(&manifest.action, rate, opts.allow_unlimited)?;
         let seed_map = manifest.action_state_indices();
+        let planner = ActionPlanner::new(&manifest.action, &manifest.control, rate);
+        let chunk_rate = manifest.control.chunk_rate();
+        if manifest.action.output.horizon() > 1 && (chunk_rate - rate).abs() > 1e-9 * rate {
+            log::info!(
+                "chunk steps at {chunk_rate} Hz, loop at {rate} Hz: {:.2} tick(s) per step, \
+                 interpolated (same speed as trained); re-planning every {} tick(s)",
+                planner.ticks_per_step(),
+                planner.replan_ticks()
+            );
+        }
         Ok(ControlLoop {
             cameras: slots,
             state_src,
@@ -233,7 +260,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             state_norm,
             sink,
             runner,
-            planner: ActionPlanner::new(&manifest.action, &manifest.control),
+            planner,
             filter,
             period_ns: (1e9 / rate).round() as u64,
             t0_ns: None,
@@ -242,7 +269,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             last_submit_tick: None,
             overrun_counted: false,
             last_fresh_tick: None,
-            steps_per_inference: manifest.control.steps_per_inference as u64,
+            latency_ticks: 0,
             latency_compensation: manifest.control.latency_compensation,
             watchdog_periods: manifest.control.watchdog_periods as u64,
             plan_obs_ns: None,
@@ -443,6 +470,13 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             };
             let skipped = self.planner.push_chunk(&req.output, first, tick);
             self.counters.skipped_steps += skipped as u64;
+            // Latency estimate: up at once, down by a quarter of the gap per result.
+            let sample = tick.saturating_sub(req.submit_tick);
+            self.latency_ticks = if sample >= self.latency_ticks {
+                sample
+            } else {
+                self.latency_ticks - (self.latency_ticks - sample).div_ceil(4)
+            };
             self.counters.inferences += 1;
             self.plan_obs_ns = Some(req.obs_ns);
             self.timings.record(Stage::Inference, req.infer_ns);
@@ -537,17 +571,22 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         }
 
         let mut chunk_received = self.take_result(tick, estopped);
-        let due = match self.last_submit_tick {
-            None => true,
+        // Due by the configured interval, or because the plan runs out (the overrun rule), or
+        // because what is left of the plan is no longer than an inference takes (the feed rule).
+        let remaining = self.planner.remaining(tick) as u64;
+        let (due, overdue) = match self.last_submit_tick {
+            None => (true, true),
             Some(last) => {
-                tick.saturating_sub(last) >= self.steps_per_inference
-                    || self.planner.remaining(tick) == 0
+                let overdue =
+                    tick.saturating_sub(last) >= self.planner.replan_ticks() || remaining == 0;
+                (overdue || remaining <= self.latency_ticks, overdue)
             }
         };
         let mut submitted = false;
         if due && frames_fresh && state_fresh && !camera_lost && !self.stopped && !estopped {
             if self.runner.in_flight() {
-                if !self.overrun_counted {
+                // The feed rule alone is no overrun: the chunk in flight is what it waits for.
+                if overdue && !self.overrun_counted {
                     self.counters.overruns += 1;
                     self.overrun_counted = true;
                 }
@@ -691,10 +730,10 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             return Err(LoopError::WarmUp(e.to_string()));
         }
         let infer_ns = req.infer_ns;
-        // Keep the result: it becomes the first plan. Tick 0 stays at the observation, so the
-        // first real tick (one inference later) skips the steps that are already past, exactly
-        // like any later chunk.
-        self.take_result(0, false);
+        // The result stays in the runner: the first tick takes it as the first plan, anchored
+        // like any later chunk (at its observation with latency compensation, at that tick
+        // without), so no step is lost uncounted while the warm-up ran.
+        self.latency_ticks = infer_ns.div_ceil(self.period_ns);
         self.last_submit_tick = Some(0);
         Ok(infer_ns)
     }
