@@ -147,6 +147,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             normalization: Normalization::MeanStd {
                 mean: smean,
                 std: sstd,
+                convention: Convention::Plain,
             },
             max_age_ms: 200,
         },
@@ -158,6 +159,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             normalization: Normalization::MeanStd {
                 mean: amean,
                 std: astd,
+                convention: Convention::Plain,
             },
             limits: Some(ActionLimits {
                 min,

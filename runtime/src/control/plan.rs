@@ -22,11 +22,11 @@
 //! not the asked tick is "not planned", and arbitrary gaps between chunks need no special case.
 //! Pushing a chunk and reading an action never allocate.
 //!
-//! Values are unnormalized here (`x = y / scale + offset` with the manifest's per-dimension affine
-//! map), so everything downstream, the safety filter first, works in physical units. A NaN from
+//! Values are unnormalized here (with the manifest's per-dimension [`Affine`] map, the training
+//! framework's formula), so everything downstream, the safety filter first, works in physical units. A NaN from
 //! the network is passed through as NaN: the safety filter rejects it as a whole.
 
-use reflex_models::manifest::{ActionSpec, ControlSpec};
+use reflex_models::manifest::{ActionSpec, Affine, ControlSpec};
 
 /// Ticks of margin in the ring beyond `horizon + steps_per_inference`, for chunks whose first
 /// step is slightly ahead of the current tick.
@@ -52,8 +52,7 @@ const EMPTY: Slot = Slot {
 pub struct ActionPlanner {
     dim: usize,
     horizon: usize,
-    offset: Vec<f32>,
-    scale: Vec<f32>,
+    norm: Vec<Affine>,
     ensemble_m: Option<f64>,
     slots: Vec<Slot>,
     /// `slots.len() * dim` weighted sums, physical units, row per slot.
@@ -69,13 +68,12 @@ impl ActionPlanner {
     pub fn new(action: &ActionSpec, control: &ControlSpec) -> Self {
         let dim = action.names.len();
         let horizon = action.output.horizon();
-        let (offset, scale) = (0..dim).map(|i| action.normalization.affine(i)).unzip();
+        let norm = (0..dim).map(|i| action.normalization.affine(i)).collect();
         let cap = horizon + control.steps_per_inference + SLACK;
         Self {
             dim,
             horizon,
-            offset,
-            scale,
+            norm,
             ensemble_m: control.temporal_ensemble_m,
             slots: vec![EMPTY; cap],
             sums: vec![0.0; cap * dim],
@@ -133,7 +131,7 @@ impl ActionPlanner {
                 }
             };
             for (j, (sum, &y)) in sums.iter_mut().zip(row).enumerate() {
-                let x = y / self.scale[j] + self.offset[j];
+                let x = self.norm[j].unnormalize(y);
                 *sum += weight * f64::from(x);
             }
             slot.weight += weight;
@@ -242,6 +240,7 @@ mod tests {
                 Normalization::MeanStd {
                     mean: vec![1.0, -2.0],
                     std: vec![0.5, 4.0],
+                    convention: Default::default(),
                 },
                 [2.0, -1.0],
                 [2.0, -6.0],
@@ -250,6 +249,7 @@ mod tests {
                 Normalization::MinMax {
                     min: vec![0.0, -1.0],
                     max: vec![10.0, 1.0],
+                    convention: Default::default(),
                 },
                 [-1.0, 0.5],
                 [0.0, 0.5],
@@ -258,6 +258,7 @@ mod tests {
                 Normalization::Quantile {
                     q01: vec![-2.0, 100.0],
                     q99: vec![2.0, 300.0],
+                    convention: Default::default(),
                 },
                 [0.5, 1.0],
                 [1.0, 300.0],
