@@ -13,7 +13,10 @@
 //!   keys `observation.state.mean`, `action.std`, ... (also the `/` separator and the older
 //!   policy-buffer form `normalize_inputs.buffer_observation_state.mean`); tensors of any shape
 //!   are flattened by their declared shape; image feature keys (`observation.image*`) are skipped:
-//!   images are normalized by the bundle's preprocessing spec. Convention `lerobot`.
+//!   images are normalized by the bundle's preprocessing spec. Convention `lerobot` (LeRobot
+//!   0.6's formulas; the older policy-buffer files come from LeRobot < 0.4, whose MIN_MAX added
+//!   1e-8 to every range rather than only to a zero one: a relative difference of 1e-8 / range,
+//!   1e-5 for a range of 1e-3).
 //! - LeRobot dataset `meta/stats.json`: `{ "observation.state": {min, max, mean, std, count, q01,
 //!   ...}, "action": {...}, "observation.images.front": {"mean": [[[x]]], ...}, "timestamp": ...}`;
 //!   nested lists are flattened (they must be rectangular), the dataset's other columns

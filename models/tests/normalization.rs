@@ -241,9 +241,9 @@ fn epsilons_by_hand() {
     // A joint that never moved: LeRobot std 0 -> (x - 0.035) / 1e-8, and its command is the mean.
     let g = norm("mean_std", &[0.035], &[0.0], Lerobot).affine(0);
     assert_eq!(g.normalize(0.035), 0.0);
-    // 0.035001f32 - 0.035f32 = 1.0002404e-6 (f32 spacing near 0.035 is 3.7e-9) -> 100.02404.
+    // 0.035001f32 - 0.035f32 = 9.983778e-7 (f32 spacing near 0.035 is 3.7e-9); / 1e-8 = 99.83778.
     assert!(
-        (g.normalize(0.035001) - 100.024).abs() < 1e-2,
+        (g.normalize(0.035001) - 99.837_78).abs() < 1e-3,
         "{}",
         g.normalize(0.035001)
     );
