@@ -182,9 +182,8 @@ impl Stats {
                     continue;
                 }
                 let mut values = vec![];
-                flatten_json(vals, &mut values).map_err(|problem| {
-                    anyhow!("{}: `{feature}.{stat}`{problem}", path.display())
-                })?;
+                flatten_json(vals, &mut values)
+                    .map_err(|problem| anyhow!("{}: `{feature}.{stat}{problem}", path.display()))?;
                 s.insert(path, feature, stat, values)?;
             }
         }
@@ -403,11 +402,13 @@ pub fn apply(
 fn compare_image_stats(path: &Path, s: &Stats, m: &Manifest) {
     for cam in &m.cameras {
         let key = format!("observation.images.{}", cam.name);
-        let stats = s.images.get(&key).or_else(|| {
-            (m.cameras.len() == 1 && s.images.len() == 1)
-                .then(|| s.images.values().next())
-                .flatten()
-        });
+        // A one-camera policy's only image feature may be named otherwise (`observation.image`).
+        let only = m.cameras.len() == 1 && s.images.len() == 1;
+        let stats = match s.images.get(&key) {
+            Some(st) => Some(st),
+            None if only => s.images.values().next(),
+            None => None,
+        };
         let Some(stats) = stats else { continue };
         let p = &cam.preprocess;
         let differs = |name: &str, ours: &[f32]| {
@@ -505,7 +506,7 @@ fn tensor_f32(path: &Path, key: &str, t: &safetensors::tensor::TensorView<'_>) -
 
 /// Appends the numbers of a possibly nested list, row-major, to `out`; a bare number is a list of
 /// one. Nested lists must be rectangular (LeRobot writes image stats as `[[[x]], [[y]], [[z]]]`).
-/// The error completes "`feature.stat`" (`[i]` = flat index of the bad value).
+/// The error completes "`feature.stat" (`[i]` = flat index of the bad value).
 fn flatten_json(v: &serde_json::Value, out: &mut Vec<f32>) -> Result<(), String> {
     fn shape(v: &serde_json::Value) -> Vec<usize> {
         match v {
@@ -523,13 +524,13 @@ fn flatten_json(v: &serde_json::Value, out: &mut Vec<f32>) -> Result<(), String>
                 a.iter().try_for_each(|x| walk(x, inner, out))
             }
             (serde_json::Value::Array(_), _) | (_, Some(_)) => Err(format!(
-                " is not a rectangular list (shape {want:?} expected at value {})",
+                "` is not a rectangular list (shape {want:?} expected at value {})",
                 out.len()
             )),
             (x, None) => {
                 let f = x.as_f64().ok_or_else(|| {
                     format!(
-                        "[{}] is not a finite number (NaN, infinity or null)",
+                        "[{}]` is not a finite number (NaN, infinity or null)",
                         out.len()
                     )
                 })?;
@@ -540,7 +541,7 @@ fn flatten_json(v: &serde_json::Value, out: &mut Vec<f32>) -> Result<(), String>
     }
     match v {
         serde_json::Value::Array(_) | serde_json::Value::Number(_) => walk(v, &shape(v), out),
-        _ => Err(" must be a list of numbers".into()),
+        _ => Err("` must be a list of numbers".into()),
     }
 }
 
@@ -791,7 +792,7 @@ mod tests {
         let p = write("null.json", r#"{"state": {"mean": [[0.5], [null]]}}"#);
         let e = Stats::load(&p).expect_err("null").to_string();
         assert!(
-            e.contains("state.mean`[1]") && e.contains("not a finite"),
+            e.contains("state.mean[1]`") && e.contains("not a finite"),
             "{e}"
         );
     }
