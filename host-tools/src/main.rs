@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use reflex_models::bundle::{parse_manifest, read_graph, validate_manifest, write_bundle};
 use reflex_models::manifest::{
-    BackendKind, Manifest, ModelFile, ModelRole, Precision, MANIFEST_FILE,
+    BackendKind, Convention, Manifest, ModelFile, ModelRole, Precision, MANIFEST_FILE,
 };
 use reflex_models::npy;
 use reflex_models::onnx::{
@@ -16,7 +16,6 @@ use reflex_models::onnx::{
 };
 use reflex_models::reference::{default_capture, reference_manifest};
 use reflex_models::Bundle;
-use stats::Stats;
 use std::path::{Path, PathBuf};
 use tract_onnx::prelude::*;
 
@@ -115,12 +114,18 @@ struct ExportArgs {
     /// Normalization statistics: LeRobot .safetensors, openpi norm_stats.json, or plain .toml/.json.
     #[arg(long)]
     stats: Option<PathBuf>,
-    /// State normalization kind when --stats is given: mean_std, min_max, quantile, identity.
+    /// State normalization kind when --stats is given: mean_std, min_max, quantile, quantile10,
+    /// identity.
     #[arg(long, default_value = "mean_std")]
     state_norm: String,
     /// Action normalization kind when --stats is given.
     #[arg(long, default_value = "mean_std")]
     action_norm: String,
+    /// Whose formula (epsilon included) the normalization follows: lerobot, openpi or plain.
+    /// Default: the framework that writes the --stats file's format (LeRobot safetensors or
+    /// meta/stats.json: lerobot; openpi norm_stats.json: openpi; other TOML/JSON: plain).
+    #[arg(long, value_parser = parse_convention)]
+    norm_convention: Option<Convention>,
     /// Bundle name (default: the output directory's name).
     #[arg(long)]
     name: Option<String>,
@@ -151,6 +156,10 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+fn parse_convention(s: &str) -> Result<Convention, String> {
+    Convention::parse(s).ok_or_else(|| format!("`{s}`: expected lerobot, openpi or plain"))
 }
 
 fn parse_arch(a: &ExportArgs) -> Result<PolicyArch> {
@@ -186,27 +195,7 @@ fn parse_arch(a: &ExportArgs) -> Result<PolicyArch> {
 
 fn apply_stats(m: &mut Manifest, a: &ExportArgs) -> Result<()> {
     let Some(p) = &a.stats else { return Ok(()) };
-    let s = Stats::load(p)?;
-    for k in &s.skipped {
-        log::info!(
-            "{}: `{k}` skipped (images are normalized by the bundle's preprocessing)",
-            p.display()
-        );
-    }
-    if !m.state.names.is_empty() {
-        m.state.normalization = s.normalization("state", &a.state_norm, m.state.names.len(), p)?;
-    } else if s.features.contains_key("state") {
-        bail!(
-            "{}: has state statistics but the policy takes no state",
-            p.display()
-        );
-    }
-    m.action.normalization = s.normalization("action", &a.action_norm, m.action.names.len(), p)?;
-    m.provenance.insert(
-        "normalization_stats".into(),
-        toml::Value::String(p.display().to_string()),
-    );
-    Ok(())
+    stats::apply(m, p, &a.state_norm, &a.action_norm, a.norm_convention)
 }
 
 fn cmd_export(a: ExportArgs) -> Result<()> {

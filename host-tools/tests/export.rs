@@ -1,6 +1,6 @@
 //! `reflex-tools` as a user runs it: export (seed, checkpoint, ONNX + stats), inspect, infer.
 
-use reflex_models::manifest::Normalization;
+use reflex_models::manifest::{Convention, Normalization};
 use reflex_models::npy::{read_npy, write_npy, NpyArray};
 use reflex_models::onnx::{
     build_policy, save_safetensors, EncoderKind, HeadKind, KeyLayout, PolicyArch, RecordingWeights,
@@ -250,14 +250,16 @@ fn export_onnx_with_lerobot_stats() {
         b.manifest.state.normalization,
         Normalization::MeanStd {
             mean: vec![0.1; 6],
-            std: vec![0.5; 6]
+            std: vec![0.5; 6],
+            convention: Convention::Lerobot,
         }
     );
     assert_eq!(
         b.manifest.action.normalization,
         Normalization::MinMax {
             min: vec![-1.0; 6],
-            max: vec![1.0; 6]
+            max: vec![1.0; 6],
+            convention: Convention::Lerobot,
         }
     );
 
@@ -294,4 +296,125 @@ fn help_teaches() {
     ] {
         assert!(o.contains(w), "{o}");
     }
+}
+
+// ---- Stats files as LeRobot writes them, and the framework's exact formulas (issue 15, kind 5).
+
+fn stats_case(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/stats")
+        .join(name)
+}
+
+/// Exports the tiny policy with `stats` and extra flags; the tool's output.
+fn export_tiny(out: &Path, stats: &str, extra: &[&str]) -> Output {
+    let (onnx, tpl, st) = (
+        stats_case("tiny_base.onnx"),
+        stats_case("policy_template.toml"),
+        stats_case(stats),
+    );
+    let mut args = vec![
+        "export",
+        "--onnx",
+        s(&onnx),
+        "--manifest",
+        s(&tpl),
+        "--stats",
+        s(&st),
+        "--out",
+        s(out),
+    ];
+    args.extend_from_slice(extra);
+    tools(&args)
+}
+
+fn expected_meanstd(key: &str) -> Vec<f32> {
+    let text = std::fs::read_to_string(stats_case("expected_meanstd.json")).expect("read");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    serde_json::from_value::<Vec<f64>>(v[key].clone())
+        .expect("numbers")
+        .into_iter()
+        .map(|x| x as f32)
+        .collect()
+}
+
+/// LeRobot's current normalizer file and a dataset's meta/stats.json export with the expected
+/// mean/std under LeRobot's convention; `-v` lists the statistics the normalization leaves unused.
+#[test]
+fn export_with_lerobot_stats_files() {
+    for file in ["normalizer_processor.safetensors", "meta_stats.json"] {
+        let out = dir(&format!("lerobot-{file}"));
+        let o = export_tiny(&out, file, &["-v"]);
+        ok(&o);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.contains("not used by this normalization")
+                && stderr.contains("state.q10")
+                && stderr.contains("action.count"),
+            "{file}: {stderr}"
+        );
+        // The normalizer's image stats (0.45, 0.43, 0.40 / 0.22, 0.21, 0.20) are not the
+        // template's ImageNet preprocessing: said for the normalizer, which holds what the policy
+        // was trained with, not for the dataset file (LeRobot may have used ImageNet's instead).
+        assert_eq!(
+            stderr.contains("camera `front`: the file's image statistics"),
+            file.ends_with(".safetensors"),
+            "{file}: {stderr}"
+        );
+        let m = Bundle::load(&out).expect("bundle").manifest;
+        for (feature, n) in [
+            ("state", &m.state.normalization),
+            ("action", &m.action.normalization),
+        ] {
+            assert_eq!(
+                *n,
+                Normalization::MeanStd {
+                    mean: expected_meanstd(&format!("{feature}_mean")),
+                    std: expected_meanstd(&format!("{feature}_std")),
+                    convention: Convention::Lerobot,
+                },
+                "{file} {feature}"
+            );
+        }
+    }
+}
+
+/// A gripper that never moved in the dataset (std = 0): exported under LeRobot's convention with
+/// a warning naming the joint and the file, normalized as LeRobot does; refused, with the fix,
+/// when the plain formula (no epsilon) is asked for.
+#[test]
+fn export_with_a_constant_joint() {
+    let file = "stats_gripper_constant.safetensors";
+    let out = dir("constant-joint");
+    let o = export_tiny(&out, file, &[]);
+    ok(&o);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("`gripper` never moved") && stderr.contains(file),
+        "{stderr}"
+    );
+    let b = Bundle::load(&out).expect("bundle");
+    let (state, action) = (
+        &b.manifest.state.normalization,
+        &b.manifest.action.normalization,
+    );
+    assert_eq!(state.convention(), Convention::Lerobot);
+    assert_eq!(state.constant_dims(), vec![5]);
+    // LeRobot MEAN_STD with std 0: (x - 0.035) / (0 + 1e-8), inverse y * 0 + 0.035.
+    let g = state.affine(5);
+    assert_eq!(g.normalize(0.035), 0.0);
+    assert!(
+        (g.normalize(0.036) - 1e-3 / 1e-8).abs() < 1e2,
+        "{}",
+        g.normalize(0.036)
+    );
+    assert_eq!(action.affine(5).unnormalize(0.7), 0.035);
+
+    let out = dir("constant-joint-plain");
+    let e = err(&export_tiny(&out, file, &["--norm-convention", "plain"]));
+    assert!(
+        e.contains("state.normalization[5]") && e.contains("gripper") && e.contains("convention"),
+        "{e}"
+    );
+    assert!(!out.exists());
 }

@@ -112,7 +112,7 @@ fn infer(bundle: &Path, held: &Path, i: usize, out: &Path) -> Vec<f32> {
 /// Physical units from normalized ones, written out here rather than through the library's
 /// affine helper: x = y * std + mean for the reference bundle's mean/std normalization.
 fn unnormalize(b: &Bundle, raw: &[f32]) -> Vec<f32> {
-    let Normalization::MeanStd { mean, std } = &b.manifest.action.normalization else {
+    let Normalization::MeanStd { mean, std, .. } = &b.manifest.action.normalization else {
         panic!("the reference bundle normalizes actions by mean/std")
     };
     let dim = mean.len();

@@ -177,39 +177,89 @@ fn check_len(path: &Path, field: &str, v: &[f32], dim: usize) -> Result<(), Bund
     Ok(())
 }
 
+/// A normalization's vectors have one finite value per dimension, the convention exists for the
+/// kind, and no dimension divides by zero or flips sign. A zero spread (a joint that never moved
+/// in the dataset: std = 0, max = min) is refused under `plain` (it would divide by zero) and
+/// accepted under `lerobot` / `openpi`, whose epsilon keeps it finite as in training.
 fn check_normalization(
     path: &Path,
     field: &str,
     n: &Normalization,
-    dim: usize,
+    names: &[String],
 ) -> Result<(), BundleError> {
+    let dim = names.len();
     for (name, v) in n.vectors() {
         check_len(path, &format!("{field}.{name}"), v, dim)?;
     }
-    let bad = |i: usize, what: &str| {
+    let conv = n.convention();
+    if conv == Convention::Openpi
+        && matches!(
+            n,
+            Normalization::MinMax { .. } | Normalization::Quantile10 { .. }
+        )
+    {
+        return Err(BundleError::field(
+            path,
+            format!("{field}.convention"),
+            format!(
+                "openpi has no `{}` normalization (only mean_std and quantile); use convention \
+                 \"lerobot\" or \"plain\"",
+                n.kind_str()
+            ),
+        ));
+    }
+    let fix = if conv == Convention::Plain {
+        "; if the policy was trained with LeRobot or openpi, set the normalization's convention \
+         (\"lerobot\" / \"openpi\"): their epsilon makes a zero spread valid"
+    } else {
+        ""
+    };
+    let bad = |i: usize, what: String| {
         Err(BundleError::field(
             path,
             format!("{field}[{i}]"),
-            format!("{what}: normalization would divide by zero or flip sign"),
+            format!(
+                "{what} ({}): normalization would divide by zero or flip sign{fix}",
+                names[i]
+            ),
         ))
     };
+    // With an epsilon a zero spread is allowed; a negative one never is.
+    let zero_ok = conv != Convention::Plain;
+    let spread_ok = |d: f32| d > 0.0 || (zero_ok && d == 0.0);
     match n {
         Normalization::MeanStd { std, .. } => {
-            if let Some(i) = std.iter().position(|s| *s <= 0.0) {
-                return bad(i, &format!("std = {} is not > 0", std[i]));
+            if let Some(i) = (0..dim).find(|&i| !spread_ok(std[i])) {
+                let need = if zero_ok { ">= 0" } else { "> 0" };
+                return bad(i, format!("std = {} is not {need}", std[i]));
             }
         }
-        Normalization::MinMax { min, max } => {
-            if let Some(i) = (0..dim).find(|&i| max[i] <= min[i]) {
-                return bad(i, &format!("max {} <= min {}", max[i], min[i]));
-            }
+        Normalization::MinMax {
+            min: lo, max: hi, ..
         }
-        Normalization::Quantile { q01, q99 } => {
-            if let Some(i) = (0..dim).find(|&i| q99[i] <= q01[i]) {
-                return bad(i, &format!("q99 {} <= q01 {}", q99[i], q01[i]));
+        | Normalization::Quantile {
+            q01: lo, q99: hi, ..
+        }
+        | Normalization::Quantile10 {
+            q10: lo, q90: hi, ..
+        } => {
+            let [lo_name, hi_name] = match n.vectors()[..] {
+                [(a, _), (b, _)] => [a, b],
+                _ => ["low", "high"],
+            };
+            if let Some(i) = (0..dim).find(|&i| !spread_ok(hi[i] - lo[i])) {
+                let op = if hi[i] == lo[i] { "==" } else { "<" };
+                return bad(i, format!("{hi_name} {} {op} {lo_name} {}", hi[i], lo[i]));
             }
         }
         Normalization::Identity => {}
+    }
+    // What the runtime divides and multiplies by must be finite (spreads near f32::MAX overflow).
+    if let Some(i) = (0..dim).find(|&i| {
+        let a = n.affine(i);
+        !(a.denom.is_finite() && a.denom > 0.0 && a.gain.is_finite())
+    }) {
+        return bad(i, "the spread overflows f32".to_string());
     }
     Ok(())
 }
@@ -429,7 +479,7 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
             format!("has {} entries, state.names has {sd}", s.units.len()),
         ));
     }
-    check_normalization(path, "state.normalization", &s.normalization, sd)?;
+    check_normalization(path, "state.normalization", &s.normalization, &s.names)?;
     if sd > 0 && s.onnx_input.is_none() {
         return Err(BundleError::field(
             path,
@@ -459,7 +509,7 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
             ));
         }
     }
-    check_normalization(path, "action.normalization", &a.normalization, ad)?;
+    check_normalization(path, "action.normalization", &a.normalization, &a.names)?;
     if let Some(l) = &a.limits {
         check_len(path, "action.limits.min", &l.min, ad)?;
         check_len(path, "action.limits.max", &l.max, ad)?;

@@ -287,19 +287,142 @@ fn default_max_age() -> u32 {
     200
 }
 
+/// Whose formula a [`Normalization`] follows, epsilon included: the manifest's
+/// `normalization.convention` (default `plain`).
+///
+/// A policy only behaves as trained if its inputs are normalized exactly as the training framework
+/// did it; the frameworks differ in their epsilon and in how they treat a joint that never moved
+/// in the dataset (std = 0, min = max). The formulas, per dimension, `d` = spread:
+///
+/// | kind | `plain` | `lerobot` (LeRobot 0.6.1, eps = 1e-8) | `openpi` (eps = 1e-6) |
+/// |---|---|---|---|
+/// | `mean_std` | `(x - mean) / std` | `(x - mean) / (std + eps)`, inverse `y * std + mean` | `(x - mean) / (std + eps)`, inverse `y * (std + eps) + mean` |
+/// | `min_max` | `2 (x - min) / d - 1`, `d = max - min` | same, `d = eps` where `max == min` | (none in openpi) |
+/// | `quantile` | `2 (x - q01) / d - 1`, `d = q99 - q01` | same, `d = eps` where `q99 == q01` | `d = q99 - q01 + eps` |
+/// | `quantile10` | `2 (x - q10) / d - 1`, `d = q90 - q10` | same, `d = eps` where `q90 == q10` | (none in openpi) |
+///
+/// Sources: LeRobot `src/lerobot/processor/normalize_processor.py`
+/// (`NormalizerProcessorStep._apply_transform`, v0.6.1; note its MEAN_STD inverse has no epsilon),
+/// openpi `src/openpi/transforms.py` (`Normalize._normalize{,_quantile}`,
+/// `Unnormalize._unnormalize{,_quantile}`). `plain` has no epsilon and so needs a non-zero spread
+/// everywhere; it is what bundles written before conventions existed mean.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Convention {
+    /// The textbook formulas, no epsilon (zero spread is refused).
+    #[default]
+    Plain,
+    /// LeRobot's `NormalizerProcessorStep` (eps = 1e-8).
+    Lerobot,
+    /// openpi's `Normalize` / `Unnormalize` transforms (eps = 1e-6).
+    Openpi,
+}
+
+impl Convention {
+    /// LeRobot's `eps` (`NormalizerProcessorStep.eps`).
+    pub const LEROBOT_EPS: f32 = 1e-8;
+    /// openpi's epsilon (a literal in `transforms.py`).
+    pub const OPENPI_EPS: f32 = 1e-6;
+
+    /// The name written in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Convention::Plain => "plain",
+            Convention::Lerobot => "lerobot",
+            Convention::Openpi => "openpi",
+        }
+    }
+
+    /// Parses a manifest/command-line name (`plain`, `lerobot`, `openpi`).
+    pub fn parse(s: &str) -> Option<Convention> {
+        match s {
+            "plain" => Some(Convention::Plain),
+            "lerobot" => Some(Convention::Lerobot),
+            "openpi" => Some(Convention::Openpi),
+            _ => None,
+        }
+    }
+
+    /// True for the default, which is not written out (manifests stay as they were).
+    pub fn is_plain(&self) -> bool {
+        *self == Convention::Plain
+    }
+}
+
 /// Per-dimension normalization, as the training code applied it. Models see normalized values;
-/// the runtime normalizes state on the way in and unnormalizes actions on the way out.
+/// the runtime normalizes state on the way in and unnormalizes actions on the way out, both
+/// through [`Normalization::affine`]. `convention` selects the framework's exact formula (see
+/// [`Convention`]); it is omitted from the manifest when `plain`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Normalization {
-    /// `(x - mean) / std` (LeRobot MEAN_STD).
-    MeanStd { mean: Vec<f32>, std: Vec<f32> },
+    /// `(x - mean) / std` (LeRobot MEAN_STD, openpi z-score; epsilon per `convention`).
+    MeanStd {
+        mean: Vec<f32>,
+        std: Vec<f32>,
+        #[serde(default, skip_serializing_if = "Convention::is_plain")]
+        convention: Convention,
+    },
     /// `2 (x - min) / (max - min) - 1` (LeRobot MIN_MAX).
-    MinMax { min: Vec<f32>, max: Vec<f32> },
-    /// `2 (x - q01) / (q99 - q01) - 1` (openpi's quantile normalization).
-    Quantile { q01: Vec<f32>, q99: Vec<f32> },
+    MinMax {
+        min: Vec<f32>,
+        max: Vec<f32>,
+        #[serde(default, skip_serializing_if = "Convention::is_plain")]
+        convention: Convention,
+    },
+    /// `2 (x - q01) / (q99 - q01) - 1` (openpi's quantile normalization, LeRobot QUANTILES).
+    Quantile {
+        q01: Vec<f32>,
+        q99: Vec<f32>,
+        #[serde(default, skip_serializing_if = "Convention::is_plain")]
+        convention: Convention,
+    },
+    /// `2 (x - q10) / (q90 - q10) - 1` (LeRobot QUANTILE10).
+    Quantile10 {
+        q10: Vec<f32>,
+        q90: Vec<f32>,
+        #[serde(default, skip_serializing_if = "Convention::is_plain")]
+        convention: Convention,
+    },
     /// The model works in physical units; must be stated explicitly.
     Identity,
+}
+
+/// One dimension's normalization in the form every supported formula takes:
+/// `y = (x - center) / denom + shift` (normalize) and `x = (y - shift) * gain + center`
+/// (unnormalize). Written so that each framework's own expression is evaluated with the same f32
+/// operations, hence the same rounding: e.g. LeRobot MIN_MAX `2 (x - min) / d - 1` is
+/// `(x - min) / (d / 2) + (-1)` (halving is exact), its inverse `(y + 1) / 2 * d + min` is
+/// `(y - (-1)) * (d / 2) + min`. `gain` is not always `denom` (LeRobot's MEAN_STD inverse has no
+/// epsilon).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Affine {
+    pub center: f32,
+    pub denom: f32,
+    pub shift: f32,
+    pub gain: f32,
+}
+
+impl Affine {
+    /// The identity map.
+    pub const IDENTITY: Affine = Affine {
+        center: 0.0,
+        denom: 1.0,
+        shift: 0.0,
+        gain: 1.0,
+    };
+
+    /// Physical value -> what the model sees.
+    #[inline]
+    pub fn normalize(self, x: f32) -> f32 {
+        (x - self.center) / self.denom + self.shift
+    }
+
+    /// What the model outputs -> physical value.
+    #[inline]
+    pub fn unnormalize(self, y: f32) -> f32 {
+        (y - self.shift) * self.gain + self.center
+    }
 }
 
 impl Normalization {
@@ -308,33 +431,96 @@ impl Normalization {
             Normalization::MeanStd { .. } => "mean_std",
             Normalization::MinMax { .. } => "min_max",
             Normalization::Quantile { .. } => "quantile",
+            Normalization::Quantile10 { .. } => "quantile10",
             Normalization::Identity => "identity",
         }
     }
 
-    /// Per-dimension affine map `normalized = (x - offset) * scale`, for dimension `i`.
-    /// Callers validate the manifest first (see `Bundle::load`), so `scale` is finite and non-zero.
-    pub fn affine(&self, i: usize) -> (f32, f32) {
+    /// The formula's convention (`plain` for identity).
+    pub fn convention(&self) -> Convention {
         match self {
-            Normalization::MeanStd { mean, std } => (mean[i], 1.0 / std[i]),
-            Normalization::MinMax { min, max } => {
-                let mid = 0.5 * (min[i] + max[i]);
-                (mid, 2.0 / (max[i] - min[i]))
+            Normalization::MeanStd { convention, .. }
+            | Normalization::MinMax { convention, .. }
+            | Normalization::Quantile { convention, .. }
+            | Normalization::Quantile10 { convention, .. } => *convention,
+            Normalization::Identity => Convention::Plain,
+        }
+    }
+
+    /// The (low, high) statistics of a range kind at dimension `i`; `None` for mean_std and
+    /// identity.
+    fn range(&self, i: usize) -> Option<(f32, f32)> {
+        match self {
+            Normalization::MinMax { min, max, .. } => Some((min[i], max[i])),
+            Normalization::Quantile { q01, q99, .. } => Some((q01[i], q99[i])),
+            Normalization::Quantile10 { q10, q90, .. } => Some((q10[i], q90[i])),
+            Normalization::MeanStd { .. } | Normalization::Identity => None,
+        }
+    }
+
+    /// Dimension `i`'s map, with the convention's formula (see [`Convention`] for the table).
+    /// Callers validate the manifest first (see `validate_manifest`), so `denom` is finite and
+    /// non-zero.
+    pub fn affine(&self, i: usize) -> Affine {
+        let conv = self.convention();
+        if let Normalization::MeanStd { mean, std, .. } = self {
+            let (denom, gain) = match conv {
+                Convention::Plain => (std[i], std[i]),
+                Convention::Lerobot => (std[i] + Convention::LEROBOT_EPS, std[i]),
+                Convention::Openpi => {
+                    let d = std[i] + Convention::OPENPI_EPS;
+                    (d, d)
+                }
+            };
+            return Affine {
+                center: mean[i],
+                denom,
+                shift: 0.0,
+                gain,
+            };
+        }
+        let Some((lo, hi)) = self.range(i) else {
+            return Affine::IDENTITY;
+        };
+        let d = match conv {
+            Convention::Plain => hi - lo,
+            Convention::Lerobot if hi - lo == 0.0 => Convention::LEROBOT_EPS,
+            Convention::Lerobot => hi - lo,
+            Convention::Openpi => hi - lo + Convention::OPENPI_EPS,
+        };
+        Affine {
+            center: lo,
+            denom: 0.5 * d,
+            shift: -1.0,
+            gain: 0.5 * d,
+        }
+    }
+
+    /// Dimensions whose spread is zero (std = 0, or equal range bounds): a joint that never moved
+    /// in the dataset. Valid only under a convention with an epsilon, where it normalizes as the
+    /// framework did in training; worth a warning all the same.
+    pub fn constant_dims(&self) -> Vec<usize> {
+        match self {
+            Normalization::MeanStd { std, .. } => {
+                (0..std.len()).filter(|&i| std[i] == 0.0).collect()
             }
-            Normalization::Quantile { q01, q99 } => {
-                let mid = 0.5 * (q01[i] + q99[i]);
-                (mid, 2.0 / (q99[i] - q01[i]))
+            Normalization::Identity => vec![],
+            _ => {
+                let n = self.vectors().first().map_or(0, |(_, v)| v.len());
+                (0..n)
+                    .filter(|&i| self.range(i).is_some_and(|(lo, hi)| hi - lo == 0.0))
+                    .collect()
             }
-            Normalization::Identity => (0.0, 1.0),
         }
     }
 
     /// The named per-dimension vectors, for validation and reports.
     pub fn vectors(&self) -> Vec<(&'static str, &[f32])> {
         match self {
-            Normalization::MeanStd { mean, std } => vec![("mean", mean), ("std", std)],
-            Normalization::MinMax { min, max } => vec![("min", min), ("max", max)],
-            Normalization::Quantile { q01, q99 } => vec![("q01", q01), ("q99", q99)],
+            Normalization::MeanStd { mean, std, .. } => vec![("mean", mean), ("std", std)],
+            Normalization::MinMax { min, max, .. } => vec![("min", min), ("max", max)],
+            Normalization::Quantile { q01, q99, .. } => vec![("q01", q01), ("q99", q99)],
+            Normalization::Quantile10 { q10, q90, .. } => vec![("q10", q10), ("q90", q90)],
             Normalization::Identity => vec![],
         }
     }

@@ -149,6 +149,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             normalization: Normalization::MeanStd {
                 mean: smean,
                 std: sstd,
+                convention: Convention::Plain,
             },
             max_age_ms: 200,
         },
@@ -160,6 +161,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             normalization: Normalization::MeanStd {
                 mean: amean,
                 std: astd,
+                convention: Convention::Plain,
             },
             limits: Some(ActionLimits {
                 min,

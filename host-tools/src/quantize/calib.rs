@@ -128,7 +128,7 @@ pub fn load(
         .iter()
         .map(Preprocessor::new)
         .collect::<Result<Vec<_>, _>>()?;
-    let norm: Vec<(f32, f32)> = (0..m.state.names.len())
+    let norm: Vec<_> = (0..m.state.names.len())
         .map(|i| m.state.normalization.affine(i))
         .collect();
     // Slot of each graph input: a camera index or the state.
@@ -166,7 +166,7 @@ pub fn load(
             state_map
                 .iter()
                 .zip(&norm)
-                .map(|(&j, &(offset, scale))| (v[j] - offset) * scale)
+                .map(|(&j, n)| n.normalize(v[j]))
                 .collect()
         };
         let inputs = slots

@@ -50,8 +50,8 @@ pub fn action_errors(
     let chunk = matches!(action.output, ActionOutput::Chunk { .. });
     (0..dim)
         .map(|d| {
-            let (offset, scale) = action.normalization.affine(d);
-            let phys = |y: f32| y / scale + offset;
+            let norm = action.normalization.affine(d);
+            let phys = |y: f32| norm.unnormalize(y);
             let mut all = vec![];
             let mut per_chunk = vec![];
             for (r, c) in reference.iter().zip(candidate) {
@@ -286,6 +286,7 @@ mod tests {
             normalization: Normalization::MeanStd {
                 mean: vec![1.0, 0.0],
                 std: vec![2.0, 0.5],
+                convention: Default::default(),
             },
             limits: None,
         }

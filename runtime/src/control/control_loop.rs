@@ -49,7 +49,7 @@ use crate::infer::runner::InferenceRunner;
 use crate::io::{Camera, CommandSink, FaultKind, StateSource};
 use crate::preprocess::Preprocessor;
 use crate::timing::{Stage, StageTimings};
-use reflex_models::manifest::Manifest;
+use reflex_models::manifest::{Affine, Manifest};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -162,8 +162,8 @@ pub struct ControlLoop<C: Camera, S: StateSource, K: CommandSink, R: InferenceRu
     state_raw: Vec<f32>,
     state_ns: Option<u64>,
     state_max_age_ns: u64,
-    /// (offset, scale) per state dimension.
-    state_norm: Vec<(f32, f32)>,
+    /// Normalization per state dimension.
+    state_norm: Vec<Affine>,
     sink: K,
     runner: R,
     planner: ActionPlanner,
@@ -500,13 +500,13 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         if let Some(s) = self.state_ns {
             obs = obs.min(s);
         }
-        for ((dst, raw), (off, scale)) in req
+        for ((dst, raw), norm) in req
             .state
             .iter_mut()
             .zip(&self.state_raw)
             .zip(&self.state_norm)
         {
-            *dst = (raw - off) * scale;
+            *dst = norm.normalize(*raw);
         }
         req.obs_ns = obs;
         req.submit_tick = tick;

@@ -38,11 +38,12 @@
 //! measured latency, and [`feed_check`] tells beforehand (`reflex check`, `reflex bench`) whether
 //! a bundle's settings can keep the plan fed at a given latency at all.
 //!
-//! Values are unnormalized here (`x = y / scale + offset` with the manifest's per-dimension affine
-//! map), so everything downstream, the safety filter first, works in physical units. A NaN from
+//! Values are unnormalized here (with the manifest's per-dimension [`Affine`] map, the training
+//! framework's formula), so everything downstream, the safety filter first, works in physical
+//! units. Interpolation between chunk steps happens in physical units. A NaN from
 //! the network is passed through as NaN: the safety filter rejects it as a whole.
 
-use reflex_models::manifest::{ActionSpec, ControlSpec};
+use reflex_models::manifest::{ActionSpec, Affine, ControlSpec};
 
 /// Ticks of margin in the ring beyond `horizon + steps_per_inference`, for chunks whose first
 /// step is slightly ahead of the current tick.
@@ -74,8 +75,7 @@ pub struct ActionPlanner {
     ticks_per_step: f64,
     /// `steps_per_inference` in loop ticks (at least 1).
     replan_ticks: u64,
-    offset: Vec<f32>,
-    scale: Vec<f32>,
+    norm: Vec<Affine>,
     ensemble_m: Option<f64>,
     slots: Vec<Slot>,
     /// `slots.len() * dim` weighted sums, physical units, row per slot.
@@ -93,7 +93,7 @@ impl ActionPlanner {
     pub fn new(action: &ActionSpec, control: &ControlSpec, loop_rate_hz: f64) -> Self {
         let dim = action.names.len();
         let horizon = action.output.horizon();
-        let (offset, scale) = (0..dim).map(|i| action.normalization.affine(i)).unzip();
+        let norm = (0..dim).map(|i| action.normalization.affine(i)).collect();
         let chunk_rate = control.chunk_rate();
         let steps_per_tick = chunk_rate / loop_rate_hz;
         let steps_per_tick = if steps_per_tick.is_finite() && steps_per_tick > 0.0 {
@@ -113,8 +113,7 @@ impl ActionPlanner {
             steps_per_tick,
             ticks_per_step,
             replan_ticks,
-            offset,
-            scale,
+            norm,
             ensemble_m: control.temporal_ensemble_m,
             slots: vec![EMPTY; cap],
             sums: vec![0.0; cap * dim],
@@ -201,10 +200,10 @@ impl ActionPlanner {
             let next =
                 (frac > 0.0 && k + 1 < steps).then(|| &raw[(k + 1) * self.dim..(k + 2) * self.dim]);
             for (j, (sum, &y)) in sums.iter_mut().zip(row).enumerate() {
-                let x = f64::from(y / self.scale[j] + self.offset[j]);
+                let x = f64::from(self.norm[j].unnormalize(y));
                 let x = match next {
                     Some(next) => {
-                        let x1 = f64::from(next[j] / self.scale[j] + self.offset[j]);
+                        let x1 = f64::from(self.norm[j].unnormalize(next[j]));
                         x + frac * (x1 - x)
                     }
                     None => x,
@@ -458,6 +457,7 @@ mod tests {
                 Normalization::MeanStd {
                     mean: vec![1.0, -2.0],
                     std: vec![0.5, 4.0],
+                    convention: Default::default(),
                 },
                 [2.0, -1.0],
                 [2.0, -6.0],
@@ -466,6 +466,7 @@ mod tests {
                 Normalization::MinMax {
                     min: vec![0.0, -1.0],
                     max: vec![10.0, 1.0],
+                    convention: Default::default(),
                 },
                 [-1.0, 0.5],
                 [0.0, 0.5],
@@ -474,6 +475,7 @@ mod tests {
                 Normalization::Quantile {
                     q01: vec![-2.0, 100.0],
                     q99: vec![2.0, 300.0],
+                    convention: Default::default(),
                 },
                 [0.5, 1.0],
                 [1.0, 300.0],
