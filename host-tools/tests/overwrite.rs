@@ -270,7 +270,8 @@ fn user_files_survive_every_writing_command() {
 
 #[test]
 fn out_dot_and_ancestors_are_refused() {
-    let cwd = user_folder("cwd");
+    // In a folder of its own: tests run in parallel, and their staging folders come and go.
+    let cwd = user_folder("dot/cwd");
     let before = snapshot(&cwd);
     let (onnx, tpl) = (tiny().join("policy.onnx"), tiny().join("policy.toml"));
     for out in [".", "..", "./", "/"] {
@@ -302,7 +303,7 @@ fn out_dot_and_ancestors_are_refused() {
 
 #[test]
 fn an_existing_bundle_is_replaced_only_with_force() {
-    let out = dir("replace");
+    let out = dir("replace/bundle");
     ok(&export(&out, &["--name", "first"]));
     let e = refused(&export(&out, &["--name", "second"]), &out);
     assert!(
