@@ -5,7 +5,9 @@ mod stats;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use reflex_models::bundle::{parse_manifest, read_graph, validate_manifest, write_bundle};
+use reflex_models::bundle::{
+    parse_manifest, read_graph, stage_bundle, validate_manifest, BUNDLE_KIND,
+};
 use reflex_models::manifest::{
     BackendKind, Convention, Manifest, ModelFile, ModelRole, Precision, MANIFEST_FILE,
 };
@@ -14,6 +16,7 @@ use reflex_models::onnx::{
     export_policy, EncoderKind, HeadKind, KeyLayout, PolicyArch, SafetensorsWeights, SeededWeights,
     WeightSource,
 };
+use reflex_models::output::{self, OutDir, Replace};
 use reflex_models::reference::{default_capture, reference_manifest};
 use reflex_models::Bundle;
 use std::path::{Path, PathBuf};
@@ -57,9 +60,13 @@ enum Cmd {
         /// NAME=FILE.npy, one per graph input (names as `inspect` lists them).
         #[arg(long = "input", required = true)]
         inputs: Vec<String>,
-        /// Output .npy file (the action output), or a directory to get every output.
+        /// Output .npy file (the action output), or an existing folder to get every output as
+        /// `NAME.npy`. An existing file is not overwritten unless --force is given.
         #[arg(long)]
         output: PathBuf,
+        /// Overwrite existing output files.
+        #[arg(long)]
+        force: bool,
     },
     /// Quantize a bundle to fp16 or int8 (operator form for tract + QDQ for TensorRT), with an
     /// accuracy report in action units and a gate.
@@ -129,9 +136,15 @@ struct ExportArgs {
     /// Bundle name (default: the output directory's name).
     #[arg(long)]
     name: Option<String>,
-    /// Output bundle directory (replaced atomically).
+    /// Output bundle folder: a new or empty folder, or an existing bundle with --force. Written
+    /// into a temporary sibling folder and renamed into place only once it loads back, so a
+    /// failed export leaves nothing behind and the previous bundle untouched. A folder holding
+    /// anything but a bundle is never replaced, nor the current or home folder.
     #[arg(long)]
     out: PathBuf,
+    /// Replace the bundle already at --out (only a reflex bundle: never other files).
+    #[arg(long)]
+    force: bool,
 }
 
 fn main() {
@@ -149,7 +162,8 @@ fn main() {
             bundle,
             inputs,
             output,
-        } => cmd_infer(&bundle, &inputs, &output),
+            force,
+        } => cmd_infer(&bundle, &inputs, &output, force),
         Cmd::Quantize(a) => quantize::run(*a),
     };
     if let Err(e) = r {
@@ -199,6 +213,8 @@ fn apply_stats(m: &mut Manifest, a: &ExportArgs) -> Result<()> {
 }
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
+    // The target is checked before any work, and written only at the end.
+    let out = OutDir::prepare(&a.out, Replace::ours_if(a.force), &BUNDLE_KIND)?;
     let name = a.name.clone().unwrap_or_else(|| {
         a.out
             .file_name()
@@ -263,17 +279,21 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     manifest.name = name;
     apply_stats(&mut manifest, &a)?;
     // Validate against the graph before anything is written.
-    let tmp = std::env::temp_dir().join(format!("reflex-export-{}.onnx", std::process::id()));
-    std::fs::write(&tmp, &bytes)?;
-    let checked = read_graph(&tmp).and_then(|(_, io)| {
+    let tmp = out.scratch()?.join("policy.onnx");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    read_graph(&tmp).and_then(|(_, io)| {
         validate_manifest(&manifest, &a.out.join(MANIFEST_FILE))?;
         reflex_models::bundle::validate_io(&manifest, &io, &tmp)
-    });
-    let _ = std::fs::remove_file(&tmp);
-    checked?;
-    write_bundle(&a.out, &mut manifest, &[&bytes])?;
-    let b = Bundle::load(&a.out)?;
-    println!("wrote {} ({} bytes of model)", b.dir.display(), bytes.len());
+    })?;
+    // Loaded back from the staging folder before it is renamed into place.
+    stage_bundle(&out, &mut manifest, &[&bytes]).with_context(|| {
+        format!(
+            "{}: the bundle does not load back, so nothing was written",
+            a.out.display()
+        )
+    })?;
+    out.commit()?;
+    println!("wrote {} ({} bytes of model)", a.out.display(), bytes.len());
     Ok(())
 }
 
@@ -323,7 +343,7 @@ fn cmd_inspect(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn cmd_infer(path: &Path, inputs: &[String], output: &Path) -> Result<()> {
+fn cmd_infer(path: &Path, inputs: &[String], output: &Path, force: bool) -> Result<()> {
     let b = Bundle::load(path)?;
     let plan = b.policy_model.clone().into_optimized()?.into_runnable()?;
     let mut values: Vec<Option<TValue>> = vec![None; b.io.inputs.len()];
@@ -365,11 +385,26 @@ fn cmd_infer(path: &Path, inputs: &[String], output: &Path) -> Result<()> {
     if !missing.is_empty() {
         bail!("no --input for {}", missing.join(", "));
     }
+    // Data files: who wrote an existing one cannot be told, so only --force replaces it.
+    let replace = if force { Replace::Any } else { Replace::No };
+    let targets: Vec<PathBuf> = if output.is_dir() {
+        b.io.outputs
+            .iter()
+            .map(|(name, _)| output.join(format!("{name}.npy")))
+            .collect()
+    } else {
+        vec![output.to_path_buf()]
+    };
+    for t in &targets {
+        output::check_file(t, replace, &output::ANY_FILE)?;
+    }
     let outs = plan.run(values.into_iter().flatten().collect())?;
     let write = |p: &Path, t: &TValue| -> Result<()> {
         let data = t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-        npy::write_npy(p, &npy::NpyArray::f32(t.shape(), data))
-            .with_context(|| format!("writing {}", p.display()))
+        let bytes = npy::encode_npy(&npy::NpyArray::f32(t.shape(), data))
+            .with_context(|| format!("encoding {}", p.display()))?;
+        output::write_file(p, &bytes, replace, &output::ANY_FILE)?;
+        Ok(())
     };
     if output.is_dir() {
         for ((name, _), t) in b.io.outputs.iter().zip(outs.iter()) {

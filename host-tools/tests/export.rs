@@ -90,6 +90,8 @@ fn export_seed_inspect_infer() {
     write_npy(&ip, &NpyArray::f32(&[1, 3, 224, 224], img.clone())).expect("npy");
     write_npy(&sp, &NpyArray::f32(&[1, 6], st.clone())).expect("npy");
     let op = out.with_extension("out.npy");
+    // infer does not overwrite a file without --force: start from none (a previous run's).
+    let _ = std::fs::remove_file(&op);
     ok(&tools(&[
         "infer",
         "--bundle",

@@ -50,6 +50,9 @@ pub enum BundleError {
     Model { path: PathBuf, message: String },
     #[error("{path}: {problem}")]
     Graph { path: PathBuf, problem: String },
+    /// The output folder was refused or could not be written.
+    #[error(transparent)]
+    Output(#[from] crate::output::OutputError),
 }
 
 impl BundleError {
@@ -943,14 +946,146 @@ impl Bundle {
     }
 }
 
-/// Writes a bundle: the model files (hashes filled in) and the manifest, into `dir`, through a
-/// temporary sibling directory renamed at the end, so a failed export leaves nothing half-written.
-/// `files` pairs each `manifest.models[i].file` with its bytes, in order.
-pub fn write_bundle(
-    dir: &Path,
+/// Files a bundle may hold besides its manifest and the files the manifest lists: what reflex
+/// writes into it (`reflex-tools quantize`'s report).
+pub const BUNDLE_ARTEFACTS: &[&str] = &[QUANTIZATION_REPORT_FILE];
+
+/// The accuracy report `reflex-tools quantize` writes into the bundles it makes.
+pub const QUANTIZATION_REPORT_FILE: &str = "quantization-report.json";
+
+/// Recognizes a folder reflex wrote as a bundle: a `policy.toml` that is TOML with an integer
+/// `format_version` (any version: an old bundle is still reflex's), and nothing but that
+/// manifest, the files it lists (`models[].file`, `can.file`) and [`BUNDLE_ARTEFACTS`]. A
+/// folder with anything else in it (a user's notes, another project) is not a bundle, so no
+/// command replaces it. Returns why not, for messages.
+pub fn is_bundle_dir(dir: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(dir.join(MANIFEST_FILE))
+        .map_err(|_| format!("no readable {MANIFEST_FILE}"))?;
+    let raw: toml::Table = text
+        .parse()
+        .map_err(|_| format!("its {MANIFEST_FILE} is not TOML"))?;
+    if !matches!(raw.get("format_version"), Some(toml::Value::Integer(_))) {
+        return Err(format!("its {MANIFEST_FILE} has no format_version"));
+    }
+    let mut listed: BTreeSet<PathBuf> = [MANIFEST_FILE]
+        .iter()
+        .chain(BUNDLE_ARTEFACTS)
+        .map(PathBuf::from)
+        .collect();
+    let file_of = |v: &toml::Value| v.get("file").and_then(|f| f.as_str()).map(PathBuf::from);
+    if let Some(models) = raw.get("models").and_then(|m| m.as_array()) {
+        listed.extend(models.iter().filter_map(file_of));
+    }
+    listed.extend(raw.get("can").and_then(file_of));
+    // Folders allowed: those on the way to a listed file.
+    let folders: BTreeSet<&Path> = listed
+        .iter()
+        .flat_map(|f| f.ancestors().skip(1))
+        .filter(|a| !a.as_os_str().is_empty())
+        .collect();
+    let mut unknown = vec![];
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let entries = std::fs::read_dir(dir.join(&rel)).map_err(|e| e.to_string())?;
+        for e in entries.flatten() {
+            let r = rel.join(e.file_name());
+            let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && folders.contains(r.as_path()) {
+                stack.push(r);
+            } else if is_dir || !listed.contains(&r) {
+                unknown.push(r.display().to_string());
+            }
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    unknown.sort();
+    let more = unknown.len().saturating_sub(3);
+    unknown.truncate(3);
+    Err(format!(
+        "it holds {}{} that its {MANIFEST_FILE} does not list",
+        unknown.join(", "),
+        if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        }
+    ))
+}
+
+/// The output kind of a bundle folder, for [`crate::output`].
+pub const BUNDLE_KIND: crate::output::Kind = crate::output::Kind {
+    what: "a reflex bundle",
+    recognize: is_bundle_dir,
+};
+
+impl BundleError {
+    /// The same error with paths under `from` (a staging folder) named under `to` (the target
+    /// the user gave).
+    fn relocated(self, from: &Path, to: &Path) -> Self {
+        let m = |p: PathBuf| match p.strip_prefix(from) {
+            Ok(rest) => to.join(rest),
+            Err(_) => p,
+        };
+        match self {
+            BundleError::Io { path, op, error } => BundleError::Io {
+                path: m(path),
+                op,
+                error,
+            },
+            BundleError::Parse { path, message } => BundleError::Parse {
+                path: m(path),
+                message,
+            },
+            BundleError::UnsupportedVersion { path, found } => BundleError::UnsupportedVersion {
+                path: m(path),
+                found,
+            },
+            BundleError::Field {
+                path,
+                field,
+                problem,
+            } => BundleError::Field {
+                path: m(path),
+                field,
+                problem,
+            },
+            BundleError::HashMismatch {
+                path,
+                expected,
+                actual,
+            } => BundleError::HashMismatch {
+                path: m(path),
+                expected,
+                actual,
+            },
+            BundleError::Model { path, message } => BundleError::Model {
+                path: m(path),
+                message,
+            },
+            BundleError::Graph { path, problem } => BundleError::Graph {
+                path: m(path),
+                problem,
+            },
+            e @ BundleError::Output(_) => e,
+        }
+    }
+}
+
+/// Writes a bundle's files into `out`'s staging folder: the model files (hashes filled in,
+/// `files` paired in order with `manifest.models`), then the manifest. Then loads the staged
+/// bundle as the robot would ([`Bundle::load`]: hashes, manifest against the graph, a DBC
+/// bundle's protocol file), so a bundle that would not load never reaches the target; errors
+/// name the target's paths, not the staging folder. Nothing is in place until
+/// [`OutDir::commit`](crate::output::OutDir::commit); the returned bundle's paths point into the
+/// staging folder until then.
+pub fn stage_bundle(
+    out: &crate::output::OutDir,
     manifest: &mut Manifest,
     files: &[&[u8]],
-) -> Result<(), BundleError> {
+) -> Result<Bundle, BundleError> {
+    let dir = out.path();
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |error| BundleError::Io {
@@ -961,7 +1096,7 @@ pub fn write_bundle(
     };
     if files.len() != manifest.models.len() {
         return Err(BundleError::field(
-            dir,
+            out.target(),
             "models",
             format!(
                 "{} model entries but {} files given",
@@ -973,37 +1108,55 @@ pub fn write_bundle(
     for (m, bytes) in manifest.models.iter_mut().zip(files) {
         m.sha256 = sha256_bytes(bytes);
     }
-    validate_manifest(manifest, &dir.join(MANIFEST_FILE))?;
-    let name = dir
-        .file_name()
-        .map(|s| s.to_string_lossy().to_string())
-        .unwrap_or_else(|| "bundle".into());
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    validate_manifest(manifest, &out.target().join(MANIFEST_FILE))?;
     let result = (|| {
         for (m, bytes) in manifest.models.iter().zip(files) {
-            let p = tmp.join(&m.file);
+            let p = dir.join(&m.file);
             if let Some(par) = p.parent() {
                 std::fs::create_dir_all(par).map_err(io(par))?;
             }
             std::fs::write(&p, bytes).map_err(io(&p))?;
         }
+        let mp = dir.join(MANIFEST_FILE);
         let text = manifest.to_toml().map_err(|e| BundleError::Parse {
-            path: tmp.join(MANIFEST_FILE),
+            path: mp.clone(),
             message: e.to_string(),
         })?;
-        let mp = tmp.join(MANIFEST_FILE);
         std::fs::write(&mp, text).map_err(io(&mp))?;
-        if dir.exists() {
-            std::fs::remove_dir_all(dir).map_err(io(dir))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(io(dir))
+        Bundle::load(&dir)
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-    }
-    result
+    result.map_err(|e| e.relocated(&dir, out.target()))
+}
+
+/// Writes a bundle to `dir` (see [`stage_bundle`]) and puts it in place atomically: a new or
+/// empty folder, or, as `replace` allows, an existing bundle (never a folder holding anything
+/// else; see [`crate::output`]). A failed write leaves `dir` as it was. Returns the bundle as
+/// loaded back.
+pub fn write_bundle_to(
+    dir: &Path,
+    manifest: &mut Manifest,
+    files: &[&[u8]],
+    replace: crate::output::Replace,
+) -> Result<Bundle, BundleError> {
+    let out = crate::output::OutDir::prepare(dir, replace, &BUNDLE_KIND)?;
+    let mut b = stage_bundle(&out, manifest, files)?;
+    let staged = out.path();
+    out.commit()?;
+    b.policy_path = dir.join(
+        b.policy_path
+            .strip_prefix(&staged)
+            .unwrap_or(&b.policy_path),
+    );
+    b.dir = dir.to_path_buf();
+    Ok(b)
+}
+
+/// [`write_bundle_to`] replacing an existing bundle at `dir` (for programs and tests that own
+/// `dir`; the commands ask for `--force` first).
+pub fn write_bundle(
+    dir: &Path,
+    manifest: &mut Manifest,
+    files: &[&[u8]],
+) -> Result<(), BundleError> {
+    write_bundle_to(dir, manifest, files, crate::output::Replace::Ours).map(|_| ())
 }

@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod manifest;
 pub mod npy;
 pub mod onnx;
+pub mod output;
 pub mod reference;
 
 pub use bundle::{Bundle, BundleError, GraphIo};

@@ -272,10 +272,13 @@ pub fn set_bundle_can(dir: &std::path::Path, can: CanSpec) -> Result<Manifest, R
     let text = m
         .to_toml()
         .map_err(|e| crate::bundle::BundleError::field(&path, "can", e.to_string()))?;
-    std::fs::write(&path, text).map_err(|error| crate::bundle::BundleError::Io {
-        path: path.clone(),
-        op: "write",
-        error,
-    })?;
+    // Atomic: a failed write leaves the previous manifest, never a truncated one.
+    crate::output::write_file(
+        &path,
+        text.as_bytes(),
+        crate::output::Replace::Any,
+        &crate::output::ANY_FILE,
+    )
+    .map_err(crate::bundle::BundleError::from)?;
     Ok(m)
 }

@@ -441,3 +441,78 @@ fn chunk_rate_parses_defaults_and_validates() {
     let e = load_err(&d);
     assert!(e.contains("chunk_rate"), "{e}");
 }
+
+#[test]
+fn a_bundle_is_recognized_and_replaced_only_as_allowed() {
+    use reflex_models::bundle::{is_bundle_dir, write_bundle_to};
+    use reflex_models::output::Replace;
+    let d = copy_of("replace");
+    is_bundle_dir(&d).expect("a bundle");
+    let b = Bundle::load(&d).expect("loads");
+    let bytes = std::fs::read(&b.policy_path).expect("model");
+    let mut m = b.manifest.clone();
+    m.name = "second".into();
+    let e = write_bundle_to(&d, &mut m, &[&bytes], Replace::No)
+        .expect_err("needs --force")
+        .to_string();
+    assert!(
+        e.contains("already holds a reflex bundle") && e.contains("--force"),
+        "{e}"
+    );
+    assert_eq!(Bundle::load(&d).expect("kept").manifest.name, "test");
+    let again = write_bundle_to(&d, &mut m, &[&bytes], Replace::Ours).expect("replaced");
+    assert_eq!(again.dir, d);
+    assert_eq!(again.policy_path, d.join("policy.onnx"));
+    assert_eq!(Bundle::load(&d).expect("new").manifest.name, "second");
+
+    // A file the manifest does not list makes it someone else's folder: never replaced.
+    std::fs::write(d.join("notes.txt"), "mine").expect("write");
+    let why = is_bundle_dir(&d).expect_err("not a bundle any more");
+    assert!(why.contains("notes.txt"), "{why}");
+    let e = write_bundle_to(&d, &mut m, &[&bytes], Replace::Any)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        e.contains("not a reflex bundle") && e.contains("notes.txt"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(d.join("notes.txt")).expect("kept"),
+        "mine"
+    );
+}
+
+#[test]
+fn a_bundle_that_does_not_load_back_is_never_put_in_place() {
+    use reflex_models::manifest::{CanSpec, DbcSpec};
+    let b = Bundle::load(pristine()).expect("loads");
+    let bytes = std::fs::read(&b.policy_path).expect("model");
+    let mut m = b.manifest.clone();
+    // A DBC protocol whose file is not in the bundle: caught only when loaded back.
+    m.can = CanSpec::Dbc(DbcSpec {
+        file: "arm.dbc".into(),
+        sha256: "0".repeat(64),
+        actions: m
+            .action
+            .names
+            .iter()
+            .map(|n| (n.clone(), format!("Cmd.{n}")))
+            .collect(),
+        constants: Default::default(),
+        stop_signal: None,
+        fd_brs: false,
+        feedback: Default::default(),
+    });
+    let parent = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bundle-tests/no-load");
+    let _ = std::fs::remove_dir_all(&parent);
+    let out = parent.join("deep/bundle");
+    let e = reflex_models::bundle::write_bundle(&out, &mut m, &[&bytes])
+        .expect_err("does not load")
+        .to_string();
+    // Named where the user would look for it, not in the staging folder.
+    assert!(
+        e.contains(&out.join("arm.dbc").display().to_string()),
+        "{e}"
+    );
+    assert!(!parent.exists(), "nothing left behind");
+}

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use reflex_models::output;
 use reflex_models::Bundle;
 use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
 use reflex_runtime::can::codec::Codec;
@@ -91,9 +92,13 @@ enum CanCmd {
     Send {
         #[command(flatten)]
         target: CanTarget,
-        /// Output: a SocketCAN interface (can0, vcan0) or candump:FILE.
+        /// Output: a SocketCAN interface (can0, vcan0) or candump:FILE (a new or empty file; an
+        /// existing log only with --force).
         #[arg(long)]
         can: String,
+        /// Replace the file of `--can candump:FILE` if it exists.
+        #[arg(long)]
+        force: bool,
         /// Joint state to start from: `can:IFACE[:BASE_ID]` (as for `reflex run`).
         #[arg(long)]
         state: Option<String>,
@@ -165,12 +170,16 @@ struct RunArgs {
     #[arg(long)]
     state: Option<String>,
     /// Command output: a SocketCAN interface (`can0`, `vcan0`), `candump:FILE` (can-utils
-    /// `candump -l` log) or `null`.
+    /// `candump -l` log: a new or empty file; an existing log only with --force) or `null`.
     #[arg(long)]
     can: String,
     /// CAN interface name written into candump logs.
     #[arg(long, default_value = "can0")]
     iface: String,
+    /// Replace the file of `--can candump:FILE` if it exists (it is never replaced otherwise: a
+    /// log recorded from a real bus looks the same as one reflex wrote).
+    #[arg(long)]
+    force: bool,
     /// E-stop input. Pressed (or unreadable) = every tick sends the stop command; the loop
     /// resumes only after it is released and re-armed with `--arm`.
     /// `gpio:CHIP:LINE[:active-low][:debounce=MS]` (a line of /dev/gpiochipN, release debounced,
@@ -223,12 +232,16 @@ struct BenchArgs {
     /// Control rate override, Hz.
     #[arg(long)]
     rate: Option<f64>,
-    /// Write the JSON report (schema reflex-bench/1) here.
+    /// Write the JSON report (schema reflex-bench/1) here. A report bench wrote before is
+    /// replaced; any other existing file only with --force.
     #[arg(long, default_value = "bench.json")]
     json: PathBuf,
-    /// Write the SVG plot (per-stage histograms, tick-period timeline) here.
+    /// Write the SVG plot (per-stage histograms, tick-period timeline) here; replaced as --json.
     #[arg(long, default_value = "bench.svg")]
     svg: PathBuf,
+    /// Replace --json and --svg even if they are not reports bench wrote.
+    #[arg(long)]
+    force: bool,
     /// Compare two JSON reports side by side instead of running: --compare A.json B.json.
     #[arg(long, num_args = 2, value_names = ["A", "B"])]
     compare: Option<Vec<PathBuf>>,
@@ -236,7 +249,9 @@ struct BenchArgs {
 
 #[derive(Args)]
 struct DemoArgs {
-    /// Where the bundle, episode and CAN log go (created if absent).
+    /// Where the bundle (`resnet18-chunk/`), episode (`episode/`) and CAN log (`can0.log`) go:
+    /// a new or empty folder, or one a demo wrote before (its bundle and episode are reused, its
+    /// log replaced). A folder holding anything else is refused.
     #[arg(long, default_value = "target/reflex-demo")]
     workdir: PathBuf,
     /// Seconds to run.
@@ -472,16 +487,26 @@ fn open_state(
     )?))
 }
 
+/// `replace_log`: a `candump:FILE` that exists and is not empty is replaced (`--force`, or the
+/// demo's own log); otherwise it is refused, since a log recorded from a real bus looks the same
+/// as one reflex wrote.
 fn open_sink(
     bundle: &Bundle,
     spec: &str,
     iface: &str,
     clock: &MonotonicClock,
+    replace_log: bool,
 ) -> Result<Box<dyn CommandSink>> {
     if spec == "null" {
         return Ok(Box::new(NullSink::default()));
     }
     if let Some(file) = spec.strip_prefix("candump:") {
+        let replace = if replace_log {
+            output::Replace::Any
+        } else {
+            output::Replace::No
+        };
+        output::check_file(Path::new(file), replace, &CANDUMP_KIND)?;
         let codec = Codec::from_bundle(bundle)?;
         let sink = CandumpSink::new(Path::new(file), iface, codec, clock.epoch_offset_ns())
             .with_context(|| format!("opening candump log {file}"))?;
@@ -494,6 +519,12 @@ fn open_sink(
     let sink = reflex_runtime::can::socketcan::SocketCanSink::open(spec, codec)?;
     Ok(Box::new(sink))
 }
+
+/// A candump log: who wrote one cannot be told from its content.
+const CANDUMP_KIND: output::Kind = output::Kind {
+    what: "a candump log",
+    recognize: |_| Err("it may be a recording of a real bus".into()),
+};
 
 /// A safety input from its command-line spec: `gpio:...` or `can:...` (`level`: an e-stop's
 /// status, else an arm button's event).
@@ -644,7 +675,7 @@ fn cmd_run(a: RunArgs) -> Result<()> {
     let (cams, ep) = open_cameras(&bundle, &a.cameras)?;
     let state = open_state(&bundle, a.state.as_deref(), ep.as_deref())?;
     let estop = open_estop(&a)?;
-    let sink = open_sink(&bundle, &a.can, &a.iface, &clock)?;
+    let sink = open_sink(&bundle, &a.can, &a.iface, &clock, a.force)?;
     let io = LoopIo {
         cameras: cams,
         state,
@@ -775,6 +806,7 @@ fn cmd_can(c: CanCmd) -> Result<()> {
             state,
             hold,
             iface,
+            force,
         } => {
             let stop = interrupt_flag()?;
             let clock = MonotonicClock::new();
@@ -783,7 +815,7 @@ fn cmd_can(c: CanCmd) -> Result<()> {
             let m = &bundle.manifest;
             let mut filter =
                 SafetyFilter::new(&m.action, m.control.rate_hz, target.allow_unlimited)?;
-            let mut sink = open_sink(&bundle, &can, &iface, &clock)?;
+            let mut sink = open_sink(&bundle, &can, &iface, &clock, force)?;
             let Some(state_spec) = state else {
                 eprintln!(
                     "note: no --state: the command is not rate-limited from the joints' positions"
@@ -880,11 +912,45 @@ fn cmd_can(c: CanCmd) -> Result<()> {
     }
 }
 
+/// The demo's entries in its workdir.
+const DEMO_ENTRIES: [&str; 3] = ["resnet18-chunk", "episode", "can0.log"];
+
+/// A demo workdir is new, empty, holds a reflex bundle at `resnet18-chunk/` (a demo ran there;
+/// other files beside it are left alone), or holds only the demo's entries and staging folders
+/// of an interrupted demo. Anything else is refused: the demo would replace `can0.log`.
+fn check_demo_workdir(dir: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    if reflex_models::bundle::is_bundle_dir(&dir.join(DEMO_ENTRIES[0])).is_ok() {
+        return Ok(());
+    }
+    let foreign: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| {
+            !DEMO_ENTRIES
+                .iter()
+                .any(|d| n == d || output::is_staging_name(n, d))
+        })
+        .collect();
+    if !foreign.is_empty() {
+        bail!(
+            "{}: not a demo workdir (it holds {}); nothing was changed: choose an empty or new \
+             folder with --workdir",
+            dir.display(),
+            foreign.join(", ")
+        );
+    }
+    Ok(())
+}
+
 fn cmd_demo(a: DemoArgs) -> Result<()> {
     interrupt_flag()?;
     let bundle_dir = a.workdir.join("resnet18-chunk");
     let episode_dir = a.workdir.join("episode");
     let log_path = a.workdir.join("can0.log");
+    check_demo_workdir(&a.workdir)?;
     if Bundle::load(&bundle_dir).is_err() {
         println!(
             "building the reference ResNet-18 bundle in {} ...",
@@ -914,6 +980,7 @@ fn cmd_demo(a: DemoArgs) -> Result<()> {
         &format!("candump:{}", log_path.display()),
         "can0",
         &clock,
+        true,
     )?;
     let engine = EngineArgs {
         backend: a.backend,
@@ -963,6 +1030,14 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         return Ok(true);
     }
     let path = a.bundle.clone().context("--bundle is required")?;
+    // Checked before the run, written after it.
+    let replace = if a.force {
+        output::Replace::Any
+    } else {
+        output::Replace::Ours
+    };
+    output::check_file(&a.json, replace, &bench::JSON_KIND)?;
+    output::check_file(&a.svg, replace, &bench::SVG_KIND)?;
     let bundle = load_bundle(&path)?;
     let m = &bundle.manifest;
     let tract = TractOptions {
@@ -1011,7 +1086,13 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         overruns = 0;
     } else {
         let ep_dir = if a.camera == "synthetic" {
-            let d = std::env::temp_dir().join(format!("reflex-bench-episode-{}", m.name));
+            // The bundle's name, reduced to a safe file name (it could hold `/` or `..`).
+            let safe: String = m
+                .name
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            let d = std::env::temp_dir().join(format!("reflex-bench-episode-{safe}"));
             if Episode::load(&d).is_err() {
                 generate_synthetic_episode(m, &d, 2.0, 30)?;
             }
@@ -1117,9 +1198,9 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         verdict,
     };
     print!("{}", report.table());
-    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
-        .with_context(|| format!("writing {}", a.json.display()))?;
-    std::fs::write(&a.svg, report.svg()).with_context(|| format!("writing {}", a.svg.display()))?;
+    let json = serde_json::to_string_pretty(&report)?;
+    output::write_file(&a.json, json.as_bytes(), replace, &bench::JSON_KIND)?;
+    output::write_file(&a.svg, report.svg().as_bytes(), replace, &bench::SVG_KIND)?;
     println!("wrote {} and {}", a.json.display(), a.svg.display());
     Ok(report.verdict.pass)
 }

@@ -74,11 +74,12 @@ mod report;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
-use reflex_models::bundle::{sha256_bytes, write_bundle};
+use reflex_models::bundle::{sha256_bytes, stage_bundle, write_bundle, BUNDLE_KIND};
 use reflex_models::manifest::{
     ActionOutput, BackendKind, Manifest, ModelFile, ModelRole, Precision,
 };
 use reflex_models::npy;
+use reflex_models::output::{self, Kind, OutDir, Replace};
 use reflex_models::{Bundle, GraphIo};
 use reflex_runtime::infer::backend::{PolicyBackend, TractBackend, TractOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,7 +88,43 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 
 /// Name of the report inside the written bundle.
-pub const REPORT_FILE: &str = "quantization-report.json";
+pub const REPORT_FILE: &str = reflex_models::bundle::QUANTIZATION_REPORT_FILE;
+
+/// A quantization report this tool wrote: JSON whose `tool` starts with `reflex-tools`.
+const REPORT_KIND: Kind = Kind {
+    what: "a reflex-tools quantization report",
+    recognize: |p| {
+        let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| "not JSON")?;
+        match v.get("tool").and_then(|t| t.as_str()) {
+            Some(t) if t.starts_with("reflex-tools") => Ok(()),
+            _ => Err("no `tool: reflex-tools ...` in it".into()),
+        }
+    },
+};
+
+/// A --save-held-out folder: numbered folders of `.npy` files, nothing else.
+const HELD_OUT_KIND: Kind = Kind {
+    what: "held-out inputs written by reflex-tools",
+    recognize: |p| {
+        for e in std::fs::read_dir(p).map_err(|e| e.to_string())?.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.parse::<usize>().is_err() || !e.path().is_dir() {
+                return Err(format!("it holds `{name}`"));
+            }
+            for f in std::fs::read_dir(e.path())
+                .map_err(|e| e.to_string())?
+                .flatten()
+            {
+                let n = f.file_name().to_string_lossy().to_string();
+                if !n.ends_with(".npy") || !f.path().is_file() {
+                    return Err(format!("it holds `{name}/{n}`"));
+                }
+            }
+        }
+        Ok(())
+    },
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Target {
@@ -141,43 +178,21 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub threads: Option<usize>,
     /// Report file (JSON); a copy is always written into the bundle as quantization-report.json.
+    /// A report this tool wrote is replaced; any other existing file only with --force.
     #[arg(long)]
     pub report: Option<PathBuf>,
     /// Also write the held-out network inputs, `DIR/<i>/<graph input>.npy`, for checks with
-    /// other runtimes.
+    /// other runtimes: a new or empty folder, or held-out inputs written before with --force.
     #[arg(long)]
     pub save_held_out: Option<PathBuf>,
-    /// Output bundle directory (replaced atomically, only on success).
+    /// Output bundle folder: a new or empty folder, or an existing bundle with --force (it may
+    /// be --bundle itself). Written in a temporary sibling folder and renamed into place only on
+    /// success; a folder holding anything but a bundle is never replaced.
     #[arg(long)]
     pub out: PathBuf,
-}
-
-/// A scratch directory next to the output, removed however the command ends.
-struct Staging(PathBuf);
-
-impl Staging {
-    fn new(out: &Path) -> Result<Self> {
-        let name = out
-            .file_name()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "bundle".into());
-        let parent = match out.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        std::fs::create_dir_all(&parent)
-            .with_context(|| format!("creating {}", parent.display()))?;
-        let dir = parent.join(format!(".{name}.quantize-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Staging(dir))
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    /// Replace the bundle at --out, the held-out folder and any file at --report.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Where a graph input comes from: a camera (manifest index) or the state.
@@ -408,8 +423,19 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             a.calibration_frames
         }
     };
-    let staging = Staging::new(&a.out)?;
-    let samples = calib::load(&b_in, &source, calibration_frames, a.held_out, &staging.0)?;
+    // Every destination is checked before the work, and written only at the end.
+    let out = OutDir::prepare(&a.out, Replace::ours_if(a.force), &BUNDLE_KIND)?;
+    let report_replace = if a.force { Replace::Any } else { Replace::Ours };
+    if let Some(p) = &a.report {
+        output::check_file(p, report_replace, &REPORT_KIND)?;
+    }
+    let held_out_dir = a
+        .save_held_out
+        .as_deref()
+        .map(|d| OutDir::prepare(d, Replace::ours_if(a.force), &HELD_OUT_KIND))
+        .transpose()?;
+    let scratch = out.scratch()?;
+    let samples = calib::load(&b_in, &source, calibration_frames, a.held_out, &scratch)?;
     log::info!(
         "{}: {} calibration + {} held-out frames",
         source.describe(),
@@ -558,7 +584,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     manifest.models = models;
     let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
-    let trial = staging.0.join("trial");
+    let trial = scratch.join("trial");
     write_bundle(&trial, &mut manifest.clone(), &refs)?;
     let b_q = Bundle::load(&trial).context("the quantized bundle does not load")?;
     // The file tract runs, hence the one measured below.
@@ -698,28 +724,18 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         .insert("quantization".into(), toml::Value::Table(q));
 
     let json = serde_json::to_string_pretty(&rep)?;
-    let final_dir = staging.0.join("final");
-    write_bundle(&final_dir, &mut manifest, &refs)?;
-    let rp = final_dir.join(REPORT_FILE);
+    stage_bundle(&out, &mut manifest, &refs).context("the quantized bundle does not load")?;
+    let rp = out.path().join(REPORT_FILE);
     std::fs::write(&rp, &json).with_context(|| format!("writing {}", rp.display()))?;
-    Bundle::load(&final_dir).context("the quantized bundle does not load")?;
-    if a.out.exists() {
-        std::fs::remove_dir_all(&a.out)
-            .with_context(|| format!("replacing {}", a.out.display()))?;
+    if let Some(d) = &held_out_dir {
+        write_held_out(&d.path(), &b_in.io, &samples.held_out)?;
     }
-    std::fs::rename(&final_dir, &a.out)
-        .with_context(|| format!("moving the bundle to {}", a.out.display()))?;
+    out.commit()?;
     if let Some(p) = &a.report {
-        if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, &json).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, p).with_context(|| format!("writing {}", p.display()))?;
+        output::write_file(p, json.as_bytes(), report_replace, &REPORT_KIND)?;
     }
-    if let Some(d) = &a.save_held_out {
-        write_held_out(d, &b_in.io, &samples.held_out)?;
+    if let Some(d) = held_out_dir {
+        d.commit()?;
     }
     let sizes: Vec<String> = entries
         .iter()

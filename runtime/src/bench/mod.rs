@@ -22,6 +22,34 @@ use serde::{Deserialize, Serialize};
 
 pub const SCHEMA: &str = "reflex-bench/1";
 
+/// A JSON report `reflex bench` wrote (any `reflex-bench/` schema), for
+/// [`reflex_models::output`]: such a file is replaced by the next run, any other only with
+/// `--force`.
+pub const JSON_KIND: reflex_models::output::Kind = reflex_models::output::Kind {
+    what: "a reflex-bench JSON report",
+    recognize: |p| {
+        let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| "not JSON")?;
+        match v.get("schema").and_then(|s| s.as_str()) {
+            Some(s) if s.starts_with("reflex-bench/") => Ok(()),
+            _ => Err("no `schema: reflex-bench/...` in it".into()),
+        }
+    },
+};
+
+/// An SVG plot `reflex bench` wrote (its title starts `reflex bench:`); see [`JSON_KIND`].
+pub const SVG_KIND: reflex_models::output::Kind = reflex_models::output::Kind {
+    what: "a reflex bench plot",
+    recognize: |p| {
+        let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+        if text.starts_with("<svg") && text.contains(">reflex bench: ") {
+            Ok(())
+        } else {
+            Err("not an SVG with a `reflex bench:` title".into())
+        }
+    },
+};
+
 /// Percentiles of one stage, milliseconds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageStats {

@@ -7,6 +7,7 @@
 
 use crate::io::{Camera, CameraError, FaultKind, Frame, FrameMeta, StateError, StateSource};
 use reflex_models::manifest::{Manifest, PixelFormat};
+use reflex_models::output::{Kind, OutDir, OutputError, Replace};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -22,7 +23,52 @@ pub enum EpisodeError {
     },
     #[error("{path}: {message}")]
     Invalid { path: PathBuf, message: String },
+    /// The episode folder was refused or could not be put in place.
+    #[error(transparent)]
+    Output(#[from] OutputError),
 }
+
+/// Recognizes an episode folder reflex wrote: an `episode.json` whose `format` is
+/// `reflex-episode-...` and nothing but the frame files it lists. Returns why not.
+pub fn is_episode_dir(dir: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(dir.join(EPISODE_FILE))
+        .map_err(|_| format!("no readable {EPISODE_FILE}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| format!("its {EPISODE_FILE} is not JSON"))?;
+    if !v
+        .get("format")
+        .and_then(|f| f.as_str())
+        .is_some_and(|f| f.starts_with("reflex-episode-"))
+    {
+        return Err(format!("its {EPISODE_FILE} is not a reflex episode index"));
+    }
+    let mut listed = vec![EPISODE_FILE.to_string()];
+    for c in v
+        .get("cameras")
+        .and_then(|c| c.as_array())
+        .into_iter()
+        .flatten()
+    {
+        if let Some(f) = c.get("file").and_then(|f| f.as_str()) {
+            listed.push(f.to_string());
+        }
+    }
+    for e in std::fs::read_dir(dir).map_err(|e| e.to_string())?.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if !listed.contains(&name) || !e.path().is_file() {
+            return Err(format!(
+                "it holds `{name}`, which its {EPISODE_FILE} does not list"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The output kind of an episode folder, for [`reflex_models::output`].
+pub const EPISODE_KIND: Kind = Kind {
+    what: "a reflex episode",
+    recognize: is_episode_dir,
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -352,7 +398,34 @@ impl StateSource for ReplayState {
 /// Writes a synthetic episode matching a bundle's cameras and state: a textured background with
 /// a colored square moving along a smooth path, and joint trajectories that follow it inside the
 /// bundle's action limits. Deterministic (same arguments, same bytes).
+///
+/// `dir` is a new or empty folder, or an episode folder ([`is_episode_dir`]) that is replaced;
+/// a folder holding anything else is refused. Written in a staging folder renamed into place
+/// (see [`reflex_models::output`]).
 pub fn generate_synthetic_episode(
+    manifest: &Manifest,
+    target: &Path,
+    seconds: f64,
+    fps: u32,
+) -> Result<(), EpisodeError> {
+    let out = OutDir::prepare(target, Replace::Ours, &EPISODE_KIND)?;
+    let dir = &out.path();
+    write_synthetic_episode(manifest, dir, seconds, fps).map_err(|e| match e {
+        EpisodeError::Io { path, source } => EpisodeError::Io {
+            path: target.join(path.strip_prefix(dir).unwrap_or(&path)),
+            source,
+        },
+        EpisodeError::Invalid { path, message } => EpisodeError::Invalid {
+            path: target.join(path.strip_prefix(dir).unwrap_or(&path)),
+            message,
+        },
+        e => e,
+    })?;
+    out.commit()?;
+    Ok(())
+}
+
+fn write_synthetic_episode(
     manifest: &Manifest,
     dir: &Path,
     seconds: f64,
@@ -362,7 +435,6 @@ pub fn generate_synthetic_episode(
         let path = path.to_path_buf();
         move |source| EpisodeError::Io { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
     let n = ((seconds * fps as f64).round() as usize).max(2);
     let period = 1_000_000_000u64 / fps.max(1) as u64;
     let mut cameras = Vec::new();
