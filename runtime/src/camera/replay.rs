@@ -24,6 +24,13 @@ pub enum EpisodeError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// An episode that cannot be read or makes no sense is a misconfiguration: fatal.
+impl crate::io::Fault for EpisodeError {
+    fn kind(&self) -> FaultKind {
+        FaultKind::Fatal
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpisodeCamera {

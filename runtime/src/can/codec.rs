@@ -84,6 +84,13 @@ pub enum CodecError {
     Signal(#[from] SignalError),
 }
 
+/// A bundle whose commands cannot be encoded cannot drive its robot: always fatal.
+impl crate::io::Fault for CodecError {
+    fn kind(&self) -> crate::io::FaultKind {
+        crate::io::FaultKind::Fatal
+    }
+}
+
 fn config(field: impl Into<String>, message: impl Into<String>) -> CodecError {
     CodecError::Config {
         field: field.into(),

@@ -1,0 +1,94 @@
+//! `reflex bench`: time the frame-to-command path (or the network alone) and give a PASS/FAIL
+//! verdict; or compare two reports. The measurement is the library's
+//! ([`reflex_runtime::bench::measure`]).
+
+use super::Outcome;
+use crate::args::BackendArgs;
+use crate::open::load_bundle;
+use anyhow::{Context, Result};
+use reflex_runtime::bench::compare;
+use reflex_runtime::bench::measure::{
+    measure_model, measure_pipeline, read_report, report, BenchOptions, BenchSetup, BenchSource,
+};
+use reflex_runtime::infer::backend::select_backend;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Bundle directory.
+    #[arg(long, required_unless_present = "compare")]
+    bundle: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Camera source: `replay:EPISODE_DIR`, or `synthetic` (a generated episode matching the
+    /// bundle's cameras).
+    #[arg(long, default_value = "synthetic")]
+    camera: BenchSource,
+    /// Timed ticks (after warm-up).
+    #[arg(long, conflicts_with = "duration")]
+    iterations: Option<u64>,
+    /// Timed seconds (after warm-up); default 10 s of ticks.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Untimed warm-up ticks.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Safety margin on the budgets (0.2 = the p99 must fit in 80% of the budget).
+    #[arg(long, default_value_t = 0.2)]
+    margin: f64,
+    /// Time the network alone on fixed inputs (comparable to trtexec's GPU compute time).
+    #[arg(long)]
+    model_only: bool,
+    /// Control rate override, Hz.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write the JSON report (schema reflex-bench/1) here.
+    #[arg(long, default_value = "bench.json")]
+    json: PathBuf,
+    /// Write the SVG plot (per-stage histograms, tick-period timeline) here.
+    #[arg(long, default_value = "bench.svg")]
+    svg: PathBuf,
+    /// Compare two JSON reports side by side instead of running: --compare A.json B.json.
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    compare: Option<Vec<PathBuf>>,
+}
+
+pub fn run(a: Args) -> Result<Outcome> {
+    if let Some([ra, rb]) = a.compare.as_deref() {
+        print!("{}", compare(&read_report(ra)?, &read_report(rb)?));
+        return Ok(Outcome::Success);
+    }
+    let path = a.bundle.context("--bundle is required")?;
+    let bundle = load_bundle(&path)?;
+    let m = &bundle.manifest;
+    let (mut backend, reason) = select_backend(&bundle, a.backend.backend, a.backend.tract())?;
+    let opts = BenchOptions {
+        rate_hz: a.rate.unwrap_or(m.control.rate_hz),
+        warmup: a.warmup,
+        iterations: a.iterations,
+        duration_s: a.duration,
+    };
+    let setup = BenchSetup {
+        backend: backend.name().to_string(),
+        backend_reason: reason,
+        model_only: a.model_only,
+        margin: a.margin,
+    };
+    let measured = if a.model_only {
+        measure_model(backend.as_mut(), m.cameras.len(), &opts)?
+    } else {
+        let episode = a.camera.episode(m)?;
+        measure_pipeline(m, backend, &episode, &opts)?
+    };
+    let report = report(m, setup, &opts, measured);
+    print!("{}", report.table());
+    std::fs::write(&a.json, serde_json::to_string_pretty(&report)?)
+        .with_context(|| format!("writing {}", a.json.display()))?;
+    std::fs::write(&a.svg, report.svg()).with_context(|| format!("writing {}", a.svg.display()))?;
+    println!("wrote {} and {}", a.json.display(), a.svg.display());
+    Ok(if report.verdict.pass {
+        Outcome::Success
+    } else {
+        Outcome::VerdictFail
+    })
+}
