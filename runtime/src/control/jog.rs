@@ -179,6 +179,8 @@ pub struct Jog {
     target: Vec<f32>,
     /// For each action dimension, the state dimension of the same name.
     action_state: Vec<Option<usize>>,
+    /// The last measured state (manifest state order; zeros before the first).
+    state: Vec<f32>,
     period_ns: u64,
 }
 
@@ -192,6 +194,7 @@ impl Jog {
             filter,
             target,
             action_state: m.action_state_indices(),
+            state: vec![0.0; m.state.names.len()],
             period_ns: (1e9 / m.control.rate_hz).round() as u64,
         })
     }
@@ -199,6 +202,12 @@ impl Jog {
     /// The target, physical units.
     pub fn target(&self) -> &[f32] {
         &self.target
+    }
+
+    /// The last measured joint state (physical units, manifest state order; zeros before
+    /// [`Jog::seed_from_state`]).
+    pub fn measured(&self) -> &[f32] {
+        &self.state
     }
 
     /// The control period the ramp runs at, ns.
@@ -216,8 +225,8 @@ impl Jog {
         self.filter.stop(tick)
     }
 
-    /// Waits up to `timeout_ns` (on `clock`) for a joint state from `src`, writes it into
-    /// `state` (manifest state order) and seeds the filter with the measured position of every
+    /// Waits up to `timeout_ns` (on `clock`) for a joint state from `src` (kept as
+    /// [`Jog::measured`]) and seeds the filter with the measured position of every
     /// action dimension, so that rate limits ramp from there.
     ///
     /// Errors: [`JogError::State`] on any read error while waiting, [`JogError::NoState`] when
@@ -228,10 +237,9 @@ impl Jog {
         src: &mut dyn StateSource,
         clock: &impl Clock,
         timeout_ns: u64,
-        state: &mut [f32],
     ) -> Result<(), JogError> {
         let t0 = clock.now_ns();
-        while src.latest(clock.now_ns(), state)?.is_none() {
+        while src.latest(clock.now_ns(), &mut self.state)?.is_none() {
             if clock.now_ns().saturating_sub(t0) > timeout_ns {
                 return Err(JogError::NoState {
                     source_name: src.name().to_owned(),
@@ -243,7 +251,10 @@ impl Jog {
         let seed: Vec<f32> = self
             .action_state
             .iter()
-            .map(|j| j.and_then(|j| state.get(j).copied()).unwrap_or(f32::NAN))
+            .map(|j| {
+                j.and_then(|j| self.state.get(j).copied())
+                    .unwrap_or(f32::NAN)
+            })
             .collect();
         if !self.filter.seed(&seed) {
             return Err(JogError::BadSeed {
@@ -254,8 +265,8 @@ impl Jog {
     }
 
     /// Sends the filtered target `ticks` times at the control rate (tick `k` at `start + k *
-    /// period` on `clock`), reading the state on every tick into `state` (the last measured
-    /// state when it returns), then flushes the sink. `first` sees the first command before it
+    /// period` on `clock`), reading the state on every tick (into [`Jog::measured`]), then
+    /// flushes the sink. `first` sees the first command before it
     /// is sent (to say what the filter changed).
     ///
     /// Stops early when `interrupt` is set. A state read that fails transiently or degraded is
@@ -269,7 +280,6 @@ impl Jog {
         clock: &impl Clock,
         ticks: u64,
         interrupt: &AtomicBool,
-        state: &mut [f32],
         mut first: impl FnMut(&Filtered),
     ) -> Result<JogReport, JogError> {
         let mut report = JogReport {
@@ -285,7 +295,7 @@ impl Jog {
                 report.interrupted = true;
                 break;
             }
-            if let Err(e) = src.latest(clock.now_ns(), state) {
+            if let Err(e) = src.latest(clock.now_ns(), &mut self.state) {
                 report.state_errors += 1;
                 if e.kind() == FaultKind::Fatal {
                     fatal = Some(e);
@@ -444,10 +454,9 @@ mod tests {
         replies.push(Err(FaultKind::Transient));
         let mut src = Scripted::new(replies);
         let clock = ManualClock::new(1_000);
-        let mut state = vec![f32::NAN; 6];
-        jog.seed_from_state(&mut src, &clock, STATE_TIMEOUT_NS, &mut state)
+        jog.seed_from_state(&mut src, &clock, STATE_TIMEOUT_NS)
             .unwrap();
-        assert_eq!(state, start);
+        assert_eq!(jog.measured(), start);
         let ticks = (2.0 * rate_hz) as u64;
         let mut sink = RecordingSink::with_capacity(ticks as usize);
         let mut firsts = vec![];
@@ -459,7 +468,6 @@ mod tests {
                 &clock,
                 ticks,
                 &AtomicBool::new(false),
-                &mut state,
                 |f| firsts.push(clamps(&target, f)),
             )
             .unwrap();
@@ -495,11 +503,10 @@ mod tests {
         let m = manifest();
         let target = vec![0.0; 6];
         let clock = ManualClock::new(0);
-        let mut state = vec![0.0; 6];
         // Silence: gives up after the timeout, on the caller's clock.
         let mut jog = Jog::new(&m, target.clone(), false).unwrap();
         let e = jog
-            .seed_from_state(&mut Scripted::new(vec![]), &clock, 100_000_000, &mut state)
+            .seed_from_state(&mut Scripted::new(vec![]), &clock, 100_000_000)
             .unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -514,7 +521,6 @@ mod tests {
                 &mut Scripted::new(vec![Ok(Some(nan))]),
                 &clock,
                 STATE_TIMEOUT_NS,
-                &mut state,
             )
             .unwrap_err();
         assert!(matches!(e, JogError::BadSeed { .. }), "{e}");
@@ -524,7 +530,7 @@ mod tests {
             Ok(None),
             Err(FaultKind::Fatal),
         ]);
-        jog.seed_from_state(&mut src, &clock, STATE_TIMEOUT_NS, &mut state)
+        jog.seed_from_state(&mut src, &clock, STATE_TIMEOUT_NS)
             .unwrap();
         let mut sink = RecordingSink::with_capacity(8);
         let e = jog
@@ -534,7 +540,6 @@ mod tests {
                 &clock,
                 8,
                 &AtomicBool::new(false),
-                &mut state,
                 |_| {},
             )
             .unwrap_err();
@@ -549,7 +554,6 @@ mod tests {
                 &clock,
                 8,
                 &AtomicBool::new(true),
-                &mut state,
                 |_| {},
             )
             .unwrap();

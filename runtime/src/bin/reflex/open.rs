@@ -23,6 +23,9 @@ pub fn load_bundle(path: &Path) -> Result<Bundle> {
     Bundle::load(path).with_context(|| format!("loading bundle {}", path.display()))
 }
 
+/// Opened cameras in bundle order, and the first replayed episode's directory.
+pub type OpenedCameras = (Vec<Box<dyn Camera>>, Option<PathBuf>);
+
 /// The devices of one bundle. The CAN codec (read from the bundle's `[can]` section, perhaps a
 /// DBC file) is built at most once, on first use, and shared by the state source and the sink.
 pub struct Devices<'b> {
@@ -50,10 +53,7 @@ impl<'b> Devices<'b> {
 
     /// The cameras in bundle order, and the first replayed episode's directory (the default
     /// state source).
-    pub fn cameras(
-        &self,
-        sources: &[CameraSource],
-    ) -> Result<(Vec<Box<dyn Camera>>, Option<PathBuf>)> {
+    pub fn cameras(&self, sources: &[CameraSource]) -> Result<OpenedCameras> {
         let m = &self.bundle.manifest;
         let names: Vec<String> = m.cameras.iter().map(|c| c.name.clone()).collect();
         let inputs = assign_cameras(&names, sources)?;

@@ -151,19 +151,12 @@ fn send(
         return Ok(Outcome::Success);
     };
     let mut src = dev.state(Some(&state), None)?;
-    let mut measured = vec![0f32; m.state.names.len()];
-    jog.seed_from_state(src.as_mut(), &clock, STATE_TIMEOUT_NS, &mut measured)?;
+    jog.seed_from_state(src.as_mut(), &clock, STATE_TIMEOUT_NS)?;
     let ticks = ((hold.unwrap_or(2.0) * 1e9) as u64 / jog.period_ns()).max(1);
     let target_values = jog.target().to_vec();
-    let report = jog.ramp(
-        src.as_mut(),
-        sink.as_mut(),
-        &clock,
-        ticks,
-        &stop,
-        &mut measured,
-        |f| print_clamps(m, &target_values, f),
-    )?;
+    let report = jog.ramp(src.as_mut(), sink.as_mut(), &clock, ticks, &stop, |f| {
+        print_clamps(m, &target_values, f)
+    })?;
     if report.state_errors > 0 {
         eprintln!(
             "note: {} joint state reads failed during the ramp",
@@ -176,7 +169,7 @@ fn send(
             report.sent,
             m.control.rate_hz,
             c.values(),
-            measured
+            jog.measured()
         );
     }
     Ok(Outcome::Success)
