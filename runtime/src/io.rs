@@ -22,6 +22,19 @@ pub enum FaultKind {
     Fatal,
 }
 
+/// An error that says what the control loop should do about it: the embedded-hal
+/// `Error::kind()` idea (embedded-hal 1.0 `digital::Error`, `embedded-can::Error`), with the
+/// loop's three answers instead of a bus's error classes.
+///
+/// Every hardware and backend error implements it (cameras, state sources, sinks, safety
+/// inputs, preprocessing, inference, the CAN codec), so a caller can handle any of them by
+/// kind without knowing the driver. The kinds are decided by the code that knows the cause;
+/// callers never guess from the message.
+pub trait Fault: std::error::Error {
+    /// Retry, degrade or stop.
+    fn kind(&self) -> FaultKind;
+}
+
 /// Metadata of a captured frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameMeta {
@@ -49,6 +62,12 @@ pub struct CameraError {
     pub message: String,
 }
 
+impl Fault for CameraError {
+    fn kind(&self) -> FaultKind {
+        self.kind
+    }
+}
+
 pub trait Camera {
     /// Device or replay name for logs and errors.
     fn name(&self) -> &str;
@@ -66,6 +85,12 @@ pub struct StateError {
     pub message: String,
 }
 
+impl Fault for StateError {
+    fn kind(&self) -> FaultKind {
+        self.kind
+    }
+}
+
 pub trait StateSource {
     fn name(&self) -> &str;
     /// Writes the newest proprioceptive state (physical units, manifest order) into `out` and
@@ -81,6 +106,12 @@ pub struct SinkError {
     pub message: String,
 }
 
+impl Fault for SinkError {
+    fn kind(&self) -> FaultKind {
+        self.kind
+    }
+}
+
 /// Where commands go. Only [`SafeCommand`]s exist to be sent: they are produced by the safety
 /// filter and nothing else, so a command that skipped the checks cannot reach a sink.
 pub trait CommandSink {
@@ -90,6 +121,14 @@ pub trait CommandSink {
     /// Makes sure everything sent so far is written out (end of run).
     fn flush(&mut self) -> Result<(), SinkError> {
         Ok(())
+    }
+}
+
+/// A safety input that cannot be opened or read: the e-stop latch already treats a failed read
+/// as pressed; for the loop the input is degraded until it reads again.
+impl Fault for reflex_board::input::InputError {
+    fn kind(&self) -> FaultKind {
+        FaultKind::Degraded
     }
 }
 

@@ -11,8 +11,10 @@
 //! 5. [`can`]: safe commands to CAN frames in the bundle's motor protocol, onto SocketCAN or a
 //!    candump log.
 //!
-//! Beside the data path: [`io`] (the hardware traits and fault kinds), [`clock`] (caller-supplied
-//! time), [`timing`] (per-stage latency histograms) and [`bench`] (`reflex bench` reports).
+//! Beside the data path: [`io`] (the hardware traits, fault kinds and the [`io::Fault`] trait),
+//! [`spec`] (typed command-line specs of sources, sinks and safety inputs), [`clock`]
+//! (caller-supplied time), [`timing`] (per-stage latency histograms) and [`bench`] (`reflex
+//! bench` measurement and reports).
 
 pub mod bench;
 pub mod camera;
@@ -22,4 +24,5 @@ pub mod control;
 pub mod infer;
 pub mod io;
 pub mod preprocess;
+pub mod spec;
 pub mod timing;

@@ -72,7 +72,7 @@
 //! resize the two differ by up to ~2 levels (mean 0.02 to 0.2), so prefer a raw format for a
 //! policy whose training frames were decoded by libjpeg.
 
-use crate::io::FaultKind;
+use crate::io::{Fault, FaultKind};
 use reflex_models::manifest::{
     CameraSpec, ColorOrder, CropSpec, Interpolation, Layout, PixelFormat, ResizeSpec,
 };
@@ -159,10 +159,10 @@ pub enum PreprocessError {
     },
 }
 
-impl PreprocessError {
+impl Fault for PreprocessError {
     /// What the control loop should do about it: a damaged frame (wrong length, corrupt JPEG) is
     /// transient; a camera in the wrong mode or a bad spec or buffer is a misconfiguration.
-    pub fn kind(&self) -> FaultKind {
+    fn kind(&self) -> FaultKind {
         match self {
             PreprocessError::FrameLength { .. } | PreprocessError::Jpeg { .. } => {
                 FaultKind::Transient
@@ -173,7 +173,9 @@ impl PreprocessError {
             | PreprocessError::OutputLength { .. } => FaultKind::Fatal,
         }
     }
+}
 
+impl PreprocessError {
     /// The camera at fault.
     pub fn camera(&self) -> &str {
         match self {

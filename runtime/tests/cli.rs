@@ -140,3 +140,118 @@ fn sigint_stops_the_run_with_a_stop_command() {
     assert_eq!(&data[8..10], "01", "the last command is a stop: {last}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("stage timings"));
 }
+
+#[test]
+fn malformed_specs_fail_before_the_bundle_is_loaded_naming_the_accepted_forms() {
+    let nowhere = "/nonexistent/reflex-bundle";
+    let run = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["run", "--bundle", nowhere]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let cases: Vec<(Vec<String>, &str, &str)> = vec![
+        (
+            run(&["--camera", "video0", "--can", "null"]),
+            "video0",
+            "expected replay:EPISODE_DIR or a V4L2 device (/dev/videoN, /dev/v4l/by-id/...)",
+        ),
+        (
+            run(&["--camera", "replay:ep", "--state", "vcan0", "--can", "null"]),
+            "vcan0",
+            "expected replay:EPISODE_DIR or can:IFACE[:BASE_ID]",
+        ),
+        (
+            run(&["--camera", "replay:ep", "--can", "/dev/can0"]),
+            "/dev/can0",
+            "expected a CAN interface name (can0, vcan0), candump:FILE or null",
+        ),
+        (
+            run(&[
+                "--camera",
+                "replay:ep",
+                "--can",
+                "null",
+                "--estop",
+                "button:3",
+            ]),
+            "button:3",
+            "expected gpio:CHIP:LINE[:active-low][:debounce=MS] or can:IFACE:ID[:timeout=MS]",
+        ),
+        (
+            run(&[
+                "--camera",
+                "replay:ep",
+                "--can",
+                "null",
+                "--estop",
+                "can:vcan0:0E0",
+                "--arm",
+                "can:vcan0:0E1:timeout=5",
+            ]),
+            "timeout=5",
+            "expected can:IFACE:ID (ID in hex; any frame with that ID = arm)",
+        ),
+        (
+            run(&[
+                "--camera",
+                "replay:ep",
+                "--can",
+                "null",
+                "--estop",
+                "can:vcan0:0E0",
+                "--status-led",
+                "gpio:gpiochip0:led",
+            ]),
+            "`led` is not a line number",
+            "expected gpio:CHIP:LINE",
+        ),
+        (
+            [
+                "can",
+                "send",
+                "--bundle",
+                nowhere,
+                "--can",
+                "vcan0",
+                "--state",
+                "can:vcan0:zz",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["shoulder_pan=0".to_string()])
+            .collect(),
+            "`zz` is not a hex CAN ID",
+            "expected replay:EPISODE_DIR or can:IFACE[:BASE_ID]",
+        ),
+    ];
+    for (args, value, forms) in cases {
+        let out = reflex().args(&args).output().expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        // clap's usage error: exit status 2, the flag, the value and the accepted forms; the
+        // bundle (which does not exist) was never opened.
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("invalid value"), "{args:?}: {err}");
+        assert!(
+            err.contains(value) && err.contains(forms),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("loading bundle"), "{args:?}: {err}");
+    }
+    // `--help` lists the forms.
+    let out = reflex().args(["run", "--help"]).output().expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for form in [
+        "replay:EPISODE_DIR",
+        "can:IFACE[:BASE_ID]",
+        "candump:FILE",
+        "gpio:CHIP:LINE[:active-low][:debounce=MS]",
+        "can:IFACE:ID[:timeout=MS]",
+    ] {
+        assert!(help.contains(form), "{form}: {help}");
+    }
+    let out = reflex().arg("--help").output().expect("runs");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Exit status:"));
+}

@@ -106,7 +106,7 @@ fn tiny(root: &Path) -> (PathBuf, PathBuf) {
     let bundle = root.join("bundle");
     reflex_models::bundle::write_bundle(&bundle, &mut m, &[&bytes]).expect("tiny bundle");
     let ep = root.join("episode");
-    reflex_runtime::replay::generate_synthetic_episode(&m, &ep, 1.0, 30).expect("episode");
+    reflex_runtime::camera::replay::generate_synthetic_episode(&m, &ep, 1.0, 30).expect("episode");
     (bundle, ep)
 }
 

@@ -13,7 +13,7 @@ use reflex_models::manifest::{
     PreprocessSpec, ResizeSpec,
 };
 use reflex_models::npy::{read_npy, NpyData};
-use reflex_runtime::io::FaultKind;
+use reflex_runtime::io::{Fault, FaultKind};
 use reflex_runtime::preprocess::{PreprocessError, Preprocessor};
 use std::path::{Path, PathBuf};
 use std::process::Command;

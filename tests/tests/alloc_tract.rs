@@ -13,7 +13,6 @@ use reflex_runtime::clock::ManualClock;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
 use reflex_runtime::infer::backend::{TractBackend, TractOptions};
 use reflex_runtime::infer::runner::{InlineRunner, Request};
-use reflex_runtime::preprocess::Preprocessor;
 use std::path::PathBuf;
 
 #[path = "../../runtime/tests/counting/mod.rs"]
@@ -39,8 +38,7 @@ fn tract_allocations_per_inference_are_measured_and_confined_to_inference() {
     let ep = Episode::load(&dir.join("episode")).expect("episode");
     // Single-threaded tract keeps every allocation on this (counted) thread.
     let backend = TractBackend::prepare(&bundle, TractOptions { threads: 1 }).expect("tract");
-    let lens = [Preprocessor::new(&m.cameras[0]).expect("pre").output_len()];
-    let req = Request::new(&lens, 6, m.action.output.horizon() * 6);
+    let req = Request::for_manifest(m).expect("request buffers");
     let cams = vec![ep
         .camera("front", ReplayMode::AsFastAsPossible)
         .expect("cam")];

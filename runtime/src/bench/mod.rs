@@ -13,8 +13,12 @@
 //!   the plan runs dry and the robot holds (for single-action policies that interval is one
 //!   period).
 //!
+//! [`measure`] runs the measurement (the whole loop, or the network alone) and builds the report.
+//!
 //! The JSON report's schema is `reflex-bench/1` (documented on [`BenchReport`]); fields are only
 //! ever added to it.
+
+pub mod measure;
 
 use crate::timing::{Histogram, Stage, StageTimings};
 use reflex_board::BoardIdentity;

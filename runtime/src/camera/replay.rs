@@ -70,6 +70,13 @@ pub const EPISODE_KIND: Kind = Kind {
     recognize: is_episode_dir,
 };
 
+/// An episode that cannot be read or makes no sense is a misconfiguration: fatal.
+impl crate::io::Fault for EpisodeError {
+    fn kind(&self) -> FaultKind {
+        FaultKind::Fatal
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EpisodeCamera {

@@ -251,19 +251,34 @@ fn check_fd_mtu(sys_class_net: &Path, iface: &str) -> Result<(), String> {
     }
 }
 
-/// Checks that `iface` exists under `sys_class_net`, is a CAN interface and is up. Errors are
-/// `(kind, message)`; the message names the interface and says what to do.
-pub fn check_interface(sys_class_net: &Path, iface: &str) -> Result<(), (FaultKind, String)> {
+/// A CAN interface that cannot be used: its kind (a missing or non-CAN interface is fatal, one
+/// that is down is degraded) and a message that names the interface and says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct InterfaceError {
+    pub kind: FaultKind,
+    pub message: String,
+}
+
+impl crate::io::Fault for InterfaceError {
+    fn kind(&self) -> FaultKind {
+        self.kind
+    }
+}
+
+/// Checks that `iface` exists under `sys_class_net`, is a CAN interface and is up.
+pub fn check_interface(sys_class_net: &Path, iface: &str) -> Result<(), InterfaceError> {
+    let err = |kind, message| Err(InterfaceError { kind, message });
     if iface.is_empty()
         || iface.len() > MAX_IFACE_LEN
         || !iface
             .bytes()
             .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
     {
-        return Err((
+        return err(
             FaultKind::Fatal,
             format!("`{iface}` is not a valid interface name (1 to {MAX_IFACE_LEN} characters, no spaces, `/` or `:`)"),
-        ));
+        );
     }
     if !sys_class_net.is_dir() {
         // No sysfs (some containers): the socket calls will report what is wrong.
@@ -271,13 +286,13 @@ pub fn check_interface(sys_class_net: &Path, iface: &str) -> Result<(), (FaultKi
     }
     let dir = sys_class_net.join(iface);
     if !dir.exists() {
-        return Err((
+        return err(
             FaultKind::Fatal,
             format!(
                 "CAN interface `{iface}` not found (check the adapter and `ip link show`; a \
                  virtual bus for tests: `ip link add dev {iface} type vcan && ip link set {iface} up`)"
             ),
-        ));
+        );
     }
     let read_u32 = |file: &str| -> Option<u32> {
         let text = std::fs::read_to_string(dir.join(file)).ok()?;
@@ -289,21 +304,21 @@ pub fn check_interface(sys_class_net: &Path, iface: &str) -> Result<(), (FaultKi
     };
     if let Some(ty) = read_u32("type") {
         if ty != ARPHRD_CAN {
-            return Err((
+            return err(
                 FaultKind::Fatal,
                 format!("`{iface}` is not a CAN interface (link type {ty}, CAN is {ARPHRD_CAN})"),
-            ));
+            );
         }
     }
     if let Some(flags) = read_u32("flags") {
         if flags & IFF_UP == 0 {
-            return Err((
+            return err(
                 FaultKind::Degraded,
                 format!(
                     "CAN interface `{iface}` is down (bring it up: `ip link set {iface} up type \
                      can bitrate BITRATE`, or `ip link set {iface} up` for a vcan)"
                 ),
-            ));
+            );
         }
     }
     Ok(())
@@ -346,7 +361,7 @@ impl SocketCanSink {
             kind,
             message,
         };
-        check_interface(sys_class_net, iface).map_err(|(kind, msg)| fail(kind, msg))?;
+        check_interface(sys_class_net, iface).map_err(|e| fail(e.kind, e.message))?;
         let fd = codec.uses_fd();
         if fd {
             check_fd_mtu(sys_class_net, iface).map_err(|m| fail(FaultKind::Fatal, m))?;
@@ -639,7 +654,7 @@ impl SocketCanStateSource {
                 "{dims} state dimensions: expected 1 to {MAX_DIM}"
             )));
         }
-        check_interface(Path::new(SYS_CLASS_NET), iface).map_err(|(_, m)| fail(m))?;
+        check_interface(Path::new(SYS_CLASS_NET), iface).map_err(|e| fail(e.message))?;
         let filters: Vec<(u32, u32)> = decoder
             .ids()
             .iter()
@@ -786,7 +801,7 @@ impl CanSafetyInput {
     pub fn open(iface: &str, id: u32, kind: CanInputKind) -> Result<Self, InputError> {
         let name = format!("can:{iface}:{id:03X}");
         let fail = |m: String| InputError::new(name.clone(), m);
-        check_interface(Path::new(SYS_CLASS_NET), iface).map_err(|(_, m)| fail(m))?;
+        check_interface(Path::new(SYS_CLASS_NET), iface).map_err(|e| fail(e.message))?;
         let extended = id > crate::can::MAX_STANDARD_ID;
         if id > crate::can::MAX_EXTENDED_ID {
             return Err(fail(format!("{id:#X} is not a CAN ID")));
@@ -859,90 +874,14 @@ impl SafetyInput for CanSafetyInput {
     }
 }
 
-/// Parses `can:IFACE:ID[:timeout=MS]` (ID in hex).
-pub fn parse_can_input_spec(
-    spec: &str,
-    level: bool,
-) -> Result<(String, u32, CanInputKind), String> {
-    let help = if level {
-        "expected can:IFACE:ID[:timeout=MS] (ID in hex; data byte 0 != 0 = pressed), e.g. \
-         can:can0:0E0:timeout=200"
-    } else {
-        "expected can:IFACE:ID (ID in hex; any frame with that ID = arm), e.g. can:can0:0E1"
-    };
-    let rest = spec
-        .strip_prefix("can:")
-        .ok_or_else(|| format!("`{spec}`: {help}"))?;
-    let mut parts = rest.split(':');
-    let iface = parts.next().filter(|s| !s.is_empty());
-    let id = parts.next();
-    let (Some(iface), Some(id)) = (iface, id) else {
-        return Err(format!("`{spec}`: {help}"));
-    };
-    let id = u32::from_str_radix(id.trim_start_matches("0x"), 16)
-        .map_err(|_| format!("`{spec}`: `{id}` is not a hex CAN ID; {help}"))?;
-    let mut timeout_ns = None;
-    for opt in parts {
-        match opt.strip_prefix("timeout=") {
-            Some(ms) if level => {
-                let ms: u64 = ms
-                    .trim_end_matches("ms")
-                    .parse()
-                    .map_err(|_| format!("`{spec}`: `{ms}` is not a number of ms; {help}"))?;
-                timeout_ns = Some(ms * 1_000_000);
-            }
-            _ => return Err(format!("`{spec}`: unknown option `{opt}`; {help}")),
-        }
-    }
-    let kind = if level {
-        CanInputKind::Level { timeout_ns }
-    } else {
-        CanInputKind::Event
-    };
-    Ok((iface.to_owned(), id, kind))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use ::socketcan::Frame as _;
 
     #[test]
-    fn can_input_specs() {
-        assert_eq!(
-            parse_can_input_spec("can:vcan0:0E0", true).unwrap(),
-            (
-                "vcan0".into(),
-                0xE0,
-                CanInputKind::Level { timeout_ns: None }
-            )
-        );
-        assert_eq!(
-            parse_can_input_spec("can:can1:0x18FF0001:timeout=200", true).unwrap(),
-            (
-                "can1".into(),
-                0x18FF_0001,
-                CanInputKind::Level {
-                    timeout_ns: Some(200_000_000)
-                }
-            )
-        );
-        assert_eq!(
-            parse_can_input_spec("can:vcan0:0E1", false).unwrap().2,
-            CanInputKind::Event
-        );
-        for (bad, want) in [
-            ("gpio:x", "expected can:IFACE:ID"),
-            ("can:vcan0", "expected can:IFACE:ID"),
-            ("can:vcan0:xyz", "`xyz` is not a hex CAN ID"),
-            ("can:vcan0:0E0:timeout=abc", "`abc` is not a number"),
-            ("can:vcan0:0E0:bogus", "unknown option `bogus`"),
-        ] {
-            let e = parse_can_input_spec(bad, true).unwrap_err();
-            assert!(e.contains(want), "{bad}: {e}");
-        }
-        // Arm inputs take no timeout.
-        assert!(parse_can_input_spec("can:vcan0:0E1:timeout=5", false).is_err());
+    fn can_input_open_names_the_interface() {
+        // The spec parser and its cases live in crate::spec (SafetyInputSpec).
         let e = CanSafetyInput::open("reflexnocan9", 0xE0, CanInputKind::Event)
             .err()
             .unwrap();
@@ -1104,16 +1043,16 @@ mod tests {
             ],
         );
         assert_eq!(check_interface(&root, "can0"), Ok(()));
-        let (kind, msg) = check_interface(&root, "can1").unwrap_err();
+        let InterfaceError { kind, message: msg } = check_interface(&root, "can1").unwrap_err();
         assert_eq!(kind, FaultKind::Degraded);
         assert!(
             msg.contains("`can1` is down") && msg.contains("ip link set can1 up"),
             "{msg}"
         );
-        let (kind, msg) = check_interface(&root, "eth0").unwrap_err();
+        let InterfaceError { kind, message: msg } = check_interface(&root, "eth0").unwrap_err();
         assert_eq!(kind, FaultKind::Fatal);
         assert!(msg.contains("`eth0` is not a CAN interface"), "{msg}");
-        let (kind, msg) = check_interface(&root, "vcan7").unwrap_err();
+        let InterfaceError { kind, message: msg } = check_interface(&root, "vcan7").unwrap_err();
         assert_eq!(kind, FaultKind::Fatal);
         assert!(
             msg.contains("`vcan7` not found") && msg.contains("type vcan"),
@@ -1121,7 +1060,7 @@ mod tests {
         );
         for bad in ["", "a/b", "can 0", "x:1", "averyveryverylongname"] {
             assert_eq!(
-                check_interface(&root, bad).unwrap_err().0,
+                check_interface(&root, bad).unwrap_err().kind,
                 FaultKind::Fatal,
                 "{bad:?}"
             );

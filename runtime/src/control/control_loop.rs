@@ -46,7 +46,7 @@ use crate::control::estop::{EStop, EStopStatus};
 use crate::control::plan::ActionPlanner;
 use crate::control::safety::{SafeCommand, SafetyError, SafetyFilter};
 use crate::infer::runner::InferenceRunner;
-use crate::io::{Camera, CommandSink, FaultKind, StateSource};
+use crate::io::{Camera, CommandSink, Fault, FaultKind, StateSource};
 use crate::preprocess::Preprocessor;
 use crate::timing::{Stage, StageTimings};
 use reflex_models::manifest::{Affine, Manifest};
@@ -66,6 +66,20 @@ pub enum LoopError {
     Fatal(String),
     #[error("warm-up: {0}")]
     WarmUp(String),
+}
+
+/// Every loop error ends the run; a preprocessing error keeps its own kind for callers that
+/// look at it.
+impl Fault for LoopError {
+    fn kind(&self) -> FaultKind {
+        match self {
+            LoopError::Preprocess(e) => e.kind(),
+            LoopError::Safety(_)
+            | LoopError::Config(_)
+            | LoopError::Fatal(_)
+            | LoopError::WarmUp(_) => FaultKind::Fatal,
+        }
+    }
 }
 
 /// Options that override or complement the bundle.

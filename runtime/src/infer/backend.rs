@@ -38,6 +38,19 @@ pub enum BackendError {
     },
 }
 
+impl crate::io::Fault for BackendError {
+    /// A failed run loses one inference (the loop counts it and holds); a backend that cannot be
+    /// prepared, is missing or is not allowed is a misconfiguration.
+    fn kind(&self) -> crate::io::FaultKind {
+        match self {
+            BackendError::Run { .. } => crate::io::FaultKind::Transient,
+            BackendError::Prepare { .. }
+            | BackendError::Unavailable { .. }
+            | BackendError::NotAllowed { .. } => crate::io::FaultKind::Fatal,
+        }
+    }
+}
+
 /// Images + state -> raw action or chunk, with buffers owned by the backend.
 pub trait PolicyBackend: Send {
     fn name(&self) -> &'static str;

@@ -42,6 +42,24 @@ impl Request {
             error: None,
         }
     }
+
+    /// The buffers the policy of manifest `m` takes: one preprocessed CHW image per camera
+    /// (the preprocessor's output length), the state, and the raw output (`horizon x action
+    /// dims`). Errors when a camera's preprocessing spec cannot run.
+    pub fn for_manifest(
+        m: &reflex_models::manifest::Manifest,
+    ) -> Result<Self, crate::preprocess::PreprocessError> {
+        let lens: Vec<usize> = m
+            .cameras
+            .iter()
+            .map(|c| crate::preprocess::Preprocessor::new(c).map(|p| p.output_len()))
+            .collect::<Result<_, _>>()?;
+        Ok(Request::new(
+            &lens,
+            m.state.names.len(),
+            m.action.output.horizon() * m.action.names.len(),
+        ))
+    }
 }
 
 fn execute(backend: &mut dyn PolicyBackend, req: &mut Request) {

@@ -45,6 +45,13 @@ pub enum CodecError {
     Signal(#[from] SignalError),
 }
 
+/// A bundle whose commands cannot be encoded cannot drive its robot: always fatal.
+impl crate::io::Fault for CodecError {
+    fn kind(&self) -> crate::io::FaultKind {
+        crate::io::FaultKind::Fatal
+    }
+}
+
 /// What one feedback frame did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FeedbackOutcome {

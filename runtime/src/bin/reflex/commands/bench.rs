@@ -1,0 +1,115 @@
+//! `reflex bench`: time the frame-to-command path (or the network alone) and give a PASS/FAIL
+//! verdict; or compare two reports. The measurement is the library's
+//! ([`reflex_runtime::bench::measure`]).
+
+use super::Outcome;
+use crate::args::BackendArgs;
+use crate::open::load_bundle;
+use anyhow::{Context, Result};
+use reflex_models::output;
+use reflex_runtime::bench::measure::{
+    measure_model, measure_pipeline, read_report, report, BenchOptions, BenchSetup, BenchSource,
+};
+use reflex_runtime::bench::{self, compare};
+use reflex_runtime::control::plan::feed_check;
+use reflex_runtime::infer::backend::select_backend;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Bundle directory.
+    #[arg(long, required_unless_present = "compare")]
+    bundle: Option<PathBuf>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Camera source: `replay:EPISODE_DIR`, or `synthetic` (a generated episode matching the
+    /// bundle's cameras).
+    #[arg(long, default_value = "synthetic")]
+    camera: BenchSource,
+    /// Timed ticks (after warm-up).
+    #[arg(long, conflicts_with = "duration")]
+    iterations: Option<u64>,
+    /// Timed seconds (after warm-up); default 10 s of ticks.
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Untimed warm-up ticks.
+    #[arg(long, default_value_t = 10)]
+    warmup: u64,
+    /// Safety margin on the budgets (0.2 = the p99 must fit in 80% of the budget).
+    #[arg(long, default_value_t = 0.2)]
+    margin: f64,
+    /// Time the network alone on fixed inputs (comparable to trtexec's GPU compute time).
+    #[arg(long)]
+    model_only: bool,
+    /// Control rate override, Hz.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Write the JSON report (schema reflex-bench/1) here. A report bench wrote before is
+    /// replaced; any other existing file only with --force.
+    #[arg(long, default_value = "bench.json")]
+    json: PathBuf,
+    /// Write the SVG plot (per-stage histograms, tick-period timeline) here; replaced as --json.
+    #[arg(long, default_value = "bench.svg")]
+    svg: PathBuf,
+    /// Replace --json and --svg even if they are not reports bench wrote.
+    #[arg(long)]
+    force: bool,
+    /// Compare two JSON reports side by side instead of running: --compare A.json B.json.
+    #[arg(long, num_args = 2, value_names = ["A", "B"])]
+    compare: Option<Vec<PathBuf>>,
+}
+
+pub fn run(a: Args) -> Result<Outcome> {
+    if let Some([ra, rb]) = a.compare.as_deref() {
+        print!("{}", compare(&read_report(ra)?, &read_report(rb)?));
+        return Ok(Outcome::Success);
+    }
+    let path = a.bundle.context("--bundle is required")?;
+    // Checked before the run, written after it.
+    let replace = if a.force {
+        output::Replace::Any
+    } else {
+        output::Replace::Ours
+    };
+    output::check_file(&a.json, replace, &bench::JSON_KIND)?;
+    output::check_file(&a.svg, replace, &bench::SVG_KIND)?;
+    let bundle = load_bundle(&path)?;
+    let m = &bundle.manifest;
+    let (mut backend, reason) = select_backend(&bundle, a.backend.backend, a.backend.tract())?;
+    let opts = BenchOptions {
+        rate_hz: a.rate.unwrap_or(m.control.rate_hz),
+        warmup: a.warmup,
+        iterations: a.iterations,
+        duration_s: a.duration,
+    };
+    let setup = BenchSetup {
+        backend: backend.name().to_string(),
+        backend_reason: reason,
+        model_only: a.model_only,
+        margin: a.margin,
+    };
+    let measured = if a.model_only {
+        measure_model(backend.as_mut(), m.cameras.len(), &opts)?
+    } else {
+        let episode = a.camera.episode(m)?;
+        measure_pipeline(m, backend, &episode, &opts)?
+    };
+    let report = report(m, setup, &opts, measured);
+    if let Some(inference) = report.stages.iter().find(|s| s.stage == "inference") {
+        let h = m.action.output.horizon();
+        let feed = feed_check(&m.control, h, opts.rate_hz, inference.p99_ms / 1e3);
+        if !feed.fed() {
+            eprintln!("warning: {}", feed.message);
+        }
+    }
+    print!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report)?;
+    output::write_file(&a.json, json.as_bytes(), replace, &bench::JSON_KIND)?;
+    output::write_file(&a.svg, report.svg().as_bytes(), replace, &bench::SVG_KIND)?;
+    println!("wrote {} and {}", a.json.display(), a.svg.display());
+    Ok(if report.verdict.pass {
+        Outcome::Success
+    } else {
+        Outcome::VerdictFail
+    })
+}

@@ -1,0 +1,99 @@
+//! `reflex`: the on-board binary. This file parses the command line, dispatches to one module
+//! per command (`commands/`) and turns every command's result into an exit status, in one place
+//! ([`exit_code`]).
+
+mod args;
+mod commands;
+mod open;
+
+use clap::{Parser, Subcommand};
+use commands::{bench, can, check, demo, run, Outcome, StdoutClosed};
+use std::process::ExitCode;
+
+/// The exit statuses, for `--help` and the README.
+const EXIT_STATUS: &str = "Exit status:\n  \
+    0  success (`reflex bench`: verdict PASS)\n  \
+    1  error; the message on stderr names the file, device or value at fault\n  \
+    2  `reflex bench` verdict FAIL, or a malformed command line (the message names the \
+       accepted forms)";
+
+#[derive(Parser)]
+#[command(
+    name = "reflex",
+    version,
+    about = "Run visuomotor robot policies on the robot: cameras -> policy -> safe CAN commands",
+    long_about = "Run visuomotor robot policies on the robot.\n\n\
+        reflex reads camera frames and joint state, preprocesses them exactly as in training, runs \
+        the policy bundle's network, turns its output into physical commands (unnormalize, chunk \
+        scheduling, hard limits, rate limits, watchdog) and sends them at a fixed rate.\n\n\
+        Start with `reflex demo`: it builds a reference ResNet-18 bundle and a synthetic episode \
+        and runs the whole loop for 10 s, writing CAN frames to a candump log.",
+    after_help = EXIT_STATUS
+)]
+struct Cli {
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Less logging (errors only).
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a bundle on cameras and a CAN output until Ctrl-C (or --duration).
+    Run(run::Args),
+    /// Build the reference ResNet-18 bundle and a synthetic episode if absent, run ~10 s.
+    Demo(demo::Args),
+    /// Offline latency check: time the whole frame-to-command path (or the network alone) and
+    /// give a PASS/FAIL verdict against the bundle's control period. Exit code 0 = PASS, 2 = FAIL.
+    Bench(bench::Args),
+    /// Motor bring-up in the bundle's CAN protocol: encode, send (through the safety filter) and
+    /// decode frames by joint name, in physical units.
+    #[command(subcommand)]
+    Can(can::Cmd),
+    /// Validate a bundle (manifest, hashes, graph I/O) and print what it expects.
+    Check(check::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_timestamp_millis()
+        .init();
+    let result = match cli.cmd {
+        Cmd::Run(a) => run::run(a),
+        Cmd::Demo(a) => demo::run(a),
+        Cmd::Bench(a) => bench::run(a),
+        Cmd::Can(c) => can::run(c),
+        Cmd::Check(a) => check::run(a),
+    };
+    ExitCode::from(exit_code(&result))
+}
+
+/// The one exit-status policy (see [`EXIT_STATUS`]); prints the error, if any, on stderr.
+/// (Command-line errors never get here: clap prints them and exits with 2.)
+fn exit_code(result: &anyhow::Result<Outcome>) -> u8 {
+    match result {
+        Ok(Outcome::Success) => 0,
+        Ok(Outcome::VerdictFail) => 2,
+        // `reflex can decode ... | head`: a closed pipe ends the program quietly, as for other
+        // Unix tools.
+        Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
