@@ -118,7 +118,8 @@ struct ExportArgs {
     /// `models` entries are replaced).
     #[arg(long)]
     manifest: Option<PathBuf>,
-    /// Normalization statistics: LeRobot .safetensors, openpi norm_stats.json, or plain .toml/.json.
+    /// Normalization statistics: LeRobot normalizer .safetensors or dataset meta/stats.json, openpi
+    /// norm_stats.json, or plain .toml/.json.
     #[arg(long)]
     stats: Option<PathBuf>,
     /// State normalization kind when --stats is given: mean_std, min_max, quantile, quantile10,

@@ -735,7 +735,7 @@ mod tests {
                 Normalization::Quantile10 { q10, .. } => q10,
                 other => panic!("{other:?}"),
             };
-            assert_eq!(q10[0], -0.961_282_0, "{file}");
+            assert_eq!(q10[0], -0.961_282, "{file}");
             let unused = s.unused(&[("state", "mean_std"), ("action", "mean_std")]);
             for k in [
                 "state.count",

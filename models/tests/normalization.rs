@@ -132,7 +132,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 /// Runs normalize_ref.py on `cases`; `None` when REFLEX_SKIP_ORT=1.
-fn reference(cases: &[Case]) -> Option<Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)>> {
+/// Rows of values, one per input row.
+type Rows = Vec<Vec<f64>>;
+
+fn reference(cases: &[Case]) -> Option<Vec<(Rows, Rows)>> {
     if std::env::var("REFLEX_SKIP_ORT").as_deref() == Ok("1") {
         eprintln!("REFLEX_SKIP_ORT=1: skipped the comparison with normalize_ref.py");
         return None;
@@ -174,7 +177,7 @@ fn reference(cases: &[Case]) -> Option<Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)>> {
     );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&outp).expect("read")).expect("json");
-    let rows = |v: &serde_json::Value| -> Vec<Vec<f64>> {
+    let rows = |v: &serde_json::Value| -> Rows {
         serde_json::from_value(v.clone()).expect("rows of numbers")
     };
     Some(
