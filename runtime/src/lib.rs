@@ -12,7 +12,8 @@
 //!    candump log.
 //!
 //! Beside the data path: [`io`] (the hardware traits and fault kinds), [`clock`] (caller-supplied
-//! time), [`timing`] (per-stage latency histograms) and [`bench`] (`reflex bench` reports).
+//! time), [`timing`] (per-stage latency histograms), [`bench`] (`reflex bench` reports and plot)
+//! and [`progress`] (progress bars for long work off the loop).
 
 pub mod bench;
 pub mod camera;
@@ -22,4 +23,5 @@ pub mod control;
 pub mod infer;
 pub mod io;
 pub mod preprocess;
+pub mod progress;
 pub mod timing;
