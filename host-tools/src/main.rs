@@ -210,6 +210,8 @@ fn apply_stats(m: &mut Manifest, a: &ExportArgs) -> Result<()> {
 }
 
 fn cmd_export(a: ExportArgs) -> Result<()> {
+    let progress = reflex_runtime::progress::Progress::spinner("export");
+    progress.set_message("building the graph");
     let name = a.name.clone().unwrap_or_else(|| {
         a.out
             .file_name()
@@ -274,6 +276,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     manifest.name = name;
     apply_stats(&mut manifest, &a)?;
     // Validate against the graph before anything is written.
+    progress.set_message("checking the graph");
     let tmp = std::env::temp_dir().join(format!("reflex-export-{}.onnx", std::process::id()));
     std::fs::write(&tmp, &bytes)?;
     let checked = read_graph(&tmp).and_then(|(_, io)| {
@@ -282,8 +285,11 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     });
     let _ = std::fs::remove_file(&tmp);
     checked?;
+    progress.set_message("hashing and writing the bundle");
     write_bundle(&a.out, &mut manifest, &[&bytes])?;
+    progress.set_message("loading it back");
     let b = Bundle::load(&a.out)?;
+    progress.finish();
     println!("wrote {} ({} bytes of model)", b.dir.display(), bytes.len());
     Ok(())
 }
