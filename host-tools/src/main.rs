@@ -216,6 +216,8 @@ fn apply_stats(m: &mut Manifest, a: &ExportArgs) -> Result<()> {
 fn cmd_export(a: ExportArgs) -> Result<()> {
     // The target is checked before any work, and written only at the end.
     let out = OutDir::prepare(&a.out, Replace::ours_if(a.force), &BUNDLE_KIND)?;
+    let progress = reflex_runtime::progress::Progress::spinner("export");
+    progress.set_message("building the graph");
     let name = a.name.clone().unwrap_or_else(|| {
         a.out
             .file_name()
@@ -280,6 +282,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     manifest.name = name;
     apply_stats(&mut manifest, &a)?;
     // Validate against the graph before anything is written.
+    progress.set_message("checking the graph");
     let tmp = out.scratch()?.join("policy.onnx");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
     read_graph(&tmp).and_then(|(_, io)| {
@@ -287,6 +290,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         reflex_models::bundle::validate_io(&manifest, &io, &tmp)
     })?;
     // Loaded back from the staging folder before it is renamed into place.
+    progress.set_message("hashing, writing and loading the bundle back");
     stage_bundle(&out, &mut manifest, &[&bytes]).with_context(|| {
         format!(
             "{}: the bundle does not load back, so nothing was written",
@@ -294,6 +298,7 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
         )
     })?;
     out.commit()?;
+    progress.finish();
     println!("wrote {} ({} bytes of model)", a.out.display(), bytes.len());
     Ok(())
 }

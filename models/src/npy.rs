@@ -5,8 +5,27 @@
 //! Only what those exchanges need: little-endian numeric and bool dtypes in C order, header
 //! versions 1.0 to 3.0. Files come from outside, so parsing returns an error for anything else
 //! and never panics or allocates more than the file's own size on a lying header.
+//!
+//! Format: numpy's `numpy.lib.format` (NEP 1). The header dictionary (a Python literal) is parsed
+//! and the elements decoded by the `ndarray-npy` crate (`npy::header::Header`,
+//! `ReadableElement`); it was picked over `npyz` because its header reader checks the shape
+//! (`npyz` multiplies the dimensions unchecked, a panic on a lying header in debug builds) and its
+//! `ndarray` is the one tract already brings. What stays here, and why:
+//! - the bounds of the header (magic, version, `HEADER_LEN` checked against the file's size):
+//!   the library allocates `HEADER_LEN` bytes before it knows the file holds them;
+//! - Python 2's `L` suffixes (`(2L, 3L)`) and a header without its closing `\n`: numpy reads both
+//!   (`format._filter_header`, `ast.literal_eval`), the library's Python-literal parser does not,
+//!   so the header text is cleaned before it is handed over;
+//! - the element count checked against the data's size before anything is allocated (the library
+//!   sizes its buffer from the header);
+//! - `<f2` (half) elements, which the library does not read;
+//! - the writer: numpy's header layout (`'shape': (2, 3), }`, room for the first axis to grow to
+//!   21 digits, 64-byte alignment) so that our files are byte for byte what `numpy.save` writes;
+//!   neither `ndarray-npy` nor `npyz` writes that layout.
 
 use half::f16;
+use ndarray_npy::npy::header::{Header, ReadHeaderError};
+use ndarray_npy::{ReadDataError, ReadableElement};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -14,6 +33,8 @@ const MAGIC: &[u8; 6] = b"\x93NUMPY";
 const ALIGN: usize = 64;
 /// numpy leaves room in the header for the first axis to grow to this many digits.
 const GROWTH_AXIS_MAX_DIGITS: usize = 21;
+/// Longest header excerpt quoted in an error.
+const QUOTE_MAX: usize = 200;
 
 /// The elements of an array, by dtype.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +121,7 @@ impl NpyArray {
 }
 
 /// What is wrong with the bytes of an `.npy` file.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum NpyFormatError {
     #[error("not an .npy file (no \\x93NUMPY magic)")]
     BadMagic,
@@ -108,8 +129,14 @@ pub enum NpyFormatError {
     Version(u8, u8),
     #[error("file ends inside the {0}")]
     Truncated(&'static str),
-    #[error("malformed header `{header}`: {reason}")]
-    Header { header: String, reason: String },
+    /// The header dictionary does not parse or lacks `descr`, `fortran_order` or `shape`;
+    /// `header` is its text (the first 200 bytes).
+    #[error("malformed header `{header}`: {source}")]
+    Header {
+        header: String,
+        #[source]
+        source: ReadHeaderError,
+    },
     #[error("array is in Fortran order; save it with numpy.ascontiguousarray first")]
     FortranOrder,
     #[error("unsupported dtype `{0}` (supported: <f4 <f8 <f2 <i8 <i4 |u1 |b1)")]
@@ -122,6 +149,13 @@ pub enum NpyFormatError {
         descr: String,
         expected: usize,
         found: usize,
+    },
+    /// The data has the right size but not valid elements (a bool byte other than 0 or 1).
+    #[error("the {descr} data does not decode: {source}")]
+    Data {
+        descr: String,
+        #[source]
+        source: ReadDataError,
     },
 }
 
@@ -193,75 +227,106 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray, NpyFormatError> {
         _ => return Err(NpyFormatError::Version(major, minor)),
     };
     let start: usize = 8 + len_size;
-    let header = start
+    let header_text = start
         .checked_add(header_len)
         .and_then(|end| bytes.get(start..end))
         .ok_or(NpyFormatError::Truncated("header"))?;
-    let header = std::str::from_utf8(header).map_err(|_| NpyFormatError::Header {
-        header: String::from_utf8_lossy(header).into_owned(),
-        reason: "not UTF-8".into(),
-    })?;
-    let (descr, fortran, shape) = parse_header(header)?;
-    if fortran {
+    let header = read_header(header_text)?;
+    if header.layout.is_fortran() {
         return Err(NpyFormatError::FortranOrder);
     }
-    let item = match descr.as_str() {
+    let descr = match header.type_descriptor.as_string() {
+        Some(d) => d.as_str(),
+        // A list is a structured dtype.
+        None => return Err(NpyFormatError::Dtype(header.type_descriptor.to_string())),
+    };
+    let item = match descr {
         "<f4" | "<i4" => 4,
         "<f8" | "<i8" => 8,
         "<f2" => 2,
         "|u1" | "|b1" => 1,
-        _ => return Err(NpyFormatError::Dtype(descr)),
+        _ => return Err(NpyFormatError::Dtype(descr.to_string())),
     };
-    let expected = shape
+    let shape = header.shape;
+    let len = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .and_then(|n| n.checked_mul(item))
+        .ok_or_else(|| NpyFormatError::TooLarge(shape.clone()))?;
+    let expected = len
+        .checked_mul(item)
         .ok_or_else(|| NpyFormatError::TooLarge(shape.clone()))?;
     let data = &bytes[start + header_len..];
     if data.len() != expected {
         return Err(NpyFormatError::DataLength {
             shape,
-            descr,
+            descr: descr.to_string(),
             expected,
             found: data.len(),
         });
     }
-    let data = match descr.as_str() {
-        "<f4" => NpyData::F32(
-            data.chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ),
-        "<i4" => NpyData::I32(
-            data.chunks_exact(4)
-                .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect(),
-        ),
-        "<f8" => NpyData::F64(
-            data.chunks_exact(8)
-                .map(|b| f64::from_le_bytes(eight(b)))
-                .collect(),
-        ),
-        "<i8" => NpyData::I64(
-            data.chunks_exact(8)
-                .map(|b| i64::from_le_bytes(eight(b)))
-                .collect(),
-        ),
-        "<f2" => NpyData::F16(
+    // The library checks the descriptor again and that the data ends with the last element.
+    fn elements<T: ReadableElement>(
+        data: &[u8],
+        descr: &py_literal::Value,
+        len: usize,
+    ) -> Result<Vec<T>, NpyFormatError> {
+        T::read_to_end_exact_vec(data, descr, len).map_err(|source| NpyFormatError::Data {
+            descr: descr.to_string(),
+            source,
+        })
+    }
+    let td = &header.type_descriptor;
+    let data = match descr {
+        "<f4" => NpyData::F32(elements(data, td, len)?),
+        "<i4" => NpyData::I32(elements(data, td, len)?),
+        "<f8" => NpyData::F64(elements(data, td, len)?),
+        "<i8" => NpyData::I64(elements(data, td, len)?),
+        "|u1" => NpyData::U8(elements(data, td, len)?),
+        "|b1" => NpyData::Bool(elements(data, td, len)?),
+        // <f2: not in the library.
+        _ => NpyData::F16(
             data.chunks_exact(2)
                 .map(|b| f16::from_le_bytes([b[0], b[1]]))
                 .collect(),
         ),
-        "|u1" => NpyData::U8(data.to_vec()),
-        _ => NpyData::Bool(data.iter().map(|&b| b != 0).collect()),
     };
     Ok(NpyArray { shape, data })
 }
 
-fn eight(b: &[u8]) -> [u8; 8] {
-    let mut a = [0; 8];
-    a.copy_from_slice(b);
-    a
+/// Parses the header dictionary (`header`: the bytes between `HEADER_LEN` and the data).
+fn read_header(header: &[u8]) -> Result<Header, NpyFormatError> {
+    // numpy's `_filter_header`: drop the `L` that Python 2 wrote after integers (outside
+    // strings). Bytes, not chars: a UTF-8 sequence never contains an ASCII byte.
+    let mut text = Vec::with_capacity(header.len() + 1);
+    let mut quote = None;
+    for &c in header {
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None if c == b'\'' || c == b'"' => quote = Some(c),
+            None if c == b'L' && text.last().is_some_and(u8::is_ascii_digit) => continue,
+            None => {}
+        }
+        text.push(c);
+    }
+    // numpy ends the header with `\n` and reads it without; the library requires it.
+    if text.last() != Some(&b'\n') {
+        text.push(b'\n');
+    }
+    // Handed to the library as a version 3.0 file (UTF-8 header, u32 length), as we accept
+    // UTF-8 in every version.
+    let len = u32::try_from(text.len()).map_err(|_| NpyFormatError::Truncated("header"))?;
+    let mut file = Vec::with_capacity(MAGIC.len() + 6 + text.len());
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&[3, 0]);
+    file.extend_from_slice(&len.to_le_bytes());
+    file.extend_from_slice(&text);
+    Header::from_reader(&mut file.as_slice()).map_err(|source| NpyFormatError::Header {
+        header: String::from_utf8_lossy(&header[..header.len().min(QUOTE_MAX)])
+            .trim_end()
+            .to_string(),
+        source,
+    })
 }
 
 /// The bytes of `array` as an `.npy` file, identical to what `numpy.save` writes.
@@ -317,145 +382,16 @@ pub fn encode_npy(array: &NpyArray) -> Result<Vec<u8>, NpyFormatError> {
     Ok(out)
 }
 
-/// Parses numpy's header, a Python dict literal with keys `descr`, `fortran_order` and `shape`.
-fn parse_header(header: &str) -> Result<(String, bool, Vec<usize>), NpyFormatError> {
-    let err = |reason: &str| NpyFormatError::Header {
-        header: header.trim_end().chars().take(200).collect(),
-        reason: reason.to_string(),
-    };
-    let mut p = Parser {
-        s: header.as_bytes(),
-        i: 0,
-    };
-    let (mut descr, mut fortran, mut shape) = (None, None, None);
-    if !p.eat(b'{') {
-        return Err(err("expected `{`"));
-    }
-    loop {
-        if p.eat(b'}') {
-            break;
-        }
-        let key = p.string().ok_or_else(|| err("expected a quoted key"))?;
-        if !p.eat(b':') {
-            return Err(err("expected `:` after a key"));
-        }
-        match key.as_str() {
-            "descr" => {
-                descr = Some(p.string().ok_or_else(|| {
-                    err("descr is not a string (structured dtypes are not supported)")
-                })?)
-            }
-            "fortran_order" => {
-                fortran = Some(
-                    p.boolean()
-                        .ok_or_else(|| err("fortran_order is not True or False"))?,
-                )
-            }
-            "shape" => {
-                shape = Some(
-                    p.tuple()
-                        .ok_or_else(|| err("shape is not a tuple of integers"))?,
-                )
-            }
-            _ => return Err(err(&format!("unexpected key `{key}`"))),
-        }
-        if !p.eat(b',') {
-            if !p.eat(b'}') {
-                return Err(err("expected `,` or `}`"));
-            }
-            break;
-        }
-    }
-    p.skip_ws();
-    if p.i != p.s.len() {
-        return Err(err("text after the closing `}`"));
-    }
-    match (descr, fortran, shape) {
-        (Some(d), Some(f), Some(s)) => Ok((d, f, s)),
-        _ => Err(err("needs descr, fortran_order and shape")),
-    }
-}
-
-struct Parser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl Parser<'_> {
-    fn skip_ws(&mut self) {
-        while self.s.get(self.i).is_some_and(|c| c.is_ascii_whitespace()) {
-            self.i += 1;
-        }
-    }
-
-    /// Skips whitespace, then consumes `c` if it is next.
-    fn eat(&mut self, c: u8) -> bool {
-        self.skip_ws();
-        if self.s.get(self.i) == Some(&c) {
-            self.i += 1;
-            true
-        } else {
-            false
-        }
-    }
-
-    /// A Python string literal in single or double quotes, without escapes.
-    fn string(&mut self) -> Option<String> {
-        self.skip_ws();
-        let quote = *self.s.get(self.i).filter(|&&q| q == b'\'' || q == b'"')?;
-        let rest = self.s.get(self.i + 1..)?;
-        let len = rest.iter().position(|&c| c == quote)?;
-        let text = std::str::from_utf8(&rest[..len]).ok()?;
-        self.i += len + 2;
-        Some(text.to_string())
-    }
-
-    fn boolean(&mut self) -> Option<bool> {
-        self.skip_ws();
-        for (word, value) in [(&b"True"[..], true), (&b"False"[..], false)] {
-            if self.s.get(self.i..)?.starts_with(word) {
-                self.i += word.len();
-                return Some(value);
-            }
-        }
-        None
-    }
-
-    /// `()`, `(3,)`, `(2, 3)`, with an optional trailing comma and Python 2's `L` suffixes.
-    fn tuple(&mut self) -> Option<Vec<usize>> {
-        if !self.eat(b'(') {
-            return None;
-        }
-        let mut dims = vec![];
-        loop {
-            if self.eat(b')') {
-                return Some(dims);
-            }
-            self.skip_ws();
-            let digits = self
-                .s
-                .get(self.i..)?
-                .iter()
-                .take_while(|c| c.is_ascii_digit())
-                .count();
-            if digits == 0 {
-                return None;
-            }
-            let text = std::str::from_utf8(&self.s[self.i..self.i + digits]).ok()?;
-            dims.push(text.parse().ok()?);
-            self.i += digits;
-            self.eat(b'L');
-            if !self.eat(b',') {
-                return self.eat(b')').then_some(dims);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn eight(b: &[u8]) -> [u8; 8] {
+        let mut a = [0; 8];
+        a.copy_from_slice(b);
+        a
+    }
 
     /// `np.save(f, np.array([[1, 2, 3], [4, 5, 6]], dtype='<f4'))` with numpy 2.4.
     fn golden_f32() -> Vec<u8> {
@@ -516,16 +452,16 @@ mod tests {
             "{'descr': '<f4', 'fortran_order': True, 'shape': (1,), }",
             &[0; 4],
         );
-        assert_eq!(parse_npy(&fortran), Err(NpyFormatError::FortranOrder));
+        assert!(matches!(
+            parse_npy(&fortran),
+            Err(NpyFormatError::FortranOrder)
+        ));
         let big_endian = with_header(
             1,
             "{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }",
             &[0; 4],
         );
-        assert_eq!(
-            parse_npy(&big_endian),
-            Err(NpyFormatError::Dtype(">f4".into()))
-        );
+        assert!(matches!(parse_npy(&big_endian), Err(NpyFormatError::Dtype(ref d)) if d == ">f4"));
         let short = with_header(
             1,
             "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }",

@@ -13,8 +13,8 @@
 //!
 //! Beside the data path: [`io`] (the hardware traits, fault kinds and the [`io::Fault`] trait),
 //! [`spec`] (typed command-line specs of sources, sinks and safety inputs), [`clock`]
-//! (caller-supplied time), [`timing`] (per-stage latency histograms) and [`bench`] (`reflex
-//! bench` measurement and reports).
+//! (caller-supplied time), [`timing`] (per-stage latency histograms), [`bench`] (`reflex bench`
+//! measurement, reports and plot) and [`progress`] (progress bars for long work off the loop).
 
 pub mod bench;
 pub mod camera;
@@ -24,5 +24,6 @@ pub mod control;
 pub mod infer;
 pub mod io;
 pub mod preprocess;
+pub mod progress;
 pub mod spec;
 pub mod timing;

@@ -63,6 +63,90 @@ fn check_schema(v: &serde_json::Value) {
     }
 }
 
+/// The plot of a pipeline report: well-formed; a bar histogram per stage with axes, tick labels,
+/// counts, p50/p99 markers and budgets; the period timeline with its time scale.
+fn check_svg(svg: &str, report: &serde_json::Value) {
+    let doc = roxmltree::Document::parse(svg).expect("the SVG is well-formed XML");
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert!(doc.descendants().filter(|n| n.has_tag_name("rect")).count() > 5);
+    assert!(doc.descendants().any(|n| n.has_tag_name("polyline")));
+    let texts: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .map(|n| n.text().unwrap_or("").trim().to_string())
+        .collect();
+    let has = |f: &dyn Fn(&str) -> bool| texts.iter().any(|t| f(t));
+    let count = |f: &dyn Fn(&str) -> bool| texts.iter().filter(|t| f(t)).count();
+    assert!(
+        has(&|t| t.starts_with("reflex bench:") && t.ends_with("PASS")),
+        "{texts:?}"
+    );
+    let stages: Vec<&str> = report["stages"]
+        .as_array()
+        .expect("stages")
+        .iter()
+        .filter_map(|s| s["stage"].as_str())
+        .filter(|s| *s != "period")
+        .collect();
+    assert!(
+        stages.contains(&"end_to_end") && stages.contains(&"send"),
+        "{stages:?}"
+    );
+    for st in &stages {
+        // One histogram per stage, its caption giving n and the percentiles.
+        let caption = format!("{st}: n ");
+        assert!(
+            has(&|t| t.starts_with(&caption) && t.contains("p99")),
+            "{st}: {texts:?}"
+        );
+    }
+    // Axes: described, with numeric tick labels.
+    assert!(
+        count(&|t| t.starts_with("count")) >= stages.len(),
+        "{texts:?}"
+    );
+    assert!(
+        count(&|t| t.starts_with("latency (")) >= stages.len(),
+        "{texts:?}"
+    );
+    assert!(
+        count(&|t| t.parse::<f64>().is_ok()) >= 4 * stages.len(),
+        "{texts:?}"
+    );
+    // Markers: p50 and p99 in every histogram; the budgets.
+    assert!(
+        count(&|t| t.starts_with("p50 ")) >= stages.len(),
+        "{texts:?}"
+    );
+    assert!(
+        count(&|t| t.starts_with("p99 ")) >= 2 * stages.len(),
+        "{texts:?}"
+    );
+    assert!(has(&|t| t.starts_with("tick budget")), "{texts:?}");
+    assert!(
+        has(&|t| t.starts_with("frame-to-command budget")),
+        "{texts:?}"
+    );
+    // The timeline: a time axis and the nominal period.
+    assert!(has(
+        &|t| t.starts_with("time since the first timed tick (s)")
+    ));
+    assert!(has(&|t| t == "period (ms)") && has(&|t| t.starts_with("nominal ")));
+    // Bars: at least one per histogram, none of zero width.
+    let bars: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("fill") == Some("#4682B4"))
+        .collect();
+    assert!(bars.len() > stages.len(), "{} bars", bars.len());
+    for b in &bars {
+        let w: f64 = b
+            .attribute("width")
+            .and_then(|w| w.parse().ok())
+            .expect("width");
+        assert!(w >= 1.0, "a bar of width {w}");
+    }
+}
+
 #[test]
 fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
     let dir = workdir("bench-cli");
@@ -110,10 +194,7 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
             .expect("parses");
     check_schema(&a);
     let svg = std::fs::read_to_string(dir.join("a.svg")).expect("svg");
-    let doc = roxmltree::Document::parse(&svg).expect("the SVG is well-formed XML");
-    assert_eq!(doc.root_element().tag_name().name(), "svg");
-    assert!(doc.descendants().filter(|n| n.has_tag_name("rect")).count() > 5);
-    assert!(doc.descendants().any(|n| n.has_tag_name("polyline")));
+    check_svg(&svg, &a);
 
     // Model-only at an impossible 1 kHz with a single-action budget: FAIL, exit 2, names inference.
     let out = run(
@@ -132,6 +213,18 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
             .expect("parses");
     check_schema(&b);
     assert_eq!(b["mode"], "model-only");
+    let svg = std::fs::read_to_string(dir.join("b.svg")).expect("svg");
+    let doc = roxmltree::Document::parse(&svg).expect("the model-only SVG is well-formed XML");
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .collect();
+    assert!(
+        texts.iter().any(|t| t.starts_with("inference: n "))
+            && texts.iter().any(|t| t.trim().ends_with("FAIL")),
+        "{texts:?}"
+    );
     assert_eq!(b["verdict"]["limiting_stage"], "inference");
 
     // Side by side.

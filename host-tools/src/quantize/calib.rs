@@ -11,6 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use reflex_models::Bundle;
 use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode};
 use reflex_runtime::preprocess::Preprocessor;
+use reflex_runtime::progress::Progress;
 use std::path::{Path, PathBuf};
 
 /// Where calibration frames come from.
@@ -139,6 +140,7 @@ pub fn load(
         calibration: vec![],
         held_out: vec![],
     };
+    let progress = Progress::new(total as u64, "preparing frames");
     for pos in 0..total {
         let frame = pos * n / total;
         let t = lead.frames[frame][0];
@@ -182,7 +184,9 @@ pub fn load(
         } else {
             out.calibration.push(sample);
         }
+        progress.inc(1);
     }
+    progress.finish();
     Ok(out)
 }
 

@@ -82,6 +82,7 @@ use reflex_models::npy;
 use reflex_models::output::{self, Kind, OutDir, Replace};
 use reflex_models::{Bundle, GraphIo};
 use reflex_runtime::infer::backend::{PolicyBackend, TractBackend, TractOptions};
+use reflex_runtime::progress::Progress;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -272,7 +273,9 @@ fn calibrate(
         .iter()
         .map(|_| ranges::Collector::new(method))
         .collect();
+    let progress = Progress::new(samples.len() as u64, "calibrating");
     for (k, s) in samples.iter().enumerate() {
+        progress.set_message(format!("frame {}", s.frame));
         let inputs: TVec<TValue> = io
             .inputs
             .iter()
@@ -297,7 +300,9 @@ fn calibrate(
             k + 1,
             samples.len()
         );
+        progress.inc(1);
     }
+    progress.finish();
     let mut out = BTreeMap::new();
     for (a, c) in values.iter().zip(&collectors) {
         let amax = c.amax(method);
@@ -336,6 +341,9 @@ fn evaluate(
         fp32_ms: vec![],
         quantized_ms: vec![],
     };
+    // Held-out frames, then warm-up and timed runs, one step each.
+    let progress = Progress::new((held.len() + 2 + runs) as u64, "accuracy run");
+    progress.set_message("held-out frames");
     for s in held.iter().rev() {
         feed(&mut a, &slots, s)?;
         feed(&mut b, &slots, s)?;
@@ -343,13 +351,16 @@ fn evaluate(
         b.run()?;
         e.reference.push(a.output().to_vec());
         e.candidate.push(b.output().to_vec());
+        progress.inc(1);
     }
     e.reference.reverse();
     e.candidate.reverse();
     // Both now hold the first held-out sample.
+    progress.set_message("latency");
     for _ in 0..2 {
         a.run()?;
         b.run()?;
+        progress.inc(1);
     }
     for _ in 0..runs {
         let t = Instant::now();
@@ -358,7 +369,9 @@ fn evaluate(
         let t = Instant::now();
         b.run()?;
         e.quantized_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        progress.inc(1);
     }
+    progress.finish();
     Ok(e)
 }
 

@@ -19,6 +19,7 @@
 //! ever added to it.
 
 pub mod measure;
+pub mod plot;
 
 use crate::timing::{Histogram, Stage, StageTimings};
 use reflex_board::BoardIdentity;
@@ -315,87 +316,22 @@ impl BenchReport {
         s
     }
 
-    /// An SVG with one latency histogram per stage and the timeline of tick periods.
+    /// The plot as an SVG document: per-stage summary against the budgets, one histogram per
+    /// stage (counts, p50/p99 markers, budget) and the tick period timeline; see [`plot`].
+    pub fn try_svg(&self) -> Result<String, plot::PlotError> {
+        plot::render(self)
+    }
+
+    /// [`Self::try_svg`], or, if plotters fails to draw (it writes into a string, so it is not
+    /// expected to), an SVG that says why, so the file written in its place explains itself.
     pub fn svg(&self) -> String {
-        let w = 900.0;
-        let panel_h = 120.0;
-        let stages: Vec<&StageStats> = self.stages.iter().filter(|s| s.stage != "period").collect();
-        let h = 60.0 + (stages.len() as f64 + 1.0) * (panel_h + 40.0);
-        let mut s = format!(
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-             <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-             <text x=\"20\" y=\"30\" font-size=\"16\">reflex bench: {} ({}) - {}</text>\n",
-            xml(&self.bundle),
-            xml(&self.backend),
-            if self.verdict.pass { "PASS" } else { "FAIL" }
-        );
-        let (x0, pw) = (70.0, w - 100.0);
-        for (i, st) in stages.iter().enumerate() {
-            let y0 = 60.0 + i as f64 * (panel_h + 40.0);
-            s += &format!(
-                "<text x=\"{x0}\" y=\"{}\">{} (ms): median {:.3}, p99 {:.3}, max {:.3}</text>\n",
-                y0 + 12.0,
-                xml(&st.stage),
-                st.median_ms,
-                st.p99_ms,
-                st.max_ms
-            );
-            let lo = st.bins.first().map_or(0.0, |b| b[0]);
-            let hi = st.bins.last().map_or(1.0, |b| b[1]).max(lo + 1e-6);
-            let maxc = st.bins.iter().map(|b| b[2]).fold(1.0, f64::max);
-            let top = y0 + 20.0;
-            let base = top + panel_h - 20.0;
-            s += &format!(
-                "<line x1=\"{x0}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"black\"/>\n",
-                x0 + pw
-            );
-            for b in &st.bins {
-                let bx = x0 + (b[0] - lo) / (hi - lo) * pw;
-                let bw = ((b[1] - b[0]) / (hi - lo) * pw).max(1.0);
-                let bh = b[2] / maxc * (panel_h - 25.0);
-                s += &format!(
-                    "<rect x=\"{bx:.1}\" y=\"{:.1}\" width=\"{bw:.1}\" height=\"{bh:.1}\" fill=\"steelblue\"/>\n",
-                    base - bh
-                );
-            }
-            s += &format!(
-                "<text x=\"{x0}\" y=\"{}\">{lo:.3}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{hi:.3}</text>\n",
-                base + 14.0,
-                x0 + pw,
-                base + 14.0
-            );
-        }
-        // Timeline of tick periods.
-        let y0 = 60.0 + stages.len() as f64 * (panel_h + 40.0);
-        s += &format!(
-            "<text x=\"{x0}\" y=\"{}\">tick period (ms) per tick; dashed: nominal {:.2} ms</text>\n",
-            y0 + 12.0,
-            self.period_ms
-        );
-        let top = y0 + 20.0;
-        let base = top + panel_h - 20.0;
-        let maxp = self
-            .periods_ms
-            .iter()
-            .copied()
-            .fold(self.period_ms * 1.5, f64::max);
-        let n = self.periods_ms.len().max(2) as f64;
-        let mut pts = String::new();
-        for (i, p) in self.periods_ms.iter().enumerate() {
-            let x = x0 + i as f64 / (n - 1.0) * pw;
-            let y = base - p / maxp * (panel_h - 25.0);
-            pts += &format!("{x:.1},{y:.1} ");
-        }
-        let ny = base - self.period_ms / maxp * (panel_h - 25.0);
-        s += &format!(
-            "<line x1=\"{x0}\" y1=\"{base}\" x2=\"{}\" y2=\"{base}\" stroke=\"black\"/>\n\
-             <line x1=\"{x0}\" y1=\"{ny:.1}\" x2=\"{}\" y2=\"{ny:.1}\" stroke=\"gray\" stroke-dasharray=\"4 4\"/>\n\
-             <polyline points=\"{}\" fill=\"none\" stroke=\"darkorange\"/>\n</svg>\n",
-            x0 + pw,
-            x0 + pw,
-            pts.trim_end()
-        );
-        s
+        self.try_svg().unwrap_or_else(|e| {
+            format!(
+                "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"900\" height=\"60\">\
+                 <text x=\"20\" y=\"30\">{}</text></svg>\n",
+                xml(&e.to_string())
+            )
+        })
     }
 }
 
