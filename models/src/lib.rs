@@ -10,5 +10,5 @@ pub mod npy;
 pub mod onnx;
 pub mod reference;
 
-pub use bundle::{Bundle, BundleError, GraphIo};
+pub use bundle::{Bundle, BundleError, GraphIo, TensorSpec};
 pub use manifest::Manifest;

@@ -9,10 +9,10 @@ use reflex_runtime::can::sink::CandumpSink;
 use reflex_runtime::can::sink::NullSink;
 use reflex_runtime::clock::{Clock, MonotonicClock};
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::infer::backend::{select_backend, BackendChoice, TractOptions};
 use reflex_runtime::infer::runner::{Request, ThreadedRunner};
+use reflex_runtime::infer::select::{select_backend, survey, BackendChoice};
+use reflex_runtime::infer::tract::TractOptions;
 use reflex_runtime::io::{Camera, CommandSink, StateSource};
-use reflex_runtime::preprocess::Preprocessor;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -302,6 +302,12 @@ fn cmd_check(path: &Path) -> Result<()> {
             backends.join(", ")
         );
     }
+    for s in survey(&b, TractOptions::default()) {
+        match &s.status {
+            Ok(how) => println!("  backend {}: available ({how})", s.backend.as_str()),
+            Err(why) => println!("  backend {}: not available: {why}", s.backend.as_str()),
+        }
+    }
     println!(
         "  control: {} Hz, {} step(s) per inference, ensembling {:?}, latency compensation {}",
         m.control.rate_hz,
@@ -575,16 +581,7 @@ fn run_loop(
         t_backend.elapsed().as_secs_f64() * 1e3,
         (t_backend - t_load).as_secs_f64() * 1e3
     );
-    let image_lens: Vec<usize> = m
-        .cameras
-        .iter()
-        .map(|c| Preprocessor::new(c).map(|p| p.output_len()))
-        .collect::<Result<_, _>>()?;
-    let req = Request::new(
-        &image_lens,
-        m.state.names.len(),
-        m.action.output.horizon() * m.action.names.len(),
-    );
+    let req = Request::for_manifest(m);
     let runner = ThreadedRunner::spawn(backend, req).context("starting the inference thread")?;
     let opts = LoopOptions {
         rate_hz: engine.rate,
@@ -1027,16 +1024,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
             cams.push(Box::new(ep.camera(&c.name, ReplayMode::AsFastAsPossible)?));
         }
         let state = ep.state_source(&m.state.names, ReplayMode::AsFastAsPossible)?;
-        let lens: Vec<usize> = m
-            .cameras
-            .iter()
-            .map(|c| Preprocessor::new(c).map(|p| p.output_len()))
-            .collect::<Result<_, _>>()?;
-        let req = Request::new(
-            &lens,
-            m.state.names.len(),
-            m.action.output.horizon() * m.action.names.len(),
-        );
+        let req = Request::for_manifest(m);
         let runner = ThreadedRunner::spawn(backend, req)?;
         let opts = LoopOptions {
             rate_hz: Some(rate),
@@ -1090,7 +1078,7 @@ fn cmd_bench(a: BenchArgs) -> Result<bool> {
         .into(),
         bundle: m.name.clone(),
         backend: backend_name,
-        backend_reason: reason,
+        backend_reason: reason.to_string(),
         board,
         rate_hz: rate,
         period_ms,
