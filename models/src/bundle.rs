@@ -358,7 +358,7 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
              the encoder + denoiser of a diffusion policy, not both",
         ));
     }
-    if !policy && !(encoder && denoiser) {
+    if !(policy || (encoder && denoiser)) {
         let problem = match (encoder, denoiser) {
             (true, false) => "an `encoder` model without its `denoiser`",
             (false, true) => "a `denoiser` model without its `encoder`",

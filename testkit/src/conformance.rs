@@ -154,6 +154,12 @@ pub fn write_tiny_bundle(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// One graph input's values: name, shape, data.
+type Input = (String, Vec<usize>, Vec<f32>);
+
+/// How the backend under test prepares a bundle's policy.
+pub type PolicyFactory<'a> = dyn FnMut(&Bundle) -> Result<Box<dyn Policy>, PolicyError> + 'a;
+
 /// Deterministic values in [-2, 2) (xorshift64*), `n` of them.
 fn values(seed: u64, n: usize) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -168,7 +174,7 @@ fn values(seed: u64, n: usize) -> Vec<f32> {
 }
 
 /// One observation: a CHW image per camera and the normalized state, keyed by graph input name.
-fn observation(bundle: &Bundle, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+fn observation(bundle: &Bundle, seed: u64) -> Vec<Input> {
     let m = &bundle.manifest;
     let mut v = vec![];
     for (c, cam) in m.cameras.iter().enumerate() {
@@ -194,11 +200,7 @@ fn observation(bundle: &Bundle, seed: u64) -> Vec<(String, Vec<usize>, Vec<f32>)
     v
 }
 
-fn run_policy(
-    p: &mut dyn Policy,
-    bundle: &Bundle,
-    obs: &[(String, Vec<usize>, Vec<f32>)],
-) -> Result<Vec<f32>, PolicyError> {
+fn run_policy(p: &mut dyn Policy, bundle: &Bundle, obs: &[Input]) -> Result<Vec<f32>, PolicyError> {
     let m = &bundle.manifest;
     for (name, _, data) in obs {
         if let Some(c) = m.cameras.iter().position(|c| &c.onnx_input == name) {
@@ -243,7 +245,7 @@ fn skip_ort() -> bool {
 fn ort_outputs(
     model: &Path,
     dir: &Path,
-    observations: &[Vec<(String, Vec<usize>, Vec<f32>)>],
+    observations: &[Vec<Input>],
     output: &str,
 ) -> Vec<Vec<f32>> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -297,7 +299,7 @@ fn ort_outputs(
 /// case measured, for the test to print.
 pub fn check_backend(
     backend: BackendKind,
-    prepare: &mut dyn FnMut(&Bundle) -> Result<Box<dyn Policy>, PolicyError>,
+    prepare: &mut PolicyFactory<'_>,
     tolerance: Tolerance,
     work: &Path,
 ) -> Vec<CaseReport> {

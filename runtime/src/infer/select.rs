@@ -272,6 +272,73 @@ pub fn select_backend(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reflex_models::reference::{default_capture, demo_arch, reference_manifest};
+    use reflex_models::GraphIo;
+
+    /// A bundle whose policy file is listed for `backends` (selection reads only the manifest).
+    fn bundle(backends: Vec<BackendKind>) -> Bundle {
+        let mut manifest = reference_manifest(&demo_arch(), "t", default_capture());
+        manifest.models[0].backends = backends;
+        Bundle {
+            dir: "b".into(),
+            manifest,
+            policy_path: "b/policy.onnx".into(),
+            io: GraphIo::default(),
+        }
+    }
+
+    const TWO: TractOptions = TractOptions { threads: 2 };
+
+    #[test]
+    fn auto_passes_over_tensorrt_with_its_reason_and_picks_tract() {
+        let b = bundle(vec![BackendKind::Tract, BackendKind::Tensorrt]);
+        let s = decide(&b, BackendChoice::Auto, TWO).expect("tract");
+        assert_eq!(s.backend, BackendKind::Tract);
+        assert_eq!(s.passed_over.len(), 1);
+        assert_eq!(s.passed_over[0].0, BackendKind::Tensorrt);
+        assert!(matches!(
+            s.passed_over[0].1,
+            Unavailable::NotCompiledIn { .. }
+        ));
+        assert!(
+            s.to_string()
+                .starts_with("auto: tract on 2 thread(s) (tensorrt: support is not compiled"),
+            "{s}"
+        );
+        let asked = decide(&b, BackendChoice::Tract, TWO).expect("tract");
+        assert_eq!(asked.to_string(), "tract on 2 thread(s), as asked");
+    }
+
+    #[test]
+    fn unusable_backends_are_refused_with_their_reason() {
+        let b = bundle(vec![BackendKind::Tensorrt]);
+        let e = decide(&b, BackendChoice::Tract, TWO).expect_err("tract not listed");
+        assert!(
+            matches!(
+                &e,
+                SelectError::Unavailable {
+                    backend: BackendKind::Tract,
+                    reason: Unavailable::NotListed { role: "policy", listed },
+                } if listed == "tensorrt"
+            ),
+            "{e}"
+        );
+        let e = decide(&b, BackendChoice::Tensorrt, TWO).expect_err("not compiled in");
+        assert!(
+            e.to_string().contains("backend tensorrt: not usable"),
+            "{e}"
+        );
+        match decide(&b, BackendChoice::Auto, TWO) {
+            Err(SelectError::NoneAvailable { passed_over }) => {
+                let kinds: Vec<BackendKind> = passed_over.iter().map(|p| p.0).collect();
+                assert_eq!(kinds, PREFERENCE);
+            }
+            other => panic!("expected NoneAvailable, got {other:?}"),
+        }
+        let verdicts = survey(&b, TWO);
+        assert_eq!(verdicts.len(), PREFERENCE.len());
+        assert!(verdicts.iter().all(|v| v.status.is_err()));
+    }
 
     #[test]
     fn backend_choice_parses_and_names_the_accepted_forms() {
