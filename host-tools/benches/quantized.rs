@@ -11,7 +11,8 @@
 use reflex_models::bundle::write_bundle;
 use reflex_models::manifest::BackendKind;
 use reflex_models::Bundle;
-use reflex_runtime::infer::backend::{PolicyBackend, TractBackend, TractOptions};
+use reflex_runtime::infer::policy::{Policy, SinglePassPolicy};
+use reflex_runtime::infer::tract::TractOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -47,7 +48,7 @@ fn qdq_for_tract(int8: &Path, out: &Path) {
 
 fn tract_ms(dir: &Path, runs: usize) -> f64 {
     let bundle = Bundle::load(dir).expect("bundle");
-    let mut b = TractBackend::prepare(&bundle, TractOptions { threads: 2 }).expect("tract");
+    let mut b = SinglePassPolicy::tract(&bundle, TractOptions { threads: 2 }).expect("tract");
     for i in 0..bundle.manifest.cameras.len() {
         for (k, v) in b.camera_input(i).iter_mut().enumerate() {
             *v = ((k % 251) as f32 / 251.0) - 0.5;

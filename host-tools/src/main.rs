@@ -5,9 +5,7 @@ mod stats;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use reflex_models::bundle::{
-    parse_manifest, read_graph, stage_bundle, validate_manifest, BUNDLE_KIND,
-};
+use reflex_models::bundle::{parse_manifest, stage_bundle, validate_manifest, BUNDLE_KIND};
 use reflex_models::manifest::{
     BackendKind, Convention, Manifest, ModelFile, ModelRole, Precision, MANIFEST_FILE,
 };
@@ -285,10 +283,10 @@ fn cmd_export(a: ExportArgs) -> Result<()> {
     progress.set_message("checking the graph");
     let tmp = out.scratch()?.join("policy.onnx");
     std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    read_graph(&tmp).and_then(|(_, io)| {
-        validate_manifest(&manifest, &a.out.join(MANIFEST_FILE))?;
-        reflex_models::bundle::validate_io(&manifest, &io, &tmp)
-    })?;
+    // The graph as tract loads and types it: a file tract cannot run is refused here.
+    let io = reflex_runtime::infer::tract::graph_io(&tmp)?;
+    validate_manifest(&manifest, &a.out.join(MANIFEST_FILE))?;
+    reflex_models::bundle::validate_io(&manifest, &io, &tmp)?;
     // Loaded back from the staging folder before it is renamed into place.
     progress.set_message("hashing, writing and loading the bundle back");
     stage_bundle(&out, &mut manifest, &[&bytes]).with_context(|| {
@@ -332,13 +330,15 @@ fn cmd_inspect(path: &Path) -> Result<()> {
     println!("# {}\n", b.dir.join(MANIFEST_FILE).display());
     println!("{}", b.manifest.to_toml()?);
     println!("# graph {}", b.policy_path.display());
-    for (n, s) in &b.io.inputs {
-        println!("input  {n} {s:?}");
+    let typed = reflex_runtime::infer::tract::load_typed(&b.policy_path)?;
+    let io = reflex_runtime::infer::tract::typed_io(&typed, &b.policy_path)?;
+    for t in &io.inputs {
+        println!("input  {} {:?}", t.name, t.shape);
     }
-    for (n, s) in &b.io.outputs {
-        println!("output {n} {s:?}");
+    for t in &io.outputs {
+        println!("output {} {:?}", t.name, t.shape);
     }
-    let decluttered = b.policy_model.clone().into_decluttered()?;
+    let decluttered = typed.into_decluttered()?;
     let (params, macs) = graph_cost(&decluttered)?;
     println!(
         "parameters: {params} ({:.2} M, after BatchNorm folding)\nFLOPs: {:.2} G ({:.2} G multiply-accumulates)",
@@ -350,53 +350,56 @@ fn cmd_inspect(path: &Path) -> Result<()> {
 }
 
 fn cmd_infer(path: &Path, inputs: &[String], output: &Path, force: bool) -> Result<()> {
+    use reflex_runtime::infer::session::Session;
     let b = Bundle::load(path)?;
-    let plan = b.policy_model.clone().into_optimized()?.into_runnable()?;
-    let mut values: Vec<Option<TValue>> = vec![None; b.io.inputs.len()];
+    let mut session = reflex_runtime::infer::tract::TractSession::prepare(
+        &b.policy_path,
+        reflex_runtime::infer::tract::TractOptions { threads: 1 },
+    )?;
+    let mut given = vec![false; session.inputs().len()];
     for spec in inputs {
         let (name, file) = spec
             .split_once('=')
             .with_context(|| format!("--input {spec}: expected NAME=FILE.npy"))?;
-        let ix =
-            b.io.inputs
-                .iter()
-                .position(|(n, _)| n == name)
-                .with_context(|| {
-                    format!(
-                        "--input {name}: not a graph input (inputs: {})",
-                        b.io.inputs
-                            .iter()
-                            .map(|(n, _)| n.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                })?;
+        let ix = session.input_index(name).with_context(|| {
+            format!(
+                "--input {name}: not a graph input (inputs: {})",
+                session
+                    .inputs()
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
         let arr = npy::read_npy(Path::new(file)).with_context(|| format!("reading {file}"))?;
-        let want = &b.io.inputs[ix].1;
+        let want = &session.inputs()[ix].shape;
         if arr.shape != *want {
             bail!(
                 "{file}: shape {:?}, input `{name}` needs {want:?}",
                 arr.shape
             );
         }
-        values[ix] = Some(Tensor::from_shape(&arr.shape, &arr.data.to_f32())?.into_tvalue());
+        session.input_mut(ix).copy_from_slice(&arr.data.to_f32());
+        given[ix] = true;
     }
-    let missing: Vec<&str> =
-        b.io.inputs
-            .iter()
-            .zip(&values)
-            .filter(|(_, v)| v.is_none())
-            .map(|((n, _), _)| n.as_str())
-            .collect();
+    let missing: Vec<&str> = session
+        .inputs()
+        .iter()
+        .zip(&given)
+        .filter(|(_, g)| !**g)
+        .map(|(t, _)| t.name.as_str())
+        .collect();
     if !missing.is_empty() {
         bail!("no --input for {}", missing.join(", "));
     }
     // Data files: who wrote an existing one cannot be told, so only --force replaces it.
     let replace = if force { Replace::Any } else { Replace::No };
     let targets: Vec<PathBuf> = if output.is_dir() {
-        b.io.outputs
+        session
+            .outputs()
             .iter()
-            .map(|(name, _)| output.join(format!("{name}.npy")))
+            .map(|t| output.join(format!("{}.npy", t.name)))
             .collect()
     } else {
         vec![output.to_path_buf()]
@@ -404,33 +407,27 @@ fn cmd_infer(path: &Path, inputs: &[String], output: &Path, force: bool) -> Resu
     for t in &targets {
         output::check_file(t, replace, &output::ANY_FILE)?;
     }
-    let outs = plan.run(values.into_iter().flatten().collect())?;
-    let write = |p: &Path, t: &TValue| -> Result<()> {
-        let data = t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
-        let bytes = npy::encode_npy(&npy::NpyArray::f32(t.shape(), data))
+    session.run()?;
+    let write = |p: &Path, i: usize| -> Result<()> {
+        let shape = &session.outputs()[i].shape;
+        let bytes = npy::encode_npy(&npy::NpyArray::f32(shape, session.output(i).to_vec()))
             .with_context(|| format!("encoding {}", p.display()))?;
         output::write_file(p, &bytes, replace, &output::ANY_FILE)?;
         Ok(())
     };
     if output.is_dir() {
-        for ((name, _), t) in b.io.outputs.iter().zip(outs.iter()) {
-            let p = output.join(format!("{name}.npy"));
-            write(&p, t)?;
-            println!("{name} {:?} -> {}", t.shape(), p.display());
+        for (i, t) in session.outputs().iter().enumerate() {
+            let p = output.join(format!("{}.npy", t.name));
+            write(&p, i)?;
+            println!("{} {:?} -> {}", t.name, t.shape, p.display());
         }
     } else {
-        let ix =
-            b.io.outputs
-                .iter()
-                .position(|(n, _)| *n == b.manifest.action.onnx_output)
-                .unwrap_or(0);
-        write(output, &outs[ix])?;
-        println!(
-            "{} {:?} -> {}",
-            b.io.outputs[ix].0,
-            outs[ix].shape(),
-            output.display()
-        );
+        let ix = session
+            .output_index(&b.manifest.action.onnx_output)
+            .unwrap_or(0);
+        write(output, ix)?;
+        let t = &session.outputs()[ix];
+        println!("{} {:?} -> {}", t.name, t.shape, output.display());
     }
     Ok(())
 }

@@ -105,12 +105,12 @@ fn export_seed_inspect_infer() {
     ]));
     let got = read_npy(&op).expect("output");
     assert_eq!(got.shape, vec![1, 6]);
-    let mut backend = reflex_runtime::infer::backend::TractBackend::prepare(
+    let mut backend = reflex_runtime::infer::policy::SinglePassPolicy::tract(
         &b,
-        reflex_runtime::infer::backend::TractOptions { threads: 1 },
+        reflex_runtime::infer::tract::TractOptions { threads: 1 },
     )
     .expect("backend");
-    use reflex_runtime::infer::backend::PolicyBackend;
+    use reflex_runtime::infer::policy::Policy;
     backend.camera_input(0).copy_from_slice(&img);
     backend.state_input().expect("state").copy_from_slice(&st);
     backend.run().expect("run");

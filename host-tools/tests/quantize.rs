@@ -9,7 +9,8 @@ use reflex_models::bundle::validate_manifest;
 use reflex_models::manifest::{BackendKind, Normalization, Precision};
 use reflex_models::npy::read_npy;
 use reflex_models::Bundle;
-use reflex_runtime::infer::backend::{select_backend, BackendChoice, TractOptions};
+use reflex_runtime::infer::select::{select_backend, BackendChoice};
+use reflex_runtime::infer::tract::TractOptions;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -97,7 +98,7 @@ fn infer(bundle: &Path, held: &Path, i: usize, out: &Path) -> Vec<f32> {
         "--output".into(),
         s(out).into(),
     ];
-    for (name, _) in &b.io.inputs {
+    for name in b.io.inputs.iter().map(|t| &t.name) {
         args.push("--input".into());
         args.push(format!(
             "{name}={}",
@@ -328,6 +329,7 @@ fn assert_int8_forms(b: &Bundle) {
     // The runtime picks tract on the file listed for it.
     let (_, why) = select_backend(b, BackendChoice::Auto, TractOptions { threads: 1 })
         .expect("tract selected");
+    let why = why.to_string();
     assert!(why.starts_with("auto: tract"), "{why}");
     // Two policy files for one backend are ambiguous: validation names both.
     let mut twice = m.clone();

@@ -3,15 +3,17 @@
 //! A bundle is refused as a whole if anything in it is inconsistent: the board must run exactly
 //! what was trained or nothing at all. Validation happens once, at load, off the control loop; it
 //! checks the manifest's own coherence (lengths, finite statistics, sane limits), the model files'
-//! hashes, and the manifest against the ONNX graph's real input/output names and shapes as tract
-//! reads them. The typed tract model is kept so the runtime does not parse the file twice.
+//! hashes, and the manifest against the input/output names and shapes each policy file declares
+//! (a cheap header read, [`crate::onnx::header`]: no inference graph is built here). Building the
+//! graph is the backend's job when it prepares the model; it checks the manifest again against
+//! the I/O it actually runs (`reflex_runtime::infer`).
 
 use crate::manifest::*;
+use crate::onnx::header::{read_header, ElemType, HeaderError, OnnxHeader};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use tract_onnx::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -46,8 +48,9 @@ pub enum BundleError {
         expected: String,
         actual: String,
     },
-    #[error("{path}: tract cannot load the model: {message}")]
-    Model { path: PathBuf, message: String },
+    /// The cause is part of the message, as for `Io`.
+    #[error("{path}: cannot load the model: {error}")]
+    Model { path: PathBuf, error: HeaderError },
     #[error("{path}: {problem}")]
     Graph { path: PathBuf, problem: String },
     /// The output folder was refused or could not be written.
@@ -65,37 +68,98 @@ impl BundleError {
     }
 }
 
-/// Real input/output names and shapes of a model file, as tract reads them.
-#[derive(Debug, Clone, PartialEq)]
+/// A named tensor with its element type and static shape: one graph input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorSpec {
+    pub name: String,
+    pub elem: ElemType,
+    /// Static shape, row-major (`[1, 3, 224, 224]` for an NCHW image).
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Input/output names, element types and shapes of a model, as a backend runs it or as the file
+/// declares it ([`GraphIo::from_header`]).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct GraphIo {
-    pub inputs: Vec<(String, Vec<usize>)>,
-    pub outputs: Vec<(String, Vec<usize>)>,
+    /// Graph inputs in graph order; every shape is static.
+    pub inputs: Vec<TensorSpec>,
+    /// Graph outputs with a static shape, in graph order.
+    pub outputs: Vec<TensorSpec>,
+    /// Outputs whose file declares no static shape (a runtime infers it from the inputs): their
+    /// names are checked here, their shapes by the backend at prepare. Empty for a backend's I/O.
+    pub unshaped_outputs: Vec<String>,
 }
 
 impl GraphIo {
     pub fn input(&self, name: &str) -> Option<&[usize]> {
         self.inputs
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s.as_slice())
+            .find(|t| t.name == name)
+            .map(|t| t.shape.as_slice())
     }
     pub fn output(&self, name: &str) -> Option<&[usize]> {
         self.outputs
             .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, s)| s.as_slice())
+            .find(|t| t.name == name)
+            .map(|t| t.shape.as_slice())
+    }
+
+    /// The I/O an ONNX file declares. Inputs must have static shapes: reflex feeds fixed-size
+    /// buffers (a symbolic batch is refused, naming the input); outputs may leave theirs to the
+    /// runtime. `path` names the file in errors.
+    pub fn from_header(h: &OnnxHeader, path: &Path) -> Result<GraphIo, BundleError> {
+        let mut io = GraphIo::default();
+        for t in &h.inputs {
+            let shape = t.concrete_shape().ok_or_else(|| BundleError::Graph {
+                path: path.to_path_buf(),
+                problem: format!(
+                    "`{}` has a symbolic shape {}; reflex needs static shapes (export with fixed \
+                     batch = 1)",
+                    t.name,
+                    t.shape_text()
+                ),
+            })?;
+            io.inputs.push(TensorSpec {
+                name: t.name.clone(),
+                elem: t.elem,
+                shape,
+            });
+        }
+        for t in &h.outputs {
+            match t.concrete_shape() {
+                Some(shape) => io.outputs.push(TensorSpec {
+                    name: t.name.clone(),
+                    elem: t.elem,
+                    shape,
+                }),
+                None => io.unshaped_outputs.push(t.name.clone()),
+            }
+        }
+        Ok(io)
     }
 }
 
-/// A validated bundle: manifest, directory, and the policy model typed by tract.
+/// A validated bundle: manifest, directory, and the declared I/O of its policy model.
+///
+/// No inference graph is built at load: a backend reads the file listed for it when it prepares
+/// (`reflex_runtime::infer`), so loading costs a hash and a header read per model file.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    /// The policy model file's path.
+    /// The policy file tract runs: the one listed for tract, else the first policy file.
     pub policy_path: PathBuf,
-    /// The policy graph in tract's typed form (not yet optimized).
-    pub policy_model: TypedModel,
+    /// The I/O that file declares (validated against the manifest).
     pub io: GraphIo,
 }
 
@@ -343,39 +407,49 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
             "must be >= 1",
         ));
     }
-    let policies = m
-        .models
-        .iter()
-        .filter(|f| f.role == ModelRole::Policy)
-        .count();
-    if policies == 0 {
+    // The roles make one kind of policy: a single `policy` network, or an `encoder` run once per
+    // observation plus a `denoiser` run by a scheduler (Diffusion Policy).
+    let has = |r: ModelRole| m.models.iter().any(|f| f.role == r);
+    let (policy, encoder, denoiser) = (
+        has(ModelRole::Policy),
+        has(ModelRole::Encoder),
+        has(ModelRole::Denoiser),
+    );
+    if policy && (encoder || denoiser) {
         return Err(BundleError::field(
             path,
             "models",
-            "expected a model with role = \"policy\", found none",
+            "a `policy` model and an encoder/denoiser pair: list either one policy network or \
+             the encoder + denoiser of a diffusion policy, not both",
         ));
     }
-    // Several policy files (one form per backend) are fine; two for one backend are ambiguous.
-    let mut seen: Vec<(BackendKind, usize)> = vec![];
+    if !(policy || (encoder && denoiser)) {
+        let problem = match (encoder, denoiser) {
+            (true, false) => "an `encoder` model without its `denoiser`",
+            (false, true) => "a `denoiser` model without its `encoder`",
+            _ => "expected a model with role = \"policy\", found none",
+        };
+        return Err(BundleError::field(path, "models", problem));
+    }
+    // Several files per role (one form per backend) are fine; two for one backend are ambiguous.
+    let mut seen: Vec<(ModelRole, BackendKind, usize)> = vec![];
     for (i, f) in m.models.iter().enumerate() {
-        if f.role != ModelRole::Policy {
-            continue;
-        }
         for &b in &f.backends {
-            if let Some((_, j)) = seen.iter().find(|(s, _)| *s == b) {
+            if let Some((_, _, j)) = seen.iter().find(|(r, s, _)| *r == f.role && *s == b) {
+                let role = f.role.as_str();
                 return Err(BundleError::field(
                     path,
                     format!("models[{i}].backends"),
                     format!(
-                        "policy `{}` lists backend {} already listed by policy `{}` \
-                         (models[{j}]): one policy file per backend",
+                        "{role} `{}` lists backend {} already listed by {role} `{}` \
+                         (models[{j}]): one {role} file per backend",
                         f.file,
                         b.as_str(),
                         m.models[*j].file
                     ),
                 ));
             }
-            seen.push((b, i));
+            seen.push((f.role, b, i));
         }
     }
     for (i, f) in m.models.iter().enumerate() {
@@ -744,60 +818,23 @@ fn validate_can(m: &Manifest, path: &Path) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// Reads a model file with tract and returns it typed, with its real I/O names and shapes.
-pub fn read_graph(path: &Path) -> Result<(TypedModel, GraphIo), BundleError> {
-    let model_err = |e: TractError| BundleError::Model {
+/// Reads the I/O an ONNX model file declares (a header read: no graph is built).
+pub fn read_model_io(path: &Path) -> Result<GraphIo, BundleError> {
+    let bytes = std::fs::read(path).map_err(|error| BundleError::Io {
         path: path.to_path_buf(),
-        message: format!("{e:#}"),
-    };
-    let typed = tract_onnx::onnx()
-        .model_for_path(path)
-        .map_err(model_err)?
-        .into_typed()
-        .map_err(model_err)?;
-    let io = graph_io(&typed).map_err(|message| BundleError::Graph {
-        path: path.to_path_buf(),
-        problem: message,
+        op: "read",
+        error,
     })?;
-    Ok((typed, io))
+    model_io(&bytes, path)
 }
 
-/// Names and concrete shapes of a typed model's inputs and outputs.
-pub fn graph_io(model: &TypedModel) -> Result<GraphIo, String> {
-    let shape = |outlet: OutletId| -> Result<Vec<usize>, String> {
-        let fact = model.outlet_fact(outlet).map_err(|e| format!("{e:#}"))?;
-        fact.shape
-            .as_concrete()
-            .map(|s| s.to_vec())
-            .ok_or_else(|| {
-                format!(
-                    "`{}` has a symbolic shape {:?}; reflex needs static shapes (export with fixed batch = 1)",
-                    model.node(outlet.node).name,
-                    fact.shape
-                )
-            })
-    };
-    let mut io = GraphIo {
-        inputs: vec![],
-        outputs: vec![],
-    };
-    for &o in model.input_outlets().map_err(|e| format!("{e:#}"))? {
-        io.inputs.push((model.node(o.node).name.clone(), shape(o)?));
-    }
-    for (ix, &o) in model
-        .output_outlets()
-        .map_err(|e| format!("{e:#}"))?
-        .iter()
-        .enumerate()
-    {
-        let label = model
-            .outlet_label(o)
-            .map(|s| s.to_string())
-            .unwrap_or_else(|| model.node(o.node).name.clone());
-        let _ = ix;
-        io.outputs.push((label, shape(o)?));
-    }
-    Ok(io)
+/// [`read_model_io`] on bytes already in memory; `path` names them in errors.
+pub fn model_io(bytes: &[u8], path: &Path) -> Result<GraphIo, BundleError> {
+    let header = read_header(bytes).map_err(|error| BundleError::Model {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    GraphIo::from_header(&header, path)
 }
 
 /// Checks the manifest against the model's real I/O.
@@ -806,9 +843,9 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
         path: model_path.to_path_buf(),
         problem,
     };
-    let names = |v: &[(String, Vec<usize>)]| {
+    let names = |v: &[TensorSpec]| {
         v.iter()
-            .map(|(n, s)| format!("{n} {s:?}"))
+            .map(|t| format!("{} {:?}", t.name, t.shape))
             .collect::<Vec<_>>()
             .join(", ")
     };
@@ -858,9 +895,10 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
         }
         used.insert(si.clone());
     }
-    if let Some((n, _)) = io.inputs.iter().find(|(n, _)| !used.contains(n)) {
+    if let Some(t) = io.inputs.iter().find(|t| !used.contains(&t.name)) {
         return Err(gerr(format!(
-            "graph input `{n}` is fed by nothing in the manifest (no camera or state names it)"
+            "graph input `{}` is fed by nothing in the manifest (no camera or state names it)",
+            t.name
         )));
     }
     let ad = m.action.names.len();
@@ -869,6 +907,8 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
         ActionOutput::Chunk { horizon } => vec![1, horizon, ad],
     };
     match io.output(&m.action.onnx_output) {
+        // Declared without a static shape: the backend checks it at prepare.
+        None if io.unshaped_outputs.contains(&m.action.onnx_output) => Ok(()),
         None => Err(gerr(format!(
             "action.onnx_output `{}` is not an output of the graph (outputs: {})",
             m.action.onnx_output,
@@ -923,21 +963,41 @@ impl Bundle {
                 });
             }
         }
-        // The graph read here is the one tract runs: the file listed for tract, else the first.
-        let policy = manifest
+        if manifest.policy_model().is_none() {
+            return Err(BundleError::field(
+                &manifest_path,
+                "models",
+                "an encoder + denoiser policy (Diffusion Policy) is not supported by this runtime \
+                 yet: it runs bundles with one `policy` model",
+            ));
+        }
+        // Every policy file (one per backend) must fit the manifest; `io` is the one tract runs:
+        // the file listed for tract, else the first.
+        let primary = manifest
             .policy_model_for(BackendKind::Tract)
             .or_else(|| manifest.policy_model())
             .ok_or_else(|| BundleError::field(&manifest_path, "models", "no policy model"))?;
-        let policy_path = dir.join(&policy.file);
-        let (policy_model, io) = read_graph(&policy_path)?;
-        validate_io(&manifest, &io, &policy_path)?;
+        let policy_path = dir.join(&primary.file);
+        let mut io = GraphIo::default();
+        for f in manifest.models_with_role(ModelRole::Policy) {
+            let p = dir.join(&f.file);
+            let file_io = read_model_io(&p)?;
+            validate_io(&manifest, &file_io, &p)?;
+            if p == policy_path {
+                io = file_io;
+            }
+        }
         Ok(Bundle {
             dir,
             manifest,
             policy_path,
-            policy_model,
             io,
         })
+    }
+
+    /// Path of a model file of this bundle.
+    pub fn model_path(&self, f: &ModelFile) -> PathBuf {
+        self.dir.join(&f.file)
     }
 
     /// Period of the control loop in nanoseconds.
@@ -1060,9 +1120,9 @@ impl BundleError {
                 expected,
                 actual,
             },
-            BundleError::Model { path, message } => BundleError::Model {
+            BundleError::Model { path, error } => BundleError::Model {
                 path: m(path),
-                message,
+                error,
             },
             BundleError::Graph { path, problem } => BundleError::Graph {
                 path: m(path),

@@ -11,5 +11,5 @@ pub mod onnx;
 pub mod output;
 pub mod reference;
 
-pub use bundle::{Bundle, BundleError, GraphIo};
+pub use bundle::{Bundle, BundleError, GraphIo, TensorSpec};
 pub use manifest::Manifest;

@@ -123,11 +123,30 @@ impl BackendKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// What a model file does in the policy. A bundle has either one `policy` (per backend) or an
+/// `encoder` + `denoiser` pair (Diffusion Policy: the encoder runs once per observation, the
+/// denoiser K times under a scheduler). The runtime runs `policy` bundles today; the pair is
+/// accepted by the manifest and refused when the bundle is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelRole {
     /// Images + state -> action or chunk, in one network.
     Policy,
+    /// Images (+ state) -> conditioning vector, once per observation.
+    Encoder,
+    /// Noisy action sample + timestep + conditioning -> predicted noise (or sample).
+    Denoiser,
+}
+
+impl ModelRole {
+    /// The role's name as written in the manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelRole::Policy => "policy",
+            ModelRole::Encoder => "encoder",
+            ModelRole::Denoiser => "denoiser",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -744,8 +763,6 @@ impl Manifest {
         toml::to_string_pretty(self)
     }
 
-    /// The first policy entry. A quantized bundle may list one policy file per backend (int8:
-    /// the operator form for tract, QDQ for TensorRT); see [`Manifest::policy_model_for`].
     /// For each action dimension, the state dimension of the same name: where a measured
     /// position can seed the rate limiter for that joint.
     pub fn action_state_indices(&self) -> Vec<Option<usize>> {
@@ -756,14 +773,26 @@ impl Manifest {
             .collect()
     }
 
+    /// The first policy entry. A quantized bundle may list one policy file per backend (int8:
+    /// the operator form for tract, QDQ for TensorRT); see [`Manifest::policy_model_for`].
     pub fn policy_model(&self) -> Option<&ModelFile> {
-        self.models.iter().find(|m| m.role == ModelRole::Policy)
+        self.models_with_role(ModelRole::Policy).next()
     }
 
     /// The policy entry listed for `backend` (validation allows at most one per backend).
     pub fn policy_model_for(&self, backend: BackendKind) -> Option<&ModelFile> {
-        self.models
-            .iter()
-            .find(|m| m.role == ModelRole::Policy && m.backends.contains(&backend))
+        self.model_for(ModelRole::Policy, backend)
+    }
+
+    /// The entry of `role` listed for `backend`: one file per backend per role (validation
+    /// refuses two).
+    pub fn model_for(&self, role: ModelRole, backend: BackendKind) -> Option<&ModelFile> {
+        self.models_with_role(role)
+            .find(|m| m.backends.contains(&backend))
+    }
+
+    /// Every entry of `role`, in manifest order.
+    pub fn models_with_role(&self, role: ModelRole) -> impl Iterator<Item = &ModelFile> {
+        self.models.iter().filter(move |m| m.role == role)
     }
 }

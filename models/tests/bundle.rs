@@ -100,7 +100,7 @@ fn truncated_model_is_refused() {
     std::fs::write(&p, &bytes[..bytes.len() / 2]).expect("write");
     let e = load_err(&d);
     assert!(e.contains("policy.onnx") && e.contains("truncated"), "{e}");
-    // Even with the hash updated to match, tract refuses the half file, naming it.
+    // Even with the hash updated to match, the header read refuses the half file, naming it.
     let actual = reflex_models::bundle::sha256_file(&p).expect("hash");
     edit_manifest(&d, |t| {
         let start = t.find("sha256 = \"").expect("sha") + 10;
@@ -108,7 +108,7 @@ fn truncated_model_is_refused() {
     });
     let e = load_err(&d);
     assert!(
-        e.contains("policy.onnx") && e.contains("tract cannot load"),
+        e.contains("policy.onnx") && e.contains("cannot load the model"),
         "{e}"
     );
 }
@@ -515,4 +515,65 @@ fn a_bundle_that_does_not_load_back_is_never_put_in_place() {
         "{e}"
     );
     assert!(!parent.exists(), "nothing left behind");
+}
+
+#[test]
+fn model_roles_make_one_kind_of_policy() {
+    use reflex_models::bundle::validate_manifest;
+    use reflex_models::manifest::ModelRole;
+    let text = std::fs::read_to_string(pristine().join(MANIFEST_FILE)).expect("read");
+    let m = parse_manifest(&text, Path::new("b/policy.toml")).expect("parses");
+    let with_roles = |roles: &[ModelRole]| {
+        let mut m = m.clone();
+        m.models = roles
+            .iter()
+            .enumerate()
+            .map(|(i, &role)| reflex_models::manifest::ModelFile {
+                role,
+                file: format!("m{i}.onnx"),
+                ..m.models[0].clone()
+            })
+            .collect();
+        m
+    };
+    let err = |roles: &[ModelRole]| {
+        validate_manifest(&with_roles(roles), Path::new("b/policy.toml"))
+            .expect_err("refused")
+            .to_string()
+    };
+    // The encoder + denoiser pair is a valid manifest (Diffusion Policy)...
+    validate_manifest(
+        &with_roles(&[ModelRole::Encoder, ModelRole::Denoiser]),
+        Path::new("b/policy.toml"),
+    )
+    .expect("an encoder + denoiser pair is valid");
+    // ...but half a pair, or a pair next to a policy, is not.
+    assert!(err(&[ModelRole::Encoder]).contains("without its `denoiser`"));
+    assert!(err(&[ModelRole::Denoiser]).contains("without its `encoder`"));
+    assert!(
+        err(&[ModelRole::Policy, ModelRole::Encoder, ModelRole::Denoiser]).contains("not both")
+    );
+    // Two files of one role for one backend are ambiguous, whatever the role.
+    let e = err(&[ModelRole::Encoder, ModelRole::Encoder, ModelRole::Denoiser]);
+    assert!(e.contains("one encoder file per backend"), "{e}");
+
+    // The runtime does not run the pair yet: loading says so, naming the field.
+    let d = copy_of("roles");
+    edit_manifest(&d, |t| {
+        let policy = t.find("[[models]]").expect("models");
+        let entry_end = policy + t[policy..].find("\n\n").expect("end of entry");
+        let entry = &t[policy..entry_end];
+        format!(
+            "{}{}\n\n{}{}",
+            &t[..policy],
+            entry.replace("role = \"policy\"", "role = \"encoder\""),
+            entry.replace("role = \"policy\"", "role = \"denoiser\""),
+            &t[entry_end..]
+        )
+    });
+    let e = load_err(&d);
+    assert!(
+        e.contains("models") && e.contains("not supported by this runtime yet"),
+        "{e}"
+    );
 }

@@ -13,7 +13,7 @@ use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, Replay
 use reflex_runtime::can::sink::NullSink;
 use reflex_runtime::clock::{Clock, ManualClock, MonotonicClock};
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::infer::backend::{BackendError, PolicyBackend};
+use reflex_runtime::infer::policy::{Policy, PolicyError};
 use reflex_runtime::infer::runner::{InlineRunner, Request, ThreadedRunner};
 use reflex_runtime::preprocess::Preprocessor;
 use reflex_runtime::timing::{Histogram, Stage};
@@ -26,7 +26,7 @@ struct Instant0 {
     out: Vec<f32>,
 }
 
-impl PolicyBackend for Instant0 {
+impl Policy for Instant0 {
     fn name(&self) -> &'static str {
         "instant"
     }
@@ -36,7 +36,7 @@ impl PolicyBackend for Instant0 {
     fn state_input(&mut self) -> Option<&mut [f32]> {
         Some(&mut self.state)
     }
-    fn run(&mut self) -> Result<(), BackendError> {
+    fn run(&mut self) -> Result<(), PolicyError> {
         Ok(())
     }
     fn output(&self) -> &[f32] {

@@ -12,7 +12,8 @@
 use reflex_models::onnx::{EncoderKind, PolicyArch, SeededWeights};
 use reflex_models::reference::{default_capture, demo_arch, write_reference_bundle};
 use reflex_models::Bundle;
-use reflex_runtime::infer::backend::{PolicyBackend, TractBackend, TractOptions};
+use reflex_runtime::infer::policy::{Policy, SinglePassPolicy};
+use reflex_runtime::infer::tract::TractOptions;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -23,7 +24,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn tract_ms(bundle: &Bundle, threads: usize, runs: usize) -> f64 {
-    let mut b = TractBackend::prepare(bundle, TractOptions { threads }).expect("tract");
+    let mut b = SinglePassPolicy::tract(bundle, TractOptions { threads }).expect("tract");
     for i in 0..bundle.manifest.cameras.len() {
         for (k, v) in b.camera_input(i).iter_mut().enumerate() {
             *v = ((k % 251) as f32 / 251.0) - 0.5;

@@ -14,8 +14,9 @@ use reflex_models::manifest::{Manifest, PixelFormat};
 use reflex_runtime::can::sink::RecordingSink;
 use reflex_runtime::clock::{Clock, ManualClock};
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::infer::backend::{BackendError, TractBackend, TractOptions};
+use reflex_runtime::infer::policy::{PolicyError, SinglePassPolicy};
 use reflex_runtime::infer::runner::{InferenceRunner, InlineRunner, Request};
+use reflex_runtime::infer::tract::TractOptions;
 use reflex_runtime::io::{Camera, CameraError, Frame, FrameMeta};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -90,7 +91,7 @@ fn ramp_bundle() -> Bundle {
 /// warm-up included; returns (ns since the first tick, joint 0's command) per tick.
 fn run_ramp(bundle: &Bundle, rate_hz: Option<f64>, seconds: f64) -> Vec<(u64, f64)> {
     let m = &bundle.manifest;
-    let backend = TractBackend::prepare(bundle, TractOptions::default()).expect("tract");
+    let backend = SinglePassPolicy::tract(bundle, TractOptions::default()).expect("tract");
     let req = Request::new(&[3 * 32 * 32], 6, 4 * 6);
     let mut lp = ControlLoop::new(
         m,
@@ -252,7 +253,7 @@ impl InferenceRunner for SlowRunner {
     fn slot(&mut self) -> Option<&mut Request> {
         (self.ready_at.is_none() && !self.done).then_some(&mut self.req)
     }
-    fn submit(&mut self) -> Result<(), BackendError> {
+    fn submit(&mut self) -> Result<(), PolicyError> {
         let run = self.runs as f32;
         for (i, v) in self.req.output.iter_mut().enumerate() {
             *v = run + (i / 2) as f32 / 1000.0;

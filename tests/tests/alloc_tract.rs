@@ -11,8 +11,9 @@ use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, Replay
 use reflex_runtime::can::sink::NullSink;
 use reflex_runtime::clock::ManualClock;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::infer::backend::{TractBackend, TractOptions};
+use reflex_runtime::infer::policy::SinglePassPolicy;
 use reflex_runtime::infer::runner::{InlineRunner, Request};
+use reflex_runtime::infer::tract::TractOptions;
 use std::path::PathBuf;
 
 #[path = "../../runtime/tests/counting/mod.rs"]
@@ -37,8 +38,8 @@ fn tract_allocations_per_inference_are_measured_and_confined_to_inference() {
     generate_synthetic_episode(m, &dir.join("episode"), 1.0, 30).expect("episode");
     let ep = Episode::load(&dir.join("episode")).expect("episode");
     // Single-threaded tract keeps every allocation on this (counted) thread.
-    let backend = TractBackend::prepare(&bundle, TractOptions { threads: 1 }).expect("tract");
-    let req = Request::for_manifest(m).expect("request buffers");
+    let backend = SinglePassPolicy::tract(&bundle, TractOptions { threads: 1 }).expect("tract");
+    let req = Request::for_manifest(m);
     let cams = vec![ep
         .camera("front", ReplayMode::AsFastAsPossible)
         .expect("cam")];

@@ -11,8 +11,9 @@ use reflex_runtime::can::sink::CandumpSink;
 use reflex_runtime::clock::{Clock, ManualClock};
 use reflex_runtime::control::safety::SafeCommand;
 use reflex_runtime::control::{CommandKind, ControlLoop, LoopOptions};
-use reflex_runtime::infer::backend::{TractBackend, TractOptions};
+use reflex_runtime::infer::policy::SinglePassPolicy;
 use reflex_runtime::infer::runner::{InlineRunner, Request};
+use reflex_runtime::infer::tract::TractOptions;
 use reflex_runtime::io::{CommandSink, SinkError};
 use std::path::PathBuf;
 
@@ -54,8 +55,8 @@ fn demo_bundle_runs_and_the_candump_log_decodes_to_the_filtered_commands() {
     generate_synthetic_episode(m, &episode_dir, 2.0, 30).expect("episode");
     let ep = Episode::load(&episode_dir).expect("episode loads");
 
-    let backend = TractBackend::prepare(&bundle, TractOptions { threads: 2 }).expect("tract");
-    let req = Request::for_manifest(m).expect("request buffers");
+    let backend = SinglePassPolicy::tract(&bundle, TractOptions { threads: 2 }).expect("tract");
+    let req = Request::for_manifest(m);
     let clock = ManualClock::new(1_000_000_000);
     let log_path = dir.join("can0.log");
     let sink = Tee {

@@ -32,12 +32,15 @@ impl Source {
     }
 }
 
-/// The network inputs for one episode frame, in the graph's input order (`Bundle::io.inputs`).
+/// The observation of one episode frame, as the policy takes it: preprocessed CHW images in
+/// manifest camera order and the normalized state (empty for an image-only policy). The policy
+/// maps them onto graph inputs (`reflex_runtime::infer::policy`).
 #[derive(Debug, Clone)]
 pub struct Sample {
     /// Frame index of the lead camera in the episode.
     pub frame: usize,
-    pub inputs: Vec<Vec<f32>>,
+    pub images: Vec<Vec<f32>>,
+    pub state: Vec<f32>,
 }
 
 #[derive(Debug)]
@@ -132,9 +135,6 @@ pub fn load(
     let norm: Vec<_> = (0..m.state.names.len())
         .map(|i| m.state.normalization.affine(i))
         .collect();
-    // Slot of each graph input: a camera index or the state.
-    let slots = super::input_slots(bundle)?;
-
     let held: Vec<usize> = held_out_positions(total, held_out);
     let mut out = Samples {
         calibration: vec![],
@@ -171,14 +171,11 @@ pub fn load(
                 .map(|(&j, n)| n.normalize(v[j]))
                 .collect()
         };
-        let inputs = slots
-            .iter()
-            .map(|s| match s {
-                Some(c) => images[*c].clone(),
-                None => state.clone(),
-            })
-            .collect();
-        let sample = Sample { frame, inputs };
+        let sample = Sample {
+            frame,
+            images,
+            state,
+        };
         if held.contains(&pos) {
             out.held_out.push(sample);
         } else {

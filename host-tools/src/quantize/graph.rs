@@ -205,7 +205,7 @@ pub(super) fn add_metadata(m: &mut ModelProto, key: &str, value: &str) {
 /// Why not FLOAT16 compute (a Cast after each graph input and before each output, everything in
 /// between half): tract 0.23 cannot load such a graph (its Gemm expansion yields an f32 output
 /// for f16 inputs: "Output mismatch after rewiring expansion ... expected F16 got F32"), and
-/// `Bundle::load` reads every bundle through tract. TensorRT, built with its fp16 flag, computes
+/// tract, every board's fallback, must run every fp16 bundle. TensorRT, built with its fp16 flag, computes
 /// this form in half anyway.
 pub fn to_fp16(m: &ModelProto) -> Result<(ModelProto, usize)> {
     let mut m = m.clone();

@@ -22,9 +22,9 @@
 //!        QLinearMatMul (standard `ai.onnx` ops only; tract 0.23 loads no com.microsoft op) on
 //!        uint8 activations (zero point 128: the same grid), with each node's output scale from
 //!        calibration of that output, which tract and ONNX Runtime run with integer kernels;
-//! 3. the staged quantized bundle is loaded like the robot loads it (`Bundle::load` reads the
-//!    file listed for tract, so the operator form for int8) and both networks run through the
-//!    runtime's tract backend on the held-out samples; errors are unnormalized to action units
+//! 3. the staged quantized bundle is loaded like the robot loads it, and both networks run as
+//!    the runtime's tract policy (`SinglePassPolicy` on the file listed for tract, so the
+//!    operator form for int8) on the held-out samples; errors are unnormalized to action units
 //!    ([`report`]), latencies measured in the same run;
 //! 4. the gate (`--max-error`): any dimension over its limit on tract, the only backend measured
 //!    here, drops tract; with no measured backend left the command fails and writes nothing.
@@ -80,13 +80,14 @@ use reflex_models::manifest::{
 };
 use reflex_models::npy;
 use reflex_models::output::{self, Kind, OutDir, Replace};
-use reflex_models::{Bundle, GraphIo};
-use reflex_runtime::infer::backend::{PolicyBackend, TractBackend, TractOptions};
+use reflex_models::Bundle;
+use reflex_runtime::infer::policy::{Policy, SinglePassPolicy};
+use reflex_runtime::infer::session::Session;
+use reflex_runtime::infer::tract::{TractOptions, TractSession};
 use reflex_runtime::progress::Progress;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use tract_onnx::prelude::*;
 
 /// Name of the report inside the written bundle.
 pub const REPORT_FILE: &str = reflex_models::bundle::QUANTIZATION_REPORT_FILE;
@@ -196,38 +197,27 @@ pub struct QuantizeArgs {
     pub force: bool,
 }
 
-/// Where a graph input comes from: a camera (manifest index) or the state.
-pub(crate) fn input_slots(bundle: &Bundle) -> Result<Vec<Option<usize>>> {
-    let m = &bundle.manifest;
-    bundle
-        .io
-        .inputs
-        .iter()
-        .map(|(name, _)| {
-            if let Some(c) = m.cameras.iter().position(|c| &c.onnx_input == name) {
-                Ok(Some(c))
-            } else if m.state.onnx_input.as_ref() == Some(name) {
-                Ok(None)
-            } else {
-                bail!("graph input `{name}` is fed by no camera or state of the manifest")
-            }
-        })
-        .collect()
-}
-
-fn feed(b: &mut TractBackend, slots: &[Option<usize>], s: &calib::Sample) -> Result<()> {
-    for (slot, data) in slots.iter().zip(&s.inputs) {
-        let buf = match slot {
-            Some(c) => b.camera_input(*c),
-            None => b.state_input().context("the backend has no state input")?,
-        };
+/// Writes a sample's observation into a policy's inputs; the policy maps cameras and state onto
+/// its graph inputs.
+fn feed(p: &mut dyn Policy, s: &calib::Sample) -> Result<()> {
+    for (c, img) in s.images.iter().enumerate() {
+        let buf = p.camera_input(c);
         ensure!(
-            buf.len() == data.len(),
-            "input buffer of {} values for a sample of {}",
+            buf.len() == img.len(),
+            "camera {c}: input buffer of {} values for an image of {}",
             buf.len(),
-            data.len()
+            img.len()
         );
-        buf.copy_from_slice(data);
+        buf.copy_from_slice(img);
+    }
+    if let Some(buf) = p.state_input() {
+        ensure!(
+            buf.len() == s.state.len(),
+            "state input buffer of {} values for a state of {}",
+            buf.len(),
+            s.state.len()
+        );
+        buf.copy_from_slice(&s.state);
     }
     Ok(())
 }
@@ -238,31 +228,28 @@ fn calibrate(
     model: &tract_onnx::pb::ModelProto,
     values: &[String],
     samples: &[calib::Sample],
-    io: &GraphIo,
+    bundle: &Bundle,
     method: ranges::Method,
 ) -> Result<BTreeMap<String, (f32, f32)>> {
     let cm = graph::with_outputs(model, values)?;
-    let out_names: Vec<String> = cm
-        .graph
-        .as_ref()
-        .map(|g| g.output.iter().map(|v| v.name.clone()).collect())
-        .unwrap_or_default();
     let bytes = graph::encode(&cm);
-    let runnable = tract_onnx::onnx()
-        .model_for_read(&mut bytes.as_slice())
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
+    // The policy's own graph with every value to calibrate exposed as an extra output, fed
+    // through the policy like the robot feeds it.
+    let label = bundle.policy_path.with_extension("calibration.onnx");
+    let session = TractSession::from_bytes(&bytes, &label, TractOptions { threads: 1 })
         .context("preparing the calibration graph in tract")?;
+    let mut policy = SinglePassPolicy::new(session, &bundle.manifest, &label)?;
     enum Src {
         Input(usize),
         Output(usize),
     }
+    let s = policy.session();
     let srcs = values
         .iter()
         .map(|a| {
-            if let Some(i) = io.inputs.iter().position(|(n, _)| n == a) {
+            if let Some(i) = s.input_index(a) {
                 Ok(Src::Input(i))
-            } else if let Some(o) = out_names.iter().position(|n| n == a) {
+            } else if let Some(o) = s.output_index(a) {
                 Ok(Src::Output(o))
             } else {
                 bail!("activation `{a}` is neither a graph input nor exposed as an output")
@@ -276,22 +263,15 @@ fn calibrate(
     let progress = Progress::new(samples.len() as u64, "calibrating");
     for (k, s) in samples.iter().enumerate() {
         progress.set_message(format!("frame {}", s.frame));
-        let inputs: TVec<TValue> = io
-            .inputs
-            .iter()
-            .zip(&s.inputs)
-            .map(|((_, shape), data)| Ok(Tensor::from_shape(shape, data)?.into_tvalue()))
-            .collect::<TractResult<_>>()?;
-        let outs = runnable
-            .run(inputs)
+        feed(&mut policy, s)?;
+        policy
+            .run()
             .with_context(|| format!("calibration run on frame {}", s.frame))?;
+        let session = policy.session();
         for (src, c) in srcs.iter().zip(collectors.iter_mut()) {
             match src {
-                Src::Input(i) => c.add(&s.inputs[*i]),
-                Src::Output(o) => {
-                    let t = outs.get(*o).context("calibration output missing")?;
-                    c.add(t.try_as_plain_ram()?.as_slice::<f32>()?);
-                }
+                Src::Input(i) => c.add(session.input(*i)),
+                Src::Output(o) => c.add(session.output(*o)),
             }
         }
         log::debug!(
@@ -325,16 +305,13 @@ struct Evaluation {
 }
 
 fn evaluate(
-    fp32: &Bundle,
+    a: &mut SinglePassPolicy<TractSession>,
     quantized: &Bundle,
     held: &[calib::Sample],
     threads: usize,
     runs: usize,
 ) -> Result<Evaluation> {
-    let slots = input_slots(fp32)?;
-    let opts = TractOptions { threads };
-    let mut a = TractBackend::prepare(fp32, opts)?;
-    let mut b = TractBackend::prepare(quantized, opts)?;
+    let mut b = SinglePassPolicy::tract(quantized, TractOptions { threads })?;
     let mut e = Evaluation {
         reference: vec![],
         candidate: vec![],
@@ -345,8 +322,8 @@ fn evaluate(
     let progress = Progress::new((held.len() + 2 + runs) as u64, "accuracy run");
     progress.set_message("held-out frames");
     for s in held.iter().rev() {
-        feed(&mut a, &slots, s)?;
-        feed(&mut b, &slots, s)?;
+        feed(a, s)?;
+        feed(&mut b, s)?;
         a.run()?;
         b.run()?;
         e.reference.push(a.output().to_vec());
@@ -380,13 +357,20 @@ fn sig4(x: f32) -> toml::Value {
     toml::Value::Float(format!("{x:.4e}").parse::<f64>().unwrap_or(x as f64))
 }
 
-fn write_held_out(dir: &Path, io: &GraphIo, held: &[calib::Sample]) -> Result<()> {
+/// Writes each held-out sample as the graph inputs the policy feeds: `DIR/<i>/<input>.npy`.
+fn write_held_out(
+    dir: &Path,
+    policy: &mut SinglePassPolicy<TractSession>,
+    held: &[calib::Sample],
+) -> Result<()> {
     for (i, s) in held.iter().enumerate() {
         let d = dir.join(i.to_string());
         std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
-        for ((name, shape), data) in io.inputs.iter().zip(&s.inputs) {
-            let p = d.join(format!("{name}.npy"));
-            npy::write_npy(&p, &npy::NpyArray::f32(shape, data.clone()))
+        feed(policy, s)?;
+        let session = policy.session();
+        for (k, t) in session.inputs().iter().enumerate() {
+            let p = d.join(format!("{}.npy", t.name));
+            npy::write_npy(&p, &npy::NpyArray::f32(&t.shape, session.input(k).to_vec()))
                 .with_context(|| format!("writing {}", p.display()))?;
         }
     }
@@ -503,7 +487,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                     .filter(|o| !plan.activations.contains(o))
                     .cloned(),
             );
-            let amax = calibrate(&model, &values, &samples.calibration, &b_in.io, method)?;
+            let amax = calibrate(&model, &values, &samples.calibration, &b_in, method)?;
             log::info!(
                 "calibrated {} ranges ({}) in {:.1} s",
                 amax.len(),
@@ -578,8 +562,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         }
     };
 
-    // Stage the quantized bundle and load it as the robot would: `Bundle::load` reads the file
-    // listed for tract, so the evaluation below measures the form tract runs.
+    // Stage the quantized bundle and load it as the robot would: the tract policy runs the file
+    // listed for tract (`Bundle::policy_path`), so the evaluation below measures that form.
     let mut manifest: Manifest = m_in.clone();
     let mut files: Vec<Vec<u8>> = vec![];
     let mut models = vec![];
@@ -610,8 +594,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     info.insert("measured_file".into(), measured.into());
 
     let threads = a.threads.unwrap_or_else(|| TractOptions::default().threads);
+    let mut fp32_policy = SinglePassPolicy::tract(&b_in, TractOptions { threads })?;
     let ev = evaluate(
-        &b_in,
+        &mut fp32_policy,
         &b_q,
         &samples.held_out,
         threads,
@@ -741,7 +726,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let rp = out.path().join(REPORT_FILE);
     std::fs::write(&rp, &json).with_context(|| format!("writing {}", rp.display()))?;
     if let Some(d) = &held_out_dir {
-        write_held_out(&d.path(), &b_in.io, &samples.held_out)?;
+        write_held_out(&d.path(), &mut fp32_policy, &samples.held_out)?;
     }
     out.commit()?;
     if let Some(p) = &a.report {

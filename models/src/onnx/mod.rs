@@ -7,6 +7,7 @@
 //! the runtime loads is the same kind of file a `torch.onnx.export` would produce.
 
 pub mod builder;
+pub mod header;
 pub mod policy;
 pub mod resnet18;
 pub mod vit;

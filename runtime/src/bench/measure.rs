@@ -11,7 +11,7 @@ use crate::camera::replay::{generate_synthetic_episode, Episode, EpisodeError, R
 use crate::can::sink::NullSink;
 use crate::clock::{Clock, MonotonicClock};
 use crate::control::{ControlLoop, LoopError, LoopOptions};
-use crate::infer::backend::{BackendError, PolicyBackend};
+use crate::infer::policy::{Policy, PolicyError};
 use crate::infer::runner::{Request, ThreadedRunner};
 use crate::io::{Camera, Fault, FaultKind};
 use crate::preprocess::PreprocessError;
@@ -34,7 +34,7 @@ pub enum BenchError {
     #[error(transparent)]
     Episode(#[from] EpisodeError),
     #[error(transparent)]
-    Backend(#[from] BackendError),
+    Backend(#[from] PolicyError),
     #[error(transparent)]
     Preprocess(#[from] PreprocessError),
     #[error(transparent)]
@@ -161,7 +161,7 @@ pub struct Measurement {
 /// `iterations` runs or `duration_s` seconds (default [`DEFAULT_DURATION_S`]; both given: the
 /// first reached).
 pub fn measure_model(
-    backend: &mut dyn PolicyBackend,
+    backend: &mut dyn Policy,
     cameras: usize,
     opts: &BenchOptions,
 ) -> Result<Measurement, BenchError> {
@@ -206,7 +206,7 @@ pub fn measure_model(
 /// `iterations` ticks, or `duration_s` seconds of ticks (default [`DEFAULT_DURATION_S`]).
 pub fn measure_pipeline(
     m: &Manifest,
-    backend: Box<dyn PolicyBackend>,
+    backend: Box<dyn Policy>,
     episode: &Episode,
     opts: &BenchOptions,
 ) -> Result<Measurement, BenchError> {
@@ -218,7 +218,7 @@ pub fn measure_pipeline(
     }
     let state = episode.state_source(&m.state.names, ReplayMode::AsFastAsPossible)?;
     let runner =
-        ThreadedRunner::spawn(backend, Request::for_manifest(m)?).map_err(BenchError::Thread)?;
+        ThreadedRunner::spawn(backend, Request::for_manifest(m)).map_err(BenchError::Thread)?;
     let loop_opts = LoopOptions {
         rate_hz: Some(opts.rate_hz),
         allow_unlimited: true,
@@ -345,7 +345,8 @@ pub fn read_report(path: &Path) -> Result<BenchReport, BenchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::infer::backend::{select_backend, BackendChoice, TractOptions};
+    use crate::infer::select::{select_backend, BackendChoice};
+    use crate::infer::tract::TractOptions;
     use reflex_models::manifest::{CaptureSpec, PixelFormat};
     use reflex_models::onnx::{EncoderKind, HeadKind, PolicyArch, SeededWeights};
     use reflex_models::reference::{write_reference_bundle, ARM_JOINTS};
@@ -388,8 +389,10 @@ mod tests {
         })
     }
 
-    fn backend(b: &Bundle) -> (Box<dyn PolicyBackend>, String) {
-        select_backend(b, BackendChoice::Tract, TractOptions { threads: 1 }).expect("tract")
+    fn backend(b: &Bundle) -> (Box<dyn Policy>, String) {
+        let (p, sel) =
+            select_backend(b, BackendChoice::Tract, TractOptions { threads: 1 }).expect("tract");
+        (p, sel.to_string())
     }
 
     #[test]

@@ -1,6 +1,16 @@
-//! Inference: running the policy network. [`backend`] prepares a model once and runs it on
-//! preallocated buffers (tract today); [`runner`] decides where it runs relative to the control
-//! loop (inline, or on its own thread with one request in flight).
+//! Inference: running the policy network, in the shape of tract's own runtime seam
+//! (`Runtime::prepare -> Runnable -> State::run`).
+//!
+//! - [`session`]: one graph prepared once, named inputs/outputs with element types and shapes,
+//!   preallocated buffers, `run` ([`tract`] implements it today; TensorRT and ONNX Runtime next);
+//! - [`policy`]: observation -> raw action or chunk on one or more sessions; the one place the
+//!   manifest's cameras, state and action are mapped onto graph inputs and outputs;
+//! - [`select`]: each backend's availability with a reason, and the choice among them;
+//! - [`runner`]: where the policy runs relative to the control loop (inline, or on its own
+//!   thread with one request in flight).
 
-pub mod backend;
+pub mod policy;
 pub mod runner;
+pub mod select;
+pub mod session;
+pub mod tract;

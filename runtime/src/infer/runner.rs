@@ -8,7 +8,8 @@
 //! [`InlineRunner`] runs the same request on the caller's thread: deterministic, for tests,
 //! warm-up and `reflex bench`.
 
-use crate::infer::backend::{BackendError, PolicyBackend};
+use crate::infer::policy::{Policy, PolicyError};
+use reflex_models::Manifest;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::time::Instant;
 
@@ -27,10 +28,11 @@ pub struct Request {
     pub output: Vec<f32>,
     /// Wall time the network took.
     pub infer_ns: u64,
-    pub error: Option<BackendError>,
+    pub error: Option<PolicyError>,
 }
 
 impl Request {
+    /// Buffers of the given sizes: CHW values per camera, state values, output values.
     pub fn new(image_lens: &[usize], state_len: usize, output_len: usize) -> Self {
         Request {
             images: image_lens.iter().map(|&n| vec![0.0; n]).collect(),
@@ -43,54 +45,51 @@ impl Request {
         }
     }
 
-    /// The buffers the policy of manifest `m` takes: one preprocessed CHW image per camera
-    /// (the preprocessor's output length), the state, and the raw output (`horizon x action
-    /// dims`). Errors when a camera's preprocessing spec cannot run.
-    pub fn for_manifest(
-        m: &reflex_models::manifest::Manifest,
-    ) -> Result<Self, crate::preprocess::PreprocessError> {
-        let lens: Vec<usize> = m
+    /// Buffers sized for a bundle's policy: each camera's `channels x height x width` after
+    /// preprocessing (the resize size), the state dimension, `horizon x action dimension`.
+    pub fn for_manifest(m: &Manifest) -> Self {
+        let image_lens: Vec<usize> = m
             .cameras
             .iter()
-            .map(|c| crate::preprocess::Preprocessor::new(c).map(|p| p.output_len()))
-            .collect::<Result<_, _>>()?;
-        Ok(Request::new(
-            &lens,
+            .map(|c| {
+                let p = &c.preprocess;
+                p.color.channels() * p.resize.height as usize * p.resize.width as usize
+            })
+            .collect();
+        Request::new(
+            &image_lens,
             m.state.names.len(),
             m.action.output.horizon() * m.action.names.len(),
-        ))
+        )
     }
 }
 
-fn execute(backend: &mut dyn PolicyBackend, req: &mut Request) {
+fn execute(policy: &mut dyn Policy, req: &mut Request) {
     for (i, img) in req.images.iter().enumerate() {
-        let dst = backend.camera_input(i);
+        let dst = policy.camera_input(i);
         if dst.len() == img.len() {
             dst.copy_from_slice(img);
         }
     }
-    if let Some(dst) = backend.state_input() {
+    if let Some(dst) = policy.state_input() {
         if dst.len() == req.state.len() {
             dst.copy_from_slice(&req.state);
         }
     }
     let t = Instant::now();
-    let r = backend.run();
+    let r = policy.run();
     req.infer_ns = t.elapsed().as_nanos() as u64;
     match r {
         Ok(()) => {
-            let out = backend.output();
+            let out = policy.output();
             if out.len() == req.output.len() {
                 req.output.copy_from_slice(out);
                 req.error = None;
             } else {
-                req.error = Some(BackendError::Run {
-                    backend: backend.name(),
-                    message: format!(
-                        "output has {} values, expected {}",
-                        out.len(),
-                        req.output.len()
-                    ),
+                req.error = Some(PolicyError::OutputSize {
+                    policy: policy.name(),
+                    got: out.len(),
+                    expected: req.output.len(),
                 });
             }
         }
@@ -103,7 +102,7 @@ pub trait InferenceRunner {
     /// The free request buffer to fill, or `None` while a request is in flight.
     fn slot(&mut self) -> Option<&mut Request>;
     /// Hands the filled slot to the network.
-    fn submit(&mut self) -> Result<(), BackendError>;
+    fn submit(&mut self) -> Result<(), PolicyError>;
     /// A finished request, if any; it stays readable until [`InferenceRunner::release`].
     fn poll(&mut self) -> Option<&Request>;
     /// Returns the finished request's buffer to the pool.
@@ -114,8 +113,8 @@ pub trait InferenceRunner {
 }
 
 /// Runs the network on the caller's thread, at `submit`.
-pub struct InlineRunner<B: PolicyBackend> {
-    backend: B,
+pub struct InlineRunner<B: Policy> {
+    policy: B,
     req: Request,
     state: InlineState,
 }
@@ -126,25 +125,25 @@ enum InlineState {
     Done,
 }
 
-impl<B: PolicyBackend> InlineRunner<B> {
-    pub fn new(backend: B, req: Request) -> Self {
+impl<B: Policy> InlineRunner<B> {
+    pub fn new(policy: B, req: Request) -> Self {
         InlineRunner {
-            backend,
+            policy,
             req,
             state: InlineState::Free,
         }
     }
-    pub fn backend_mut(&mut self) -> &mut B {
-        &mut self.backend
+    pub fn policy_mut(&mut self) -> &mut B {
+        &mut self.policy
     }
 }
 
-impl<B: PolicyBackend> InferenceRunner for InlineRunner<B> {
+impl<B: Policy> InferenceRunner for InlineRunner<B> {
     fn slot(&mut self) -> Option<&mut Request> {
         (self.state == InlineState::Free).then_some(&mut self.req)
     }
-    fn submit(&mut self) -> Result<(), BackendError> {
-        execute(&mut self.backend, &mut self.req);
+    fn submit(&mut self) -> Result<(), PolicyError> {
+        execute(&mut self.policy, &mut self.req);
         self.state = InlineState::Done;
         Ok(())
     }
@@ -172,17 +171,14 @@ pub struct ThreadedRunner {
 }
 
 impl ThreadedRunner {
-    pub fn spawn<B: PolicyBackend + 'static>(
-        mut backend: B,
-        req: Request,
-    ) -> std::io::Result<Self> {
+    pub fn spawn<B: Policy + 'static>(mut policy: B, req: Request) -> std::io::Result<Self> {
         let (to_worker, work_rx) = sync_channel::<Request>(1);
         let (done_tx, from_worker) = sync_channel::<Request>(1);
         let worker = std::thread::Builder::new()
             .name("reflex-infer".into())
             .spawn(move || {
                 while let Ok(mut req) = work_rx.recv() {
-                    execute(&mut backend, &mut req);
+                    execute(&mut policy, &mut req);
                     if done_tx.send(req).is_err() {
                         break;
                     }
@@ -197,11 +193,8 @@ impl ThreadedRunner {
         })
     }
 
-    fn worker_gone() -> BackendError {
-        BackendError::Run {
-            backend: "worker",
-            message: "inference thread exited".into(),
-        }
+    fn worker_gone() -> PolicyError {
+        PolicyError::WorkerGone
     }
 }
 
@@ -209,7 +202,7 @@ impl InferenceRunner for ThreadedRunner {
     fn slot(&mut self) -> Option<&mut Request> {
         self.home.as_mut()
     }
-    fn submit(&mut self) -> Result<(), BackendError> {
+    fn submit(&mut self) -> Result<(), PolicyError> {
         let req = self.home.take().ok_or_else(Self::worker_gone)?;
         let tx = self.to_worker.as_ref().ok_or_else(Self::worker_gone)?;
         tx.send(req).map_err(|_| Self::worker_gone())
@@ -255,7 +248,7 @@ impl<R: InferenceRunner + ?Sized> InferenceRunner for Box<R> {
     fn slot(&mut self) -> Option<&mut Request> {
         (**self).slot()
     }
-    fn submit(&mut self) -> Result<(), BackendError> {
+    fn submit(&mut self) -> Result<(), PolicyError> {
         (**self).submit()
     }
     fn poll(&mut self) -> Option<&Request> {

@@ -3,7 +3,8 @@
 
 use reflex_models::bundle::parse_manifest;
 use reflex_models::manifest::{Manifest, PixelFormat};
-use reflex_runtime::infer::backend::{BackendError, PolicyBackend};
+use reflex_runtime::infer::policy::{Policy, PolicyError};
+use reflex_runtime::infer::session::SessionError;
 use reflex_runtime::io::{
     Camera, CameraError, FaultKind, Frame, FrameMeta, StateError, StateSource,
 };
@@ -152,7 +153,7 @@ impl<F: FnMut(u64, &mut [f32]) + Send> FnBackend<F> {
     }
 }
 
-impl<F: FnMut(u64, &mut [f32]) + Send> PolicyBackend for FnBackend<F> {
+impl<F: FnMut(u64, &mut [f32]) + Send> Policy for FnBackend<F> {
     fn name(&self) -> &'static str {
         "fn"
     }
@@ -162,11 +163,11 @@ impl<F: FnMut(u64, &mut [f32]) + Send> PolicyBackend for FnBackend<F> {
     fn state_input(&mut self) -> Option<&mut [f32]> {
         Some(&mut self.state)
     }
-    fn run(&mut self) -> Result<(), BackendError> {
+    fn run(&mut self) -> Result<(), PolicyError> {
         if let Some(g) = &self.gate {
-            g.recv().map_err(|_| BackendError::Run {
+            g.recv().map_err(|_| SessionError::Run {
                 backend: "fn",
-                message: "gate closed".into(),
+                error: "gate closed".into(),
             })?;
         }
         (self.f)(self.runs, &mut self.out);

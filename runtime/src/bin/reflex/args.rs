@@ -1,7 +1,8 @@
 //! Flag groups shared by several commands, flattened into each command's `Args`.
 
 use clap::Args;
-use reflex_runtime::infer::backend::{BackendChoice, TractOptions};
+use reflex_runtime::infer::select::BackendChoice;
+use reflex_runtime::infer::tract::TractOptions;
 use reflex_runtime::spec::SinkSpec;
 use std::path::PathBuf;
 

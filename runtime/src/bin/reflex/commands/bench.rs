@@ -12,7 +12,7 @@ use reflex_runtime::bench::measure::{
 };
 use reflex_runtime::bench::{self, compare};
 use reflex_runtime::control::plan::feed_check;
-use reflex_runtime::infer::backend::select_backend;
+use reflex_runtime::infer::select::select_backend;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -84,7 +84,7 @@ pub fn run(a: Args) -> Result<Outcome> {
     };
     let setup = BenchSetup {
         backend: backend.name().to_string(),
-        backend_reason: reason,
+        backend_reason: reason.to_string(),
         model_only: a.model_only,
         margin: a.margin,
     };

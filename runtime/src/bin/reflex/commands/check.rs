@@ -6,7 +6,8 @@ use crate::open::load_bundle;
 use anyhow::Result;
 use reflex_runtime::can::codec::Codec;
 use reflex_runtime::control::plan::feed_check;
-use reflex_runtime::infer::backend::{select_backend, BackendChoice, TractOptions};
+use reflex_runtime::infer::select::{select_backend, survey, BackendChoice};
+use reflex_runtime::infer::tract::TractOptions;
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -30,6 +31,12 @@ pub fn run(a: Args) -> Result<Outcome> {
             f.precision.as_str(),
             backends.join(", ")
         );
+    }
+    for s in survey(&b, TractOptions::default()) {
+        match &s.status {
+            Ok(how) => println!("  backend {}: available ({how})", s.backend.as_str()),
+            Err(why) => println!("  backend {}: not available: {why}", s.backend.as_str()),
+        }
     }
     println!(
         "  control: {} Hz, {} step(s) per inference, ensembling {:?}, latency compensation {}",

@@ -9,8 +9,8 @@ use reflex_models::Bundle;
 use reflex_runtime::clock::MonotonicClock;
 use reflex_runtime::control::estop::EStop;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::infer::backend::select_backend;
 use reflex_runtime::infer::runner::{Request, ThreadedRunner};
+use reflex_runtime::infer::select::select_backend;
 use reflex_runtime::io::{Camera, CommandSink, StateSource};
 use reflex_runtime::spec::{CameraSource, SafetyInputSpec, StateSourceSpec};
 use std::time::Instant;
@@ -111,7 +111,7 @@ pub fn run_loop(
         t_backend.elapsed().as_secs_f64() * 1e3,
         (t_backend - t_load).as_secs_f64() * 1e3
     );
-    let runner = ThreadedRunner::spawn(backend, Request::for_manifest(m)?)
+    let runner = ThreadedRunner::spawn(backend, Request::for_manifest(m))
         .context("starting the inference thread")?;
     let opts = LoopOptions {
         rate_hz: engine.rate,

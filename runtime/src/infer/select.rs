@@ -1,0 +1,370 @@
+//! Backends: what each needs to run a bundle here, and the choice among them, with reasons.
+//!
+//! Every backend kind has an availability check ([`availability`]) that either says how it
+//! would run (`CPU, 2 threads`) or returns why it cannot ([`Unavailable`]: not compiled in,
+//! library missing, no device, no model listed for it in the bundle, no usable engine).
+//! Selection ([`decide`], [`select_backend`]) walks the backends in order of preference, records
+//! the reason for every one it passed over, and returns the chosen one with its reason
+//! ([`Selection`]); `reflex check` prints every backend's verdict ([`survey`]).
+//!
+//! Only tract (CPU) is compiled into this build. TensorRT needs the NVIDIA libraries of a Jetson
+//! or a GPU workstation; its check says plainly that it is not compiled in, and `auto` falls
+//! back to tract. A new backend adds its kind to [`PREFERENCE`], an arm to [`availability`] and
+//! one to [`prepare_policy`].
+
+use crate::infer::policy::{Policy, PolicyError, PolicyKind, SinglePassPolicy};
+use crate::infer::tract::{TractOptions, TractSession};
+use reflex_models::manifest::{BackendKind, ModelRole};
+use reflex_models::Bundle;
+
+/// The order `auto` tries backends in: the GPU engine first, the CPU fallback last.
+pub const PREFERENCE: [BackendKind; 2] = [BackendKind::Tensorrt, BackendKind::Tract];
+
+/// Which backend the user asked for (`--backend auto|tract|tensorrt`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Tract,
+    Tensorrt,
+}
+
+/// A `--backend` value that names no backend.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backend `{0}` (auto, tract, tensorrt)")]
+pub struct UnknownBackend(pub String);
+
+impl std::str::FromStr for BackendChoice {
+    type Err = UnknownBackend;
+    fn from_str(s: &str) -> Result<Self, UnknownBackend> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "tract" => Ok(BackendChoice::Tract),
+            "tensorrt" | "trt" => Ok(BackendChoice::Tensorrt),
+            other => Err(UnknownBackend(other.to_string())),
+        }
+    }
+}
+
+/// Why a backend cannot run a bundle on this machine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    /// The backend's code is not in this binary.
+    #[error("support is not compiled into this build ({hint})")]
+    NotCompiledIn { hint: &'static str },
+    /// The backend's shared library was not found or does not load.
+    #[error("library {library} not found: {detail}")]
+    LibraryMissing { library: String, detail: String },
+    /// No usable device (no driver, no GPU).
+    #[error("no usable device: {detail}")]
+    NoDevice { detail: String },
+    /// The bundle lists no model of a role for this backend.
+    #[error("the bundle lists no {role} model for it ({role} files are listed for: {listed})")]
+    NotListed { role: &'static str, listed: String },
+    /// No engine built for this bundle, or one built for another library version or board.
+    #[error("no usable engine: {detail}")]
+    NoEngine { detail: String },
+}
+
+/// One backend's verdict for a bundle on this machine: how it would run, or why not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendStatus {
+    pub backend: BackendKind,
+    pub status: Result<String, Unavailable>,
+}
+
+/// The bundle's model roles this runtime needs a file for, per backend.
+fn roles(bundle: &Bundle) -> &'static [ModelRole] {
+    match PolicyKind::of(&bundle.manifest) {
+        PolicyKind::SinglePass => &[ModelRole::Policy],
+        PolicyKind::EncoderDenoiser => &[ModelRole::Encoder, ModelRole::Denoiser],
+    }
+}
+
+/// Whether `backend` can run `bundle` here: `Ok` says how, `Err` says why not.
+pub fn availability(
+    bundle: &Bundle,
+    backend: BackendKind,
+    tract: TractOptions,
+) -> Result<String, Unavailable> {
+    let how = match backend {
+        BackendKind::Tract => format!("tract on {} thread(s)", tract.threads),
+        BackendKind::Tensorrt => {
+            return Err(Unavailable::NotCompiledIn {
+                hint: "no TensorRT libraries on the build machine",
+            })
+        }
+    };
+    let m = &bundle.manifest;
+    for &role in roles(bundle) {
+        if m.model_for(role, backend).is_none() {
+            let mut listed: Vec<&str> = m
+                .models_with_role(role)
+                .flat_map(|f| f.backends.iter().map(|b| b.as_str()))
+                .collect();
+            listed.dedup();
+            return Err(Unavailable::NotListed {
+                role: role.as_str(),
+                listed: if listed.is_empty() {
+                    "none".into()
+                } else {
+                    listed.join(", ")
+                },
+            });
+        }
+    }
+    Ok(how)
+}
+
+/// Every backend's verdict, in order of preference: what `reflex check` prints.
+pub fn survey(bundle: &Bundle, tract: TractOptions) -> Vec<BackendStatus> {
+    PREFERENCE
+        .iter()
+        .map(|&backend| BackendStatus {
+            backend,
+            status: availability(bundle, backend, tract),
+        })
+        .collect()
+}
+
+/// The backend chosen, why, and why each one tried before it was passed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    pub choice: BackendChoice,
+    pub backend: BackendKind,
+    /// How it runs (`tract on 2 thread(s)`).
+    pub how: String,
+    /// Backends preferred over it that cannot run here, with the reason, in order tried.
+    pub passed_over: Vec<(BackendKind, Unavailable)>,
+}
+
+impl std::fmt::Display for Selection {
+    /// `auto: tract on 2 thread(s) (tensorrt: support is not compiled into this build (...))`,
+    /// or `tract on 2 thread(s), as asked`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.choice != BackendChoice::Auto {
+            return write!(f, "{}, as asked", self.how);
+        }
+        write!(f, "auto: {}", self.how)?;
+        if !self.passed_over.is_empty() {
+            let why: Vec<String> = self
+                .passed_over
+                .iter()
+                .map(|(b, u)| format!("{}: {u}", b.as_str()))
+                .collect();
+            write!(f, " ({})", why.join("; "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Why no backend was selected, or the chosen one failed to prepare.
+#[derive(Debug, thiserror::Error)]
+pub enum SelectError {
+    /// The backend asked for cannot run this bundle here.
+    #[error("backend {}: not usable: {reason}", backend.as_str())]
+    Unavailable {
+        backend: BackendKind,
+        reason: Unavailable,
+    },
+    /// `auto` found no backend able to run the bundle.
+    #[error("no backend can run this bundle: {}", list(passed_over))]
+    NoneAvailable {
+        passed_over: Vec<(BackendKind, Unavailable)>,
+    },
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+}
+
+fn list(v: &[(BackendKind, Unavailable)]) -> String {
+    v.iter()
+        .map(|(b, u)| format!("{}: {u}", b.as_str()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Chooses a backend for `bundle` without preparing anything.
+///
+/// `auto` takes the first available backend of [`PREFERENCE`]; an explicit choice is that backend
+/// or an error with its reason.
+pub fn decide(
+    bundle: &Bundle,
+    choice: BackendChoice,
+    tract: TractOptions,
+) -> Result<Selection, SelectError> {
+    let explicit = match choice {
+        BackendChoice::Auto => None,
+        BackendChoice::Tract => Some(BackendKind::Tract),
+        BackendChoice::Tensorrt => Some(BackendKind::Tensorrt),
+    };
+    if let Some(backend) = explicit {
+        return match availability(bundle, backend, tract) {
+            Ok(how) => Ok(Selection {
+                choice,
+                backend,
+                how,
+                passed_over: vec![],
+            }),
+            Err(reason) => Err(SelectError::Unavailable { backend, reason }),
+        };
+    }
+    let mut passed_over = vec![];
+    for &backend in &PREFERENCE {
+        match availability(bundle, backend, tract) {
+            Ok(how) => {
+                return Ok(Selection {
+                    choice,
+                    backend,
+                    how,
+                    passed_over,
+                })
+            }
+            Err(reason) => passed_over.push((backend, reason)),
+        }
+    }
+    Err(SelectError::NoneAvailable { passed_over })
+}
+
+/// Prepares the bundle's policy on `backend` (which [`availability`] accepted).
+pub fn prepare_policy(
+    bundle: &Bundle,
+    backend: BackendKind,
+    tract: TractOptions,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    if PolicyKind::of(&bundle.manifest) == PolicyKind::EncoderDenoiser {
+        return Err(PolicyError::Unsupported {
+            what: "an encoder + denoiser policy (Diffusion Policy)",
+        });
+    }
+    let file = bundle
+        .manifest
+        .policy_model_for(backend)
+        .ok_or(PolicyError::Unsupported {
+            what: "a backend with no policy file listed for it",
+        })?;
+    let path = bundle.model_path(file);
+    match backend {
+        BackendKind::Tract => {
+            let session = TractSession::prepare(&path, tract)?;
+            Ok(Box::new(SinglePassPolicy::new(
+                session,
+                &bundle.manifest,
+                &path,
+            )?))
+        }
+        BackendKind::Tensorrt => Err(PolicyError::Unsupported {
+            what: "TensorRT (not compiled into this build)",
+        }),
+    }
+}
+
+/// Picks a backend ([`decide`]) and prepares the bundle's policy on it; the [`Selection`]
+/// (its `Display` is the reason) is for the start-up log.
+pub fn select_backend(
+    bundle: &Bundle,
+    choice: BackendChoice,
+    tract: TractOptions,
+) -> Result<(Box<dyn Policy>, Selection), SelectError> {
+    let sel = decide(bundle, choice, tract)?;
+    let policy = prepare_policy(bundle, sel.backend, tract)?;
+    Ok((policy, sel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reflex_models::reference::{default_capture, demo_arch, reference_manifest};
+    use reflex_models::GraphIo;
+
+    /// A bundle whose policy file is listed for `backends` (selection reads only the manifest).
+    fn bundle(backends: Vec<BackendKind>) -> Bundle {
+        let mut manifest = reference_manifest(&demo_arch(), "t", default_capture());
+        manifest.models[0].backends = backends;
+        Bundle {
+            dir: "b".into(),
+            manifest,
+            policy_path: "b/policy.onnx".into(),
+            io: GraphIo::default(),
+        }
+    }
+
+    const TWO: TractOptions = TractOptions { threads: 2 };
+
+    #[test]
+    fn auto_passes_over_tensorrt_with_its_reason_and_picks_tract() {
+        let b = bundle(vec![BackendKind::Tract, BackendKind::Tensorrt]);
+        let s = decide(&b, BackendChoice::Auto, TWO).expect("tract");
+        assert_eq!(s.backend, BackendKind::Tract);
+        assert_eq!(s.passed_over.len(), 1);
+        assert_eq!(s.passed_over[0].0, BackendKind::Tensorrt);
+        assert!(matches!(
+            s.passed_over[0].1,
+            Unavailable::NotCompiledIn { .. }
+        ));
+        assert!(
+            s.to_string()
+                .starts_with("auto: tract on 2 thread(s) (tensorrt: support is not compiled"),
+            "{s}"
+        );
+        let asked = decide(&b, BackendChoice::Tract, TWO).expect("tract");
+        assert_eq!(asked.to_string(), "tract on 2 thread(s), as asked");
+    }
+
+    #[test]
+    fn unusable_backends_are_refused_with_their_reason() {
+        let b = bundle(vec![BackendKind::Tensorrt]);
+        let e = decide(&b, BackendChoice::Tract, TWO).expect_err("tract not listed");
+        assert!(
+            matches!(
+                &e,
+                SelectError::Unavailable {
+                    backend: BackendKind::Tract,
+                    reason: Unavailable::NotListed { role: "policy", listed },
+                } if listed == "tensorrt"
+            ),
+            "{e}"
+        );
+        let e = decide(&b, BackendChoice::Tensorrt, TWO).expect_err("not compiled in");
+        assert!(
+            e.to_string().contains("backend tensorrt: not usable"),
+            "{e}"
+        );
+        match decide(&b, BackendChoice::Auto, TWO) {
+            Err(SelectError::NoneAvailable { passed_over }) => {
+                let kinds: Vec<BackendKind> = passed_over.iter().map(|p| p.0).collect();
+                assert_eq!(kinds, PREFERENCE);
+            }
+            other => panic!("expected NoneAvailable, got {other:?}"),
+        }
+        let verdicts = survey(&b, TWO);
+        assert_eq!(verdicts.len(), PREFERENCE.len());
+        assert!(verdicts.iter().all(|v| v.status.is_err()));
+    }
+
+    #[test]
+    fn backend_choice_parses_and_names_the_accepted_forms() {
+        assert_eq!("auto".parse(), Ok(BackendChoice::Auto));
+        assert_eq!("trt".parse(), Ok(BackendChoice::Tensorrt));
+        let e = "cuda".parse::<BackendChoice>().expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "unknown backend `cuda` (auto, tract, tensorrt)"
+        );
+    }
+
+    #[test]
+    fn selection_reason_lists_what_auto_passed_over() {
+        let s = Selection {
+            choice: BackendChoice::Auto,
+            backend: BackendKind::Tract,
+            how: "tract on 2 thread(s)".into(),
+            passed_over: vec![(
+                BackendKind::Tensorrt,
+                Unavailable::NotCompiledIn { hint: "x" },
+            )],
+        };
+        assert_eq!(
+            s.to_string(),
+            "auto: tract on 2 thread(s) (tensorrt: support is not compiled into this build (x))"
+        );
+    }
+}

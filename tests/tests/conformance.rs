@@ -1,0 +1,67 @@
+//! The backend conformance suite (`reflex_testkit::conformance`) run for tract: the reference
+//! ResNet-18 and ViT-S/16 bundles and a tiny one, outputs against ONNX Runtime.
+
+use reflex_models::manifest::BackendKind;
+use reflex_runtime::infer::select::prepare_policy;
+use reflex_runtime::infer::tract::TractOptions;
+use reflex_testkit::conformance::{check_backend, Tolerance};
+use std::path::PathBuf;
+
+#[test]
+fn tract_conforms_to_onnx_runtime() {
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("conformance-tract");
+    let mut prepare = |b: &reflex_models::Bundle| {
+        prepare_policy(b, BackendKind::Tract, TractOptions { threads: 2 })
+    };
+    let reports = check_backend(BackendKind::Tract, &mut prepare, Tolerance::FP32_CPU, &work);
+    for r in &reports {
+        println!(
+            "tract {}: vs ONNX Runtime {:?} (relative), repeat {:.1e}",
+            r.case, r.vs_reference, r.repeat
+        );
+    }
+    assert_eq!(reports.len(), 3);
+}
+
+/// A backend whose output is off by 1e-2 in one value: the suite must refuse it.
+struct Off(Box<dyn reflex_runtime::infer::policy::Policy>, Vec<f32>);
+
+impl reflex_runtime::infer::policy::Policy for Off {
+    fn name(&self) -> &'static str {
+        "off"
+    }
+    fn camera_input(&mut self, cam: usize) -> &mut [f32] {
+        self.0.camera_input(cam)
+    }
+    fn state_input(&mut self) -> Option<&mut [f32]> {
+        self.0.state_input()
+    }
+    fn run(&mut self) -> Result<(), reflex_runtime::infer::policy::PolicyError> {
+        self.0.run()?;
+        self.1.copy_from_slice(self.0.output());
+        self.1[0] += 1e-2;
+        Ok(())
+    }
+    fn output(&self) -> &[f32] {
+        &self.1
+    }
+}
+
+#[test]
+fn the_suite_fails_a_backend_that_is_off() {
+    if std::env::var("REFLEX_SKIP_ORT").as_deref() == Ok("1") {
+        return;
+    }
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("conformance-off");
+    let mut prepare = |b: &reflex_models::Bundle| {
+        let p = prepare_policy(b, BackendKind::Tract, TractOptions { threads: 1 })?;
+        let n = p.output().len();
+        Ok(Box::new(Off(p, vec![0.0; n])) as Box<dyn reflex_runtime::infer::policy::Policy>)
+    };
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        check_backend(BackendKind::Tract, &mut prepare, Tolerance::FP32_CPU, &work)
+    }));
+    let e = r.expect_err("a backend off by 1e-2 must fail the suite");
+    let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("and ONNX Runtime differ"), "{msg}");
+}
