@@ -21,8 +21,6 @@ use std::path::Path;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-#[global_allocator]
-static GLOBAL: reflex_testkit::counting::Counting = reflex_testkit::counting::Counting;
 use reflex_testkit::counting::allocs;
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -484,7 +482,7 @@ fn frames_in_another_mode_are_refused_naming_camera_and_sizes() -> TestResult {
 }
 
 /// A 640x480 4:2:2 JPEG from `preprocess_ref.py --make-jpeg` (also used by the bench).
-const JPEG: &[u8] = include_bytes!("data/preprocess_640x480_422.jpg");
+const JPEG: &[u8] = include_bytes!("../data/preprocess_640x480_422.jpg");
 
 fn mjpeg_case() -> Case {
     let mut c = yuyv_case();

@@ -8,8 +8,6 @@ use reflex_testkit::counting::assert_installed;
 use reflex_testkit::fakes::FixedState;
 use reflex_testkit::rig::{inline, manifest, scripted_loop, PERIOD};
 
-#[global_allocator]
-static GLOBAL: reflex_testkit::counting::Counting = reflex_testkit::counting::Counting;
 use reflex_testkit::counting::allocs;
 
 #[test]

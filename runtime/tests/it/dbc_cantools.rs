@@ -12,8 +12,6 @@ use reflex_testkit::dirs::WorkDir;
 use reflex_testkit::python;
 use std::fmt::Write as _;
 
-#[global_allocator]
-static GLOBAL: reflex_testkit::counting::Counting = reflex_testkit::counting::Counting;
 use reflex_testkit::counting::allocs;
 
 /// Both byte orders, signed and unsigned, scale and offset (fractional and integer), lengths
