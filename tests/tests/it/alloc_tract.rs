@@ -17,9 +17,6 @@ use reflex_testkit::bundles::demo_bundle;
 use reflex_testkit::counting;
 use reflex_testkit::dirs::WorkDir;
 
-#[global_allocator]
-static GLOBAL: counting::Counting = counting::Counting;
-
 fn counts() -> (u64, u64) {
     (counting::allocs(), counting::bytes())
 }
