@@ -10,6 +10,7 @@
 //! | [`cli`] | runs a binary; its command line, stdout and stderr are printed when a test fails | - |
 //! | [`python`] | the Python references in `tests/python/`, one skip policy (`REFLEX_SKIP_PY=1`) | - |
 //! | [`counting`] | the counting global allocator of the "allocates nothing" tests | - |
+//! | [`serial`] | one lock for the tests that run in real time or time themselves | - |
 //! | `bundles` | a tiny bundle (one linear layer, builds in milliseconds), the shared demo bundle | `models` |
 //! | `fakes` | scripted camera, fixed and shared state, closure backend, tee sink | `runtime` |
 //! | `rig` | the two-joint test manifest and a control loop around the fakes | `runtime` |
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod counting;
 pub mod dirs;
 pub mod python;
+pub mod serial;
 
 #[cfg(feature = "models")]
 pub mod bundles;

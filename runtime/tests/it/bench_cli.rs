@@ -60,6 +60,7 @@ fn check_schema(v: &serde_json::Value) {
 
 #[test]
 fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
+    let _real_time = reflex_testkit::serial::real_time();
     let dir = WorkDir::new("bench-cli");
     let bundle = demo_bundle();
     let run = |extra: &[&str], json: &str, svg: &str| {

@@ -1,4 +1,4 @@
-//! `reflex can encode/send/decode` as a user runs them, on the demo bundle with its default
+//! `reflex can encode/send/decode` as a user runs them, on the reference arm with its default
 //! per-joint protocol and with a Damiao MIT section. Expected frames are derived by hand from the
 //! protocol formulas (see `codec.rs` for the derivations).
 
@@ -19,11 +19,13 @@ fn root() -> &'static Path {
     ROOT.get_or_init(|| reflex_testkit::dirs::fixture_dir("can-cli"))
 }
 
-/// The demo bundle (per-joint) and a copy speaking Damiao MIT, built once per test binary.
+/// A bundle with the reference arm's manifest (per-joint), the test kit's tiny network and a
+/// 640x480 camera, and a copy speaking Damiao MIT, built once per test binary.
 fn bundles() -> &'static (PathBuf, PathBuf) {
     static B: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     B.get_or_init(|| {
-        let pj = reflex_testkit::bundles::demo_bundle().to_path_buf();
+        let pj = root().join("per-joint");
+        reflex_testkit::bundles::write_tiny_bundle(&pj, reference::default_capture());
         let mit = root().join("mit");
         reflex_testkit::dirs::copy_files(&pj, &mit);
         let can = reference::example_mit_can(6, MitFlavor::Damiao, MitStop::Hold);
@@ -346,6 +348,7 @@ fn dbc_mapping_errors_name_the_field() {
 /// decodes back into the joints, the stop bit set on the last command only.
 #[test]
 fn run_with_a_dbc_bundle_logs_its_messages() {
+    let _real_time = reflex_testkit::serial::real_time();
     let dir = dbc_bundle("dbc-run", ROBOT_DBC);
     let bundle = reflex_models::Bundle::load(&dir).expect("bundle");
     let ep = dir.join("episode");

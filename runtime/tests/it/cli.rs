@@ -10,6 +10,7 @@ fn reflex() -> Cli {
 
 #[test]
 fn demo_runs_end_to_end_and_writes_a_candump_log() {
+    let _real_time = reflex_testkit::serial::real_time();
     let dir = WorkDir::new("cli-demo");
     let out = reflex()
         .args(["demo", "--seconds", "2", "--workdir"])
@@ -74,6 +75,7 @@ fn help_teaches() {
 #[test]
 fn sigint_stops_the_run_with_a_stop_command() {
     // The demo's bundle, and an episode as the demo makes it.
+    let _real_time = reflex_testkit::serial::real_time();
     let dir = WorkDir::new("cli-sigint");
     let bundle = demo_bundle();
     let manifest = reflex_models::Bundle::load(bundle)

@@ -1,6 +1,6 @@
 //! How much tract itself allocates per inference, with the real reference ResNet-18 in the loop.
 //!
-//! The loop's own tick allocates nothing (runtime/tests/alloc.rs proves it with a fake backend).
+//! The loop's own tick allocates nothing (runtime/tests/it/alloc.rs proves it with a fake backend).
 //! tract allocates its intermediate tensors on every run; this test measures that figure, prints
 //! it, and checks that all of it happens inside inference: ticks that do not run the network
 //! allocate nothing even with the real backend in place.
