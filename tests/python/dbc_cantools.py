@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Encodes and decodes CAN payloads with cantools: the reference for reflex's DBC codec
-(runtime/src/dbc.rs, checked by runtime/tests/dbc_cantools.rs).
+(runtime/src/can/dbc.rs, checked by runtime/tests/it/dbc_cantools.rs).
 
 usage: dbc_cantools.py FILE.dbc CASES.txt OUT.txt
 

@@ -15,7 +15,6 @@
 //! prints on its serial console.
 
 use reflex_models::manifest::{CaptureSpec, Manifest, PixelFormat};
-use reflex_models::onnx::builder::{Attr, GraphBuilder};
 use reflex_models::onnx::{EncoderKind, HeadKind, PolicyArch};
 use reflex_runtime::camera::replay::generate_synthetic_episode;
 use reflex_runtime::can::candump::parse_candump_line;
@@ -46,19 +45,7 @@ fn repo_root() -> PathBuf {
 
 /// The `reflex` binary next to this test's own target directory (`target/debug/reflex`).
 fn reflex_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/debug/deps/qemu-HASH -> target/debug/reflex
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("reflex");
-    assert!(
-        bin.exists(),
-        "{} not built: run `cargo build -p reflex-runtime --bin reflex` first",
-        bin.display()
-    );
-    bin
+    reflex_testkit::cli::workspace_bin("reflex", "reflex-runtime")
 }
 
 fn workdir(name: &str) -> PathBuf {
@@ -68,51 +55,11 @@ fn workdir(name: &str) -> PathBuf {
     d
 }
 
-/// A policy small enough to run at its control rate under software emulation: the image is
-/// resized to 32x32 and averaged per channel, concatenated with the state and mapped to a chunk
-/// of 8 actions by one linear layer. The manifest is the reference arm's (6 joints, limits,
-/// normalization, 20 Hz, per-joint CAN at 0x100).
+/// A policy small enough to run at its control rate under software emulation (the test kit's
+/// tiny bundle: 32x32 input averaged per channel, one linear layer, the reference arm's
+/// manifest at 20 Hz, per-joint CAN at 0x100).
 fn tiny_bundle(dir: &Path, capture: CaptureSpec) -> Manifest {
-    const SIDE: usize = 32;
-    const HORIZON: usize = 8;
-    let arch = PolicyArch {
-        encoder: EncoderKind::Resnet18,
-        cameras: vec!["front".into()],
-        shared_encoder: false,
-        state_dim: 6,
-        action_dim: 6,
-        hidden: vec![],
-        head: HeadKind::Chunk { horizon: HORIZON },
-    };
-    let mut m = reflex_models::reference::reference_manifest(&arch, "qemu-tiny", capture);
-    m.cameras[0].preprocess.resize.width = SIDE as u32;
-    m.cameras[0].preprocess.resize.height = SIDE as u32;
-    m.models[0].backends = vec![reflex_models::manifest::BackendKind::Tract];
-
-    let mut g = GraphBuilder::new("qemu-tiny");
-    let image = g.input("image.front", &[1, 3, SIDE, SIDE]);
-    let state = g.input("state", &[1, 6]);
-    let pooled = g.node("pool", "GlobalAveragePool", &[&image], &[]);
-    let flat = g.node("flat", "Flatten", &[&pooled], &[("axis", Attr::Int(1))]);
-    let features = g.node(
-        "features",
-        "Concat",
-        &[&flat, &state],
-        &[("axis", Attr::Int(1))],
-    );
-    let out = HORIZON * 6;
-    let w: Vec<f32> = (0..9 * out)
-        .map(|i| 0.05 * ((i * 37 % 11) as f32 - 5.0) / 5.0)
-        .collect();
-    let w = g.initializer("head.weight", &[9, out], &w);
-    let b = g.initializer("head.bias", &[out], &vec![0.0; out]);
-    let y = g.node("head", "Gemm", &[&features, &w, &b], &[]);
-    let shape = g.shape_const(&[1, HORIZON as i64, 6]);
-    let action = g.node("action", "Reshape", &[&y, &shape], &[]);
-    g.output(&action, &[1, HORIZON, 6]);
-    let bytes = prost::Message::encode_to_vec(&g.finish());
-    reflex_models::bundle::write_bundle(dir, &mut m, &[&bytes]).expect("writing the tiny bundle");
-    m
+    reflex_testkit::bundles::write_tiny_bundle(dir, capture)
 }
 
 /// Boots a guest with `scenario`, `payload` and `bins` (in the guest's /usr/bin); returns its

@@ -3,7 +3,7 @@
 //! torchvision/timm names.
 //!
 //! The ONNX Runtime comparison needs `python3` with onnx, onnxruntime and numpy
-//! (scripts/setup.sh installs them); without them it fails, unless REFLEX_SKIP_ORT=1.
+//! (scripts/setup.sh installs them); without them it fails, unless REFLEX_SKIP_PY=1 (TESTING.md).
 
 use reflex_models::npy::{read_npy, write_npy, NpyArray};
 use reflex_models::onnx::{
@@ -11,9 +11,10 @@ use reflex_models::onnx::{
     HeadKind, Init, KeyLayout, NamedTensor, OnnxExportError, Owner, Param, PolicyArch,
     RecordingWeights, SafetensorsWeights, SeededWeights, WeightSource,
 };
+use reflex_testkit::dirs::WorkDir;
+use reflex_testkit::python;
 use safetensors::tensor::{Dtype, TensorView};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Instant;
 use tract_onnx::prelude::*;
 
@@ -33,14 +34,9 @@ fn arch(encoder: EncoderKind, cameras: &[&str], shared: bool, head: HeadKind) ->
 
 const CHUNK: HeadKind = HeadKind::Chunk { horizon: 10 };
 
-/// A fresh directory under the target dir for this test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("graphs")
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch dir");
-    dir
+/// A fresh directory for this test's files (removed when the test passes).
+fn scratch(name: &str) -> WorkDir {
+    WorkDir::new(&format!("graphs-{name}"))
 }
 
 /// Deterministic test inputs in [-2, 2) (xorshift64*).
@@ -136,35 +132,6 @@ fn same_seed_same_bytes() -> TestResult {
     assert!(one == again, "same seed gave different bytes");
     assert!(one != other, "different seeds gave the same bytes");
     Ok(())
-}
-
-/// Runs `tests/python/<script>`; false if REFLEX_SKIP_ORT=1 says to skip the Python references.
-/// Panics with the script's error otherwise: a missing reference must not pass silently.
-fn run_python(script: &str, args: &[String]) -> bool {
-    if std::env::var("REFLEX_SKIP_ORT").as_deref() == Ok("1") {
-        eprintln!("REFLEX_SKIP_ORT=1: skipped the comparison with {script}");
-        return false;
-    }
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new(".."))
-        .join("tests/python")
-        .join(script);
-    let help = "the Python references need python3 with numpy, onnx, onnxruntime and safetensors \
-                (scripts/setup.sh installs them); set REFLEX_SKIP_ORT=1 to skip them";
-    let output = match Command::new("python3").arg(&path).args(args).output() {
-        Ok(o) => o,
-        Err(e) => panic!("cannot run python3 {}: {e}; {help}", path.display()),
-    };
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprint!("{stderr}");
-    assert!(
-        output.status.success(),
-        "{} failed ({}): {stderr}\n{help}",
-        path.display(),
-        output.status
-    );
-    true
 }
 
 /// max |a - b| over max(1, max |b|): the relative error the comparisons bound.
@@ -266,7 +233,7 @@ fn graphs_run_in_tract_and_match_onnx_runtime() -> TestResult {
     }
 
     let t = Instant::now();
-    if !run_python("ort_run.py", &ort_args) {
+    if python::reference("ort_run.py", &ort_args, "numpy onnx onnxruntime").is_none() {
         return Ok(());
     }
     eprintln!(
@@ -328,7 +295,7 @@ fn graphs_match_numpy_reimplementation_of_torchvision_and_timm() -> TestResult {
         args.push(out.display().to_string());
         let (_, ours) = run_tract(&model, &inputs)?;
         let t = Instant::now();
-        if !run_python("numpy_ref.py", &args) {
+        if python::reference("numpy_ref.py", &args, "numpy safetensors").is_none() {
             return Ok(());
         }
         let reference = read_npy(&out)?;

@@ -15,16 +15,13 @@ use reflex_models::manifest::{
 use reflex_models::npy::{read_npy, NpyData};
 use reflex_runtime::io::{Fault, FaultKind};
 use reflex_runtime::preprocess::{PreprocessError, Preprocessor};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use reflex_testkit::dirs::WorkDir;
+use reflex_testkit::python;
+use std::path::Path;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-mod counting;
-
-#[global_allocator]
-static GLOBAL: counting::Counting = counting::Counting;
-use counting::allocs;
+use reflex_testkit::counting::allocs;
 
 const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -172,45 +169,6 @@ fn case_json(case: &Case, frame: &Path, out: &Path, make_jpeg: Option<&str>) -> 
     )
 }
 
-/// Runs `tests/python/preprocess_ref.py` on `cases_json`; false if REFLEX_SKIP_PY=1 says to skip.
-/// Panics with the script's error otherwise: a missing reference must not pass silently.
-fn run_reference(cases_json: &Path) -> bool {
-    if std::env::var("REFLEX_SKIP_PY").as_deref() == Ok("1") {
-        eprintln!("REFLEX_SKIP_PY=1: skipped the comparison with preprocess_ref.py");
-        return false;
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("tests/python/preprocess_ref.py");
-    let help = "the preprocessing reference needs python3 with numpy and pillow \
-                (scripts/setup.sh installs them); set REFLEX_SKIP_PY=1 to skip it";
-    let output = match Command::new("python3")
-        .arg(&script)
-        .arg(cases_json)
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => panic!("cannot run python3 {}: {e}; {help}", script.display()),
-    };
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{} failed ({}): {stderr}\n{help}",
-        script.display(),
-        output.status
-    );
-    true
-}
-
-fn work_dir(name: &str) -> Result<PathBuf, std::io::Error> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
-
 fn max_abs_diff(a: &[f32], b: &[f32]) -> (f32, usize) {
     a.iter()
         .zip(b)
@@ -352,7 +310,7 @@ fn matches_the_python_reference() -> TestResult {
         ),
     ];
 
-    let dir = work_dir("preprocess_ref")?;
+    let dir = WorkDir::new("preprocess_ref");
     let mut json = vec![];
     let mut frames = vec![];
     for (i, case) in float_cases.iter().enumerate() {
@@ -381,7 +339,7 @@ fn matches_the_python_reference() -> TestResult {
         &cases_json,
         format!("{{\"cases\": [\n{}\n]}}\n", json.join(",\n")),
     )?;
-    if !run_reference(&cases_json) {
+    if python::reference("preprocess_ref.py", [&cases_json], "numpy pillow").is_none() {
         return Ok(());
     }
 
@@ -524,7 +482,7 @@ fn frames_in_another_mode_are_refused_naming_camera_and_sizes() -> TestResult {
 }
 
 /// A 640x480 4:2:2 JPEG from `preprocess_ref.py --make-jpeg` (also used by the bench).
-const JPEG: &[u8] = include_bytes!("data/preprocess_640x480_422.jpg");
+const JPEG: &[u8] = include_bytes!("../data/preprocess_640x480_422.jpg");
 
 fn mjpeg_case() -> Case {
     let mut c = yuyv_case();

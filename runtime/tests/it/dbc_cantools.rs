@@ -4,18 +4,16 @@
 //! decoders must agree on them and on random payloads. Also: encoding and decoding allocate
 //! nothing, errors included.
 //!
-//! Needs `python3` with cantools (scripts/setup.sh installs it); without them the test fails.
+//! Needs `python3` with cantools (scripts/setup.sh installs it); without them the test fails,
+//! unless `REFLEX_SKIP_PY=1` (see TESTING.md).
 
 use reflex_runtime::can::dbc::{Dbc, Message, Signal, SignalError, ValueType, MAX_FD_LEN};
+use reflex_testkit::dirs::WorkDir;
+use reflex_testkit::python;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-mod counting;
-
-#[global_allocator]
-static GLOBAL: counting::Counting = counting::Counting;
-use counting::allocs;
+use reflex_testkit::counting::allocs;
 
 /// Both byte orders, signed and unsigned, scale and offset (fractional and integer), lengths
 /// 1, 3, 12, 13, 16, 20, 30 and 64, a 6-byte message, an extended ID, float32 and float64
@@ -158,29 +156,6 @@ fn hex(data: &[u8]) -> String {
     data.iter().map(|b| format!("{b:02X}")).collect()
 }
 
-/// Runs `tests/python/<script>`, panicking with its error: a missing reference must not pass.
-fn run_python(script: &str, args: &[&Path]) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new(".."))
-        .join("tests/python")
-        .join(script);
-    let help = "the DBC cross-check needs python3 with cantools (scripts/setup.sh installs it: \
-                pip install cantools==45.1.0)";
-    let output = match Command::new("python3").arg(&path).args(args).output() {
-        Ok(o) => o,
-        Err(e) => panic!("cannot run python3 {}: {e}; {help}", path.display()),
-    };
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    eprint!("{stderr}");
-    assert!(
-        output.status.success(),
-        "{} failed ({}): {stderr}\n{help}",
-        path.display(),
-        output.status
-    );
-}
-
 /// `name=value` pairs as cantools printed them, in our signal order.
 fn parse_values(m: &Message, fields: &[&str]) -> Vec<f64> {
     let mut out = vec![f64::NAN; m.signals().len()];
@@ -202,12 +177,6 @@ fn assert_close(m: &Message, ours: &[f64], theirs: &[f64], what: &str) {
             s.name()
         );
     }
-}
-
-fn work_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dbc_cantools");
-    std::fs::create_dir_all(&dir).expect("create the work dir");
-    dir
 }
 
 #[test]
@@ -247,7 +216,7 @@ fn codec_matches_cantools() {
         writeln!(cases, "D {} {}", m.name(), hex(&payload)).unwrap();
         decoded.push((m, payload));
     }
-    let dir = work_dir();
+    let dir = WorkDir::new("dbc_cantools");
     let (dbc_path, cases_path, out_path) = (
         dir.join("cross.dbc"),
         dir.join("cases.txt"),
@@ -256,7 +225,16 @@ fn codec_matches_cantools() {
     std::fs::write(&dbc_path, DBC).unwrap();
     std::fs::write(&cases_path, &cases).unwrap();
     let _ = std::fs::remove_file(&out_path);
-    run_python("dbc_cantools.py", &[&dbc_path, &cases_path, &out_path]);
+    let packages = "cantools==45.1.0";
+    if python::reference(
+        "dbc_cantools.py",
+        [&dbc_path, &cases_path, &out_path],
+        packages,
+    )
+    .is_none()
+    {
+        return;
+    }
     let out = std::fs::read_to_string(&out_path).unwrap();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), encoded.len() + decoded.len());
@@ -447,7 +425,7 @@ fn same_layout_line(ours: &str, theirs: &str) -> bool {
 /// script); J1939 groups of other lengths are refused by our frame encoder.
 #[test]
 fn field_cases_read_as_cantools_reads_them() {
-    let dir = work_dir();
+    let dir = WorkDir::new("dbc-field-cases");
     let mut rng = Rng(0xF1E1_D0CA);
     for name in FIELD_CASES {
         let path = field_case(name);
@@ -472,7 +450,15 @@ fn field_cases_read_as_cantools_reads_them() {
         let out_path = dir.join(format!("{name}.cantools"));
         std::fs::write(&cases_path, &cases).unwrap();
         let _ = std::fs::remove_file(&out_path);
-        run_python("dbc_layout.py", &[&path, &cases_path, &out_path]);
+        if python::reference(
+            "dbc_layout.py",
+            [&path, &cases_path, &out_path],
+            "cantools==45.1.0",
+        )
+        .is_none()
+        {
+            return;
+        }
         let out = std::fs::read_to_string(&out_path).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         let ours = layout(&dbc);
@@ -544,7 +530,15 @@ fn field_cases_read_as_cantools_reads_them() {
         let out_path = dir.join(format!("{name}.encoded"));
         std::fs::write(&cases_path, &cases).unwrap();
         let _ = std::fs::remove_file(&out_path);
-        run_python("dbc_cantools.py", &[&path, &cases_path, &out_path]);
+        if python::reference(
+            "dbc_cantools.py",
+            [&path, &cases_path, &out_path],
+            "cantools==45.1.0",
+        )
+        .is_none()
+        {
+            return;
+        }
         let out = std::fs::read_to_string(&out_path).unwrap();
         let mut agreed = 0;
         for ((msg, ours), line) in encoded.iter().zip(out.lines()) {

@@ -1,16 +1,11 @@
 //! `reflex bench`: report schema, SVG, verdict exit codes, `--compare`.
 
-use std::path::PathBuf;
-use std::process::Command;
+use reflex_testkit::bundles::demo_bundle;
+use reflex_testkit::cli::Cli;
+use reflex_testkit::dirs::WorkDir;
 
-fn reflex() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_reflex"))
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::create_dir_all(&d).expect("workdir");
-    d
+fn reflex() -> Cli {
+    Cli::new(env!("CARGO_BIN_EXE_reflex"))
 }
 
 fn check_schema(v: &serde_json::Value) {
@@ -149,42 +144,24 @@ fn check_svg(svg: &str, report: &serde_json::Value) {
 
 #[test]
 fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
-    let dir = workdir("bench-cli");
-    let bundle = dir.join("bundle");
-    if !bundle.join("policy.toml").exists() {
-        let out = reflex()
-            .args(["demo", "--seconds", "0.2", "--workdir"])
-            .arg(&dir)
-            .output()
-            .expect("demo");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::rename(dir.join("resnet18-chunk"), &bundle).expect("move bundle");
-    }
+    let _real_time = reflex_testkit::serial::real_time();
+    let dir = WorkDir::new("bench-cli");
+    let bundle = demo_bundle();
     let run = |extra: &[&str], json: &str, svg: &str| {
         reflex()
             .args(["bench", "--bundle"])
-            .arg(&bundle)
+            .arg(bundle)
             .args(extra)
             .arg("--json")
             .arg(dir.join(json))
             .arg("--svg")
             .arg(dir.join(svg))
-            .output()
-            .expect("bench runs")
+            .run()
     };
     // A generous rate: PASS, exit 0.
     let out = run(&["--iterations", "12", "--rate", "5"], "a.json", "a.svg");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = &out.stdout;
+    assert_eq!(out.code(), Some(0), "{out}");
     assert!(stdout.contains("VERDICT: PASS"), "{stdout}");
     for stage in ["preprocess", "inference", "end_to_end", "period"] {
         assert!(stdout.contains(stage), "{stdout}");
@@ -202,8 +179,8 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
         "b.json",
         "b.svg",
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    let stdout = &out.stdout;
+    assert_eq!(out.code(), Some(2), "{stdout}");
     assert!(
         stdout.contains("VERDICT: FAIL") && stdout.contains("inference"),
         "{stdout}"
@@ -232,14 +209,9 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
         .args(["bench", "--compare"])
         .arg(dir.join("a.json"))
         .arg(dir.join("b.json"))
-        .output()
-        .expect("compare");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run()
+        .success();
+    let stdout = &out.stdout;
     assert!(
         stdout.contains("inference") && stdout.contains("B/A"),
         "{stdout}"

@@ -6,9 +6,6 @@
 //! from `shared/cases/chunk-rate/`: step k commands 0.1 + 0.02 k rad on every joint, trained at
 //! 20 Hz) through tract, or a fake runner that takes a fixed latency on the manual clock.
 
-mod common;
-
-use common::FixedState;
 use reflex_models::bundle::{parse_manifest, sha256_bytes, Bundle};
 use reflex_models::manifest::{Manifest, PixelFormat};
 use reflex_runtime::can::sink::RecordingSink;
@@ -18,6 +15,7 @@ use reflex_runtime::infer::policy::{PolicyError, SinglePassPolicy};
 use reflex_runtime::infer::runner::{InferenceRunner, InlineRunner, Request};
 use reflex_runtime::infer::tract::TractOptions;
 use reflex_runtime::io::{Camera, CameraError, Frame, FrameMeta};
+use reflex_testkit::fakes::{FixedState, ScriptedCamera};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::AtomicBool;
@@ -285,7 +283,7 @@ impl InferenceRunner for SlowRunner {
     }
 }
 
-type ActLoop = ControlLoop<common::ScriptedCamera, FixedState, RecordingSink, SlowRunner>;
+type ActLoop = ControlLoop<ScriptedCamera, FixedState, RecordingSink, SlowRunner>;
 
 /// Warms up and runs `ticks` ticks of an ACT-like loop; returns it and, per tick, (run, step)
 /// decoded from joint 0's command.
@@ -298,7 +296,7 @@ fn run_act(
 ) -> (ActLoop, Vec<(u64, u64)>) {
     let clock = Rc::new(ManualClock::new(1_000_000_000));
     let m = act_manifest(rate_hz, horizon, compensation);
-    let (cam, _, _) = common::ScriptedCamera::new();
+    let (cam, _, _) = ScriptedCamera::new();
     let mut lp = ControlLoop::new(
         &m,
         vec![cam],

@@ -1,51 +1,28 @@
 //! Safety rules and faults of the control loop, tick by tick on a manual clock. Each test checks
 //! what did and did not reach the sink.
 
-mod common;
-
-use common::*;
 use reflex_runtime::can::sink::RecordingSink;
 use reflex_runtime::clock::{Clock, ManualClock};
 use reflex_runtime::control::safety::SafeCommand;
 use reflex_runtime::control::{CommandKind, ControlLoop, HoldReason, LoopOptions};
-use reflex_runtime::infer::runner::{InlineRunner, Request, ThreadedRunner};
+use reflex_runtime::infer::runner::{InlineRunner, ThreadedRunner};
 use reflex_runtime::io::CommandSink;
+use reflex_testkit::fakes::{FixedState, FnBackend, ScriptedCamera, Switch};
+use reflex_testkit::rig::{
+    inline, manifest, request, scripted_loop, sent, Inline, MANIFEST, PERIOD,
+};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-fn request() -> Request {
-    Request::new(&[3 * 4 * 4], 2, 8)
-}
-
-type Inline<F> = InlineRunner<FnBackend<F>>;
-
-type Flag = std::rc::Rc<std::cell::Cell<bool>>;
 type TestLoop<F> = ControlLoop<ScriptedCamera, FixedState, RecordingSink, Inline<F>>;
 
 /// A loop over the scripted camera, and its `live` and `gone` switches.
-fn inline_loop<F: FnMut(u64, &mut [f32]) + Send>(f: F) -> (TestLoop<F>, Flag, Flag) {
-    let (cam, live, gone) = ScriptedCamera::new();
-    let lp = ControlLoop::new(
-        &manifest(),
-        vec![cam],
+fn inline_loop<F: FnMut(u64, &mut [f32]) + Send>(f: F) -> (TestLoop<F>, Switch, Switch) {
+    scripted_loop(
         FixedState(vec![0.0, 0.0]),
         RecordingSink::with_capacity(1000),
-        InlineRunner::new(FnBackend::new(f), request()),
-        &LoopOptions::default(),
+        inline(f),
     )
-    .expect("loop builds");
-    (lp, live, gone)
-}
-
-fn sent<C: reflex_runtime::io::Camera>(
-    lp: &ControlLoop<
-        C,
-        FixedState,
-        RecordingSink,
-        impl reflex_runtime::infer::runner::InferenceRunner,
-    >,
-) -> Vec<SafeCommand> {
-    lp.sink().sent.iter().map(|(_, c)| c.clone()).collect()
 }
 
 #[test]
@@ -172,17 +149,11 @@ fn overrun_keeps_executing_the_current_chunk() {
     });
     backend.gate = Some(rx);
     let runner = ThreadedRunner::spawn(backend, request()).expect("worker");
-    let (cam, _, _) = ScriptedCamera::new();
-    let m = manifest();
-    let mut lp = ControlLoop::new(
-        &m,
-        vec![cam],
+    let (mut lp, _, _) = scripted_loop(
         FixedState(vec![0.0, 0.0]),
         RecordingSink::with_capacity(100),
         runner,
-        &LoopOptions::default(),
-    )
-    .expect("loop");
+    );
     let clock = ManualClock::new(0);
     tx.send(()).expect("gate"); // lets the warm-up inference through
     lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
@@ -303,24 +274,15 @@ impl CommandSink for InterruptAfter {
 #[test]
 fn ctrl_c_sends_the_stop_command() {
     let flag = Arc::new(AtomicBool::new(false));
-    let (cam, _, _) = ScriptedCamera::new();
-    let m = manifest();
-    let mut lp = ControlLoop::new(
-        &m,
-        vec![cam],
+    let (mut lp, _, _) = scripted_loop(
         FixedState(vec![0.0, 0.0]),
         InterruptAfter {
             inner: RecordingSink::with_capacity(100),
             after: 6,
             flag: flag.clone(),
         },
-        InlineRunner::new(
-            FnBackend::new(|_, out: &mut [f32]| out.fill(0.05)),
-            request(),
-        ),
-        &LoopOptions::default(),
-    )
-    .expect("loop");
+        inline(|_, out: &mut [f32]| out.fill(0.05)),
+    );
     let clock = ManualClock::new(0);
     lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
     lp.run(&clock, &flag, Some(1000)).expect("run");
@@ -350,7 +312,7 @@ fn bundle_without_limits_needs_the_explicit_flag() {
             vec![cam],
             FixedState(vec![0.0, 0.0]),
             RecordingSink::with_capacity(1),
-            InlineRunner::new(FnBackend::new(|_, o: &mut [f32]| o.fill(0.0)), request()),
+            inline(|_, o: &mut [f32]| o.fill(0.0)),
             &LoopOptions {
                 rate_hz: None,
                 allow_unlimited: allow,
@@ -401,7 +363,7 @@ fn a_frame_of_the_wrong_size_is_refused_and_a_short_frame_is_dropped() {
             }],
             FixedState(vec![0.0, 0.0]),
             RecordingSink::with_capacity(10),
-            InlineRunner::new(FnBackend::new(|_, o: &mut [f32]| o.fill(0.0)), request()),
+            inline(|_, o: &mut [f32]| o.fill(0.0)),
             &LoopOptions::default(),
         )
         .expect("loop")

@@ -3,45 +3,28 @@
 //! Counting is per thread (a thread-local counter), so the test harness's own threads do not
 //! disturb the figure; the inline runner keeps inference on the measuring thread.
 
-mod common;
-
-use common::*;
 use reflex_runtime::can::sink::NullSink;
-use reflex_runtime::control::{ControlLoop, LoopOptions};
-use reflex_runtime::infer::runner::{InlineRunner, Request};
+use reflex_testkit::counting::assert_installed;
+use reflex_testkit::fakes::FixedState;
+use reflex_testkit::rig::{inline, manifest, scripted_loop, PERIOD};
 
-mod counting;
-
-#[global_allocator]
-static GLOBAL: counting::Counting = counting::Counting;
-use counting::allocs;
+use reflex_testkit::counting::allocs;
 
 #[test]
 fn loop_tick_allocates_nothing_after_warm_up() {
-    let (cam, _, _) = ScriptedCamera::new();
     // Outputs alternate so the plan, the ensembling buffer and the rate limiter all work.
-    let backend = FnBackend::new(|run, out: &mut [f32]| {
+    let runner = inline(|run, out: &mut [f32]| {
         for (i, v) in out.iter_mut().enumerate() {
             *v = ((run as usize + i) % 5) as f32 * 0.1 - 0.2;
         }
     });
-    let mut lp = ControlLoop::new(
-        &manifest(),
-        vec![cam],
-        FixedState(vec![0.1, -0.1]),
-        NullSink::default(),
-        InlineRunner::new(backend, Request::new(&[3 * 4 * 4], 2, 8)),
-        &LoopOptions::default(),
-    )
-    .expect("loop");
+    let (mut lp, _, _) = scripted_loop(FixedState(vec![0.1, -0.1]), NullSink::default(), runner);
     lp.seed(&[0.0, 0.0]);
     for k in 0..10 {
         lp.tick(k * PERIOD).expect("tick");
     }
     // The counter sees allocations on this thread (the test could fail).
-    let probe = allocs();
-    let v = std::hint::black_box(vec![1u8; 16]);
-    assert!(allocs() > probe && v.len() == 16);
+    assert_installed();
     let before = allocs();
     for k in 10..1010 {
         lp.tick(k * PERIOD).expect("tick");
@@ -55,24 +38,15 @@ fn loop_tick_allocates_nothing_after_warm_up() {
 #[test]
 fn loop_tick_with_an_estop_allocates_nothing_through_trip_and_rearm() {
     use reflex_runtime::control::estop::{EStop, ManualInput};
-    let (cam, _, _) = ScriptedCamera::new();
-    let backend = FnBackend::new(|run, out: &mut [f32]| {
+    let runner = inline(|run, out: &mut [f32]| {
         for (i, v) in out.iter_mut().enumerate() {
             *v = ((run as usize + i) % 5) as f32 * 0.1 - 0.2;
         }
     });
     let (stop, stop_h) = ManualInput::new("test:estop", false);
     let (arm, arm_h) = ManualInput::new("test:arm", false);
-    let mut lp = ControlLoop::new(
-        &manifest(),
-        vec![cam],
-        FixedState(vec![0.1, -0.1]),
-        NullSink::default(),
-        InlineRunner::new(backend, Request::new(&[3 * 4 * 4], 2, 8)),
-        &LoopOptions::default(),
-    )
-    .expect("loop")
-    .with_estop(EStop::new(Box::new(stop), Some(Box::new(arm))));
+    let (lp, _, _) = scripted_loop(FixedState(vec![0.1, -0.1]), NullSink::default(), runner);
+    let mut lp = lp.with_estop(EStop::new(Box::new(stop), Some(Box::new(arm))));
     lp.seed(&[0.0, 0.0]);
     for k in 0..10 {
         lp.tick(k * PERIOD).expect("tick");
@@ -112,7 +86,8 @@ fn motor_codecs_and_the_candump_sink_allocate_nothing_per_command() {
     let decoder = mit.feedback(&m.state.names, 0).expect("decoder");
     let per_joint = Codec::per_joint(0x100, 2).expect("per-joint codec");
     let mut filter = SafetyFilter::new(&m.action, 10.0, false).expect("filter");
-    let log = std::env::temp_dir().join(format!("reflex-alloc-{}.log", std::process::id()));
+    let dir = reflex_testkit::dirs::WorkDir::new("alloc-codecs");
+    let log = dir.join("can0.log");
     let mut sink = CandumpSink::new(&log, "can0", mit.clone(), 0).expect("sink");
     let reply =
         CanFrame::new(0x12, false, &[0x12, 0x80, 0, 0x80, 0x07, 0xFF, 30, 30]).expect("frame");
@@ -139,7 +114,6 @@ fn motor_codecs_and_the_candump_sink_allocate_nothing_per_command() {
     }
     let n = allocs() - before;
     sink.flush().expect("flush");
-    let _ = std::fs::remove_file(&log);
     assert_eq!(
         n, 0,
         "{n} heap allocations encoding and logging 1000 commands"

@@ -1,29 +1,23 @@
 //! The `reflex` binary as a user runs it.
 
-use std::path::PathBuf;
-use std::process::Command;
+use reflex_testkit::bundles::demo_bundle;
+use reflex_testkit::cli::{self, Cli};
+use reflex_testkit::dirs::WorkDir;
 
-fn reflex() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_reflex"))
-}
-
-fn workdir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::create_dir_all(&d).expect("workdir");
-    d
+fn reflex() -> Cli {
+    Cli::new(env!("CARGO_BIN_EXE_reflex"))
 }
 
 #[test]
 fn demo_runs_end_to_end_and_writes_a_candump_log() {
-    let dir = workdir("cli-demo");
+    let _real_time = reflex_testkit::serial::real_time();
+    let dir = WorkDir::new("cli-demo");
     let out = reflex()
         .args(["demo", "--seconds", "2", "--workdir"])
-        .arg(&dir)
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        .arg(&*dir)
+        .run()
+        .success();
+    let stdout = &out.stdout;
     assert!(stdout.contains("stage timings"), "{stdout}");
     assert!(stdout.contains("inference"), "{stdout}");
     assert!(stdout.contains("start-up"), "{stdout}");
@@ -44,40 +38,34 @@ fn demo_runs_end_to_end_and_writes_a_candump_log() {
     let out = reflex()
         .args(["check", "--bundle"])
         .arg(dir.join("resnet18-chunk"))
-        .output()
-        .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("image.front"));
+        .run()
+        .success();
+    assert!(out.stdout.contains("image.front"));
 }
 
 #[test]
 fn check_names_the_problem_of_a_broken_bundle() {
-    let dir = workdir("cli-broken");
+    let dir = WorkDir::new("cli-broken");
     std::fs::write(dir.join("policy.toml"), "format_version = 7\n").expect("write");
     let out = reflex()
         .args(["check", "--bundle"])
-        .arg(&dir)
-        .output()
-        .expect("runs");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+        .arg(&*dir)
+        .run()
+        .failure();
+    let err = &out.stderr;
     assert!(err.contains("unsupported bundle version 7"), "{err}");
     assert!(err.contains("policy.toml"), "{err}");
 }
 
 #[test]
 fn help_teaches() {
-    let out = reflex().arg("--help").output().expect("runs");
-    let s = String::from_utf8_lossy(&out.stdout);
+    let out = reflex().arg("--help").run();
+    let s = &out.stdout;
     for w in ["run", "demo", "check"] {
         assert!(s.contains(w), "{s}");
     }
-    let out = reflex().args(["run", "--help"]).output().expect("runs");
-    let s = String::from_utf8_lossy(&out.stdout);
+    let out = reflex().args(["run", "--help"]).run();
+    let s = &out.stdout;
     assert!(
         s.contains("--allow-unlimited") && s.contains("replay:"),
         "{s}"
@@ -86,33 +74,29 @@ fn help_teaches() {
 
 #[test]
 fn sigint_stops_the_run_with_a_stop_command() {
-    // Reuse the demo's bundle and episode (built by a short demo run if absent).
-    let dir = workdir("cli-sigint");
-    if !dir.join("resnet18-chunk/policy.toml").exists() {
-        let out = reflex()
-            .args(["demo", "--seconds", "0.1", "--workdir"])
-            .arg(&dir)
-            .output()
-            .expect("demo");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // The demo's bundle, and an episode as the demo makes it.
+    let _real_time = reflex_testkit::serial::real_time();
+    let dir = WorkDir::new("cli-sigint");
+    let bundle = demo_bundle();
+    let manifest = reflex_models::Bundle::load(bundle)
+        .expect("demo bundle")
+        .manifest;
+    reflex_runtime::camera::replay::generate_synthetic_episode(
+        &manifest,
+        &dir.join("episode"),
+        4.0,
+        30,
+    )
+    .expect("episode");
     let log = dir.join("sigint.log");
-    let _ = std::fs::remove_file(&log);
-    let child = reflex()
+    let (child, command) = reflex()
         .args(["run", "--bundle"])
-        .arg(dir.join("resnet18-chunk"))
+        .arg(bundle)
         .arg("--camera")
         .arg(format!("front=replay:{}", dir.join("episode").display()))
         .arg("--can")
         .arg(format!("candump:{}", log.display()))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
+        .spawn();
     // Wait until commands flow, then interrupt like Ctrl-C does.
     let start = std::time::Instant::now();
     while std::fs::read_to_string(&log)
@@ -123,22 +107,16 @@ fn sigint_stops_the_run_with_a_stop_command() {
         assert!(start.elapsed().as_secs() < 60, "no commands within 60 s");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let kill = Command::new("kill")
+    Cli::new("kill")
         .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let out = child.wait_with_output().expect("exits");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run()
+        .success();
+    let out = cli::wait(child, command).success();
     let text = std::fs::read_to_string(&log).expect("log");
     let last = text.lines().last().expect("frames");
     let data = last.split('#').nth(1).expect("data");
     assert_eq!(&data[8..10], "01", "the last command is a stop: {last}");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("stage timings"));
+    assert!(out.stdout.contains("stage timings"));
 }
 
 #[test]
@@ -228,7 +206,10 @@ fn malformed_specs_fail_before_the_bundle_is_loaded_naming_the_accepted_forms() 
         ),
     ];
     for (args, value, forms) in cases {
-        let out = reflex().args(&args).output().expect("runs");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reflex"))
+            .args(&args)
+            .output()
+            .expect("runs");
         let err = String::from_utf8_lossy(&out.stderr);
         // clap's usage error: exit status 2, the flag, the value and the accepted forms; the
         // bundle (which does not exist) was never opened.
@@ -241,7 +222,10 @@ fn malformed_specs_fail_before_the_bundle_is_loaded_naming_the_accepted_forms() 
         assert!(!err.contains("loading bundle"), "{args:?}: {err}");
     }
     // `--help` lists the forms.
-    let out = reflex().args(["run", "--help"]).output().expect("runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reflex"))
+        .args(["run", "--help"])
+        .output()
+        .expect("runs");
     let help = String::from_utf8_lossy(&out.stdout);
     for form in [
         "replay:EPISODE_DIR",
@@ -252,6 +236,9 @@ fn malformed_specs_fail_before_the_bundle_is_loaded_naming_the_accepted_forms() 
     ] {
         assert!(help.contains(form), "{form}: {help}");
     }
-    let out = reflex().arg("--help").output().expect("runs");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_reflex"))
+        .arg("--help")
+        .output()
+        .expect("runs");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Exit status:"));
 }

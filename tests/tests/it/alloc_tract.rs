@@ -1,11 +1,10 @@
 //! How much tract itself allocates per inference, with the real reference ResNet-18 in the loop.
 //!
-//! The loop's own tick allocates nothing (runtime/tests/alloc.rs proves it with a fake backend).
+//! The loop's own tick allocates nothing (runtime/tests/it/alloc.rs proves it with a fake backend).
 //! tract allocates its intermediate tensors on every run; this test measures that figure, prints
 //! it, and checks that all of it happens inside inference: ticks that do not run the network
 //! allocate nothing even with the real backend in place.
 
-use reflex_models::reference::write_demo_bundle;
 use reflex_models::Bundle;
 use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
 use reflex_runtime::can::sink::NullSink;
@@ -14,13 +13,9 @@ use reflex_runtime::control::{ControlLoop, LoopOptions};
 use reflex_runtime::infer::policy::SinglePassPolicy;
 use reflex_runtime::infer::runner::{InlineRunner, Request};
 use reflex_runtime::infer::tract::TractOptions;
-use std::path::PathBuf;
-
-#[path = "../../runtime/tests/counting/mod.rs"]
-mod counting;
-
-#[global_allocator]
-static GLOBAL: counting::Counting = counting::Counting;
+use reflex_testkit::bundles::demo_bundle;
+use reflex_testkit::counting;
+use reflex_testkit::dirs::WorkDir;
 
 fn counts() -> (u64, u64) {
     (counting::allocs(), counting::bytes())
@@ -28,12 +23,8 @@ fn counts() -> (u64, u64) {
 
 #[test]
 fn tract_allocations_per_inference_are_measured_and_confined_to_inference() {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("alloc-tract");
-    let bdir = dir.join("bundle");
-    if Bundle::load(&bdir).is_err() {
-        write_demo_bundle(&bdir).expect("bundle");
-    }
-    let bundle = Bundle::load(&bdir).expect("bundle");
+    let dir = WorkDir::new("alloc-tract");
+    let bundle = Bundle::load(demo_bundle()).expect("bundle");
     let m = &bundle.manifest;
     generate_synthetic_episode(m, &dir.join("episode"), 1.0, 30).expect("episode");
     let ep = Episode::load(&dir.join("episode")).expect("episode");

@@ -1,24 +1,17 @@
 //! The e-stop in the control loop, tick by tick on a manual clock: what reached the sink while it
 //! was pressed, released and re-armed.
 
-mod common;
-
-use common::*;
 use reflex_runtime::can::sink::RecordingSink;
 use reflex_runtime::clock::{Clock, ManualClock};
 use reflex_runtime::control::estop::{EStop, EStopState, ManualInput, ManualInputHandle};
-use reflex_runtime::control::safety::SafeCommand;
 use reflex_runtime::control::{CommandKind, ControlLoop, HoldReason, LoopOptions, TickReport};
-use reflex_runtime::infer::runner::{InferenceRunner, InlineRunner, Request, ThreadedRunner};
-use reflex_runtime::io::{Camera, StateSource};
+use reflex_runtime::infer::runner::ThreadedRunner;
+use reflex_testkit::fakes::{FixedState, FnBackend, ScriptedCamera, SharedState};
+use reflex_testkit::rig::{inline, request, scripted_loop, sent, Inline, MANIFEST, PERIOD};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-fn request() -> Request {
-    Request::new(&[3 * 4 * 4], 2, 8)
-}
 
 /// An e-stop on two manual inputs (stop, arm), and their handles.
 fn estop(pressed: bool, with_arm: bool) -> (EStop, ManualInputHandle, ManualInputHandle) {
@@ -28,7 +21,6 @@ fn estop(pressed: bool, with_arm: bool) -> (EStop, ManualInputHandle, ManualInpu
     (EStop::new(Box::new(stop), arm), s, a)
 }
 
-type Inline<F> = InlineRunner<FnBackend<F>>;
 type TestLoop<F> = ControlLoop<ScriptedCamera, SharedState, RecordingSink, Inline<F>>;
 
 struct Rig<F: FnMut(u64, &mut [f32]) + Send> {
@@ -55,19 +47,10 @@ impl<F: FnMut(u64, &mut [f32]) + Send> Rig<F> {
 
 /// A loop over the scripted camera and settable state [0, 0], seeded at [0, 0], with an e-stop.
 fn rig<F: FnMut(u64, &mut [f32]) + Send>(f: F, pressed_at_start: bool) -> Rig<F> {
-    let (cam, live, _) = ScriptedCamera::new();
     let (state_src, state) = SharedState::new(&[0.0, 0.0]);
     let (e, stop, arm) = estop(pressed_at_start, true);
-    let mut lp = ControlLoop::new(
-        &manifest(),
-        vec![cam],
-        state_src,
-        RecordingSink::with_capacity(1000),
-        InlineRunner::new(FnBackend::new(f), request()),
-        &LoopOptions::default(),
-    )
-    .expect("loop builds")
-    .with_estop(e);
+    let (lp, live, _) = scripted_loop(state_src, RecordingSink::with_capacity(1000), inline(f));
+    let mut lp = lp.with_estop(e);
     lp.seed(&[0.0, 0.0]);
     Rig {
         lp,
@@ -76,12 +59,6 @@ fn rig<F: FnMut(u64, &mut [f32]) + Send>(f: F, pressed_at_start: bool) -> Rig<F>
         live,
         state,
     }
-}
-
-fn sent<C: Camera, S: StateSource>(
-    lp: &ControlLoop<C, S, RecordingSink, impl InferenceRunner>,
-) -> Vec<SafeCommand> {
-    lp.sink().sent.iter().map(|(_, c)| c.clone()).collect()
 }
 
 fn assert_estop_stop(r: &TickReport) {
@@ -280,22 +257,13 @@ fn an_input_error_counts_as_pressed() {
 
 #[test]
 fn pressed_at_start_sends_nothing_fresh_until_released_and_armed() {
-    let (cam, _, _) = ScriptedCamera::new();
     let (e, stop, arm) = estop(true, true);
-    let m = manifest();
-    let mut lp = ControlLoop::new(
-        &m,
-        vec![cam],
+    let (lp, _, _) = scripted_loop(
         FixedState(vec![0.0, 0.0]),
         RecordingSink::with_capacity(100),
-        InlineRunner::new(
-            FnBackend::new(|_, out: &mut [f32]| out.fill(0.05)),
-            request(),
-        ),
-        &LoopOptions::default(),
-    )
-    .expect("loop")
-    .with_estop(e);
+        inline(|_, out: &mut [f32]| out.fill(0.05)),
+    );
+    let mut lp = lp.with_estop(e);
     let clock = ManualClock::new(0);
     // The warm-up inference plans the first ticks; the e-stop must still win.
     lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
@@ -317,21 +285,13 @@ fn pressed_at_start_sends_nothing_fresh_until_released_and_armed() {
 
 #[test]
 fn without_an_arm_input_a_trip_lasts_until_restart() {
-    let (cam, _, _) = ScriptedCamera::new();
     let (e, stop, _) = estop(false, false);
-    let mut lp = ControlLoop::new(
-        &manifest(),
-        vec![cam],
+    let (lp, _, _) = scripted_loop(
         FixedState(vec![0.0, 0.0]),
         RecordingSink::with_capacity(100),
-        InlineRunner::new(
-            FnBackend::new(|_, out: &mut [f32]| out.fill(0.05)),
-            request(),
-        ),
-        &LoopOptions::default(),
-    )
-    .expect("loop")
-    .with_estop(e);
+        inline(|_, out: &mut [f32]| out.fill(0.05)),
+    );
+    let mut lp = lp.with_estop(e);
     lp.seed(&[0.0, 0.0]);
     assert_eq!(lp.tick(0).expect("tick").kind, CommandKind::Fresh);
     stop.set(true);

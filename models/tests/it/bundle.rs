@@ -21,11 +21,17 @@ fn arch() -> PolicyArch {
     }
 }
 
+/// This binary's scratch directory for bundle copies, emptied once per run.
+fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| reflex_testkit::dirs::fixture_dir("bundle-tests"))
+}
+
 /// A pristine bundle, built once per test binary; tests copy it before corrupting.
 fn pristine() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bundle-tests/pristine");
+        let d = root().join("pristine");
         write_reference_bundle(
             &d,
             &arch(),
@@ -39,16 +45,9 @@ fn pristine() -> &'static Path {
 }
 
 fn copy_of(name: &str) -> PathBuf {
-    let src = pristine();
-    let dst = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("bundle-tests")
-        .join(name);
+    let dst = root().join(name);
     let _ = std::fs::remove_dir_all(&dst);
-    std::fs::create_dir_all(&dst).expect("mkdir");
-    for e in std::fs::read_dir(src).expect("read_dir") {
-        let e = e.expect("entry");
-        std::fs::copy(e.path(), dst.join(e.file_name())).expect("copy");
-    }
+    reflex_testkit::dirs::copy_files(pristine(), &dst);
     dst
 }
 

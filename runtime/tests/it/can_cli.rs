@@ -1,37 +1,34 @@
-//! `reflex can encode/send/decode` as a user runs them, on the demo bundle with its default
+//! `reflex can encode/send/decode` as a user runs them, on the reference arm with its default
 //! per-joint protocol and with a Damiao MIT section. Expected frames are derived by hand from the
 //! protocol formulas (see `codec.rs` for the derivations).
 
 use reflex_models::manifest::{MitFlavor, MitStop};
 use reflex_models::reference;
+use reflex_testkit::cli::{Cli, Run};
+use reflex_testkit::python;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
-fn reflex(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reflex"))
-        .args(args)
-        .output()
-        .expect("runs")
+fn reflex(args: &[&str]) -> Run {
+    Cli::new(env!("CARGO_BIN_EXE_reflex")).args(args).run()
 }
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+/// This binary's scratch directory for the CAN CLI tests, emptied once per run.
+fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| reflex_testkit::dirs::fixture_dir("can-cli"))
 }
 
-/// The demo bundle (per-joint) and a copy speaking Damiao MIT, built once per test binary.
+/// A bundle with the reference arm's manifest (per-joint), the test kit's tiny network and a
+/// 640x480 camera, and a copy speaking Damiao MIT, built once per test binary.
 fn bundles() -> &'static (PathBuf, PathBuf) {
     static B: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     B.get_or_init(|| {
-        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("can-cli");
-        let _ = std::fs::remove_dir_all(&root);
-        let pj = root.join("per-joint");
-        reference::write_demo_bundle(&pj).expect("demo bundle");
-        let mit = root.join("mit");
-        std::fs::create_dir_all(&mit).expect("mkdir");
-        for f in ["policy.onnx", "policy.toml"] {
-            std::fs::copy(pj.join(f), mit.join(f)).expect("copy");
-        }
+        let pj = root().join("per-joint");
+        reflex_testkit::bundles::write_tiny_bundle(&pj, reference::default_capture());
+        let mit = root().join("mit");
+        reflex_testkit::dirs::copy_files(&pj, &mit);
         let can = reference::example_mit_can(6, MitFlavor::Damiao, MitStop::Hold);
         reference::set_bundle_can(&mit, can).expect("MIT bundle");
         (pj, mit)
@@ -47,6 +44,11 @@ const TARGET: [&str; 6] = [
     "gripper=0.01",
 ];
 
+/// Command output as text (a test kit `Run`'s strings, or a `std::process::Output`'s bytes).
+fn text<T: AsRef<[u8]> + ?Sized>(b: &T) -> String {
+    String::from_utf8_lossy(b.as_ref()).into_owned()
+}
+
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
@@ -57,8 +59,8 @@ fn encode_mit_prints_start_sequence_and_commands() {
     let mut args = vec!["can", "encode", "--bundle", s(mit), "--start"];
     args.extend(TARGET);
     let out = reflex(&args);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert!(out.status.success(), "{out}");
+    let lines: Vec<String> = out.stdout.clone().lines().map(String::from).collect();
     assert_eq!(lines.len(), 18, "{lines:?}");
     // Damiao TIMEOUT register (9) = 100 ms / 50 µs = 2000 = 0x7D0, then enable.
     assert_eq!(lines[0], "7FF#01005509D0070000");
@@ -67,7 +69,7 @@ fn encode_mit_prints_start_sequence_and_commands() {
     assert_eq!(lines[12], "001#81057FF0A33337FF");
     // wrist_flex = 3 is clamped to its 1.8 rad limit: 14.3 * 65535 / 25 = 37486.0 -> 0x926E.
     assert_eq!(lines[15], "004#926E7FF0A33337FF");
-    let err = text(&out.stderr);
+    let err = out.stderr.clone();
     assert!(
         err.contains("wrist_flex 3 rad -> 1.8 (safety filter: position limits)"),
         "{err}"
@@ -81,14 +83,14 @@ fn encode_per_joint_and_stop() {
     let mut args = vec!["can", "encode", "--bundle", s(pj)];
     args.extend(TARGET);
     let out = reflex(&args);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out}");
+    let stdout = out.stdout.clone();
     let lines: Vec<&str> = stdout.lines().collect();
     // 0.1f32 = 0x3DCCCCCD, little-endian; flags 0, tick 0.
     assert_eq!(lines[0], "100#CDCCCC3D00000000");
     args.push("--stop");
     let out = reflex(&args);
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout.clone();
     let lines: Vec<&str> = stdout.lines().collect();
     // The stop keeps the last safe values, flags bit 0 set, tick 1.
     assert_eq!(lines[0], "100#CDCCCC3D01010000");
@@ -97,15 +99,15 @@ fn encode_per_joint_and_stop() {
 #[test]
 fn send_to_candump_then_decode_round_trips() {
     let (_, mit) = bundles();
-    let log = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("can-cli/sent.log");
+    let log = root().join("sent.log");
     let can = format!("candump:{}", s(&log));
     let mut args = vec!["can", "send", "--bundle", s(mit), "--can", &can];
     args.extend(TARGET);
     let out = reflex(&args);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{out}");
     let out = reflex(&["can", "decode", "--bundle", s(mit), s(&log)]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out}");
+    let stdout = out.stdout.clone();
     assert_eq!(stdout.lines().count(), 18, "{stdout}");
     assert!(
         stdout.contains("set command timeout shoulder_pan: timeout=100 ms"),
@@ -122,7 +124,7 @@ fn send_to_candump_then_decode_round_trips() {
     t += "(1.000000) can0 013#138A3D8007FF231E\n(1.000001) can0 321#00\n";
     std::fs::write(&log, t).expect("write");
     let out = reflex(&["can", "decode", "--bundle", s(mit), s(&log)]);
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout.clone();
     assert!(
         stdout.contains("reply elbow_flex: position=1.000038 rad"),
         "{stdout}"
@@ -148,14 +150,14 @@ fn bad_input_is_named() {
         args.extend(vals);
         let out = reflex(&args);
         assert!(!out.status.success());
-        let err = text(&out.stderr);
+        let err = out.stderr.clone();
         assert!(err.contains(want), "{vals:?}: {err}");
     }
-    let broken = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("can-cli/broken.log");
+    let broken = root().join("broken.log");
     std::fs::write(&broken, "(1.000000) can0 100#00\nnot a line\n").expect("write");
     let out = reflex(&["can", "decode", "--bundle", s(pj), s(&broken)]);
     assert!(!out.status.success());
-    let err = text(&out.stderr);
+    let err = out.stderr.clone();
     assert!(err.contains("broken.log:2"), "{err}");
 }
 
@@ -205,13 +207,8 @@ const JOINTS: [(&str, &str, &str); 6] = [
 fn dbc_bundle(name: &str, dbc: &str) -> PathBuf {
     use reflex_models::manifest::{CanSpec, DbcSpec};
     let (pj, _) = bundles();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("can-cli")
-        .join(name);
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    for f in ["policy.onnx", "policy.toml"] {
-        std::fs::copy(pj.join(f), dir.join(f)).expect("copy");
-    }
+    let dir = root().join(name);
+    reflex_testkit::dirs::copy_files(pj, &dir);
     std::fs::write(dir.join("robot.dbc"), dbc).expect("dbc");
     let spec = DbcSpec {
         file: "robot.dbc".into(),
@@ -246,14 +243,14 @@ fn dbc_encode_matches_cantools_and_decode_names_signals() {
     let mut cmd = vec!["can", "encode", "--bundle", s(&dir)];
     cmd.extend(args.iter().map(String::as_str));
     let out = reflex(&cmd);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ours: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert!(out.status.success(), "{out}");
+    let ours: Vec<String> = out.stdout.clone().lines().map(String::from).collect();
     cmd.push("--stop");
     let out = reflex(&cmd);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let ours_stop: Vec<String> = text(&out.stdout).lines().map(String::from).collect();
+    assert!(out.status.success(), "{out}");
+    let ours_stop: Vec<String> = out.stdout.clone().lines().map(String::from).collect();
 
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("can-cli");
+    let tmp = root();
     let (cases, result) = (tmp.join("dbc-cases.txt"), tmp.join("dbc-out.txt"));
     let t = targets;
     std::fs::write(
@@ -267,19 +264,15 @@ fn dbc_encode_matches_cantools_and_decode_names_signals() {
         ),
     )
     .expect("cases");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/dbc_cantools.py");
-    let py = Command::new("python3")
-        .arg(&script)
-        .arg(dir.join("robot.dbc"))
-        .arg(&cases)
-        .arg(&result)
-        .output()
-        .unwrap_or_else(|e| panic!("python3 {}: {e}; run scripts/setup.sh", script.display()));
-    assert!(
-        py.status.success(),
-        "cantools reference failed (scripts/setup.sh installs cantools): {}",
-        text(&py.stderr)
+    let dbc_file = dir.join("robot.dbc");
+    let cantools = python::reference(
+        "dbc_cantools.py",
+        [&dbc_file, &cases, &result],
+        "cantools==45.1.0",
     );
+    if cantools.is_none() {
+        return;
+    }
     let reference = std::fs::read_to_string(&result).expect("cantools output");
     let hex: Vec<&str> = reference
         .lines()
@@ -302,8 +295,8 @@ fn dbc_encode_matches_cantools_and_decode_names_signals() {
     )
     .expect("log");
     let out = reflex(&["can", "decode", "--bundle", s(&dir), s(&log)]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{out}");
+    let stdout = out.stdout.clone();
     assert!(
         stdout.contains("command ArmCmdA: ShoulderPan(shoulder_pan)=0.5 rad"),
         "{stdout}"
@@ -348,12 +341,12 @@ fn dbc_mapping_errors_name_the_field() {
         cmd.extend(TARGET);
         let out = reflex(&cmd);
         assert!(!out.status.success(), "case {n}");
-        let err = text(&out.stderr);
+        let err = out.stderr.clone();
         assert!(err.contains(want), "case {n}: {err}");
         // `reflex check` refuses the bundle for the same reason.
         let out = reflex(&["check", "--bundle", s(&dir)]);
         assert!(!out.status.success(), "check, case {n}");
-        assert!(text(&out.stderr).contains(want), "check, case {n}");
+        assert!(out.stderr.clone().contains(want), "check, case {n}");
     }
 }
 
@@ -361,6 +354,7 @@ fn dbc_mapping_errors_name_the_field() {
 /// decodes back into the joints, the stop bit set on the last command only.
 #[test]
 fn run_with_a_dbc_bundle_logs_its_messages() {
+    let _real_time = reflex_testkit::serial::real_time();
     let dir = dbc_bundle("dbc-run", ROBOT_DBC);
     let bundle = reflex_models::Bundle::load(&dir).expect("bundle");
     let ep = dir.join("episode");
@@ -380,9 +374,9 @@ fn run_with_a_dbc_bundle_logs_its_messages() {
         "--duration",
         "1.5",
     ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.status.success(), "{out}");
     let out = reflex(&["can", "decode", "--bundle", s(&dir), s(&log)]);
-    let stdout = text(&out.stdout);
+    let stdout = out.stdout.clone();
     let a: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains("command ArmCmdA"))

@@ -3,7 +3,8 @@
 //! Runtime agreeing with tract on the quantized graphs, and a gate that fails cleanly.
 //!
 //! The ONNX Runtime comparison needs `python3` with onnx, onnxruntime and numpy; without them the
-//! test fails (a quantized graph no second runtime has checked must not pass silently).
+//! test fails (a quantized graph no second runtime has checked must not pass silently), unless
+//! `REFLEX_SKIP_PY=1` skips the Python references (TESTING.md).
 
 use reflex_models::bundle::validate_manifest;
 use reflex_models::manifest::{BackendKind, Normalization, Precision};
@@ -11,38 +12,37 @@ use reflex_models::npy::read_npy;
 use reflex_models::Bundle;
 use reflex_runtime::infer::select::{select_backend, BackendChoice};
 use reflex_runtime::infer::tract::TractOptions;
+use reflex_testkit::cli::{Cli, Run};
+use reflex_testkit::python;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
 const CALIBRATION: usize = 8;
 const HELD_OUT: usize = 4;
 
-fn tools(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reflex-tools"))
+fn tools(args: &[&str]) -> Run {
+    Cli::new(env!("CARGO_BIN_EXE_reflex-tools"))
         .args(args)
-        .output()
-        .expect("runs")
+        .run()
 }
 
-fn ok(o: &Output) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "stdout:\n{out}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
+fn ok(o: &Run) -> String {
+    assert!(o.status.success(), "{o}");
+    o.stdout.clone()
 }
 
+/// This binary's scratch directory, emptied once per run.
+fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| reflex_testkit::dirs::fixture_dir("quantize"))
+}
+
+/// `name` in the scratch directory, removed if it exists.
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("quantize")
-        .join(name);
+    let d = root().join(name);
     let _ = std::fs::remove_dir_all(&d);
     let _ = std::fs::remove_file(&d);
-    std::fs::create_dir_all(d.parent().expect("parent")).expect("mkdir");
     d
 }
 
@@ -123,31 +123,16 @@ fn unnormalize(b: &Bundle, raw: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-/// Runs tests/python/ort_quant_check.py; fails with the script's message when Python, onnx or
-/// onnxruntime is missing.
-fn ort_check(fp32: &Path, quant: &Path, held: &Path, tract_out: &Path) -> Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap_or(Path::new(".."))
-        .join("tests/python/ort_quant_check.py");
-    let help = "this test needs python3 with numpy, onnx and onnxruntime \
-                (pip install onnx onnxruntime numpy; scripts/setup.sh installs them)";
-    let o = match Command::new("python3")
-        .arg(&script)
-        .args([fp32, quant, held, tract_out])
-        .output()
-    {
-        Ok(o) => o,
-        Err(e) => panic!("cannot run python3 {}: {e}; {help}", script.display()),
-    };
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        o.status.success(),
-        "{} failed ({}): {stderr}\n{help}",
-        script.display(),
-        o.status
-    );
-    serde_json::from_slice(&o.stdout).expect("ort_quant_check prints JSON")
+/// Runs tests/python/ort_quant_check.py and returns the figures it prints; `None` when
+/// `REFLEX_SKIP_PY=1` skips the Python references. Fails with the script's message when Python,
+/// onnx or onnxruntime is missing.
+fn ort_check(fp32: &Path, quant: &Path, held: &Path, tract_out: &Path) -> Option<Value> {
+    let run = python::reference(
+        "ort_quant_check.py",
+        [fp32, quant, held, tract_out],
+        "numpy onnx onnxruntime",
+    )?;
+    Some(serde_json::from_str(&run.stdout).expect("ort_quant_check prints JSON"))
 }
 
 /// Quantizes `fp32`; returns (bundle dir, held-out dir, report).
@@ -395,7 +380,10 @@ fn max_abs_diff(a: &Path, b: &Path) -> f64 {
 /// (see [`assert_ort_agrees_int8`]), and the two forms agree with each other in tract within
 /// the sum of their quantization errors. `tract_qop` holds tract's outputs of the operator form.
 fn assert_int8_forms_agree(fp32: &Path, out: &Path, held: &Path, tract_qop: &Path) {
-    let qop = assert_ort_agrees_int8(fp32, &out.join("policy.qop.onnx"), held, tract_qop);
+    let Some(qop) = assert_ort_agrees_int8(fp32, &out.join("policy.qop.onnx"), held, tract_qop)
+    else {
+        return;
+    };
     // uint8 activations (zero point 128) beside the int8 weights.
     assert!(qop["quant_types"].to_string().contains("UINT8"), "{qop}");
     let qdq_bundle = qdq_on_tract(out);
@@ -413,7 +401,10 @@ fn assert_int8_forms_agree(fp32: &Path, out: &Path, held: &Path, tract_qop: &Pat
         infer(&qdq_bundle, held, i, &o);
         forms = forms.max(max_abs_diff(&o, &tract_qop.join(format!("{i}.npy"))));
     }
-    let qdq = assert_ort_agrees_int8(fp32, &out.join("policy.qdq.onnx"), held, &tract_qdq);
+    let Some(qdq) = assert_ort_agrees_int8(fp32, &out.join("policy.qdq.onnx"), held, &tract_qdq)
+    else {
+        return;
+    };
     let bound = f(&qop["ort_quant_vs_ort_fp32"]) + f(&qdq["ort_quant_vs_ort_fp32"]);
     eprintln!("tract operator form vs tract QDQ: {forms} (bound {bound})");
     assert!(
@@ -427,8 +418,13 @@ fn assert_int8_forms_agree(fp32: &Path, out: &Path, held: &Path, tract_qop: &Pat
 /// which flips some int8 steps and propagates, so they can only agree to the size of the
 /// quantization error itself; a runtime misreading the graph (the ViT cases in earlier work) is
 /// off by far more. Returns the script's figures.
-fn assert_ort_agrees_int8(fp32: &Path, quant: &Path, held: &Path, tract_out: &Path) -> Value {
-    let ort = ort_check(&fp32.join("policy.onnx"), quant, held, tract_out);
+fn assert_ort_agrees_int8(
+    fp32: &Path,
+    quant: &Path,
+    held: &Path,
+    tract_out: &Path,
+) -> Option<Value> {
+    let ort = ort_check(&fp32.join("policy.onnx"), quant, held, tract_out)?;
     eprintln!("ONNX Runtime vs tract, int8 {}: {ort}", fp32.display());
     assert_eq!(ort["samples"], HELD_OUT);
     assert!(ort["quant_types"].to_string().contains("INT8"), "{ort}");
@@ -444,7 +440,7 @@ fn assert_ort_agrees_int8(fp32: &Path, quant: &Path, held: &Path, tract_out: &Pa
         tract_err <= 1.5 * ort_err,
         "tract's int8 error far from ORT's: {ort}"
     );
-    ort
+    Some(ort)
 }
 
 /// ViT-S/16: MatMul-based linears (per-channel along axis 1), activation x activation MatMuls
@@ -497,12 +493,14 @@ fn fp16_bundle_passes_a_named_gate_and_matches_ort() {
     assert_eq!(r["backends"]["tract"], "passed the gate");
     assert_eq!(r["calibration"]["frames"], serde_json::json!([]));
     let tract_out = check_report_against_infer(resnet18(), &out, &held, &r);
-    let ort = ort_check(
+    let Some(ort) = ort_check(
         &resnet18().join("policy.onnx"),
         &b.policy_path,
         &held,
         &tract_out,
-    );
+    ) else {
+        return;
+    };
     eprintln!("ONNX Runtime vs tract, fp16: {ort}");
     assert!(ort["quant_types"].to_string().contains("FLOAT16"), "{ort}");
     // Both compute in f32 on the same fp16-rounded weights.
@@ -537,7 +535,7 @@ fn gate_failure_names_the_joint_and_writes_nothing() {
         s(&out),
     ]);
     assert!(!o.status.success(), "an impossible gate must fail");
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = &o.stderr;
     assert!(
         err.contains("wrist_roll: max error") && err.contains("> limit 0.000000001 rad"),
         "{err}"
@@ -619,7 +617,7 @@ fn calibrates_from_a_recorded_episode_directory() {
         "--out",
         s(&dir("episode-too-short")),
     ]);
-    let err = String::from_utf8_lossy(&o.stderr);
+    let err = &o.stderr;
     assert!(!o.status.success());
     assert!(
         err.contains("has 90 frames") && err.contains("100 calibration + 16 held-out"),

@@ -7,41 +7,36 @@ use reflex_models::onnx::{
     SeededWeights,
 };
 use reflex_models::Bundle;
+use reflex_testkit::cli::{Cli, Run};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::sync::OnceLock;
 
-fn tools(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_reflex-tools"))
+fn tools(args: &[&str]) -> Run {
+    Cli::new(env!("CARGO_BIN_EXE_reflex-tools"))
         .args(args)
-        .output()
-        .expect("runs")
+        .run()
 }
 
-fn ok(o: &Output) -> String {
-    let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(
-        o.status.success(),
-        "stdout:\n{out}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    out
+fn ok(o: &Run) -> String {
+    assert!(o.status.success(), "{o}");
+    o.stdout.clone()
 }
 
-fn err(o: &Output) -> String {
-    assert!(
-        !o.status.success(),
-        "should fail: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    String::from_utf8_lossy(&o.stderr).to_string()
+fn err(o: &Run) -> String {
+    assert!(!o.status.success(), "should fail:\n{o}");
+    o.stderr.clone()
 }
 
+/// This binary's scratch directory, emptied once per run.
+fn root() -> &'static Path {
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| reflex_testkit::dirs::fixture_dir("tools"))
+}
+
+/// `name` in the scratch directory, removed if it exists.
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("tools")
-        .join(name);
+    let d = root().join(name);
     let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.parent().expect("parent")).expect("mkdir");
     d
 }
 
@@ -309,7 +304,7 @@ fn stats_case(name: &str) -> PathBuf {
 }
 
 /// Exports the tiny policy with `stats` and extra flags; the tool's output.
-fn export_tiny(out: &Path, stats: &str, extra: &[&str]) -> Output {
+fn export_tiny(out: &Path, stats: &str, extra: &[&str]) -> Run {
     let (onnx, tpl, st) = (
         stats_case("tiny_base.onnx"),
         stats_case("policy_template.toml"),
@@ -348,7 +343,7 @@ fn export_with_lerobot_stats_files() {
         let out = dir(&format!("lerobot-{file}"));
         let o = export_tiny(&out, file, &["-v"]);
         ok(&o);
-        let stderr = String::from_utf8_lossy(&o.stderr);
+        let stderr = o.stderr.clone();
         assert!(
             stderr.contains("not used by this normalization")
                 && stderr.contains("state.q10")
@@ -390,7 +385,7 @@ fn export_with_a_constant_joint() {
     let out = dir("constant-joint");
     let o = export_tiny(&out, file, &[]);
     ok(&o);
-    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stderr = o.stderr.clone();
     assert!(
         stderr.contains("`gripper` never moved") && stderr.contains(file),
         "{stderr}"

@@ -30,7 +30,8 @@ fn safe_commands_reach_the_log_intact() {
     let mut filter = SafetyFilter::new(&spec, rate_hz, false).unwrap();
     assert!(filter.seed(&[0.0, 0.0, 0.04]));
 
-    let path = std::env::temp_dir().join(format!("reflex-candump-it-{}.log", std::process::id()));
+    let dir = reflex_testkit::dirs::WorkDir::new("candump");
+    let path = dir.join("can0.log");
     let base_id = 0x200;
     let epoch_offset_ns = 1_700_000_000_000_000_000;
     let mut sink = CandumpSink::new(
@@ -61,7 +62,6 @@ fn safe_commands_reach_the_log_intact() {
     sink.flush().unwrap();
 
     let log = read_candump_log(&path).unwrap();
-    std::fs::remove_file(&path).unwrap();
     assert_eq!(log.len(), 200 * 3);
     for (k, (ts_us, iface, frame)) in log.iter().enumerate() {
         let cmd = &sent[k / 3];

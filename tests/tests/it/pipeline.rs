@@ -1,7 +1,6 @@
 //! End to end: reference bundle -> synthetic episode -> control loop on real tract -> candump log.
 //! The log must decode back to exactly the commands that left the safety filter.
 
-use reflex_models::reference::write_demo_bundle;
 use reflex_models::Bundle;
 use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
 use reflex_runtime::can::candump::read_candump_log;
@@ -9,47 +8,18 @@ use reflex_runtime::can::codec::Codec;
 use reflex_runtime::can::frame::decode_per_joint;
 use reflex_runtime::can::sink::CandumpSink;
 use reflex_runtime::clock::{Clock, ManualClock};
-use reflex_runtime::control::safety::SafeCommand;
 use reflex_runtime::control::{CommandKind, ControlLoop, LoopOptions};
 use reflex_runtime::infer::policy::SinglePassPolicy;
 use reflex_runtime::infer::runner::{InlineRunner, Request};
 use reflex_runtime::infer::tract::TractOptions;
-use reflex_runtime::io::{CommandSink, SinkError};
-use std::path::PathBuf;
-
-fn workdir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    std::fs::create_dir_all(&d).expect("workdir");
-    d
-}
-
-/// Records what it forwards to the candump sink.
-struct Tee {
-    log: CandumpSink,
-    seen: Vec<(u64, SafeCommand)>,
-}
-
-impl CommandSink for Tee {
-    fn name(&self) -> &str {
-        "tee"
-    }
-    fn send(&mut self, cmd: &SafeCommand, now: u64) -> Result<(), SinkError> {
-        self.seen.push((now, cmd.clone()));
-        self.log.send(cmd, now)
-    }
-    fn flush(&mut self) -> Result<(), SinkError> {
-        self.log.flush()
-    }
-}
+use reflex_testkit::bundles::demo_bundle;
+use reflex_testkit::dirs::WorkDir;
+use reflex_testkit::fakes::Tee;
 
 #[test]
 fn demo_bundle_runs_and_the_candump_log_decodes_to_the_filtered_commands() {
-    let dir = workdir("pipeline");
-    let bundle_dir = dir.join("bundle");
-    if Bundle::load(&bundle_dir).is_err() {
-        write_demo_bundle(&bundle_dir).expect("demo bundle");
-    }
-    let bundle = Bundle::load(&bundle_dir).expect("bundle loads");
+    let dir = WorkDir::new("pipeline");
+    let bundle = Bundle::load(demo_bundle()).expect("bundle loads");
     let m = &bundle.manifest;
     let episode_dir = dir.join("episode");
     generate_synthetic_episode(m, &episode_dir, 2.0, 30).expect("episode");
@@ -59,16 +29,16 @@ fn demo_bundle_runs_and_the_candump_log_decodes_to_the_filtered_commands() {
     let req = Request::for_manifest(m);
     let clock = ManualClock::new(1_000_000_000);
     let log_path = dir.join("can0.log");
-    let sink = Tee {
-        log: CandumpSink::new(
+    let sink = Tee::new(
+        CandumpSink::new(
             &log_path,
             "can0",
             Codec::from_manifest(m).expect("codec"),
             clock.epoch_offset_ns(),
         )
         .expect("sink"),
-        seen: vec![],
-    };
+        64,
+    );
     let cams = vec![ep.camera("front", ReplayMode::RealTime).expect("camera")];
     let state = ep
         .state_source(&m.state.names, ReplayMode::RealTime)

@@ -1,15 +1,25 @@
-//! A counting global allocator for the "allocates nothing" tests. A test binary installs it with
-//! `#[global_allocator] static GLOBAL: counting::Counting = counting::Counting;` and reads
-//! [`allocs`] / [`bytes`] around the code under test.
+//! A counting global allocator for the "allocates nothing" tests (the hot-path rule: the
+//! control-loop tick allocates nothing after warm-up).
 //!
-//! Counting is per thread (thread-local counters), so the test harness's own threads do not
-//! disturb the figures. Shared by the test binaries of reflex-runtime and reflex-tests (the
-//! latter includes this file by path).
-#![allow(unsafe_code, dead_code)]
+//! A test binary installs it once, as its global allocator:
+//!
+//! ```ignore
+//! #[global_allocator]
+//! static GLOBAL: reflex_testkit::counting::Counting = reflex_testkit::counting::Counting;
+//! ```
+//!
+//! and reads [`allocs`] / [`bytes`] around the code under test. Counting is per thread
+//! (thread-local counters), so the test harness's other threads, and other tests running in
+//! parallel in the same binary, do not disturb the figures. Without the `#[global_allocator]`
+//! line the counters stay at zero: a test proves the counter works by allocating once
+//! (`allocs()` must grow) before it asserts that nothing else did.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+/// The system allocator, counting the allocations and bytes of each thread.
+#[derive(Debug)]
 pub struct Counting;
 
 thread_local! {
@@ -46,4 +56,16 @@ pub fn allocs() -> u64 {
 /// Bytes requested by those allocations on this thread so far.
 pub fn bytes() -> u64 {
     BYTES.with(|c| c.get())
+}
+
+/// Asserts that the counting allocator is this binary's global allocator (the counter sees an
+/// allocation on this thread), so an "allocates nothing" assertion can fail.
+#[track_caller]
+pub fn assert_installed() {
+    let before = allocs();
+    let v = std::hint::black_box(vec![1u8; 16]);
+    assert!(
+        allocs() > before && v.len() == 16,
+        "the counting allocator is not this binary's #[global_allocator]"
+    );
 }

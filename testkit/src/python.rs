@@ -1,0 +1,86 @@
+//! The Python references in `tests/python/` (ONNX Runtime, numpy, PIL, cantools), run with one
+//! policy for every test:
+//!
+//! - `REFLEX_SKIP_PY=1`: [`reference`] runs nothing and returns `None`; the test skips its
+//!   comparison (and says so on stderr) but still runs and checks its Rust side.
+//! - otherwise a missing `python3`, a missing package or a failing script fails the test, with
+//!   the script's stderr and the line that installs the packages: a comparison that did not run
+//!   must not pass silently.
+//!
+//! `scripts/setup.sh` installs every package the references need.
+
+use crate::cli::{Cli, Run};
+use std::ffi::OsStr;
+use std::path::PathBuf;
+
+/// The environment variable that skips every Python reference comparison when set to `1`.
+pub const SKIP_ENV: &str = "REFLEX_SKIP_PY";
+
+/// True when `REFLEX_SKIP_PY=1` says to skip the Python references.
+pub fn skipped() -> bool {
+    std::env::var(SKIP_ENV).as_deref() == Ok("1")
+}
+
+/// The repository's root directory (where `tests/python/` is).
+pub fn repo_root() -> PathBuf {
+    let testkit = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    testkit.parent().map(PathBuf::from).unwrap_or(testkit)
+}
+
+/// `tests/python/<script>` in this repository.
+pub fn script(name: &str) -> PathBuf {
+    repo_root().join("tests/python").join(name)
+}
+
+/// Runs `python3 tests/python/<script> ARGS...`; `packages` are the pip packages it imports
+/// (for the install hint, e.g. `"numpy onnx onnxruntime"`).
+///
+/// Returns `None` without running anything when `REFLEX_SKIP_PY=1` (printing what was skipped).
+/// Otherwise returns the finished run, its stderr echoed (the references print their figures
+/// there); panics with the script's stderr and the install hint when python3 cannot start or the
+/// script fails.
+#[track_caller]
+pub fn reference<I, S>(script_name: &str, args: I, packages: &str) -> Option<Run>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    if skipped() {
+        eprintln!("{SKIP_ENV}=1: skipped the comparison with tests/python/{script_name}");
+        return None;
+    }
+    let path = script(script_name);
+    let hint = format!(
+        "tests/python/{script_name} needs python3 with {packages} (scripts/setup.sh installs them: \
+         pip install {packages}); set {SKIP_ENV}=1 to skip the Python reference comparisons"
+    );
+    let cli = Cli::new("python3").arg(&path).args(args);
+    let command = cli.command_line();
+    let run = match std::process::Command::new("python3")
+        .arg("--version")
+        .output()
+    {
+        Ok(_) => cli.run(),
+        Err(e) => panic!("cannot run `{command}`: {e}\n{hint}"),
+    };
+    eprint!("{}", run.stderr);
+    assert!(
+        run.status.success(),
+        "the Python reference failed:\n{run}\n{hint}"
+    );
+    Some(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scripts_are_found_in_the_repository() {
+        assert!(
+            script("ort_run.py").is_file(),
+            "{}",
+            script("ort_run.py").display()
+        );
+    }
+}
