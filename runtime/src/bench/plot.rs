@@ -698,8 +698,16 @@ mod tests {
         assert!(has("count"));
         // The 160 ms budget is within 3x of the 60 ms end-to-end tail: drawn as a marker; the
         // 40 ms tick budget is far beyond the 1 ms preprocessing: an arrow with the ratio.
+        // Inference (12 ms at most) names the 160 ms budget off its scale.
         assert!(
-            has("frame-to-command budget 160") && !has("frame-to-command budget 160 ms \u{2192}")
+            t.iter().any(|x| x == "frame-to-command budget 160"),
+            "{t:?}"
+        );
+        let arrows = |p: &str| t.iter().filter(|x| x.starts_with(p)).count();
+        assert_eq!(
+            arrows("frame-to-command budget 160 ms \u{2192}"),
+            1,
+            "{t:?}"
         );
         assert!(has("tick budget 40 ms \u{2192}"), "{t:?}");
         assert!(has("p50 ") && has("p99 "));
@@ -730,7 +738,7 @@ mod tests {
             let d = display_bins(&bins, 1.0, log, DISPLAY_BINS);
             assert!(d.len() <= DISPLAY_BINS && d.len() > 10, "{}", d.len());
             let total: f64 = d.iter().map(|b| b.2).sum();
-            assert_eq!(total, 2.0 * bins.len() as f64);
+            assert!((total - 2.0 * bins.len() as f64).abs() < 1e-9, "{total}");
             assert!(d.windows(2).all(|w| w[0].1 <= w[1].0 + 1e-9));
         }
         // One narrow bucket (a `send` at ~300 ns): kept with its own, non-zero width.
