@@ -461,9 +461,7 @@ mod tests {
             "{'descr': '>f4', 'fortran_order': False, 'shape': (1,), }",
             &[0; 4],
         );
-        assert!(
-            matches!(parse_npy(&big_endian), Err(NpyFormatError::Dtype(ref d)) if d == ">f4")
-        );
+        assert!(matches!(parse_npy(&big_endian), Err(NpyFormatError::Dtype(ref d)) if d == ">f4"));
         let short = with_header(
             1,
             "{'descr': '<i4', 'fortran_order': False, 'shape': (3,), }",
