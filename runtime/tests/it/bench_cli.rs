@@ -196,10 +196,11 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
         .descendants()
         .filter(|n| n.has_tag_name("text"))
         .filter_map(|n| n.text())
+        .map(str::trim)
         .collect();
     assert!(
         texts.iter().any(|t| t.starts_with("inference: n "))
-            && texts.iter().any(|t| t.trim().ends_with("FAIL")),
+            && texts.iter().any(|t| t.ends_with("FAIL")),
         "{texts:?}"
     );
     assert_eq!(b["verdict"]["limiting_stage"], "inference");
