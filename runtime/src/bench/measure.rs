@@ -481,7 +481,26 @@ mod tests {
         let path =
             std::env::temp_dir().join(format!("reflex-bench-measure-{}.json", std::process::id()));
         std::fs::write(&path, serde_json::to_string(&r).unwrap()).unwrap();
-        assert_eq!(read_report(&path).unwrap(), r);
+        // Read back as written; serde_json's default float parsing may differ from the printed
+        // value in the last bit, so floats are compared to 1e-12 relative.
+        let back = read_report(&path).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+        assert!(close(back.throughput_hz, r.throughput_hz) && close(back.duration_s, r.duration_s));
+        assert_eq!(
+            (
+                &back.schema,
+                &back.mode,
+                &back.bundle,
+                back.ticks,
+                &back.verdict
+            ),
+            (&r.schema, &r.mode, &r.bundle, r.ticks, &r.verdict)
+        );
+        assert_eq!(back.stages.len(), r.stages.len());
+        for (x, y) in back.stages.iter().zip(&r.stages) {
+            assert_eq!((&x.stage, x.n), (&y.stage, y.n));
+            assert!(close(x.p99_ms, y.p99_ms) && close(x.median_ms, y.median_ms));
+        }
         std::fs::write(&path, "{}").unwrap();
         let e = read_report(&path).unwrap_err().to_string();
         assert!(e.ends_with("not a reflex-bench/1 report"), "{e}");

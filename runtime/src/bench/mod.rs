@@ -47,7 +47,12 @@ pub const SVG_KIND: reflex_models::output::Kind = reflex_models::output::Kind {
     what: "a reflex bench plot",
     recognize: |p| {
         let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
-        if text.starts_with("<svg") && text.contains(">reflex bench: ") {
+        // The title is the text of an element: `>`, perhaps a line break (plotters writes one),
+        // then `reflex bench: `.
+        let titled = text
+            .match_indices("reflex bench: ")
+            .any(|(i, _)| text[..i].trim_end().ends_with('>'));
+        if text.starts_with("<svg") && titled {
             Ok(())
         } else {
             Err("not an SVG with a `reflex bench:` title".into())
