@@ -38,7 +38,9 @@ pub struct ExportArgs {
     pub head: String,
     /// Hidden layer widths of the MLP head, comma-separated.
     pub hidden: Vec<usize>,
+    /// Joint-state vector length.
     pub state_dim: usize,
+    /// Action vector length (per step of a chunk).
     pub action_dim: usize,
     /// Checkpoint key prefix of the encoder (default `encoder.` shared, `encoders.CAMERA.` per
     /// camera; LeRobot ACT: `model.backbone.`).
