@@ -1,0 +1,118 @@
+//! `reflex-tools export`: its flags and help text; the work is [`reflex_tools::export`].
+
+use anyhow::Result;
+use reflex_models::manifest::Convention;
+use reflex_tools::export::{export, ExportArgs};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Reference architecture: resnet18 or vit-s16.
+    #[arg(long, conflicts_with = "onnx")]
+    pub arch: Option<String>,
+    /// A safetensors checkpoint with torchvision/timm key names (`encoder.<name>`, `head.<i>.*`).
+    #[arg(long, conflicts_with = "seed")]
+    pub weights: Option<PathBuf>,
+    /// Generate deterministic weights from this seed instead of reading a checkpoint.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Policy config (TOML: encoder, cameras, shared_encoder, state_dim, action_dim, hidden, head),
+    /// overriding the flags below.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Camera names, comma-separated.
+    #[arg(long, default_value = "front", value_delimiter = ',')]
+    pub cameras: Vec<String>,
+    /// One encoder shared by all cameras.
+    #[arg(long)]
+    pub shared_encoder: bool,
+    /// `single` or `chunk:H` (H future actions per inference).
+    #[arg(long, default_value = "chunk:16")]
+    pub head: String,
+    /// Hidden layer widths of the MLP head, comma-separated.
+    #[arg(long, default_value = "256", value_delimiter = ',')]
+    pub hidden: Vec<usize>,
+    #[arg(long, default_value_t = 6)]
+    pub state_dim: usize,
+    #[arg(long, default_value_t = 6)]
+    pub action_dim: usize,
+    /// Checkpoint key prefix of the encoder (default `encoder.` shared, `encoders.CAMERA.` per
+    /// camera; LeRobot ACT: `model.backbone.`).
+    #[arg(long)]
+    pub encoder_prefix: Option<String>,
+    /// Checkpoint key prefix of the head.
+    #[arg(long)]
+    pub head_prefix: Option<String>,
+    /// An ONNX file exported from PyTorch; needs --manifest.
+    #[arg(long)]
+    pub onnx: Option<PathBuf>,
+    /// A policy.toml template describing the ONNX file's cameras, state and actions (its
+    /// `models` entries are replaced).
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Normalization statistics: LeRobot normalizer .safetensors or dataset meta/stats.json, openpi
+    /// norm_stats.json, or plain .toml/.json.
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
+    /// State normalization kind when --stats is given: mean_std, min_max, quantile, quantile10,
+    /// identity.
+    #[arg(long, default_value = "mean_std")]
+    pub state_norm: String,
+    /// Action normalization kind when --stats is given.
+    #[arg(long, default_value = "mean_std")]
+    pub action_norm: String,
+    /// Whose formula (epsilon included) the normalization follows: lerobot, openpi or plain.
+    /// Default: the framework that writes the --stats file's format (LeRobot safetensors or
+    /// meta/stats.json: lerobot; openpi norm_stats.json: openpi; other TOML/JSON: plain).
+    #[arg(long, value_parser = parse_convention)]
+    pub norm_convention: Option<Convention>,
+    /// Bundle name (default: the output directory's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Output bundle folder: a new or empty folder, or an existing bundle with --force. Written
+    /// into a temporary sibling folder and renamed into place only once it loads back, so a
+    /// failed export leaves nothing behind and the previous bundle untouched. A folder holding
+    /// anything but a bundle is never replaced, nor the current or home folder.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace the bundle already at --out (only a reflex bundle: never other files).
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn parse_convention(s: &str) -> Result<Convention, String> {
+    Convention::parse(s).ok_or_else(|| format!("`{s}`: expected lerobot, openpi or plain"))
+}
+
+impl From<Args> for ExportArgs {
+    fn from(a: Args) -> ExportArgs {
+        ExportArgs {
+            arch: a.arch,
+            weights: a.weights,
+            seed: a.seed,
+            config: a.config,
+            cameras: a.cameras,
+            shared_encoder: a.shared_encoder,
+            head: a.head,
+            hidden: a.hidden,
+            state_dim: a.state_dim,
+            action_dim: a.action_dim,
+            encoder_prefix: a.encoder_prefix,
+            head_prefix: a.head_prefix,
+            onnx: a.onnx,
+            manifest: a.manifest,
+            stats: a.stats,
+            state_norm: a.state_norm,
+            action_norm: a.action_norm,
+            norm_convention: a.norm_convention,
+            name: a.name,
+            out: a.out,
+            force: a.force,
+        }
+    }
+}
+
+/// Write the bundle (see [`export`]).
+pub fn run(a: Args) -> Result<()> {
+    export(a.into())
+}

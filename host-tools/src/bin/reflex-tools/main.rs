@@ -1,0 +1,75 @@
+//! `reflex-tools`: the workstation side. Turns checkpoints into bundles the robot can run.
+//!
+//! This file parses the command line, dispatches to one module per command (`commands/`, which
+//! call the `reflex_tools` library) and turns every command's result into an exit status, in one
+//! place ([`exit_code`]).
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use commands::{export, infer, inspect, quantize};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "reflex-tools",
+    version,
+    about = "Turn policy checkpoints into bundles reflex runs on the robot",
+    long_about = "Turn policy checkpoints into bundles reflex runs on the robot.\n\n\
+        A bundle is a directory: policy.toml (the manifest: cameras and their preprocessing, \
+        state/action names, units, normalization, limits, control rate) plus the ONNX model. \
+        `export` writes one from a safetensors checkpoint of a reference architecture (ResNet-18 \
+        or ViT-S/16 with torchvision/timm key names), from seeded weights, or from an ONNX file \
+        you exported with torch.onnx.export; `inspect` shows one; `infer` runs its network on \
+        .npy tensors for parity checks against PyTorch; `quantize` writes its fp16 or int8 \
+        forms (int8: QLinearConv/QLinearMatMul for tract, QDQ for TensorRT) with an accuracy \
+        report in action units."
+)]
+struct Cli {
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Write a bundle from a reference architecture (checkpoint or seed) or from an ONNX file.
+    Export(Box<export::Args>),
+    /// Print a bundle's manifest, graph I/O, parameter count and FLOPs.
+    Inspect(inspect::Args),
+    /// Run a bundle's raw network on .npy tensors (no pre/post-processing), write outputs as .npy.
+    Infer(infer::Args),
+    /// Quantize a bundle to fp16 or int8 (operator form for tract + QDQ for TensorRT), with an
+    /// accuracy report in action units and a gate.
+    Quantize(Box<quantize::Args>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let result = match cli.cmd {
+        Cmd::Export(a) => export::run(*a),
+        Cmd::Inspect(a) => inspect::run(a),
+        Cmd::Infer(a) => infer::run(a),
+        Cmd::Quantize(a) => quantize::run(*a),
+    };
+    ExitCode::from(exit_code(&result))
+}
+
+/// The one exit-status policy: 0 success, 1 error (printed on stderr, naming the file, flag or
+/// tensor at fault). Command-line errors never get here: clap prints them and exits with 2.
+fn exit_code(result: &anyhow::Result<()>) -> u8 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
