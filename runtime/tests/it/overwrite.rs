@@ -2,9 +2,7 @@
 //! `run` and `can send` write survive (the command fails with exit code 1, naming the path and
 //! the fix), and `--force` replaces only the file named.
 
-use reflex_models::manifest::{BackendKind, CaptureSpec, PixelFormat};
-use reflex_models::onnx::builder::{Attr, GraphBuilder};
-use reflex_models::onnx::{EncoderKind, HeadKind, PolicyArch};
+use reflex_models::manifest::{CaptureSpec, PixelFormat};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -60,51 +58,14 @@ fn snapshot(d: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
 /// A small policy bundle on the reference arm: one 64x48 camera averaged per channel, with the
 /// state, into a chunk of 4 actions by one linear layer; and a synthetic episode for it.
 fn tiny(root: &Path) -> (PathBuf, PathBuf) {
-    const SIDE: usize = 16;
-    const HORIZON: usize = 4;
-    let arch = PolicyArch {
-        encoder: EncoderKind::Resnet18,
-        cameras: vec!["front".into()],
-        shared_encoder: false,
-        state_dim: 6,
-        action_dim: 6,
-        hidden: vec![],
-        head: HeadKind::Chunk { horizon: HORIZON },
-    };
     let capture = CaptureSpec {
         width: 64,
         height: 48,
         format: PixelFormat::Rgb24,
         fps: 30,
     };
-    let mut m = reflex_models::reference::reference_manifest(&arch, "tiny", capture);
-    m.cameras[0].preprocess.resize.width = SIDE as u32;
-    m.cameras[0].preprocess.resize.height = SIDE as u32;
-    m.models[0].backends = vec![BackendKind::Tract];
-    let mut g = GraphBuilder::new("tiny");
-    let image = g.input("image.front", &[1, 3, SIDE, SIDE]);
-    let state = g.input("state", &[1, 6]);
-    let pooled = g.node("pool", "GlobalAveragePool", &[&image], &[]);
-    let flat = g.node("flat", "Flatten", &[&pooled], &[("axis", Attr::Int(1))]);
-    let features = g.node(
-        "features",
-        "Concat",
-        &[&flat, &state],
-        &[("axis", Attr::Int(1))],
-    );
-    let out = HORIZON * 6;
-    let w: Vec<f32> = (0..9 * out)
-        .map(|i| 0.05 * ((i * 37 % 11) as f32 - 5.0) / 5.0)
-        .collect();
-    let w = g.initializer("head.weight", &[9, out], &w);
-    let b = g.initializer("head.bias", &[out], &vec![0.0; out]);
-    let y = g.node("head", "Gemm", &[&features, &w, &b], &[]);
-    let shape = g.shape_const(&[1, HORIZON as i64, 6]);
-    let action = g.node("action", "Reshape", &[&y, &shape], &[]);
-    g.output(&action, &[1, HORIZON, 6]);
-    let bytes = prost::Message::encode_to_vec(&g.finish());
     let bundle = root.join("bundle");
-    reflex_models::bundle::write_bundle(&bundle, &mut m, &[&bytes]).expect("tiny bundle");
+    let m = reflex_testkit::bundles::write_tiny_bundle(&bundle, capture);
     let ep = root.join("episode");
     reflex_runtime::camera::replay::generate_synthetic_episode(&m, &ep, 1.0, 30).expect("episode");
     (bundle, ep)
