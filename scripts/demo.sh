@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo build --quiet -p reflex-runtime --bin reflex
+# The whole workspace's binaries, not `-p reflex-runtime`: a per-package build resolves features
+# differently and would compile tract a second time next to what the tests build.
+cargo build --quiet --workspace --bins
 exec "$CARGO_TARGET_DIR/debug/reflex" demo --workdir target/reflex-demo "$@"
