@@ -97,7 +97,11 @@ fn a_recorded_episode_replays_in_reflex_run() {
         .arg(&other)
         .run()
         .failure();
-    assert!(out.stderr.contains("not a reflex episode"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("not a reflex episode"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         std::fs::read_to_string(other.join("todo.txt")).expect("kept"),
         "mine"
