@@ -137,8 +137,11 @@ fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// State rows, and the names a file's header gives (CSV only).
+type StateRows = (Vec<Vec<f32>>, Option<Vec<String>>);
+
 /// The state rows of a CSV file, and its header's names if its first row is not numbers.
-fn read_state_csv(path: &Path) -> Result<(Vec<Vec<f32>>, Option<Vec<String>>)> {
+fn read_state_csv(path: &Path) -> Result<StateRows> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut rows = vec![];
