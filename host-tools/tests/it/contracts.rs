@@ -384,3 +384,53 @@ fn export_bundles_a_dbc_hashed_like_the_model() {
     );
     assert!(!out3.exists());
 }
+
+#[test]
+fn quantize_carries_the_dbc_and_inlines_external_data() {
+    // The same kind of fault in another writer: a bundle made from a DBC bundle whose model
+    // keeps its weights in an external data file.
+    let tpl = dbc_template("quantize-tpl");
+    let src = dir("quantize-src");
+    let dbc = data("cases/dbc-cp1252/robot_cp1252.dbc");
+    ok(&export_onnx(
+        &data("cases/external-data/model.onnx"),
+        &tpl,
+        &src,
+        &["--dbc", s(&dbc)],
+    ));
+    let out = dir("quantize-fp16");
+    ok(&tools(&[
+        "quantize",
+        "--bundle",
+        s(&src),
+        "--precision",
+        "fp16",
+        "--held-out",
+        "2",
+        "--latency-runs",
+        "1",
+        "--out",
+        s(&out),
+    ]));
+    let b = Bundle::load(&out).expect("the quantized bundle loads");
+    let CanSpec::Dbc(d) = &b.manifest.can else {
+        panic!("{:?}", b.manifest.can)
+    };
+    assert_eq!(d.sha256, sha256_file(&dbc).expect("hash"));
+    assert!(out.join(&d.file).is_file());
+    for f in &b.manifest.models {
+        assert_eq!(f.precision, Precision::Fp16);
+        assert!(f.data_files.is_empty(), "{f:?}: weights inlined");
+    }
+    // The weights were read from the data file: fp16 outputs near ONNX Runtime's fp32 ones.
+    let npy = |f: &str| {
+        read_npy(&data(&format!("cases/external-data/ref/{f}.npy")))
+            .expect("npy")
+            .data
+            .to_f32()
+    };
+    let got = run_policy(&b, &npy("image"), &npy("state"));
+    for (g, w) in got.iter().zip(npy("expected_ort")) {
+        assert!((g - w).abs() <= 1e-2 * (1.0 + w.abs()), "{g} vs ORT {w}");
+    }
+}
