@@ -4,6 +4,8 @@
 //! test binary of its own; a new test file goes there, with a `mod` line below.
 
 mod it {
+    mod contracts;
+    mod episode;
     mod export;
     mod overwrite;
     mod quantize;

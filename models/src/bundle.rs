@@ -78,6 +78,11 @@ pub struct TensorSpec {
 }
 
 impl TensorSpec {
+    /// The shape for messages: `[1, 6]`.
+    pub fn shape_text(&self) -> String {
+        format!("{:?}", self.shape)
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
@@ -474,6 +479,22 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
                 "lists no backend allowed to run this file",
             ));
         }
+        for (k, d) in f.data_files.iter().enumerate() {
+            if !is_inside(&d.file) {
+                return Err(BundleError::field(
+                    path,
+                    format!("models[{i}].data_files[{k}].file"),
+                    format!("`{}` must be a relative path inside the bundle", d.file),
+                ));
+            }
+            if !is_sha256_hex(&d.sha256) {
+                return Err(BundleError::field(
+                    path,
+                    format!("models[{i}].data_files[{k}].sha256"),
+                    "must be 64 hex digits",
+                ));
+            }
+        }
     }
     if m.cameras.is_empty() {
         return Err(BundleError::field(
@@ -818,6 +839,93 @@ fn validate_can(m: &Manifest, path: &Path) -> Result<(), BundleError> {
     Ok(())
 }
 
+/// A path relative to the bundle folder that stays inside it (no `..`, not absolute).
+fn is_inside(file: &str) -> bool {
+    !file.is_empty()
+        && Path::new(file).components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        })
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Compares a file's sha256 with the manifest's.
+fn check_hash(p: &Path, expected: &str) -> Result<(), BundleError> {
+    let actual = sha256_file(p)?;
+    if !actual.eq_ignore_ascii_case(expected) {
+        return Err(BundleError::HashMismatch {
+            path: p.to_path_buf(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+/// The bundle-relative paths of the external data files an ONNX model at `model_file`
+/// (bundle-relative) references: its folder joined with each `location`.
+pub fn data_file_paths(model_file: &str, header: &OnnxHeader) -> Vec<String> {
+    let folder = Path::new(model_file).parent().unwrap_or(Path::new(""));
+    header
+        .external_data
+        .iter()
+        .map(|l| folder.join(l).to_string_lossy().replace('\\', "/"))
+        .collect()
+}
+
+/// Checks one model file's hash, its data files' hashes, and that every external data file
+/// the model references is listed (so hashed) in `models[i].data_files`. Returns the header.
+fn check_model_files(
+    dir: &Path,
+    i: usize,
+    f: &ModelFile,
+    manifest_path: &Path,
+) -> Result<OnnxHeader, BundleError> {
+    let p = dir.join(&f.file);
+    check_hash(&p, &f.sha256)?;
+    for d in &f.data_files {
+        check_hash(&dir.join(&d.file), &d.sha256)?;
+    }
+    let bytes = std::fs::read(&p).map_err(|error| BundleError::Io {
+        path: p.clone(),
+        op: "read",
+        error,
+    })?;
+    let header = read_header(&bytes).map_err(|error| BundleError::Model {
+        path: p.clone(),
+        error,
+    })?;
+    let norm = |s: &str| Path::new(s).components().collect::<PathBuf>();
+    for (loc, rel) in header
+        .external_data
+        .iter()
+        .zip(data_file_paths(&f.file, &header))
+    {
+        if !f.data_files.iter().any(|d| norm(&d.file) == norm(&rel)) {
+            return Err(BundleError::field(
+                manifest_path,
+                format!("models[{i}].data_files"),
+                format!(
+                    "`{}` keeps tensors in the external data file `{loc}`, which the manifest \
+                     does not list with its sha256, so a changed or swapped data file would go \
+                     unnoticed; re-export the bundle (`reflex-tools export --onnx {} --manifest \
+                     {} --out NEW_DIR` copies and hashes it) or add `data_files = [{{ file = \
+                     \"{rel}\", sha256 = \"...\" }}]` to this model's entry",
+                    f.file,
+                    p.display(),
+                    manifest_path.display()
+                ),
+            ));
+        }
+    }
+    Ok(header)
+}
+
 /// Reads the I/O an ONNX model file declares (a header read: no graph is built).
 pub fn read_model_io(path: &Path) -> Result<GraphIo, BundleError> {
     let bytes = std::fs::read(path).map_err(|error| BundleError::Io {
@@ -849,6 +957,27 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
             .collect::<Vec<_>>()
             .join(", ")
     };
+    // Element types: f32 is native, float64/float16 are converted at the boundary, the rest is
+    // refused here (at export and load) rather than at the first inference.
+    for (which, t) in io
+        .inputs
+        .iter()
+        .map(|t| ("input", t))
+        .chain(io.outputs.iter().map(|t| ("output", t)))
+    {
+        let used_by_manifest = which == "input" || t.name == m.action.onnx_output;
+        if used_by_manifest && !t.elem.is_boundary_supported() {
+            return Err(gerr(format!(
+                "{which} `{}` is {} ({}); reflex feeds and reads float (f32), double (f64) \
+                 or float16 tensors: re-export the model with `{}` as float32 (e.g. a \
+                 `.float()` on the tensor before `torch.onnx.export`)",
+                t.name,
+                t.elem,
+                t.shape_text(),
+                t.name
+            )));
+        }
+    }
     let mut used = BTreeSet::new();
     for cam in &m.cameras {
         let want = [
@@ -941,27 +1070,12 @@ impl Bundle {
         })?;
         let manifest = parse_manifest(&text, &manifest_path)?;
         validate_manifest(&manifest, &manifest_path)?;
-        for f in &manifest.models {
-            let p = dir.join(&f.file);
-            let actual = sha256_file(&p)?;
-            if !actual.eq_ignore_ascii_case(&f.sha256) {
-                return Err(BundleError::HashMismatch {
-                    path: p,
-                    expected: f.sha256.clone(),
-                    actual,
-                });
-            }
+        let mut headers = Vec::with_capacity(manifest.models.len());
+        for (i, f) in manifest.models.iter().enumerate() {
+            headers.push(check_model_files(&dir, i, f, &manifest_path)?);
         }
         if let CanSpec::Dbc(d) = &manifest.can {
-            let p = dir.join(&d.file);
-            let actual = sha256_file(&p)?;
-            if !actual.eq_ignore_ascii_case(&d.sha256) {
-                return Err(BundleError::HashMismatch {
-                    path: p,
-                    expected: d.sha256.clone(),
-                    actual,
-                });
-            }
+            check_hash(&dir.join(&d.file), &d.sha256)?;
         }
         if manifest.policy_model().is_none() {
             return Err(BundleError::field(
@@ -979,9 +1093,12 @@ impl Bundle {
             .ok_or_else(|| BundleError::field(&manifest_path, "models", "no policy model"))?;
         let policy_path = dir.join(&primary.file);
         let mut io = GraphIo::default();
-        for f in manifest.models_with_role(ModelRole::Policy) {
+        for (f, h) in manifest.models.iter().zip(&headers) {
+            if f.role != ModelRole::Policy {
+                continue;
+            }
             let p = dir.join(&f.file);
-            let file_io = read_model_io(&p)?;
+            let file_io = GraphIo::from_header(h, &p)?;
             validate_io(&manifest, &file_io, &p)?;
             if p == policy_path {
                 io = file_io;
@@ -1035,6 +1152,11 @@ pub fn is_bundle_dir(dir: &Path) -> Result<(), String> {
     let file_of = |v: &toml::Value| v.get("file").and_then(|f| f.as_str()).map(PathBuf::from);
     if let Some(models) = raw.get("models").and_then(|m| m.as_array()) {
         listed.extend(models.iter().filter_map(file_of));
+        let data = models
+            .iter()
+            .filter_map(|m| m.get("data_files").and_then(|d| d.as_array()))
+            .flatten();
+        listed.extend(data.filter_map(file_of));
     }
     listed.extend(raw.get("can").and_then(file_of));
     // Folders allowed: those on the way to a listed file.
@@ -1145,6 +1267,29 @@ pub fn stage_bundle(
     manifest: &mut Manifest,
     files: &[&[u8]],
 ) -> Result<Bundle, BundleError> {
+    stage_bundle_with(out, manifest, files, &[])
+}
+
+/// A file copied into a bundle as it is (an ONNX external data file, a DBC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileCopy {
+    /// Where the file is now (the user's file; errors name it).
+    pub source: PathBuf,
+    /// Path relative to the bundle folder: a `models[].data_files[].file` or the `can.file` of
+    /// the manifest, whose `sha256` is filled in from the copy.
+    pub file: String,
+}
+
+/// [`stage_bundle`] that also copies `copies` into the bundle (streamed, never read whole into
+/// memory) and records each copy's sha256 in the manifest entry naming it
+/// (`models[].data_files[]` or `can`). Errors: a source that cannot be read (named), a copy
+/// that no manifest entry names.
+pub fn stage_bundle_with(
+    out: &crate::output::OutDir,
+    manifest: &mut Manifest,
+    files: &[&[u8]],
+    copies: &[FileCopy],
+) -> Result<Bundle, BundleError> {
     let dir = out.path();
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -1168,6 +1313,27 @@ pub fn stage_bundle(
     for (m, bytes) in manifest.models.iter_mut().zip(files) {
         m.sha256 = sha256_bytes(bytes);
     }
+    for c in copies {
+        let named = manifest
+            .models
+            .iter()
+            .flat_map(|m| &m.data_files)
+            .any(|d| d.file == c.file)
+            || matches!(&manifest.can, CanSpec::Dbc(d) if d.file == c.file);
+        if !named || !is_inside(&c.file) {
+            return Err(BundleError::field(
+                out.target(),
+                "models",
+                format!(
+                    "{} is copied to `{}`, which no manifest entry names",
+                    c.source.display(),
+                    c.file
+                ),
+            ));
+        }
+        // Placeholders until the copies are hashed, so the manifest validates first.
+        set_copy_hash(manifest, &c.file, &"0".repeat(64));
+    }
     validate_manifest(manifest, &out.target().join(MANIFEST_FILE))?;
     let result = (|| {
         for (m, bytes) in manifest.models.iter().zip(files) {
@@ -1176,6 +1342,25 @@ pub fn stage_bundle(
                 std::fs::create_dir_all(par).map_err(io(par))?;
             }
             std::fs::write(&p, bytes).map_err(io(&p))?;
+        }
+        for c in copies {
+            let p = dir.join(&c.file);
+            if let Some(par) = p.parent() {
+                std::fs::create_dir_all(par).map_err(io(par))?;
+            }
+            if !c.source.is_file() {
+                return Err(BundleError::Io {
+                    path: c.source.clone(),
+                    op: "read",
+                    error: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                });
+            }
+            std::fs::copy(&c.source, &p).map_err(|error| BundleError::Io {
+                path: c.source.clone(),
+                op: "read",
+                error,
+            })?;
+            set_copy_hash(manifest, &c.file, &sha256_file(&p)?);
         }
         let mp = dir.join(MANIFEST_FILE);
         let text = manifest.to_toml().map_err(|e| BundleError::Parse {
@@ -1188,6 +1373,44 @@ pub fn stage_bundle(
     result.map_err(|e| e.relocated(&dir, out.target()))
 }
 
+/// The files of a loaded bundle that are copied as they are when a tool writes a new bundle
+/// from it (`reflex-tools quantize`): the DBC, and the data files of the models other than
+/// those in `except` (models whose file the tool rewrites).
+pub fn carried_files(b: &Bundle, except: &[&str]) -> Vec<FileCopy> {
+    let mut v: Vec<FileCopy> = b
+        .manifest
+        .models
+        .iter()
+        .filter(|f| !except.contains(&f.file.as_str()))
+        .flat_map(|f| &f.data_files)
+        .map(|d| FileCopy {
+            source: b.dir.join(&d.file),
+            file: d.file.clone(),
+        })
+        .collect();
+    if let CanSpec::Dbc(d) = &b.manifest.can {
+        v.push(FileCopy {
+            source: b.dir.join(&d.file),
+            file: d.file.clone(),
+        });
+    }
+    v
+}
+
+/// Sets the sha256 of the manifest entry (a model's data file, the DBC) whose file is `file`.
+fn set_copy_hash(manifest: &mut Manifest, file: &str, sha: &str) {
+    for d in manifest.models.iter_mut().flat_map(|m| &mut m.data_files) {
+        if d.file == file {
+            d.sha256 = sha.to_string();
+        }
+    }
+    if let CanSpec::Dbc(d) = &mut manifest.can {
+        if d.file == file {
+            d.sha256 = sha.to_string();
+        }
+    }
+}
+
 /// Writes a bundle to `dir` (see [`stage_bundle`]) and puts it in place atomically: a new or
 /// empty folder, or, as `replace` allows, an existing bundle (never a folder holding anything
 /// else; see [`crate::output`]). A failed write leaves `dir` as it was. Returns the bundle as
@@ -1198,8 +1421,20 @@ pub fn write_bundle_to(
     files: &[&[u8]],
     replace: crate::output::Replace,
 ) -> Result<Bundle, BundleError> {
+    write_bundle_with(dir, manifest, files, &[], replace)
+}
+
+/// [`write_bundle_to`] that also copies `copies` into the bundle, hashed (see
+/// [`stage_bundle_with`]).
+pub fn write_bundle_with(
+    dir: &Path,
+    manifest: &mut Manifest,
+    files: &[&[u8]],
+    copies: &[FileCopy],
+    replace: crate::output::Replace,
+) -> Result<Bundle, BundleError> {
     let out = crate::output::OutDir::prepare(dir, replace, &BUNDLE_KIND)?;
-    let mut b = stage_bundle(&out, manifest, files)?;
+    let mut b = stage_bundle_with(&out, manifest, files, copies)?;
     let staged = out.path();
     out.commit()?;
     b.policy_path = dir.join(

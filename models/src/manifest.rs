@@ -161,6 +161,23 @@ pub struct ModelFile {
     /// Backends allowed to run this file (a quantized form that failed its accuracy gate on a
     /// backend is not listed for it).
     pub backends: Vec<BackendKind>,
+    /// The files this model's tensors are stored in outside the ONNX file (ONNX external data,
+    /// what `torch.onnx.export(..., dynamo=True)` writes as `model.onnx.data`), each with its
+    /// hash. Absent (older bundles, models with no external data) = none: a model that
+    /// references a data file not listed here is refused at load.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_files: Vec<DataFile>,
+}
+
+/// A file a model needs besides its ONNX file, hashed like it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataFile {
+    /// Path relative to the bundle directory: the model file's folder joined with the
+    /// `location` the ONNX file gives.
+    pub file: String,
+    /// Lower-case hex sha256 of the file's bytes.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -140,6 +140,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             sha256: "0".repeat(64),
             precision: Precision::Fp32,
             backends: vec![BackendKind::Tract, BackendKind::Tensorrt],
+            data_files: vec![],
         }],
         cameras,
         state: StateSpec {

@@ -13,6 +13,7 @@ static GLOBAL: reflex_testkit::counting::Counting = reflex_testkit::counting::Co
 mod it {
     mod alloc;
     mod bench_cli;
+    mod bundle_files;
     mod can_cli;
     mod candump;
     mod chunk_timing;
@@ -22,4 +23,5 @@ mod it {
     mod estop;
     mod overwrite;
     mod preprocess;
+    mod record;
 }

@@ -23,6 +23,55 @@ pub fn decode(bytes: &[u8]) -> Result<ModelProto> {
     prost::Message::decode(bytes).context("not an ONNX ModelProto")
 }
 
+/// Reads every initializer stored as ONNX external data (`data_location = EXTERNAL`, keys
+/// `location`, `offset`, `length`; onnx `docs/ExternalData.md`) from its file in `dir` into
+/// the tensor's `raw_data`, so the rewrites below see the weights and the quantized model is
+/// one self-contained file. Errors name the data file and the tensor.
+pub fn inline_external_data(m: &mut ModelProto, dir: &std::path::Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    const EXTERNAL: i32 = tract_onnx::pb::tensor_proto::DataLocation::External as i32;
+    for t in &mut graph_mut(m)?.initializer {
+        if t.data_location != Some(EXTERNAL) {
+            continue;
+        }
+        let get = |k: &str| {
+            t.external_data
+                .iter()
+                .find(|e| e.key == k)
+                .map(|e| &e.value)
+        };
+        let location = get("location")
+            .with_context(|| format!("tensor `{}`: external data without a location", t.name))?;
+        let num = |k: &str| -> Result<Option<u64>> {
+            get(k)
+                .map(|v| v.parse::<u64>())
+                .transpose()
+                .with_context(|| format!("tensor `{}`: external data `{k}`", t.name))
+        };
+        let (offset, length) = (num("offset")?.unwrap_or(0), num("length")?);
+        let path = dir.join(location);
+        let mut f = std::fs::File::open(&path)
+            .with_context(|| format!("tensor `{}`: reading {}", t.name, path.display()))?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut bytes = vec![];
+        match length {
+            Some(n) => f.take(n).read_to_end(&mut bytes)?,
+            None => f.read_to_end(&mut bytes)?,
+        };
+        ensure!(
+            length.is_none_or(|n| n == bytes.len() as u64),
+            "tensor `{}`: {} ends before offset {offset} + length {:?}",
+            t.name,
+            path.display(),
+            length
+        );
+        t.raw_data = bytes;
+        t.external_data.clear();
+        t.data_location = None;
+    }
+    Ok(())
+}
+
 pub fn encode(m: &ModelProto) -> Vec<u8> {
     prost::Message::encode_to_vec(m)
 }

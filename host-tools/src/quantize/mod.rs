@@ -74,7 +74,9 @@ mod report;
 
 use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
-use reflex_models::bundle::{sha256_bytes, stage_bundle, write_bundle, BUNDLE_KIND};
+use reflex_models::bundle::{
+    carried_files, sha256_bytes, stage_bundle_with, write_bundle_with, BUNDLE_KIND,
+};
 use reflex_models::manifest::{
     ActionOutput, BackendKind, Manifest, ModelFile, ModelRole, Precision,
 };
@@ -442,8 +444,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
 
     let fp32_bytes = std::fs::read(&b_in.policy_path)
         .with_context(|| format!("reading {}", b_in.policy_path.display()))?;
-    let model =
+    let mut model =
         graph::decode(&fp32_bytes).with_context(|| format!("{}", b_in.policy_path.display()))?;
+    // Weights kept in an external data file are read into the graph: the quantized model is
+    // one file, its data files are not carried over.
+    graph::inline_external_data(&mut model, b_in.policy_path.parent().unwrap_or(&b_in.dir))
+        .with_context(|| format!("{}", b_in.policy_path.display()))?;
     let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     // The QDQ model (every backend's form for fp16; TensorRT's for int8) and, for int8, the
     // operator form tract runs.
@@ -537,6 +543,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         None => vec![(
             ModelFile {
                 precision,
+                data_files: vec![],
                 ..src.clone()
             },
             qbytes.clone(),
@@ -553,6 +560,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                         file: format!("{stem}.{form}.onnx"),
                         precision,
                         backends: vec![bk],
+                        data_files: vec![],
                         ..src.clone()
                     };
                     v.push((f, bytes));
@@ -582,7 +590,16 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     manifest.models = models;
     let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
     let trial = scratch.join("trial");
-    write_bundle(&trial, &mut manifest.clone(), &refs)?;
+    // The DBC and the other models' data files travel with the bundle, hashed again.
+    let policy_file = m_in.models[pi].file.clone();
+    let copies = carried_files(&b_in, &[&policy_file]);
+    write_bundle_with(
+        &trial,
+        &mut manifest.clone(),
+        &refs,
+        &copies,
+        reflex_models::output::Replace::Ours,
+    )?;
     let b_q = Bundle::load(&trial).context("the quantized bundle does not load")?;
     // The file tract runs, hence the one measured below.
     let measured = b_q
@@ -722,7 +739,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         .insert("quantization".into(), toml::Value::Table(q));
 
     let json = serde_json::to_string_pretty(&rep)?;
-    stage_bundle(&out, &mut manifest, &refs).context("the quantized bundle does not load")?;
+    stage_bundle_with(&out, &mut manifest, &refs, &copies)
+        .context("the quantized bundle does not load")?;
     let rp = out.path().join(REPORT_FILE);
     std::fs::write(&rp, &json).with_context(|| format!("writing {}", rp.display()))?;
     if let Some(d) = &held_out_dir {

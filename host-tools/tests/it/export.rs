@@ -415,3 +415,74 @@ fn export_with_a_constant_joint() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn export_reads_the_head_sizes_from_the_checkpoint() {
+    // The case: a checkpoint with another head than the flags' defaults (14 joints, two
+    // hidden layers of 256, one action per inference).
+    let arch = PolicyArch {
+        encoder: EncoderKind::Resnet18,
+        cameras: vec!["front".into()],
+        shared_encoder: false,
+        state_dim: 14,
+        action_dim: 14,
+        hidden: vec![256, 256],
+        head: HeadKind::Single,
+    };
+    let layout = KeyLayout {
+        per_camera_encoder: "encoder.".into(),
+        ..KeyLayout::default()
+    };
+    let mut rec = RecordingWeights::new(SeededWeights::new(3), layout);
+    build_policy(&arch, &mut rec).expect("build");
+    let ckpt = dir("ckpt14").with_extension("safetensors");
+    save_safetensors(&ckpt, &rec.into_tensors()).expect("save");
+    let export = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["export", "--arch", "resnet18", "--weights", s(&ckpt)];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", s(out)]);
+        tools(&args)
+    };
+
+    // No flags: every size comes from the checkpoint, and the tool says which.
+    let out = dir("head-inferred");
+    let run = export(&out, &[]);
+    ok(&run);
+    for said in [
+        "--state-dim 14",
+        "--hidden 256,256",
+        "--head single",
+        "--action-dim 14",
+    ] {
+        assert!(run.stderr.contains(said), "{said}: {}", run.stderr);
+    }
+    let m = Bundle::load(&out).expect("loads").manifest;
+    assert_eq!(m.state.names.len(), 14);
+    assert_eq!(m.action.names.len(), 14);
+    assert_eq!(
+        m.action.output,
+        reflex_models::manifest::ActionOutput::Single
+    );
+
+    // --action-dim splits the last layer's 14 outputs: a chunk of 2 steps of 7.
+    let out = dir("head-chunk");
+    ok(&export(&out, &["--action-dim", "7"]));
+    let m = Bundle::load(&out).expect("loads").manifest;
+    assert_eq!(
+        m.action.output,
+        reflex_models::manifest::ActionOutput::Chunk { horizon: 2 }
+    );
+    assert_eq!(m.action.names.len(), 7);
+
+    // A flag that contradicts the checkpoint: told the value it needs; nothing written.
+    for (flag, value, hint) in [
+        ("--state-dim", "6", "use --state-dim 14"),
+        ("--hidden", "256", "use --hidden 256,256"),
+        ("--head", "chunk:4", "not a multiple of the horizon"),
+    ] {
+        let out = dir("head-wrong");
+        let e = err(&export(&out, &[flag, value]));
+        assert!(e.contains(hint), "{flag} {value}: {e}");
+        assert!(!out.exists());
+    }
+}

@@ -12,6 +12,16 @@
 //! `output = 12`; `ValueInfoProto.name = 1`, `type = 2`; `TypeProto.tensor_type = 1`;
 //! `TypeProto.Tensor.elem_type = 1`, `shape = 2`; `TensorShapeProto.dim = 1`;
 //! `Dimension.dim_value = 1`, `dim_param = 2`; `TensorProto.name = 8`.
+//!
+//! Beyond the I/O, the header reads what a bundle needs to carry and record the model truly:
+//! the files its tensors are stored in outside the ONNX file (ONNX "external data":
+//! `TensorProto.data_location = 14` = `EXTERNAL`, `external_data = 13` as
+//! `StringStringEntryProto` `key = 1` / `value = 2`, key `location` a path relative to the
+//! model file; see `onnx/docs/ExternalData.md`), the element types of the weights
+//! (`TensorProto.dims = 1`, `data_type = 2`) and the graph's operator types
+//! (`GraphProto.node = 1`, `NodeProto.op_type = 4`, `attribute = 5`; `AttributeProto.t = 5`,
+//! `g = 6`, `tensors = 10`, `graphs = 11` for constants and subgraphs), from which
+//! [`OnnxHeader::precision`] tells an fp32, fp16 or int8 (QDQ or QOperator) model apart.
 
 use prost::Message;
 
@@ -48,6 +58,14 @@ impl ElemType {
             16 => ElemType::Bf16,
             other => ElemType::Other(other),
         }
+    }
+
+    /// Whether reflex feeds or reads a graph input or output of this type: the caller's
+    /// buffers are f32, and every backend converts float64 and float16 tensors at the boundary
+    /// (into preallocated buffers). Integer, bool and other types are refused at export and
+    /// load, naming the tensor.
+    pub fn is_boundary_supported(self) -> bool {
+        matches!(self, ElemType::F32 | ElemType::F64 | ElemType::F16)
     }
 
     /// ONNX's name of the type (`float`, `float16`, ...), as error messages use it.
@@ -131,11 +149,59 @@ impl TensorDecl {
     }
 }
 
-/// The graph inputs (initializers excluded) and outputs of an ONNX model, in file order.
+/// The graph inputs (initializers excluded) and outputs of an ONNX model, in file order, and
+/// what the model's weights and operators are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OnnxHeader {
     pub inputs: Vec<TensorDecl>,
     pub outputs: Vec<TensorDecl>,
+    /// The external data files the model's tensors are stored in (`location` of every tensor
+    /// with `data_location = EXTERNAL`, subgraphs and constants included), each once, in file
+    /// order; paths relative to the model file's folder, as written in the file.
+    pub external_data: Vec<String>,
+    /// Element count of the weights (initializers and constant tensors) per element type, in
+    /// first-seen order.
+    pub weights: Vec<(ElemType, u64)>,
+    /// Operator types used (`op_type`, all domains, subgraphs included), sorted.
+    pub op_types: std::collections::BTreeSet<String>,
+}
+
+/// Operators of a quantized integer model: QDQ (`QuantizeLinear`/`DequantizeLinear` around
+/// float ops, what ONNX Runtime's `quantize_static` and TensorRT's explicit quantization use) and
+/// QOperator (`QLinearConv`, `QLinearMatMul`, `MatMulInteger`, `ConvInteger`).
+pub const INT8_OPS: &[&str] = &[
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "QLinearConv",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "ConvInteger",
+];
+
+impl OnnxHeader {
+    /// The precision the model computes in: `int8` if it holds any quantization operator
+    /// ([`INT8_OPS`]), else `fp16` if its float weights are mostly float16 (by element count),
+    /// else `fp32`.
+    pub fn precision(&self) -> crate::manifest::Precision {
+        use crate::manifest::Precision;
+        if INT8_OPS.iter().any(|op| self.op_types.contains(*op)) {
+            return Precision::Int8;
+        }
+        let count = |e: ElemType| {
+            self.weights
+                .iter()
+                .filter(|(t, _)| *t == e)
+                .map(|(_, n)| n)
+                .sum::<u64>()
+        };
+        let half = count(ElemType::F16) + count(ElemType::Bf16);
+        if half > count(ElemType::F32) + count(ElemType::F64) {
+            Precision::Fp16
+        } else {
+            Precision::Fp32
+        }
+    }
 }
 
 /// Why the bytes are not an ONNX model with a graph.
@@ -147,6 +213,15 @@ pub enum HeaderError {
     NoGraph,
     #[error("graph {which} #{index} has no name")]
     Unnamed { which: &'static str, index: usize },
+    /// An external data reference that is not a plain relative path beside the model.
+    #[error(
+        "tensor `{tensor}` keeps its data in `{location}`, which is not a relative path inside \
+         the model's folder (ONNX external data must be stored beside the model)"
+    )]
+    ExternalLocation { tensor: String, location: String },
+    /// A tensor marked as external data without a `location`.
+    #[error("tensor `{tensor}` is marked as external data but names no `location`")]
+    ExternalWithoutLocation { tensor: String },
 }
 
 /// Reads the graph inputs and outputs of an ONNX model's bytes. Graph inputs that are also
@@ -190,7 +265,69 @@ pub fn read_header(bytes: &[u8]) -> Result<OnnxHeader, HeaderError> {
         .enumerate()
         .map(|(i, v)| decl("output", i, v))
         .collect::<Result<_, _>>()?;
-    Ok(OnnxHeader { inputs, outputs })
+    let mut header = OnnxHeader {
+        inputs,
+        outputs,
+        external_data: vec![],
+        weights: vec![],
+        op_types: Default::default(),
+    };
+    scan_graph(&graph, &mut header)?;
+    Ok(header)
+}
+
+/// Records one tensor's element count, type and external data file.
+fn scan_tensor(t: &pb::Tensor, h: &mut OnnxHeader) -> Result<(), HeaderError> {
+    let elems = t.dims.iter().map(|&d| d.max(0) as u64).product::<u64>();
+    let elem = ElemType::from_onnx(t.data_type);
+    match h.weights.iter_mut().find(|(e, _)| *e == elem) {
+        Some((_, n)) => *n += elems,
+        None => h.weights.push((elem, elems)),
+    }
+    if t.data_location != 1 {
+        return Ok(());
+    }
+    let location = t
+        .external_data
+        .iter()
+        .find(|e| e.key == "location")
+        .map(|e| e.value.clone())
+        .ok_or_else(|| HeaderError::ExternalWithoutLocation {
+            tensor: t.name.clone(),
+        })?;
+    let p = std::path::Path::new(&location);
+    let plain = !location.is_empty()
+        && p.components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain {
+        return Err(HeaderError::ExternalLocation {
+            tensor: t.name.clone(),
+            location,
+        });
+    }
+    if !h.external_data.contains(&location) {
+        h.external_data.push(location);
+    }
+    Ok(())
+}
+
+/// Initializers, constants and operators of a graph and its subgraphs.
+fn scan_graph(g: &pb::Graph, h: &mut OnnxHeader) -> Result<(), HeaderError> {
+    for t in &g.initializer {
+        scan_tensor(t, h)?;
+    }
+    for n in &g.node {
+        h.op_types.insert(n.op_type.clone());
+        for a in &n.attribute {
+            for t in a.t.iter().chain(&a.tensors) {
+                scan_tensor(t, h)?;
+            }
+            for sub in a.g.as_deref().into_iter().chain(&a.graphs) {
+                scan_graph(sub, h)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The few `onnx.proto` messages the header needs, each with only the fields read.
@@ -203,19 +340,62 @@ mod pb {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct Graph {
+        #[prost(message, repeated, tag = "1")]
+        pub node: Vec<Node>,
         #[prost(message, repeated, tag = "5")]
-        pub initializer: Vec<InitializerName>,
+        pub initializer: Vec<Tensor>,
         #[prost(message, repeated, tag = "11")]
         pub input: Vec<ValueInfo>,
         #[prost(message, repeated, tag = "12")]
         pub output: Vec<ValueInfo>,
     }
 
-    /// A `TensorProto` of which only the name is read (its data is skipped, not copied).
+    /// A `TensorProto` of which only the name, shape, type and external data reference are
+    /// read (its data is skipped, not copied).
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct InitializerName {
+    pub struct Tensor {
+        #[prost(int64, repeated, tag = "1")]
+        pub dims: Vec<i64>,
+        #[prost(int32, tag = "2")]
+        pub data_type: i32,
         #[prost(string, tag = "8")]
         pub name: String,
+        #[prost(message, repeated, tag = "13")]
+        pub external_data: Vec<StringEntry>,
+        /// `DataLocation`: 0 = `DEFAULT` (in the file), 1 = `EXTERNAL`.
+        #[prost(int32, tag = "14")]
+        pub data_location: i32,
+    }
+
+    /// `StringStringEntryProto`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct StringEntry {
+        #[prost(string, tag = "1")]
+        pub key: String,
+        #[prost(string, tag = "2")]
+        pub value: String,
+    }
+
+    /// `NodeProto`: its operator type and attributes (for constants and subgraphs).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Node {
+        #[prost(string, tag = "4")]
+        pub op_type: String,
+        #[prost(message, repeated, tag = "5")]
+        pub attribute: Vec<Attribute>,
+    }
+
+    /// `AttributeProto`: only its tensor and graph values.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Attribute {
+        #[prost(message, optional, tag = "5")]
+        pub t: Option<Tensor>,
+        #[prost(message, optional, boxed, tag = "6")]
+        pub g: Option<Box<Graph>>,
+        #[prost(message, repeated, tag = "10")]
+        pub tensors: Vec<Tensor>,
+        #[prost(message, repeated, tag = "11")]
+        pub graphs: Vec<Graph>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]

@@ -356,6 +356,19 @@ impl SafetensorsWeights {
         self.layout = layout;
         self
     }
+
+    /// The checkpoint's tensors whose key starts with `prefix`: (key, shape), sorted by key.
+    pub fn shapes_with_prefix(&self, prefix: &str) -> Vec<(String, Vec<usize>)> {
+        let mut v: Vec<(String, Vec<usize>)> = self
+            .metadata
+            .tensors()
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, info)| (k, info.shape.clone()))
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 impl WeightSource for SafetensorsWeights {

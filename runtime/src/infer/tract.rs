@@ -76,6 +76,68 @@ fn elem_of(dt: DatumType) -> ElemType {
     }
 }
 
+/// tract's datum type of a boundary-supported element type (f32 for the others, which
+/// `from_typed` refuses first).
+fn datum_of(e: ElemType) -> DatumType {
+    match e {
+        ElemType::F64 => DatumType::F64,
+        ElemType::F16 => DatumType::F16,
+        _ => DatumType::F32,
+    }
+}
+
+/// Writes the caller's f32 values into a float64 or float16 input tensor (same length), with
+/// no allocation.
+fn convert_into(t: &mut Tensor, src: &[f32]) -> TractResult<()> {
+    match t.datum_type() {
+        DatumType::F64 => {
+            let mut v = t.try_as_plain_ram_mut()?;
+            let dst = v.as_slice_mut::<f64>()?;
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = f64::from(*s);
+            }
+        }
+        DatumType::F16 => {
+            let mut v = t.try_as_plain_ram_mut()?;
+            let dst = v.as_slice_mut::<f16>()?;
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d = f16::from_f32(*s);
+            }
+        }
+        dt => {
+            return Err(anyhow::anyhow!(
+                "input of type {dt:?} has no f32 conversion"
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// Reads an output tensor of float, double or float16 into the caller's f32 buffer (same
+/// length), with no allocation. Values beyond f32's range become infinite, as a cast would.
+fn convert_from(t: &Tensor, dst: &mut [f32]) -> TractResult<()> {
+    let plain = t.try_as_plain_ram()?;
+    match t.datum_type() {
+        DatumType::F32 => dst.copy_from_slice(plain.as_slice::<f32>()?),
+        DatumType::F64 => {
+            for (d, s) in dst.iter_mut().zip(plain.as_slice::<f64>()?) {
+                *d = *s as f32;
+            }
+        }
+        DatumType::F16 => {
+            for (d, s) in dst.iter_mut().zip(plain.as_slice::<f16>()?) {
+                *d = s.to_f32();
+            }
+        }
+        dt => {
+            return Err(anyhow::anyhow!(
+                "output of type {dt:?} has no f32 conversion"
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// Inputs and outputs of a typed model as tract sees them (names, element types, concrete
 /// shapes); `path` names the file in errors. Output names are the ONNX output names.
 pub fn typed_io(model: &TypedModel, path: &Path) -> Result<GraphIo, SessionError> {
@@ -123,9 +185,12 @@ pub fn graph_io(path: &Path) -> Result<GraphIo, SessionError> {
 /// tract on the CPU.
 pub struct TractSession {
     state: TypedSimpleState,
-    /// Input tensors, in graph input order. Kept as `Arc` so each run hands tract a reference
-    /// (no copy, no allocation) and gets exclusive access back afterwards.
+    /// Input tensors, in graph input order and element type. Kept as `Arc` so each run hands
+    /// tract a reference (no copy, no allocation) and gets exclusive access back afterwards.
     inputs: Vec<Arc<Tensor>>,
+    /// The caller's f32 buffer of each input the graph takes as float64 or float16 (`None` for
+    /// f32 inputs, written in place): converted into the input tensor at each run.
+    staging: Vec<Option<Vec<f32>>>,
     input_specs: Vec<TensorSpec>,
     output_specs: Vec<TensorSpec>,
     outputs: Vec<Vec<f32>>,
@@ -146,8 +211,11 @@ impl std::fmt::Debug for TractSession {
 impl TractSession {
     /// Reads, optimizes and plans an ONNX file for this CPU and allocates every buffer.
     ///
+    /// Inputs and outputs of type float64 or float16 are converted from and to the caller's f32
+    /// buffers at each run, into buffers allocated here.
+    ///
     /// Errors: the file cannot be read or typed by tract ([`SessionError::Prepare`], tract's
-    /// error kept as the source); a symbolic shape or non-f32 input/output
+    /// error kept as the source); a symbolic shape or an input/output of another type
     /// ([`SessionError::Graph`]).
     pub fn prepare(path: &Path, opts: TractOptions) -> Result<Self, SessionError> {
         let t0 = Instant::now();
@@ -193,12 +261,13 @@ impl TractSession {
         let state = plan.spawn().map_err(&err)?;
         let t3 = Instant::now();
         for t in io.inputs.iter().chain(&io.outputs) {
-            if t.elem != ElemType::F32 {
+            if !t.elem.is_boundary_supported() {
                 return Err(SessionError::Graph {
                     backend: NAME,
                     path: path.to_path_buf(),
                     problem: format!(
-                        "`{}` is {}; the tract session feeds and reads float (f32) tensors only",
+                        "`{}` is {}; the tract session feeds and reads float, double and \
+                         float16 tensors only",
                         t.name, t.elem
                     ),
                 });
@@ -207,14 +276,20 @@ impl TractSession {
         let inputs = io
             .inputs
             .iter()
-            .map(|t| Tensor::zero::<f32>(&t.shape).map(Arc::new))
+            .map(|t| Tensor::zero_dt(datum_of(t.elem), &t.shape).map(Arc::new))
             .collect::<TractResult<Vec<_>>>()
             .map_err(&err)?;
+        let staging = io
+            .inputs
+            .iter()
+            .map(|t| (t.elem != ElemType::F32).then(|| vec![0.0; t.len()]))
+            .collect();
         let outputs = io.outputs.iter().map(|t| vec![0.0; t.len()]).collect();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         Ok(TractSession {
             state,
             inputs,
+            staging,
             input_specs: io.inputs,
             output_specs: io.outputs,
             outputs,
@@ -239,6 +314,9 @@ impl Session for TractSession {
         &self.output_specs
     }
     fn input_mut(&mut self, i: usize) -> &mut [f32] {
+        if let Some(buf) = &mut self.staging[i] {
+            return buf;
+        }
         // After a run tract has dropped its references, so the Arc is unique again. If it were
         // not (a tract change keeping inputs alive), make_mut copies once rather than failing.
         let t = Arc::make_mut(&mut self.inputs[i]);
@@ -248,6 +326,9 @@ impl Session for TractSession {
         }
     }
     fn input(&self, i: usize) -> &[f32] {
+        if let Some(buf) = &self.staging[i] {
+            return buf;
+        }
         self.inputs[i]
             .try_as_plain_ram()
             .and_then(|v| v.as_slice::<f32>())
@@ -258,6 +339,12 @@ impl Session for TractSession {
             backend: NAME,
             error: format!("{e:#}").into(),
         };
+        // Inputs of another float type: converted from the caller's f32 buffer, in place.
+        for (t, staged) in self.inputs.iter_mut().zip(&self.staging) {
+            if let Some(src) = staged {
+                convert_into(Arc::make_mut(t), src).map_err(rerr)?;
+            }
+        }
         let inputs: TVec<TValue> = self
             .inputs
             .iter()
@@ -265,19 +352,15 @@ impl Session for TractSession {
             .collect();
         let outs = self.state.run(inputs).map_err(rerr)?;
         for ((spec, buf), out) in self.output_specs.iter().zip(&mut self.outputs).zip(&outs) {
-            let v = out
-                .try_as_plain_ram()
-                .and_then(|v| v.as_slice::<f32>())
-                .map_err(rerr)?;
-            if v.len() != buf.len() {
+            if out.len() != buf.len() {
                 return Err(SessionError::OutputSize {
                     backend: NAME,
                     name: spec.name.clone(),
-                    got: v.len(),
+                    got: out.len(),
                     expected: buf.len(),
                 });
             }
-            buf.copy_from_slice(v);
+            convert_from(out, buf).map_err(rerr)?;
         }
         Ok(())
     }

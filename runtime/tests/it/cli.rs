@@ -70,6 +70,15 @@ fn help_teaches() {
         s.contains("--allow-unlimited") && s.contains("replay:"),
         "{s}"
     );
+    // One name for one thing: `demo --duration` as `run --duration`; the old `--seconds` is a
+    // hidden alias that the help names (and the demo test above still uses).
+    let out = reflex().args(["demo", "--help"]).run();
+    let s = &out.stdout;
+    assert!(
+        s.contains("--duration <DURATION>") && s.contains("`--seconds`, its old name"),
+        "{s}"
+    );
+    assert!(!s.contains("--seconds <"), "{s}");
 }
 
 #[test]

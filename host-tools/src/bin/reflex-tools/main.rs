@@ -7,7 +7,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{export, infer, inspect, quantize};
+use commands::{episode, export, infer, inspect, quantize};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -43,6 +43,9 @@ enum Cmd {
     /// Quantize a bundle to fp16 or int8 (operator form for tract + QDQ for TensorRT), with an
     /// accuracy report in action units and a gate.
     Quantize(Box<quantize::Args>),
+    /// Make replay episodes (`reflex-episode-v1`) from images and a state file.
+    #[command(subcommand)]
+    Episode(episode::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Infer(a) => infer::run(a),
         Cmd::Quantize(a) => quantize::run(*a),
+        Cmd::Episode(c) => episode::run(c),
     };
     ExitCode::from(exit_code(&result))
 }

@@ -7,7 +7,7 @@ mod commands;
 mod open;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, can, check, demo, run, Outcome, StdoutClosed};
+use commands::{bench, can, check, demo, record, run, Outcome, StdoutClosed};
 use std::process::ExitCode;
 
 /// The exit statuses, for `--help` and the README.
@@ -56,6 +56,9 @@ enum Cmd {
     Can(can::Cmd),
     /// Validate a bundle (manifest, hashes, graph I/O) and print what it expects.
     Check(check::Args),
+    /// Record an episode (reflex-episode-v1: camera frames as delivered + joint state) from the
+    /// bundle's cameras, for `reflex run --camera replay:DIR`, bench and calibration.
+    Record(record::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Can(c) => can::run(c),
         Cmd::Check(a) => check::run(a),
+        Cmd::Record(a) => record::run(a),
     };
     ExitCode::from(exit_code(&result))
 }

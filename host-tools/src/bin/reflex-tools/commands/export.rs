@@ -26,16 +26,24 @@ pub struct Args {
     /// One encoder shared by all cameras.
     #[arg(long)]
     pub shared_encoder: bool,
-    /// `single` or `chunk:H` (H future actions per inference).
-    #[arg(long, default_value = "chunk:16")]
-    pub head: String,
-    /// Hidden layer widths of the MLP head, comma-separated.
-    #[arg(long, default_value = "256", value_delimiter = ',')]
-    pub hidden: Vec<usize>,
-    #[arg(long, default_value_t = 6)]
-    pub state_dim: usize,
-    #[arg(long, default_value_t = 6)]
-    pub action_dim: usize,
+    /// `single` or `chunk:H` (H future actions per inference). With --weights, read from the
+    /// checkpoint's head where its shapes determine it; else chunk:16.
+    #[arg(long)]
+    pub head: Option<String>,
+    /// Hidden layer widths of the MLP head, comma-separated. With --weights, read from the
+    /// checkpoint's head; else 256.
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Option<Vec<usize>>,
+    /// Joint-state vector length. With --weights, read from the checkpoint's first head layer
+    /// (its inputs minus the encoders' features); else 6.
+    #[arg(long)]
+    pub state_dim: Option<usize>,
+    /// Action vector length per step. With --weights, from the checkpoint's last head layer
+    /// (horizon x action length) with --head, or assumed equal to the state length when that
+    /// divides it (printed); else 6. A given value that contradicts the checkpoint is refused,
+    /// naming the value it needs.
+    #[arg(long)]
+    pub action_dim: Option<usize>,
     /// Checkpoint key prefix of the encoder (default `encoder.` shared, `encoders.CAMERA.` per
     /// camera; LeRobot ACT: `model.backbone.`).
     #[arg(long)]
@@ -43,7 +51,13 @@ pub struct Args {
     /// Checkpoint key prefix of the head.
     #[arg(long)]
     pub head_prefix: Option<String>,
-    /// An ONNX file exported from PyTorch; needs --manifest.
+    /// An ONNX file exported from PyTorch; needs --manifest. Its external data files (what
+    /// `torch.onnx.export(..., dynamo=True)` writes beside it as `NAME.onnx.data`) are read
+    /// where they are and copied into the bundle, each hashed in the manifest. Its inputs and
+    /// outputs may be float, double or float16 (converted at the boundary); other element types
+    /// are refused, naming the tensor. The recorded precision is the model's own: int8 when
+    /// the graph holds QuantizeLinear/DequantizeLinear (or QLinear*) nodes, fp16 when its
+    /// weights are float16, else fp32.
     #[arg(long)]
     pub onnx: Option<PathBuf>,
     /// A policy.toml template describing the ONNX file's cameras, state and actions (its
@@ -78,6 +92,11 @@ pub struct Args {
     /// Replace the bundle already at --out (only a reflex bundle: never other files).
     #[arg(long)]
     pub force: bool,
+    /// A DBC file to bundle (copied and hashed like the model; `reflex check` fails if it
+    /// changes) for the --manifest template's `[can]` section with `protocol = "dbc"`. Without
+    /// it, the file that section names is bundled (its path relative to the template).
+    #[arg(long, requires = "onnx")]
+    pub dbc: Option<PathBuf>,
 }
 
 fn parse_convention(s: &str) -> Result<Convention, String> {
@@ -108,6 +127,7 @@ impl From<Args> for ExportArgs {
             name: a.name,
             out: a.out,
             force: a.force,
+            dbc: a.dbc,
         }
     }
 }

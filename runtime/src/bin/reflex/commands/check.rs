@@ -32,6 +32,24 @@ pub fn run(a: Args) -> Result<Outcome> {
             backends.join(", ")
         );
     }
+    // The tensor contract as the file declares it, element types included (float64 and
+    // float16 tensors are converted from and to f32 at the boundary).
+    let tensors = |v: &[reflex_models::TensorSpec]| {
+        v.iter()
+            .map(|t| format!("{} {} {}", t.name, t.elem, t.shape_text()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "  tensors: in {}; out {}",
+        tensors(&b.io.inputs),
+        tensors(&b.io.outputs)
+    );
+    for f in &m.models {
+        for d in &f.data_files {
+            println!("  data file {} of {}: sha256 checked", d.file, f.file);
+        }
+    }
     for s in survey(&b, TractOptions::default()) {
         match &s.status {
             Ok(how) => println!("  backend {}: available ({how})", s.backend.as_str()),

@@ -22,9 +22,10 @@ pub struct Args {
     /// log replaced). A folder holding anything else is refused.
     #[arg(long, default_value = "target/reflex-demo")]
     workdir: PathBuf,
-    /// Seconds to run.
-    #[arg(long, default_value_t = 10.0)]
-    seconds: f64,
+    /// Stop after this many seconds (the same flag as `reflex run --duration`; `--seconds`, its
+    /// old name, still works).
+    #[arg(long, default_value_t = 10.0, alias = "seconds")]
+    duration: f64,
     #[command(flatten)]
     backend: BackendArgs,
 }
@@ -98,7 +99,7 @@ pub fn run(a: Args) -> Result<Outcome> {
         backend: a.backend,
         rate: None,
         allow_unlimited: false,
-        duration: Some(a.seconds),
+        duration: Some(a.duration),
     };
     let io = LoopIo {
         cameras,

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod can;
 pub mod check;
 pub mod demo;
+pub mod record;
 pub mod run;
 
 use anyhow::{Context, Result};
