@@ -20,6 +20,7 @@ mod it {
     mod control;
     mod dbc_cantools;
     mod estop;
+    mod notify;
     mod overwrite;
     mod preprocess;
 }
