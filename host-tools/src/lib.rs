@@ -5,10 +5,12 @@
 //!   with normalization statistics ([`stats`]);
 //! - [`inspect`]: a bundle's manifest, graph I/O, parameter count and FLOPs;
 //! - [`infer`]: a bundle's raw network on .npy tensors;
-//! - [`quantize`]: fp16 and int8 forms of a bundle with an accuracy report and a gate.
+//! - [`quantize`]: fp16 and int8 forms of a bundle with an accuracy report and a gate;
+//! - [`deploy`]: a binary and a bundle onto a board over ssh, as a new version, with rollback.
 //!
 //! Errors are `anyhow` errors whose message names the file, flag or tensor at fault.
 
+pub mod deploy;
 pub mod export;
 pub mod infer;
 pub mod inspect;

@@ -7,7 +7,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{export, infer, inspect, quantize};
+use commands::{deploy, export, infer, inspect, quantize};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -43,6 +43,11 @@ enum Cmd {
     /// Quantize a bundle to fp16 or int8 (operator form for tract + QDQ for TensorRT), with an
     /// accuracy report in action units and a gate.
     Quantize(Box<quantize::Args>),
+    /// Put the reflex binary and a bundle on a board over ssh as a new version, switch to it
+    /// atomically, install its systemd units (watchdog, CAN bring-up) and udev rules.
+    Deploy(Box<deploy::Args>),
+    /// Switch a board back to the previously deployed version and restart the service.
+    Rollback(deploy::RollbackArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Infer(a) => infer::run(a),
         Cmd::Quantize(a) => quantize::run(*a),
+        Cmd::Deploy(a) => deploy::run(*a),
+        Cmd::Rollback(a) => deploy::rollback(a),
     };
     ExitCode::from(exit_code(&result))
 }

@@ -1,6 +1,7 @@
 //! One module per `reflex-tools` command: its `Args` (clap derive) and `run`, which calls the
 //! library (`reflex_tools`).
 
+pub mod deploy;
 pub mod export;
 pub mod infer;
 pub mod inspect;
