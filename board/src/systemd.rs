@@ -132,7 +132,9 @@ pub fn units(profile: &Profile, spec: &ServiceSpec) -> Vec<UnitFile> {
         "WorkingDirectory={}\n",
         spec.prefix.join("current").display()
     );
-    t += "Restart=on-failure\nRestartSec=1\nTimeoutStartSec=120\n";
+    // Start-up ends at READY=1 (after warm-up), and only then does the watchdog run: a first
+    // TensorRT engine build on a small Jetson can take minutes.
+    t += "Restart=on-failure\nRestartSec=1\nTimeoutStartSec=600\n";
     t += &format!("WatchdogSec={}\n", spec.watchdog_sec);
     t += "WatchdogSignal=SIGABRT\n";
     if !profile.cpu_affinity.is_empty() {
