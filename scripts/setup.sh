@@ -44,6 +44,23 @@ if [ "${REFLEX_QEMU_TESTS:-0}" = 1 ]; then
     fi
 fi
 
+# The deploy test (tests/tests/it/deploy.rs) starts its own sshd on 127.0.0.1 with a throwaway
+# key and runs `reflex-tools deploy` (ssh + rsync) against it; the unit tests of the generated
+# systemd units run `systemd-analyze verify`. (Installing openssh-server also enables Debian's
+# own sshd service on a machine that runs systemd; the test never uses that one.)
+deploy_apt=()
+[ -x /usr/sbin/sshd ] || deploy_apt+=(openssh-server)
+command -v ssh >/dev/null || deploy_apt+=(openssh-client)
+command -v rsync >/dev/null || deploy_apt+=(rsync)
+command -v systemd-analyze >/dev/null || deploy_apt+=(systemd)
+if [ ${#deploy_apt[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${deploy_apt[*]} (deploy tests)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${deploy_apt[@]}"
+fi
+
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust with rustup (https://rustup.rs), then re-run" >&2
     exit 1

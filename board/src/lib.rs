@@ -11,9 +11,16 @@
 //! is available to this project's CI.
 //!
 //! [`input`] holds the board's safety inputs (e-stop and arm button on GPIO lines) and the status
-//! LED output.
+//! LED output. [`profile`] holds the board profiles (`board/profiles/*.toml`: CAN bit timing,
+//! cameras, e-stop line, power mode) and picks one for the machine; [`systemd`] and [`udev`]
+//! generate the files `reflex-tools deploy` installs; [`doctor`] has the board-side checks of
+//! `reflex doctor`.
 
+pub mod doctor;
 pub mod input;
+pub mod profile;
+pub mod systemd;
+pub mod udev;
 
 use serde::{Deserialize, Serialize};
 use std::path::Path;

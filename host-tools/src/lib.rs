@@ -8,9 +8,11 @@
 //! - [`quantize`]: fp16 and int8 forms of a bundle with an accuracy report and a gate;
 //! - [`episode`]: a replay episode (`reflex-episode-v1`) from a folder of images and a state
 //!   file.
+//! - [`deploy`]: a binary and a bundle onto a board over ssh, as a new version, with rollback.
 //!
 //! Errors are `anyhow` errors whose message names the file, flag or tensor at fault.
 
+pub mod deploy;
 pub mod episode;
 pub mod export;
 pub mod infer;

@@ -21,6 +21,7 @@ mod it {
     mod control;
     mod dbc_cantools;
     mod estop;
+    mod notify;
     mod overwrite;
     mod preprocess;
     mod record;

@@ -15,6 +15,8 @@
 #
 # Environment: REFLEX_QEMU_TIMEOUT (host-side limit, s, default 300), REFLEX_QEMU_MEM (MiB,
 # default 2048), REFLEX_QEMU_SMP (default 2), REFLEX_QEMU_ACCEL (default tcg).
+# REFLEX_QEMU_MODULES (more kernel modules to load) and REFLEX_QEMU_DEVICES (more QEMU arguments,
+# e.g. an emulated CAN controller) add hardware for one scenario.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -100,7 +102,10 @@ done
 
 # Modules in dependency order (modprobe resolves it on the host; the guest only insmods).
 : > "$root/etc/modules.order"
-modprobe -d "$kdir/root" -S "$kver" -a --show-depends vcan can-raw vivid \
+# REFLEX_QEMU_MODULES adds modules (the doctor test: kvaser_pci, the driver of the emulated CAN
+# controller REFLEX_QEMU_DEVICES adds).
+# shellcheck disable=SC2086
+modprobe -d "$kdir/root" -S "$kver" -a --show-depends vcan can-raw vivid ${REFLEX_QEMU_MODULES:-} \
     | awk '$1 == "insmod" {print $2}' | while read -r ko; do
     cp "$ko" "$root/lib/modules/"
     basename "$ko" >> "$root/etc/modules.order"
@@ -122,7 +127,7 @@ rc=0
 timeout "${REFLEX_QEMU_TIMEOUT:-300}" qemu-system-x86_64 \
     -accel "$accel" -cpu max -smp "${REFLEX_QEMU_SMP:-2}" -m "${REFLEX_QEMU_MEM:-2048}" \
     -nographic -no-reboot -nodefaults -serial stdio -monitor none \
-    -kernel "$vmlinuz" -initrd "$work/initrd.cpio" \
+    -kernel "$vmlinuz" -initrd "$work/initrd.cpio" ${REFLEX_QEMU_DEVICES:-} \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" || rc=$?
 end=$(date +%s.%N)
 echo "@@HOST qemu_seconds=$(awk "BEGIN{printf \"%.1f\", $end - $start}") qemu_rc=$rc"

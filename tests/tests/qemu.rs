@@ -65,6 +65,12 @@ fn tiny_bundle(dir: &Path, capture: CaptureSpec) -> Manifest {
 /// Boots a guest with `scenario`, `payload` and `bins` (in the guest's /usr/bin); returns its
 /// console output.
 fn run_guest_with(scenario: &str, payload: &Path, bins: &[&Path]) -> String {
+    run_guest_env(scenario, payload, bins, &[])
+}
+
+/// [`run_guest_with`] with more environment for run-guest.sh (`REFLEX_QEMU_MODULES`,
+/// `REFLEX_QEMU_DEVICES`).
+fn run_guest_env(scenario: &str, payload: &Path, bins: &[&Path], env: &[(&str, &str)]) -> String {
     let root = repo_root();
     let t = Instant::now();
     let bins: Vec<String> = bins.iter().map(|b| b.display().to_string()).collect();
@@ -74,6 +80,7 @@ fn run_guest_with(scenario: &str, payload: &Path, bins: &[&Path]) -> String {
         .arg(payload)
         .env("REFLEX_BIN", reflex_bin())
         .env("REFLEX_GUEST_BINS", bins.join(" "))
+        .envs(env.iter().copied())
         .output()
         .expect("running tests/qemu/run-guest.sh");
     let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
@@ -1009,4 +1016,90 @@ fn can_fd_on_vcan() {
         (commands[commands.len() - 1] - 0.5).abs() < 1e-3,
         "{commands:?}"
     );
+}
+
+/// `reflex doctor` in the guest against real drivers: vivid, vcan, and QEMU's emulated Kvaser
+/// PCIcan (an SJA1000 CAN controller with real bit timing, driven by the kernel's `kvaser_pci`).
+/// A camera that does not exist, a CAN interface that is down and one at the wrong bitrate are
+/// each a FAIL with the fix; fixed, they PASS.
+#[test]
+fn doctor_on_vivid_vcan_and_an_emulated_can_controller() {
+    if !enabled("doctor_on_vivid_vcan_and_an_emulated_can_controller") {
+        return;
+    }
+    let _guest = GUEST.lock().unwrap_or_else(|e| e.into_inner());
+    let payload = workdir("qemu-doctor");
+    let capture = CaptureSpec {
+        width: 320,
+        height: 180,
+        format: PixelFormat::Yuyv,
+        fps: 30,
+    };
+    tiny_bundle(&payload.join("bundle"), capture);
+    std::fs::write(
+        payload.join("board.toml"),
+        "name = \"qemu-guest\"\ndescription = \"the QEMU test guest\"\narch = \"x86_64\"\n\
+         [[can]]\nname = \"can0\"\nbitrate = 1000000\nrestart_ms = 100\n\
+         [[can]]\nname = \"vcan0\"\nbitrate = 1000000\n\
+         [[can]]\nname = \"vcan1\"\nbitrate = 1000000\n\
+         [[cameras]]\nname = \"front\"\ndevice = \"/dev/video0\"\n",
+    )
+    .expect("profile");
+    let out = run_guest_env(
+        "doctor.sh",
+        &payload,
+        &[],
+        &[
+            ("REFLEX_QEMU_MODULES", "kvaser_pci"),
+            (
+                "REFLEX_QEMU_DEVICES",
+                "-object can-bus,id=canbus0 -device kvaser_pci,canbus=canbus0",
+            ),
+        ],
+    );
+    let first = section(&out, "doctor1");
+    println!("first run:\n{}", first.join("\n"));
+    let line = |lines: &[&str], start: &str| -> String {
+        lines
+            .iter()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("no line starting `{start}` in\n{}", lines.join("\n")))
+            .to_string()
+    };
+    let can0 = line(&first, "FAIL  can can0: ");
+    assert!(
+        can0.contains("bitrate 500000 bit/s, expected 1000000")
+            && can0.contains("fix: `sudo ip link set can0 down; sudo ip link set can0 type can bitrate 1000000 restart-ms 100"),
+        "{can0}"
+    );
+    let vcan1 = line(&first, "FAIL  can vcan1: ");
+    assert!(
+        vcan1.contains("vcan interface is down")
+            && vcan1.contains("fix: `sudo ip link set vcan1 up`"),
+        "{vcan1}"
+    );
+    let wrist = line(&first, "FAIL  camera wrist: ");
+    assert!(
+        wrist.contains("/dev/video9 does not exist") && wrist.contains("v4l2-ctl --list-devices"),
+        "{wrist}"
+    );
+    let front = line(&first, "PASS  camera front: ");
+    assert!(front.contains("offers yuyv 320x180 at 30 fps"), "{front}");
+    line(&first, "PASS  bundle: ");
+    line(&first, "WARN  can vcan0: ");
+    assert_eq!(marker(&out, "DOCTOR1", "rc"), 2.0, "a FAIL exits 2");
+    assert!(first.iter().all(|l| !l.contains("panicked")));
+
+    let second = section(&out, "doctor2");
+    println!("second run:\n{}", second.join("\n"));
+    let can0 = line(&second, "PASS  can can0: ");
+    assert!(can0.contains("ERROR-ACTIVE, 1000000 bit/s"), "{can0}");
+    line(&second, "WARN  can vcan1: ");
+    assert!(
+        second.iter().all(|l| !l.starts_with("FAIL")),
+        "{}",
+        second.join("\n")
+    );
+    // WARNs remain (virtual CAN, no e-stop, no systemd in the guest): exit 3.
+    assert_eq!(marker(&out, "DOCTOR2", "rc"), 3.0);
 }

@@ -126,6 +126,17 @@ pub struct TickReport {
     pub chunk_received: bool,
 }
 
+/// The loop's hook for a supervisor. Every method is infallible to the loop: a supervisor that
+/// cannot be told is counted, never a reason to stop the robot's loop.
+pub trait LoopNotifier: Send {
+    /// Warm-up done, the first tick is next.
+    fn ready(&mut self, counters: &LoopCounters);
+    /// A tick completed at `now_ns` (loop clock). Called on the hot path: must not allocate.
+    fn tick(&mut self, now_ns: u64, counters: &LoopCounters);
+    /// The loop is stopping (shutdown).
+    fn stopping(&mut self);
+}
+
 /// Event counters, reported at exit.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct LoopCounters {
@@ -199,6 +210,8 @@ pub struct ControlLoop<C: Camera, S: StateSource, K: CommandSink, R: InferenceRu
     estop: Option<EStop>,
     /// The tick of the last e-stop re-arm: results of inferences submitted before it are stale.
     rearm_tick: Option<u64>,
+    /// The supervisor told about warm-up, every completed tick and shutdown (systemd's watchdog).
+    notifier: Option<Box<dyn LoopNotifier>>,
     /// For each action dimension, the state dimension of the same name (rate limiter seeding).
     seed_map: Vec<Option<usize>>,
     /// The seed's buffer, one value per action dimension.
@@ -290,6 +303,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             stopped: false,
             estop: None,
             rearm_tick: None,
+            notifier: None,
             seed_buf: vec![0.0; seed_map.len()],
             seed_map,
             counters: LoopCounters::default(),
@@ -317,6 +331,14 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
     /// commands and runs no inference (see the module documentation for the re-arm).
     pub fn with_estop(mut self, estop: EStop) -> Self {
         self.estop = Some(estop);
+        self
+    }
+
+    /// Adds a supervisor hook ([`LoopNotifier`]): `ready` after warm-up, `tick` at the end of
+    /// every tick that completed (so a stalled tick stops feeding systemd's watchdog),
+    /// `stopping` at shutdown.
+    pub fn with_notifier(mut self, notifier: Box<dyn LoopNotifier>) -> Self {
+        self.notifier = Some(notifier);
         self
     }
 
@@ -695,6 +717,9 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         }
         self.timings
             .record(Stage::Tick, tick_start.elapsed().as_nanos() as u64);
+        if let Some(n) = &mut self.notifier {
+            n.tick(now_ns, &self.counters);
+        }
         Ok(TickReport {
             tick,
             kind,
@@ -749,6 +774,9 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         // without), so no step is lost uncounted while the warm-up ran.
         self.latency_ticks = infer_ns.div_ceil(self.period_ns);
         self.last_submit_tick = Some(0);
+        if let Some(n) = &mut self.notifier {
+            n.ready(&self.counters);
+        }
         Ok(infer_ns)
     }
 
@@ -781,6 +809,9 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
     /// Sends the stop command (also after a fatal error) and flushes the sink.
     pub fn shutdown(&mut self, now_ns: u64) {
         self.stopped = true;
+        if let Some(n) = &mut self.notifier {
+            n.stopping();
+        }
         let tick = self.last_tick.map_or(0, |t| t + 1);
         let cmd = self.filter.stop(tick);
         self.counters.stops += 1;

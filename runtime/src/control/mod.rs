@@ -4,11 +4,13 @@
 //! command per tick); [`plan`] turns raw outputs into the action to send now (unnormalize, chunk
 //! schedule, temporal ensembling, latency compensation); [`safety`] is the only place a
 //! [`safety::SafeCommand`] is made; [`estop`] latches stop inputs; [`jog`] moves the motors to a
-//! target by hand (`reflex can send`) through the same filter.
+//! target by hand (`reflex can send`) through the same filter; [`notify`] tells systemd the loop is
+//! alive (sd_notify watchdog).
 
 pub mod control_loop;
 pub mod estop;
 pub mod jog;
+pub mod notify;
 pub mod plan;
 pub mod safety;
 

@@ -35,6 +35,50 @@ fn loop_tick_allocates_nothing_after_warm_up() {
     assert!(lp.counters.fresh >= 990, "{:?}", lp.counters);
 }
 
+/// The systemd notification on the tick path (WATCHDOG=1 every tick, STATUS= with the counters
+/// once a second) allocates nothing either.
+#[test]
+fn loop_tick_feeding_the_systemd_watchdog_allocates_nothing() {
+    use reflex_runtime::control::notify::SdNotifier;
+    use std::os::unix::net::UnixDatagram;
+    let dir = reflex_testkit::dirs::WorkDir::new("alloc-notify");
+    let path = dir.path().join("notify.sock");
+    let systemd = UnixDatagram::bind(&path).expect("bind");
+    let runner = inline(|run, out: &mut [f32]| {
+        for (i, v) in out.iter_mut().enumerate() {
+            *v = ((run as usize + i) % 5) as f32 * 0.1 - 0.2;
+        }
+    });
+    let notifier =
+        SdNotifier::connect(path.to_str().expect("utf8"), Some(4 * PERIOD)).expect("connect");
+    let (lp, _, _) = scripted_loop(FixedState(vec![0.1, -0.1]), NullSink::default(), runner);
+    let mut lp = lp.with_notifier(Box::new(notifier));
+    lp.seed(&[0.0, 0.0]);
+    systemd.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 256];
+    for k in 0..10 {
+        lp.tick(k * PERIOD).expect("tick");
+        while systemd.recv(&mut buf).is_ok() {}
+    }
+    let (mut pings, mut statuses) = (0, 0);
+    let before = allocs();
+    // 1000 ticks, reading the socket after each (it queues only a few datagrams), so that
+    // every send really goes out; the reads allocate nothing either.
+    for k in 10..1010 {
+        lp.tick(k * PERIOD).expect("tick");
+        while let Ok(len) = systemd.recv(&mut buf) {
+            pings += usize::from(&buf[..len] == b"WATCHDOG=1");
+            statuses += usize::from(buf[..len].starts_with(b"STATUS="));
+        }
+    }
+    let n = allocs() - before;
+    assert_eq!(
+        n, 0,
+        "{n} heap allocations in 1000 ticks feeding the watchdog"
+    );
+    assert_eq!((pings, statuses), (1000, 100));
+}
+
 #[test]
 fn loop_tick_with_an_estop_allocates_nothing_through_trip_and_rearm() {
     use reflex_runtime::control::estop::{EStop, ManualInput};

@@ -7,7 +7,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{episode, export, infer, inspect, quantize};
+use commands::{deploy, episode, export, infer, inspect, quantize};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -46,6 +46,11 @@ enum Cmd {
     /// Make replay episodes (`reflex-episode-v1`) from images and a state file.
     #[command(subcommand)]
     Episode(episode::Cmd),
+    /// Put the reflex binary and a bundle on a board over ssh as a new version, switch to it
+    /// atomically, install its systemd units (watchdog, CAN bring-up) and udev rules.
+    Deploy(Box<deploy::Args>),
+    /// Switch a board back to the previously deployed version and restart the service.
+    Rollback(deploy::RollbackArgs),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +67,8 @@ fn main() -> ExitCode {
         Cmd::Infer(a) => infer::run(a),
         Cmd::Quantize(a) => quantize::run(*a),
         Cmd::Episode(c) => episode::run(c),
+        Cmd::Deploy(a) => deploy::run(*a),
+        Cmd::Rollback(a) => deploy::rollback(a),
     };
     ExitCode::from(exit_code(&result))
 }

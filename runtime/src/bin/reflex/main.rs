@@ -7,15 +7,16 @@ mod commands;
 mod open;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, can, check, demo, record, run, Outcome, StdoutClosed};
+use commands::{bench, can, check, demo, doctor, record, run, Outcome, StdoutClosed};
 use std::process::ExitCode;
 
 /// The exit statuses, for `--help` and the README.
 const EXIT_STATUS: &str = "Exit status:\n  \
     0  success (`reflex bench`: verdict PASS)\n  \
     1  error; the message on stderr names the file, device or value at fault\n  \
-    2  `reflex bench` verdict FAIL, or a malformed command line (the message names the \
-       accepted forms)";
+    2  `reflex bench` verdict FAIL, a `reflex doctor` check FAIL, or a malformed command line \
+       (the message names the accepted forms)\n  \
+    3  `reflex doctor`: a check WARN, none FAIL";
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +60,10 @@ enum Cmd {
     /// Record an episode (reflex-episode-v1: camera frames as delivered + joint state) from the
     /// bundle's cameras, for `reflex run --camera replay:DIR`, bench and calibration.
     Record(record::Args),
+    /// Is this board ready? Profile, CAN interfaces (up, bitrate, state), cameras (present, the
+    /// bundle's format), e-stop (released), bundle, backend, clocks, disk, the service: one
+    /// PASS/WARN/FAIL line each with the fix. Exit 0 all PASS, 3 a WARN, 2 a FAIL.
+    Doctor(doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +87,7 @@ fn main() -> ExitCode {
         Cmd::Can(c) => can::run(c),
         Cmd::Check(a) => check::run(a),
         Cmd::Record(a) => record::run(a),
+        Cmd::Doctor(a) => doctor::run(a),
     };
     ExitCode::from(exit_code(&result))
 }
@@ -92,6 +98,7 @@ fn exit_code(result: &anyhow::Result<Outcome>) -> u8 {
     match result {
         Ok(Outcome::Success) => 0,
         Ok(Outcome::VerdictFail) => 2,
+        Ok(Outcome::Warnings) => 3,
         // `reflex can decode ... | head`: a closed pipe ends the program quietly, as for other
         // Unix tools.
         Err(e) if e.downcast_ref::<StdoutClosed>().is_some() => 0,

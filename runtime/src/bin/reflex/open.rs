@@ -141,7 +141,7 @@ const CANDUMP_KIND: output::Kind = output::Kind {
 };
 
 /// A safety input (`level`: an e-stop's status, else an arm button's event).
-fn safety_input(spec: &SafetyInputSpec, level: bool) -> Result<Box<dyn SafetyInput>> {
+pub fn safety_input(spec: &SafetyInputSpec, level: bool) -> Result<Box<dyn SafetyInput>> {
     let input: Box<dyn SafetyInput> = match spec {
         SafetyInputSpec::Gpio(g) => Box::new(g.open()?),
         SafetyInputSpec::Can {

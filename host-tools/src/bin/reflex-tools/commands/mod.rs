@@ -2,6 +2,7 @@
 //! library (`reflex_tools`).
 
 pub mod episode;
+pub mod deploy;
 pub mod export;
 pub mod infer;
 pub mod inspect;

@@ -5,6 +5,7 @@ pub mod can;
 pub mod check;
 pub mod demo;
 pub mod record;
+pub mod doctor;
 pub mod run;
 
 use anyhow::{Context, Result};
@@ -16,8 +17,10 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     Success,
-    /// `reflex bench` measured a FAIL verdict.
+    /// `reflex bench` measured a FAIL verdict, or a `reflex doctor` check failed.
     VerdictFail,
+    /// `reflex doctor`: a check warned, none failed.
+    Warnings,
 }
 
 /// Stdout was closed by the reader (`| head`): not an error of ours.

@@ -8,6 +8,7 @@ use reflex_board::input::{parse_gpio_spec, GpioSpec};
 use reflex_models::Bundle;
 use reflex_runtime::clock::MonotonicClock;
 use reflex_runtime::control::estop::EStop;
+use reflex_runtime::control::notify::SdNotifier;
 use reflex_runtime::control::{ControlLoop, LoopOptions};
 use reflex_runtime::infer::runner::{Request, ThreadedRunner};
 use reflex_runtime::infer::select::select_backend;
@@ -120,6 +121,12 @@ pub fn run_loop(
     let mut lp = ControlLoop::new(m, io.cameras, io.state, io.sink, runner, &opts)?;
     if let Some(e) = io.estop {
         lp = lp.with_estop(e);
+    }
+    // Under systemd (`Type=notify`, the unit `reflex-tools deploy` installs): READY=1 after
+    // warm-up, WATCHDOG=1 from the tick, so a stalled loop gets restarted.
+    if let Some(n) = SdNotifier::from_env()? {
+        log::info!("systemd notification socket found: READY/WATCHDOG/STATUS from the loop");
+        lp = lp.with_notifier(Box::new(n));
     }
     let first_ms = lp.warm_up(clock, 5_000_000_000)? as f64 / 1e6;
     let startup_ms = t_load.elapsed().as_secs_f64() * 1e3;
