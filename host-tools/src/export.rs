@@ -71,6 +71,9 @@ pub struct ExportArgs {
     pub out: PathBuf,
     /// Replace the bundle already at --out (only a reflex bundle: never other files).
     pub force: bool,
+    /// Training frames for the camera viewpoint check: `DIR/CAMERA/*.png|jpg` at capture size
+    /// (see [`crate::reference_frames`]).
+    pub reference_frames: Option<PathBuf>,
 }
 
 /// The policy architecture from `--config` (TOML) or from the `--arch`/`--head`/... flags.
@@ -182,6 +185,13 @@ pub fn export(a: ExportArgs) -> Result<()> {
     };
     manifest.name = name;
     apply_stats(&mut manifest, &a)?;
+    if let Some(dir) = &a.reference_frames {
+        progress.set_message("reference frames");
+        for note in crate::reference_frames::add_reference_frames(&mut manifest, dir, &out.path())?
+        {
+            log::info!("{note}");
+        }
+    }
     // Validate against the graph before anything is written.
     progress.set_message("checking the graph");
     let tmp = out.scratch()?.join("policy.onnx");

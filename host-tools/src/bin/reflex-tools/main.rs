@@ -7,7 +7,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{export, infer, inspect, quantize};
+use commands::{explain, export, infer, inspect, parity, quantize};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -43,6 +43,11 @@ enum Cmd {
     /// Quantize a bundle to fp16 or int8 (operator form for tract + QDQ for TensorRT), with an
     /// accuracy report in action units and a gate.
     Quantize(Box<quantize::Args>),
+    /// Compare the bundle's preprocessing with your training dataloader's tensors and name the
+    /// mistake that explains a difference.
+    Parity(parity::Args),
+    /// Occlusion heatmaps and a robustness sweep: what the policy looks at, how brittle it is.
+    Explain(explain::Args),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,8 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Infer(a) => infer::run(a),
         Cmd::Quantize(a) => quantize::run(*a),
+        Cmd::Parity(a) => parity::run(a),
+        Cmd::Explain(a) => explain::run(a),
     };
     ExitCode::from(exit_code(&result))
 }

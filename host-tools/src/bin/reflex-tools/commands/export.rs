@@ -78,6 +78,12 @@ pub struct Args {
     /// Replace the bundle already at --out (only a reflex bundle: never other files).
     #[arg(long)]
     pub force: bool,
+    /// Training frames for the camera viewpoint check (`reflex check --cameras`, the start of
+    /// `reflex run`): a folder per camera (`DIR/CAMERA/*.png|jpg`, or the frames in DIR for a
+    /// one-camera bundle), raw frames at the capture size. Up to 8 per camera are stored,
+    /// downscaled, with their brightness, white balance and sharpness.
+    #[arg(long, value_name = "DIR")]
+    pub reference_frames: Option<PathBuf>,
 }
 
 fn parse_convention(s: &str) -> Result<Convention, String> {
@@ -108,6 +114,7 @@ impl From<Args> for ExportArgs {
             name: a.name,
             out: a.out,
             force: a.force,
+            reference_frames: a.reference_frames,
         }
     }
 }
