@@ -705,12 +705,13 @@ fn solve6(mut m: [[f64; 6]; 6], mut v: [f64; 6]) -> Option<[f64; 6]> {
         }
         m.swap(col, piv);
         v.swap(col, piv);
-        for r in col + 1..6 {
-            let f = m[r][col] / m[col][col];
-            for k in col..6 {
-                m[r][k] -= f * m[col][k];
+        let (pivot, pv) = (m[col], v[col]);
+        for (row, vr) in m.iter_mut().zip(v.iter_mut()).skip(col + 1) {
+            let f = row[col] / pivot[col];
+            for (x, p) in row.iter_mut().zip(pivot.iter()).skip(col) {
+                *x -= f * p;
             }
-            v[r] -= f * v[col];
+            *vr -= f * pv;
         }
     }
     let mut x = [0f64; 6];

@@ -93,8 +93,8 @@ fn check_cameras_grades_the_viewpoint_and_run_refuses_a_moved_camera() {
     let episode = wd.path().join("episode");
     let probe = wd.path().join("probe");
     let m = write_tiny_bundle(&probe, CAPTURE);
-    // Two frames a second: the first frame is the one the check grabs.
-    generate_synthetic_episode(&m, &episode, 2.0, 2).expect("episode");
+    // A replay camera's timeline starts at its first read: the check grabs the first frame.
+    generate_synthetic_episode(&m, &episode, 2.0, 10).expect("episode");
     let camera = format!("replay:{}", s(&episode));
 
     let same = wd.path().join("same");
