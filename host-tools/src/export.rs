@@ -82,6 +82,9 @@ pub struct ExportArgs {
     /// section of --manifest (`protocol = "dbc"`), instead of the file that section names
     /// (relative to the template).
     pub dbc: Option<PathBuf>,
+    /// Training frames for the camera viewpoint check: `DIR/CAMERA/*.png|jpg` at capture size
+    /// (see [`crate::reference_frames`]).
+    pub reference_frames: Option<PathBuf>,
 }
 
 /// `--head` when neither given nor read from a checkpoint.
@@ -414,6 +417,13 @@ pub fn export(a: ExportArgs) -> Result<()> {
     };
     manifest.name = name;
     apply_stats(&mut manifest, &a)?;
+    if let Some(dir) = &a.reference_frames {
+        progress.set_message("reference frames");
+        for note in crate::reference_frames::add_reference_frames(&mut manifest, dir, &out.path())?
+        {
+            log::info!("{note}");
+        }
+    }
     // Validate against the graph before anything is written.
     progress.set_message("checking the graph");
     // The graph as tract loads and types it: a file tract cannot run is refused here. A user's

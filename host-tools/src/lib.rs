@@ -7,15 +7,24 @@
 //! - [`infer`]: a bundle's raw network on .npy tensors;
 //! - [`quantize`]: fp16 and int8 forms of a bundle with an accuracy report and a gate;
 //! - [`episode`]: a replay episode (`reflex-episode-v1`) from a folder of images and a state
-//!   file.
-//! - [`deploy`]: a binary and a bundle onto a board over ssh, as a new version, with rollback.
+//!   file;
+//! - [`deploy`]: a binary and a bundle onto a board over ssh, as a new version, with rollback;
+//! - [`parity`]: the bundle's preprocessing against the user's dataloader tensors, with the
+//!   usual mistakes diagnosed;
+//! - [`explain`]: occlusion sensitivity and a robustness sweep of a bundle's policy;
+//! - [`reference_frames`]: the training frames `export --reference-frames` stores for the
+//!   camera viewpoint check; [`images`]: the PNG/JPEG files these tools read and write.
 //!
 //! Errors are `anyhow` errors whose message names the file, flag or tensor at fault.
 
 pub mod deploy;
 pub mod episode;
+pub mod explain;
 pub mod export;
+pub mod images;
 pub mod infer;
 pub mod inspect;
+pub mod parity;
 pub mod quantize;
+pub mod reference_frames;
 pub mod stats;

@@ -1,4 +1,5 @@
-//! reflex-tools' integration tests: export, inspect, infer and quantize as a user runs them.
+//! reflex-tools' integration tests: export, inspect, infer, quantize, parity and explain as a
+//! user runs them.
 //!
 //! One integration test binary per crate (TESTING.md): every module under `it/` is a former
 //! test binary of its own; a new test file goes there, with a `mod` line below.
@@ -7,6 +8,7 @@ mod it {
     mod contracts;
     mod episode;
     mod export;
+    mod fidelity;
     mod overwrite;
     mod quantize;
 }

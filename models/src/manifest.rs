@@ -317,6 +317,77 @@ pub struct CameraSpec {
     /// A frame older than this (capture timestamp to tick) is not used; the policy holds.
     #[serde(default = "default_max_age")]
     pub max_age_ms: u32,
+    /// The training frames this camera's live view is checked against (`reflex check
+    /// --cameras`, the start of `reflex run`); absent = no viewpoint check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub viewpoint: Option<ViewpointSpec>,
+}
+
+/// A camera's reference view: a few training frames (downscaled luma) and their statistics,
+/// written by `reflex-tools export --reference-frames`, and the thresholds of the check (see
+/// `reflex_runtime::camera::viewpoint`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewpointSpec {
+    /// Bundle-relative `.npy` files: uint8 `(height, width)` ITU-R 601 luma of each reference
+    /// frame, downscaled from the capture size by `downscale` (block mean).
+    pub frames: Vec<String>,
+    /// Capture size over reference size (an integer factor, >= 1).
+    pub downscale: u32,
+    /// Mean R, G, B of the reference frames at capture size, 0-255.
+    pub mean_rgb: [f64; 3],
+    /// Mean variance of the 4-neighbour Laplacian of the reference frames' luma at capture size
+    /// (levels^2): their sharpness.
+    pub sharpness: f64,
+    #[serde(default)]
+    pub thresholds: ViewpointThresholds,
+}
+
+/// Above `warn` the check warns, above `refuse` `reflex run` refuses to start.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewpointLimit {
+    pub warn: f64,
+    pub refuse: f64,
+}
+
+/// Per-measure limits of the viewpoint check. The defaults are starting points for a
+/// 640x480-class camera and a policy trained without heavy augmentation; tighten or loosen them
+/// per camera from what the policy tolerates (`reflex-tools explain`'s robustness sweep).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ViewpointThresholds {
+    /// Content shift, capture pixels.
+    pub shift_px: ViewpointLimit,
+    /// Absolute rotation, degrees.
+    pub rotation_deg: ViewpointLimit,
+    /// `|scale - 1|`, percent.
+    pub scale_pct: ViewpointLimit,
+    /// `|brightness ratio - 1|`, percent.
+    pub brightness_pct: ViewpointLimit,
+    /// The larger of `|R/G ratio - 1|` and `|B/G ratio - 1|`, percent.
+    pub white_balance_pct: ViewpointLimit,
+    /// Sharpness drop (`1 - ratio`, only blurrier counts), percent.
+    pub sharpness_drop_pct: ViewpointLimit,
+    /// `1 - correlation` of the aligned pictures, percent: how unlike the reference scene the
+    /// live one is (a covered lens, another scene); the geometry means nothing when this is
+    /// high.
+    pub mismatch_pct: ViewpointLimit,
+}
+
+impl Default for ViewpointThresholds {
+    fn default() -> Self {
+        let l = |warn, refuse| ViewpointLimit { warn, refuse };
+        ViewpointThresholds {
+            shift_px: l(3.0, 10.0),
+            rotation_deg: l(1.0, 3.0),
+            scale_pct: l(2.0, 5.0),
+            brightness_pct: l(15.0, 40.0),
+            white_balance_pct: l(10.0, 25.0),
+            sharpness_drop_pct: l(40.0, 70.0),
+            mismatch_pct: l(30.0, 60.0),
+        }
+    }
 }
 
 fn default_max_age() -> u32 {

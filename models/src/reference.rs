@@ -118,6 +118,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             capture,
             preprocess: imagenet_preprocess(),
             max_age_ms: 200,
+            viewpoint: None,
         })
         .collect();
     let mut provenance = BTreeMap::new();

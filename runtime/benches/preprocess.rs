@@ -55,6 +55,7 @@ fn camera(format: PixelFormat, interpolation: Interpolation) -> CameraSpec {
             layout: Layout::Nchw,
         },
         max_age_ms: 200,
+        viewpoint: None,
     }
 }
 

@@ -1132,6 +1132,7 @@ mod tests {
                 layout: Layout::Nchw,
             },
             max_age_ms: 200,
+            viewpoint: None,
         }
     }
 

@@ -25,4 +25,5 @@ mod it {
     mod overwrite;
     mod preprocess;
     mod record;
+    mod viewpoint;
 }

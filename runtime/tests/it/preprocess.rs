@@ -92,6 +92,7 @@ impl Case {
                 layout: Layout::Nchw,
             },
             max_age_ms: 200,
+            viewpoint: None,
         }
     }
 

@@ -7,7 +7,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{deploy, episode, export, infer, inspect, quantize};
+use commands::{deploy, episode, explain, export, infer, inspect, parity, quantize};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -51,6 +51,11 @@ enum Cmd {
     Deploy(Box<deploy::Args>),
     /// Switch a board back to the previously deployed version and restart the service.
     Rollback(deploy::RollbackArgs),
+    /// Compare the bundle's preprocessing with your training dataloader's tensors and name the
+    /// mistake that explains a difference.
+    Parity(parity::Args),
+    /// Occlusion heatmaps and a robustness sweep: what the policy looks at, how brittle it is.
+    Explain(explain::Args),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +74,8 @@ fn main() -> ExitCode {
         Cmd::Episode(c) => episode::run(c),
         Cmd::Deploy(a) => deploy::run(*a),
         Cmd::Rollback(a) => deploy::rollback(a),
+        Cmd::Parity(a) => parity::run(a),
+        Cmd::Explain(a) => explain::run(a),
     };
     ExitCode::from(exit_code(&result))
 }

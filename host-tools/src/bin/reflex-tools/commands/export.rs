@@ -97,6 +97,12 @@ pub struct Args {
     /// it, the file that section names is bundled (its path relative to the template).
     #[arg(long, requires = "onnx")]
     pub dbc: Option<PathBuf>,
+    /// Training frames for the camera viewpoint check (`reflex check --cameras`, the start of
+    /// `reflex run`): a folder per camera (`DIR/CAMERA/*.png|jpg`, or the frames in DIR for a
+    /// one-camera bundle), raw frames at the capture size. Up to 8 per camera are stored,
+    /// downscaled, with their brightness, white balance and sharpness.
+    #[arg(long, value_name = "DIR")]
+    pub reference_frames: Option<PathBuf>,
 }
 
 fn parse_convention(s: &str) -> Result<Convention, String> {
@@ -128,6 +134,7 @@ impl From<Args> for ExportArgs {
             out: a.out,
             force: a.force,
             dbc: a.dbc,
+            reference_frames: a.reference_frames,
         }
     }
 }

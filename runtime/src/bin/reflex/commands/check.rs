@@ -1,19 +1,34 @@
-//! `reflex check`: validate a bundle and print what it expects.
+//! `reflex check`: validate a bundle and print what it expects; with `--cameras`, check that
+//! each camera sees what training saw.
 
 use super::Outcome;
 use crate::args::BundleArg;
-use crate::open::load_bundle;
-use anyhow::Result;
+use crate::open::{load_bundle, Devices};
+use anyhow::{bail, Context, Result};
+use reflex_models::Bundle;
+use reflex_runtime::camera::viewpoint::{
+    FrameDecoder, Verdict, ViewpointReference, ViewpointReport,
+};
 use reflex_runtime::can::codec::Codec;
+use reflex_runtime::clock::{Clock, MonotonicClock};
 use reflex_runtime::control::plan::feed_check;
 use reflex_runtime::infer::select::{select_backend, survey, BackendChoice};
 use reflex_runtime::infer::tract::TractOptions;
+use reflex_runtime::io::Camera;
+use reflex_runtime::spec::CameraSource;
 use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
     bundle: BundleArg,
+    /// Check each camera's viewpoint against the training frames stored in the bundle (`export
+    /// --reference-frames`): shift, rotation, scale, brightness, white balance and sharpness,
+    /// graded OK / WARN / REFUSE by the manifest's thresholds. Sources as `reflex run --camera`
+    /// takes them (`[NAME=]/dev/videoN`, `[NAME=]replay:EPISODE_DIR`), comma-separated or repeated.
+    /// Exit status 1 when a camera is refused.
+    #[arg(long, value_name = "SOURCE", num_args = 1.., value_delimiter = ',')]
+    cameras: Vec<CameraSource>,
 }
 
 pub fn run(a: Args) -> Result<Outcome> {
@@ -120,6 +135,13 @@ pub fn run(a: Args) -> Result<Outcome> {
         }
         Err(e) => println!("  plan feed: not measured ({e})"),
     }
+    if !a.cameras.is_empty() {
+        let (mut cams, _) = Devices::new(&b).cameras(&a.cameras)?;
+        let reports = viewpoint(&b, &mut cams, &MonotonicClock::new())?;
+        if reports.iter().any(|r| r.verdict == Verdict::Refuse) {
+            bail!("a camera does not see what training saw (see above)");
+        }
+    }
     // Last: OK only once every check above passed (the CAN protocol's included).
     println!(
         "bundle {} OK ({:.0} ms)",
@@ -127,4 +149,57 @@ pub fn run(a: Args) -> Result<Outcome> {
         t.elapsed().as_secs_f64() * 1e3
     );
     Ok(Outcome::Success)
+}
+
+/// How long to wait for each camera's first frame.
+const FIRST_FRAME_TIMEOUT_NS: u64 = 3_000_000_000;
+
+/// The viewpoint check of every camera that has reference frames: grabs one frame from each
+/// (waiting up to 3 s), compares it with the bundle's training frames and prints one report per
+/// camera. Cameras without reference frames are said to be unchecked.
+pub fn viewpoint(
+    b: &Bundle,
+    cams: &mut [Box<dyn Camera>],
+    clock: &dyn Clock,
+) -> Result<Vec<ViewpointReport>> {
+    let mut reports = Vec::new();
+    for (spec, cam) in b.manifest.cameras.iter().zip(cams.iter_mut()) {
+        let Some(vp) = &spec.viewpoint else {
+            println!(
+                "  camera {}: no reference frames in the bundle (viewpoint not checked; export with \
+                 --reference-frames DIR to add them)",
+                spec.name
+            );
+            continue;
+        };
+        let t = std::time::Instant::now();
+        let reference = ViewpointReference::load(&spec.name, vp, &b.dir)?;
+        let mut decoder = FrameDecoder::new(spec)?;
+        let deadline = clock.now_ns() + FIRST_FRAME_TIMEOUT_NS;
+        let planes = loop {
+            let now = clock.now_ns();
+            if let Some(f) = cam.latest(now, (now + 50_000_000).min(deadline))? {
+                break decoder.decode(&f)?;
+            }
+            if now >= deadline {
+                bail!(
+                    "camera `{}` ({}): no frame within {} s for the viewpoint check",
+                    spec.name,
+                    cam.name(),
+                    FIRST_FRAME_TIMEOUT_NS / 1_000_000_000
+                );
+            }
+            clock.sleep_until(now + 5_000_000);
+        };
+        let report = reference
+            .check(&planes)
+            .with_context(|| format!("camera `{}`", spec.name))?;
+        println!(
+            "  {} ({:.0} ms)",
+            report.summary().replace('\n', "\n  "),
+            t.elapsed().as_secs_f64() * 1e3
+        );
+        reports.push(report);
+    }
+    Ok(reports)
 }

@@ -3,9 +3,10 @@
 use super::{interrupt_flag, Outcome};
 use crate::args::{BackendArgs, BundleArg, CanOutArgs};
 use crate::open::{self, load_bundle, Devices};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use reflex_board::input::{parse_gpio_spec, GpioSpec};
 use reflex_models::Bundle;
+use reflex_runtime::camera::viewpoint::Verdict;
 use reflex_runtime::clock::MonotonicClock;
 use reflex_runtime::control::estop::EStop;
 use reflex_runtime::control::notify::SdNotifier;
@@ -46,6 +47,11 @@ pub struct Args {
     /// Status LED: `gpio:CHIP:LINE[:active-low]`, on while armed, blinking while stopped.
     #[arg(long, value_name = "SPEC", requires = "estop", value_parser = parse_gpio_spec)]
     status_led: Option<GpioSpec>,
+    /// Start even when a camera's viewpoint check (against the bundle's training frames)
+    /// refuses: the camera moved, the light changed or the lens is blurred. Only to look at
+    /// what the policy does anyway, with the robot able to be stopped.
+    #[arg(long)]
+    skip_viewpoint_check: bool,
     #[command(flatten)]
     engine: LoopArgs,
 }
@@ -73,7 +79,28 @@ pub fn run(a: Args) -> Result<Outcome> {
     let clock = MonotonicClock::new();
     let bundle = load_bundle(&a.bundle.bundle)?;
     let mut dev = Devices::new(&bundle);
-    let (cameras, episode) = dev.cameras(&a.cameras)?;
+    let (mut cameras, episode) = dev.cameras(&a.cameras)?;
+    if bundle
+        .manifest
+        .cameras
+        .iter()
+        .any(|c| c.viewpoint.is_some())
+    {
+        let reports = super::check::viewpoint(&bundle, &mut cameras, &clock)?;
+        let refused: Vec<&str> = reports
+            .iter()
+            .filter(|r| r.verdict == Verdict::Refuse)
+            .map(|r| r.camera.as_str())
+            .collect();
+        if !refused.is_empty() && !a.skip_viewpoint_check {
+            bail!(
+                "camera(s) {} do not see what training saw (see above): fix the mount, light or \
+                 focus, loosen the bundle's [cameras.viewpoint.thresholds], or pass \
+                 --skip-viewpoint-check",
+                refused.join(", ")
+            );
+        }
+    }
     let state = dev.state(a.state.as_ref(), episode.as_deref())?;
     let estop = open::estop(a.estop.as_ref(), a.arm.as_ref(), a.status_led.as_ref())?;
     let sink = dev.sink(&a.out.can, &a.out.iface, &clock, a.out.force)?;

@@ -1,0 +1,54 @@
+//! `reflex-tools explain`: its flags and help text; the work is [`reflex_tools::explain`].
+
+use anyhow::Result;
+use reflex_tools::explain::{explain, ExplainArgs};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+#[command(
+    long_about = "What does the policy look at, and how brittle is it?\n\n\
+    On one frame of a recorded episode: an occlusion heatmap per camera and action group (a \
+    neutral patch slides over the frame; heat = how far the actions move, in their units), and a \
+    robustness sweep (brightness, contrast, colour temperature, blur, shifts at growing strength \
+    against the action change, sweep.svg). A JSON file beside every picture holds the numbers."
+)]
+pub struct Args {
+    #[arg(long)]
+    pub bundle: PathBuf,
+    /// A recorded episode folder (as `reflex run --camera replay:DIR` plays).
+    #[arg(long)]
+    pub episode: PathBuf,
+    /// Frame index in the episode.
+    #[arg(long, default_value_t = 0)]
+    pub frame: usize,
+    /// Occlusion patch side in capture pixels (default: an eighth of the shorter side).
+    #[arg(long, default_value_t = 0)]
+    pub patch: usize,
+    /// Occlusion patch step in pixels (default: half the patch).
+    #[arg(long, default_value_t = 0)]
+    pub stride: usize,
+    /// Output folder for the PNGs, SVG and JSON.
+    #[arg(long, default_value = "explain")]
+    pub out: PathBuf,
+}
+
+/// Explain and list what was written (see [`reflex_tools::explain::explain`]).
+pub fn run(a: Args) -> Result<()> {
+    let written = explain(&ExplainArgs {
+        bundle: a.bundle,
+        episode: a.episode,
+        frame: a.frame,
+        patch: a.patch,
+        stride: a.stride,
+        out: a.out,
+    })?;
+    for p in written
+        .occlusion
+        .iter()
+        .chain([&written.sweep])
+        .chain(&written.json)
+    {
+        println!("wrote {}", p.display());
+    }
+    Ok(())
+}
