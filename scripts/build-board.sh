@@ -174,6 +174,8 @@ qemu_user() {
         if [ ! -x "$QEMU" ]; then
             say "fetching qemu-user-static into $CACHE/qemu"
             fetch_unpack "$CACHE/qemu" qemu-user-static
+            # The package has an emulator per architecture (~370 MB): keep aarch64's.
+            find "$CACHE/qemu/usr/bin" -name 'qemu-*' ! -name qemu-aarch64-static -delete
         fi
     fi
     SYSROOT="$CACHE/sysroot-arm64"
