@@ -60,6 +60,14 @@ if [ ${#deploy_apt[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
         "${deploy_apt[@]}"
 fi
+# The board binary (scripts/build-board.sh, run by scripts/test.sh unless REFLEX_BOARD_TESTS=0)
+# installs zig and cargo-zigbuild into a virtualenv: Debian's python3 needs python3-venv for it.
+if [ "${REFLEX_BOARD_TESTS:-0}" = 1 ] && ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    echo "setup: apt-get install python3-venv (board binary)"
+    if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-venv
+fi
 
 if ! command -v cargo >/dev/null; then
     echo "setup: cargo not found; install Rust with rustup (https://rustup.rs), then re-run" >&2

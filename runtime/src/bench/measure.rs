@@ -154,6 +154,9 @@ pub struct Measurement {
     pub inferences: u64,
     pub missed_deadlines: u64,
     pub overruns: u64,
+    /// Model-only mode: the raw output of the last run on the fixed inputs, row-major
+    /// `[horizon][dim]`, normalized units ([`Policy::output`]); `None` in pipeline mode.
+    pub model_output: Option<Vec<f32>>,
 }
 
 /// Times the network alone: `backend` is run on fixed inputs (zero, i.e. a mid-grey normalized
@@ -197,6 +200,7 @@ pub fn measure_model(
         inferences: k,
         missed_deadlines: 0,
         overruns: 0,
+        model_output: Some(backend.output().to_vec()),
     })
 }
 
@@ -261,6 +265,7 @@ pub fn measure_pipeline(
         inferences: lp.counters.inferences,
         missed_deadlines: lp.counters.missed_deadlines,
         overruns: lp.counters.overruns,
+        model_output: None,
     };
     // The stop command at the end is not part of the measurement.
     lp.shutdown(clock.now_ns());
@@ -319,6 +324,7 @@ pub fn report(
         missed_deadlines: measured.missed_deadlines,
         overruns: measured.overruns,
         periods_ms: measured.periods_ms,
+        model_output: measured.model_output,
         verdict,
     }
 }

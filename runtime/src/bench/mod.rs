@@ -122,6 +122,9 @@ pub struct Verdict {
 ///   `post_process`, `send`, `tick`, `period`, `end_to_end`);
 /// - `missed_deadlines`, `overruns`: counts from the loop;
 /// - `periods_ms`: the start-to-start interval of every timed tick, in order (timeline);
+/// - `model_output` (model-only mode only, absent otherwise): the network's raw output on the
+///   fixed inputs, row-major `[horizon][dim]`, normalized units: what two machines (the x86
+///   build and the aarch64 board build) must agree on;
 /// - `verdict`: [`Verdict`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BenchReport {
@@ -146,6 +149,8 @@ pub struct BenchReport {
     pub missed_deadlines: u64,
     pub overruns: u64,
     pub periods_ms: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_output: Option<Vec<f32>>,
     pub verdict: Verdict,
 }
 

@@ -676,6 +676,7 @@ mod tests {
             missed_deadlines: 0,
             overruns: 0,
             periods_ms: (0..1000).map(|i| 50.0 + (i % 7) as f64 * 0.01).collect(),
+            model_output: None,
             verdict,
         }
     }

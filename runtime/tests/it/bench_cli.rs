@@ -1,5 +1,8 @@
 //! `reflex bench`: report schema, SVG, verdict exit codes, `--compare`.
 
+use reflex_models::Bundle;
+use reflex_runtime::infer::policy::{Policy, SinglePassPolicy};
+use reflex_runtime::infer::tract::TractOptions;
 use reflex_testkit::bundles::demo_bundle;
 use reflex_testkit::cli::Cli;
 use reflex_testkit::dirs::WorkDir;
@@ -217,4 +220,65 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
         stdout.contains("inference") && stdout.contains("B/A"),
         "{stdout}"
     );
+}
+
+#[test]
+fn bench_model_only_reports_the_network_output_on_its_fixed_inputs() {
+    let _real_time = reflex_testkit::serial::real_time();
+    let dir = WorkDir::new("bench-output");
+    let bundle = demo_bundle();
+    // Either verdict (exit 0 or 2): only the report's contents matter here.
+    let report = |extra: &[&str], name: &str| -> serde_json::Value {
+        let json = dir.join(format!("{name}.json"));
+        let out = reflex()
+            .args(["bench", "--bundle"])
+            .arg(bundle)
+            .args(extra)
+            .args(["--warmup", "1", "--iterations", "2", "--json"])
+            .arg(&json)
+            .arg("--svg")
+            .arg(dir.join(format!("{name}.svg")))
+            .run();
+        assert!(matches!(out.code(), Some(0 | 2)), "{out}");
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("json")).expect("parses")
+    };
+    // The pipeline report has no model output.
+    let pipeline = report(&["--rate", "20"], "pipeline");
+    assert_eq!(pipeline["mode"], "pipeline");
+    assert!(
+        pipeline.get("model_output").is_none(),
+        "{}",
+        pipeline["model_output"]
+    );
+    // Model-only: the output of tract on a zero image and zero state, as it runs in-process.
+    let b = report(&["--model-only"], "model");
+    assert_eq!(b["mode"], "model-only");
+    let reported: Vec<f32> = b["model_output"]
+        .as_array()
+        .expect("model_output")
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect();
+    let loaded = Bundle::load(bundle).expect("bundle");
+    let mut policy = SinglePassPolicy::tract(&loaded, TractOptions { threads: 1 }).expect("tract");
+    policy.camera_input(0).fill(0.0);
+    if let Some(s) = policy.state_input() {
+        s.fill(0.0);
+    }
+    policy.run().expect("run");
+    let expected = policy.output();
+    let m = &loaded.manifest;
+    assert_eq!(
+        expected.len(),
+        m.action.output.horizon() * m.action.names.len()
+    );
+    assert_eq!(reported.len(), expected.len());
+    for (i, (r, e)) in reported.iter().zip(expected).enumerate() {
+        assert!(
+            (r - e).abs() <= 1e-5,
+            "output {i}: reported {r}, in-process {e}"
+        );
+    }
+    // Not a constant: the network's features reach the head.
+    assert!(expected.iter().any(|v| (v - expected[0]).abs() > 1e-3));
 }
