@@ -22,4 +22,5 @@ mod it {
     mod estop;
     mod overwrite;
     mod preprocess;
+    mod tensorrt;
 }

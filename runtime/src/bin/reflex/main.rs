@@ -7,7 +7,7 @@ mod commands;
 mod open;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, can, check, demo, run, Outcome, StdoutClosed};
+use commands::{bench, can, check, demo, engine, run, Outcome, StdoutClosed};
 use std::process::ExitCode;
 
 /// The exit statuses, for `--help` and the README.
@@ -56,6 +56,9 @@ enum Cmd {
     Can(can::Cmd),
     /// Validate a bundle (manifest, hashes, graph I/O) and print what it expects.
     Check(check::Args),
+    /// TensorRT engines: build the bundle's engine on this board (`reflex engine build`).
+    #[command(subcommand)]
+    Engine(engine::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => bench::run(a),
         Cmd::Can(c) => can::run(c),
         Cmd::Check(a) => check::run(a),
+        Cmd::Engine(c) => engine::run(c),
     };
     ExitCode::from(exit_code(&result))
 }

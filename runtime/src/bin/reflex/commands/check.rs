@@ -7,6 +7,7 @@ use anyhow::Result;
 use reflex_runtime::can::codec::Codec;
 use reflex_runtime::control::plan::feed_check;
 use reflex_runtime::infer::select::{select_backend, survey, BackendChoice};
+use reflex_runtime::infer::tensorrt::{self, ThisMachine};
 use reflex_runtime::infer::tract::TractOptions;
 use std::time::Instant;
 
@@ -36,6 +37,14 @@ pub fn run(a: Args) -> Result<Outcome> {
         match &s.status {
             Ok(how) => println!("  backend {}: available ({how})", s.backend.as_str()),
             Err(why) => println!("  backend {}: not available: {why}", s.backend.as_str()),
+        }
+    }
+    // Every TensorRT condition, in the order selection checks them (the first failing one is
+    // the reason above).
+    for c in tensorrt::probe(&b, &ThisMachine).conditions {
+        match &c.verdict {
+            Ok(found) => println!("    tensorrt {}: yes: {found}", c.what),
+            Err(why) => println!("    tensorrt {}: no: {why}", c.what),
         }
     }
     println!(

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod can;
 pub mod check;
 pub mod demo;
+pub mod engine;
 pub mod run;
 
 use anyhow::{Context, Result};
