@@ -88,10 +88,12 @@ mod tensorrt {
             .cpp(true)
             .std("c++17")
             .file(manifest.join("shim/tensorrt_shim.cpp"))
-            .include(trt)
-            .include(&cuda)
-            // NVIDIA's headers declare deprecated members; they are not ours to fix.
-            .flag_if_supported("-Wno-deprecated-declarations")
+            // System includes: warnings inside NVIDIA's headers (unused parameters, deprecated
+            // members) are not ours to fix; the shim's own code keeps every warning.
+            .flag("-isystem")
+            .flag(trt.as_os_str())
+            .flag("-isystem")
+            .flag(cuda.as_os_str())
             .compile("reflex_tensorrt_shim");
     }
 }

@@ -280,7 +280,7 @@ unsafe extern "C" fn set_tensor_address(
     // SAFETY: the context's engine outlives it.
     let engine = unsafe { &*ctx.engine };
     match find(engine, name) {
-        Some(i) if (ptr as usize) % 256 == 0 => {
+        Some(i) if (ptr as usize).is_multiple_of(256) => {
             ctx.addresses[i] = ptr;
             0
         }

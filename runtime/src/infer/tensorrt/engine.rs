@@ -151,8 +151,8 @@ pub enum EngineMismatch {
     )]
     Gpu {
         engine: String,
-        built: GpuIdentity,
-        running: GpuIdentity,
+        built: Box<GpuIdentity>,
+        running: Box<GpuIdentity>,
     },
     /// The model file changed since the engine was built (a retrained model of the same name).
     #[error(
@@ -256,8 +256,8 @@ impl EngineSidecar {
         if &self.gpu != gpu {
             return Err(EngineMismatch::Gpu {
                 engine: self.engine.clone(),
-                built: self.gpu.clone(),
-                running: gpu.clone(),
+                built: Box::new(self.gpu.clone()),
+                running: Box::new(gpu.clone()),
             });
         }
         if self.source_sha256 != model_sha256 {
