@@ -23,6 +23,19 @@ if [ "$REFLEX_BOARD_TESTS" = 1 ]; then
     board_env="$(./scripts/build-board.sh --qemu --env)"
     eval "$board_env"
 fi
+# The TensorRT shim (C++, --features tensorrt) against NVIDIA's TensorRT 10.3 headers: in
+# TENSORRT_INCLUDE_DIR when set, else in the shared folder next to the repository
+# (REFLEX_SHARED_DIR, default ../shared: /work/shared when the repository is /work/main).
+shared="${REFLEX_SHARED_DIR:-../shared}"
+trt_headers="${TENSORRT_INCLUDE_DIR:-$shared/third_party/tensorrt-10.3/include}"
+if [ -f "$trt_headers/NvInferRuntime.h" ]; then
+  echo "== cargo clippy --features reflex-runtime/tensorrt (headers: $trt_headers)"
+  TENSORRT_INCLUDE_DIR="$(cd "$trt_headers" && pwd)" \
+    cargo clippy --workspace --all-targets --features reflex-runtime/tensorrt --quiet -- -D warnings
+else
+  echo "== SKIPPED cargo clippy --features reflex-runtime/tensorrt: no TensorRT headers at $trt_headers" \
+    "(set TENSORRT_INCLUDE_DIR or REFLEX_SHARED_DIR)"
+fi
 echo "== cargo test (target dir: $CARGO_TARGET_DIR)"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -26,4 +26,5 @@ mod it {
     mod preprocess;
     mod record;
     mod viewpoint;
+    mod tensorrt;
 }

@@ -30,6 +30,8 @@ pub mod bundles;
 #[cfg(feature = "runtime")]
 pub mod conformance;
 #[cfg(feature = "runtime")]
+pub mod fake_tensorrt;
+#[cfg(feature = "runtime")]
 pub mod fakes;
 #[cfg(feature = "runtime")]
 pub mod rig;

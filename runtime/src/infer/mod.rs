@@ -13,4 +13,5 @@ pub mod policy;
 pub mod runner;
 pub mod select;
 pub mod session;
+pub mod tensorrt;
 pub mod tract;

@@ -13,6 +13,9 @@
 //! one to [`prepare_policy`].
 
 use crate::infer::policy::{Policy, PolicyError, PolicyKind, SinglePassPolicy};
+use crate::infer::session::SessionError;
+use crate::infer::tensorrt::session::TensorrtSession;
+use crate::infer::tensorrt::{self, Blocker, Platform, Probe, ThisMachine};
 use crate::infer::tract::{TractOptions, TractSession};
 use reflex_models::manifest::{BackendKind, ModelRole};
 use reflex_models::Bundle;
@@ -86,13 +89,22 @@ pub fn availability(
     backend: BackendKind,
     tract: TractOptions,
 ) -> Result<String, Unavailable> {
+    availability_on(bundle, backend, tract, &ThisMachine)
+}
+
+/// [`availability`] with TensorRT's shim, library and device from `trt` (tests pass stand-ins).
+pub fn availability_on(
+    bundle: &Bundle,
+    backend: BackendKind,
+    tract: TractOptions,
+    trt: &dyn Platform,
+) -> Result<String, Unavailable> {
     let how = match backend {
         BackendKind::Tract => format!("tract on {} thread(s)", tract.threads),
-        BackendKind::Tensorrt => {
-            return Err(Unavailable::NotCompiledIn {
-                hint: "no TensorRT libraries on the build machine",
-            })
-        }
+        BackendKind::Tensorrt => match tensorrt::probe(bundle, trt).outcome {
+            Ok(ready) => Probe::how(&ready),
+            Err(blocker) => return Err(tensorrt_unavailable(blocker)),
+        },
     };
     let m = &bundle.manifest;
     for &role in roles(bundle) {
@@ -113,6 +125,25 @@ pub fn availability(
         }
     }
     Ok(how)
+}
+
+/// TensorRT's first failing condition as a selection reason.
+fn tensorrt_unavailable(b: Blocker) -> Unavailable {
+    match b {
+        Blocker::NotCompiledIn => Unavailable::NotCompiledIn {
+            hint: "rebuild with `--features reflex-runtime/tensorrt` against TensorRT's headers",
+        },
+        Blocker::Library(e) => Unavailable::LibraryMissing {
+            library: "TensorRT".into(),
+            detail: e.to_string(),
+        },
+        Blocker::Cuda(e) => Unavailable::NoDevice {
+            detail: e.to_string(),
+        },
+        other => Unavailable::NoEngine {
+            detail: other.to_string(),
+        },
+    }
 }
 
 /// Every backend's verdict, in order of preference: what `reflex check` prints.
@@ -191,13 +222,23 @@ pub fn decide(
     choice: BackendChoice,
     tract: TractOptions,
 ) -> Result<Selection, SelectError> {
+    decide_on(bundle, choice, tract, &ThisMachine)
+}
+
+/// [`decide`] with TensorRT's shim, library and device from `trt`.
+pub fn decide_on(
+    bundle: &Bundle,
+    choice: BackendChoice,
+    tract: TractOptions,
+    trt: &dyn Platform,
+) -> Result<Selection, SelectError> {
     let explicit = match choice {
         BackendChoice::Auto => None,
         BackendChoice::Tract => Some(BackendKind::Tract),
         BackendChoice::Tensorrt => Some(BackendKind::Tensorrt),
     };
     if let Some(backend) = explicit {
-        return match availability(bundle, backend, tract) {
+        return match availability_on(bundle, backend, tract, trt) {
             Ok(how) => Ok(Selection {
                 choice,
                 backend,
@@ -209,7 +250,7 @@ pub fn decide(
     }
     let mut passed_over = vec![];
     for &backend in &PREFERENCE {
-        match availability(bundle, backend, tract) {
+        match availability_on(bundle, backend, tract, trt) {
             Ok(how) => {
                 return Ok(Selection {
                     choice,
@@ -229,6 +270,16 @@ pub fn prepare_policy(
     bundle: &Bundle,
     backend: BackendKind,
     tract: TractOptions,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    prepare_policy_on(bundle, backend, tract, &ThisMachine)
+}
+
+/// [`prepare_policy`] with TensorRT's shim, library and device from `trt`.
+pub fn prepare_policy_on(
+    bundle: &Bundle,
+    backend: BackendKind,
+    tract: TractOptions,
+    trt: &dyn Platform,
 ) -> Result<Box<dyn Policy>, PolicyError> {
     if PolicyKind::of(&bundle.manifest) == PolicyKind::EncoderDenoiser {
         return Err(PolicyError::Unsupported {
@@ -251,10 +302,33 @@ pub fn prepare_policy(
                 &path,
             )?))
         }
-        BackendKind::Tensorrt => Err(PolicyError::Unsupported {
-            what: "TensorRT (not compiled into this build)",
-        }),
+        BackendKind::Tensorrt => {
+            let session = prepare_tensorrt(bundle, trt)?;
+            Ok(Box::new(SinglePassPolicy::new(
+                session,
+                &bundle.manifest,
+                &path,
+            )?))
+        }
     }
+}
+
+/// The bundle's TensorRT engine as a session: the probe's conditions again (the engine may have
+/// changed since [`decide`]), then the engine prepared on a device of `trt`.
+fn prepare_tensorrt(bundle: &Bundle, trt: &dyn Platform) -> Result<TensorrtSession, PolicyError> {
+    let ready = tensorrt::probe(bundle, trt)
+        .outcome
+        .map_err(|b| SessionError::Graph {
+            backend: "tensorrt",
+            path: bundle.dir.clone(),
+            problem: b.to_string(),
+        })?;
+    let device = trt.device(&ready.gpu).map_err(|e| SessionError::Prepare {
+        backend: "tensorrt",
+        path: ready.engine.clone(),
+        source: e.into(),
+    })?;
+    Ok(TensorrtSession::prepare(ready, device)?)
 }
 
 /// Picks a backend ([`decide`]) and prepares the bundle's policy on it; the [`Selection`]

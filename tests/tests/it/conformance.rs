@@ -23,6 +23,44 @@ fn tract_conforms_to_onnx_runtime() {
     assert_eq!(reports.len(), 3);
 }
 
+/// The TensorRT session (its Rust side: probe, deserialization, binding by name, shapes,
+/// element types, device buffers, synchronisation) over the stand-in shim, which serves the shim's
+/// C surface from tract (`reflex_testkit::fake_tensorrt`): no TensorRT or GPU runs here. The
+/// conformance bundles list their policy for tract only, so the factory lists it for tensorrt
+/// too and builds a stand-in engine from that same file (the one ONNX Runtime is run on). On a
+/// board, the same call with `ThisMachine` and `prepare_policy` runs the real engine.
+#[test]
+fn tensorrt_session_on_the_stand_in_shim_conforms_to_onnx_runtime() {
+    use reflex_runtime::infer::select::prepare_policy_on;
+    use reflex_testkit::fake_tensorrt::{build_engine_here, StandIn};
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("conformance-tensorrt-stand-in");
+    let mut prepare = |b: &reflex_models::Bundle| {
+        let mut b = b.clone();
+        for f in &mut b.manifest.models {
+            if f.backends.contains(&BackendKind::Tract)
+                && !f.backends.contains(&BackendKind::Tensorrt)
+            {
+                f.backends.push(BackendKind::Tensorrt);
+            }
+        }
+        build_engine_here(&b, false);
+        prepare_policy_on(
+            &b,
+            BackendKind::Tensorrt,
+            TractOptions { threads: 2 },
+            &StandIn::jetson(),
+        )
+    };
+    let reports = check_backend(BackendKind::Tract, &mut prepare, Tolerance::FP32_CPU, &work);
+    for r in &reports {
+        println!(
+            "tensorrt (stand-in shim) {}: vs ONNX Runtime {:?} (relative), repeat {:.1e}",
+            r.case, r.vs_reference, r.repeat
+        );
+    }
+    assert_eq!(reports.len(), 3);
+}
+
 /// A backend whose output is off by 1e-2 in one value: the suite must refuse it.
 struct Off(Box<dyn reflex_runtime::infer::policy::Policy>, Vec<f32>);
 

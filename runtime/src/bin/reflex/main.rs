@@ -7,7 +7,7 @@ mod commands;
 mod open;
 
 use clap::{Parser, Subcommand};
-use commands::{bench, can, check, demo, doctor, record, run, Outcome, StdoutClosed};
+use commands::{bench, can, check, demo, doctor, engine, record, run, Outcome, StdoutClosed};
 use std::process::ExitCode;
 
 /// The exit statuses, for `--help` and the README.
@@ -64,6 +64,9 @@ enum Cmd {
     /// bundle's format), e-stop (released), bundle, backend, clocks, disk, the service: one
     /// PASS/WARN/FAIL line each with the fix. Exit 0 all PASS, 3 a WARN, 2 a FAIL.
     Doctor(doctor::Args),
+    /// TensorRT engines: build the bundle's engine on this board (`reflex engine build`).
+    #[command(subcommand)]
+    Engine(engine::Cmd),
 }
 
 fn main() -> ExitCode {
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         Cmd::Check(a) => check::run(a),
         Cmd::Record(a) => record::run(a),
         Cmd::Doctor(a) => doctor::run(a),
+        Cmd::Engine(c) => engine::run(c),
     };
     ExitCode::from(exit_code(&result))
 }

@@ -13,6 +13,7 @@ use reflex_runtime::can::codec::Codec;
 use reflex_runtime::clock::{Clock, MonotonicClock};
 use reflex_runtime::control::plan::feed_check;
 use reflex_runtime::infer::select::{select_backend, survey, BackendChoice};
+use reflex_runtime::infer::tensorrt::{self, ThisMachine};
 use reflex_runtime::infer::tract::TractOptions;
 use reflex_runtime::io::Camera;
 use reflex_runtime::spec::CameraSource;
@@ -69,6 +70,14 @@ pub fn run(a: Args) -> Result<Outcome> {
         match &s.status {
             Ok(how) => println!("  backend {}: available ({how})", s.backend.as_str()),
             Err(why) => println!("  backend {}: not available: {why}", s.backend.as_str()),
+        }
+    }
+    // Every TensorRT condition, in the order selection checks them (the first failing one is
+    // the reason above).
+    for c in tensorrt::probe(&b, &ThisMachine).conditions {
+        match &c.verdict {
+            Ok(found) => println!("    tensorrt {}: yes: {found}", c.what),
+            Err(why) => println!("    tensorrt {}: no: {why}", c.what),
         }
     }
     println!(

@@ -6,6 +6,7 @@ pub mod check;
 pub mod demo;
 pub mod record;
 pub mod doctor;
+pub mod engine;
 pub mod run;
 
 use anyhow::{Context, Result};
