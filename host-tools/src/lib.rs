@@ -5,6 +5,7 @@
 //!   with normalization statistics ([`stats`]);
 //! - [`inspect`]: a bundle's manifest, graph I/O, parameter count and FLOPs;
 //! - [`infer`]: a bundle's raw network on .npy tensors;
+//! - [`lerobot`]: LeRobot checkpoint folders (Diffusion Policy) to ONNX graphs;
 //! - [`quantize`]: fp16 and int8 forms of a bundle with an accuracy report and a gate.
 //!
 //! Errors are `anyhow` errors whose message names the file, flag or tensor at fault.
@@ -12,5 +13,6 @@
 pub mod export;
 pub mod infer;
 pub mod inspect;
+pub mod lerobot;
 pub mod quantize;
 pub mod stats;

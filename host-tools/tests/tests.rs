@@ -5,6 +5,7 @@
 
 mod it {
     mod export;
+    mod lerobot_diffusion;
     mod overwrite;
     mod quantize;
 }
