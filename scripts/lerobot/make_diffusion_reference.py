@@ -25,6 +25,11 @@ regenerate it from `state_dict.json`), the inputs and LeRobot's outputs as .npy:
   `ddpm_actions.npy` (`generate_actions`: the executed slice, normalized), `ddpm_actions_unnormalized.npy`
   (after LeRobot's postprocessor);
 - `ddim10_sample.npy`: the same initial noise, DDIM with 10 steps.
+
+`../diffusion_groupnorm_shared/` is the same policy with `use_group_norm=True` and one encoder
+shared by both cameras (config, tensor listing, `features.npy` on the same inputs);
+`../diffusion_default/` is LeRobot's default size (config and tensor listing only), for the
+speed benchmark.
 """
 
 import json
@@ -133,6 +138,26 @@ def write_default_size() -> None:
     (out / "state_dict.json").write_text(json.dumps(keys, indent=1) + "\n")
 
 
+def write_variant(batch) -> None:
+    """The other encoder forms: GroupNorm backbone, one encoder shared by both cameras. Only the
+    config, the tensor listing and the encoder's features on the same normalized inputs."""
+    out = OUT.parent / "diffusion_groupnorm_shared"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = config(use_group_norm=True, use_separate_rgb_encoder_per_camera=False)
+    policy = DiffusionPolicy(cfg)
+    weights.fill(policy, keep=("pos_grid",))
+    policy.eval()
+    cfg._save_pretrained(out)
+    keys = {
+        k: {"shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
+        for k, v in policy.state_dict().items()
+    }
+    (out / "state_dict.json").write_text(json.dumps(keys, indent=1) + "\n")
+    with torch.no_grad():
+        features = policy.diffusion._prepare_global_conditioning(batch)
+    np.save(out / "features.npy", features.reshape(N_OBS, -1).numpy())
+
+
 def main() -> None:
     write_default_size()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -182,6 +207,7 @@ def main() -> None:
         [batch[f"observation.images.{c}"] for c in CAMERAS], dim=-4
     )
 
+    write_variant(batch)
     model = policy.diffusion
     with torch.no_grad():
         global_cond = model._prepare_global_conditioning(batch)

@@ -50,8 +50,17 @@ fn assert_close(what: &str, ours: &[f32], reference: &[f32]) {
 /// Writes `model.safetensors` for the tensors LeRobot's `state_dict()` listed, every float
 /// filled by the shared deterministic function, integer ones 0.
 fn write_checkpoint(dir: &Path, skip: Option<&str>, extra: Option<&str>) {
+    write_listed(&data(), dir, skip, extra);
+}
+
+/// [`write_checkpoint`] for the listing in `listing_dir`.
+fn write_checkpoint_from(listing_dir: &Path, dir: &Path) {
+    write_listed(listing_dir, dir, None, None);
+}
+
+fn write_listed(listing_dir: &Path, dir: &Path, skip: Option<&str>, extra: Option<&str>) {
     let listing: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(data().join("state_dict.json")).expect("state_dict.json"),
+        &std::fs::read_to_string(listing_dir.join("state_dict.json")).expect("state_dict.json"),
     )
     .expect("state_dict.json is JSON");
     let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = vec![];
@@ -468,4 +477,49 @@ fn diffusion_policy_on_imported_graphs_matches_lerobot_actions() {
     assert_close("policy sample", policy.sample(), &npy("ddpm_sample").1);
     let executed = &policy.output()[..imp.n_action_steps * d.action_dim];
     assert_close("policy executed actions", executed, &npy("ddpm_actions").1);
+}
+
+/// The other encoder forms against LeRobot: GroupNorm in the backbone (`use_group_norm`) and one
+/// encoder shared by both cameras (`use_separate_rgb_encoder_per_camera = false`).
+#[test]
+fn diffusion_groupnorm_shared_encoder_matches_lerobot() {
+    let variant = data().with_file_name("diffusion_groupnorm_shared");
+    let dir = WorkDir::new("diffusion_groupnorm_shared");
+    std::fs::copy(variant.join("config.json"), dir.join("config.json")).expect("config");
+    std::fs::copy(variant.join("state_dict.json"), dir.join("state_dict.json")).expect("listing");
+    write_checkpoint_from(&variant, &dir);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).expect("config"))
+            .expect("json");
+    let imp = diffusion::import(&dir, &config, &dir).expect("import");
+    let d = &imp.dims;
+    let (_, state) = npy("state");
+    let features = read_npy(&variant.join("features.npy"))
+        .expect("features")
+        .data
+        .to_f32();
+    let pixels = d.image_shape.iter().product::<usize>();
+    let mut enc = session(&imp.encoder);
+    for s in 0..imp.n_obs_steps {
+        for c in &d.cameras {
+            let img = npy(&format!("image_{c}")).1;
+            set(
+                &mut enc,
+                &format!("{}{c}", io::IMAGE_PREFIX),
+                &img[s * pixels..(s + 1) * pixels],
+            );
+        }
+        set(
+            &mut enc,
+            io::STATE,
+            &state[s * d.state_dim..(s + 1) * d.state_dim],
+        );
+        enc.run().expect("encoder runs");
+        let n = d.step_features;
+        assert_close(
+            &format!("GroupNorm shared encoder step {s}"),
+            &get(&enc, io::FEATURES),
+            &features[s * n..(s + 1) * n],
+        );
+    }
 }
