@@ -5,6 +5,7 @@
 //!   with normalization statistics ([`stats`]);
 //! - [`inspect`]: a bundle's manifest, graph I/O, parameter count and FLOPs;
 //! - [`infer`]: a bundle's raw network on .npy tensors;
+//! - [`lerobot`]: LeRobot checkpoint folders (Diffusion Policy) to ONNX graphs;
 //! - [`quantize`]: fp16 and int8 forms of a bundle with an accuracy report and a gate;
 //! - [`episode`]: a replay episode (`reflex-episode-v1`) from a folder of images and a state
 //!   file;
@@ -24,6 +25,7 @@ pub mod export;
 pub mod images;
 pub mod infer;
 pub mod inspect;
+pub mod lerobot;
 pub mod parity;
 pub mod quantize;
 pub mod reference_frames;

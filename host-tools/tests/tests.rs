@@ -9,6 +9,7 @@ mod it {
     mod episode;
     mod export;
     mod fidelity;
+    mod lerobot_diffusion;
     mod overwrite;
     mod quantize;
 }

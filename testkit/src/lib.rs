@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | [`dirs`] | unique work dirs (removed on success, kept and named on failure), per-process fixtures | - |
 //! | [`cli`] | runs a binary; its command line, stdout and stderr are printed when a test fails | - |
+//! | [`lerobot_weights`] | deterministic LeRobot weights, bit for bit the same as `scripts/lerobot/weights.py` | - |
 //! | [`python`] | the Python references in `tests/python/`, one skip policy (`REFLEX_SKIP_PY=1`) | - |
 //! | [`counting`] | the counting global allocator of the "allocates nothing" tests | - |
 //! | [`serial`] | one lock for the tests that run in real time or time themselves | - |
@@ -22,6 +23,7 @@
 pub mod cli;
 pub mod counting;
 pub mod dirs;
+pub mod lerobot_weights;
 pub mod python;
 pub mod serial;
 

@@ -5,10 +5,12 @@
 //!   preallocated buffers, `run` ([`tract`] implements it today; TensorRT and ONNX Runtime next);
 //! - [`policy`]: observation -> raw action or chunk on one or more sessions; the one place the
 //!   manifest's cameras, state and action are mapped onto graph inputs and outputs;
+//! - [`diffusion`]: Diffusion Policy's DDPM and DDIM schedulers, allocation-free steps;
 //! - [`select`]: each backend's availability with a reason, and the choice among them;
 //! - [`runner`]: where the policy runs relative to the control loop (inline, or on its own
 //!   thread with one request in flight).
 
+pub mod diffusion;
 pub mod policy;
 pub mod runner;
 pub mod select;

@@ -8,12 +8,14 @@
 //! Kinds of policy ([`PolicyKind`], from the bundle's model roles):
 //! - [`SinglePassPolicy`] (role `policy`): one forward pass of one session; images and state in,
 //!   the action or chunk out. ResNet-18/ViT-S reference policies and ACT are this kind.
-//! - encoder + denoiser (roles `encoder`, `denoiser`; Diffusion Policy), next: an encoder session
-//!   run once per observation (images + state -> conditioning), then a scheduler (DDPM/DDIM, in
-//!   Rust) that runs the denoiser session K times on a noisy chunk, reusing its preallocated
-//!   buffers each step; `output()` is the final chunk. It implements the same [`Policy`] trait,
-//!   so the runner and the loop do not change. Bundles with these roles load as far as the
-//!   manifest and are refused at `Bundle::load` ("not supported by this runtime yet").
+//! - encoder + denoiser (roles `encoder`, `denoiser`; Diffusion Policy):
+//!   [`crate::infer::diffusion::EncoderDenoiserPolicy`], an encoder session run once per
+//!   observation (images + state -> one step's features, kept in a history), then a DDPM/DDIM
+//!   scheduler in Rust that runs the denoiser session K times on a noisy chunk, reusing its
+//!   preallocated buffers each step. It implements the same [`Policy`] trait, so the runner and
+//!   the loop do not change. Bundles with these roles still load only as far as the manifest and
+//!   are refused by [`prepare_policy`] ("not supported by this runtime yet"): the manifest has
+//!   no section for the scheduler settings and history length yet.
 
 use crate::infer::session::{Session, SessionError};
 use crate::infer::tract::{TractOptions, TractSession};
@@ -100,7 +102,8 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
 pub enum PolicyKind {
     /// One `policy` model, one forward pass: [`SinglePassPolicy`].
     SinglePass,
-    /// An `encoder` + `denoiser` pair run by a scheduler (Diffusion Policy); not implemented.
+    /// An `encoder` + `denoiser` pair run by a scheduler (Diffusion Policy):
+    /// [`crate::infer::diffusion::EncoderDenoiserPolicy`], not yet reachable from a bundle.
     EncoderDenoiser,
 }
 

@@ -163,3 +163,152 @@ fn motor_codecs_and_the_candump_sink_allocate_nothing_per_command() {
         "{n} heap allocations encoding and logging 1000 commands"
     );
 }
+
+/// A session computing its outputs with a closure of its inputs (no network).
+struct FnSession<F: FnMut(&[Vec<f32>], &mut [Vec<f32>]) + Send> {
+    inputs: Vec<reflex_runtime::infer::session::TensorSpec>,
+    outputs: Vec<reflex_runtime::infer::session::TensorSpec>,
+    input_data: Vec<Vec<f32>>,
+    output_data: Vec<Vec<f32>>,
+    f: F,
+}
+
+impl<F: FnMut(&[Vec<f32>], &mut [Vec<f32>]) + Send> FnSession<F> {
+    fn new(inputs: &[(&str, &[usize])], outputs: &[(&str, &[usize])], f: F) -> Self {
+        let spec = |(name, shape): &(&str, &[usize])| reflex_runtime::infer::session::TensorSpec {
+            name: name.to_string(),
+            elem: reflex_models::onnx::header::ElemType::F32,
+            shape: shape.to_vec(),
+        };
+        let inputs: Vec<_> = inputs.iter().map(spec).collect();
+        let outputs: Vec<_> = outputs.iter().map(spec).collect();
+        FnSession {
+            input_data: inputs.iter().map(|s| vec![0.0; s.len()]).collect(),
+            output_data: outputs.iter().map(|s| vec![0.0; s.len()]).collect(),
+            inputs,
+            outputs,
+            f,
+        }
+    }
+}
+
+impl<F: FnMut(&[Vec<f32>], &mut [Vec<f32>]) + Send> reflex_runtime::infer::session::Session
+    for FnSession<F>
+{
+    fn backend(&self) -> reflex_models::manifest::BackendKind {
+        reflex_models::manifest::BackendKind::Tract
+    }
+    fn inputs(&self) -> &[reflex_runtime::infer::session::TensorSpec] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[reflex_runtime::infer::session::TensorSpec] {
+        &self.outputs
+    }
+    fn input_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.input_data[i]
+    }
+    fn input(&self, i: usize) -> &[f32] {
+        &self.input_data[i]
+    }
+    fn run(&mut self) -> Result<(), reflex_runtime::infer::session::SessionError> {
+        (self.f)(&self.input_data, &mut self.output_data);
+        Ok(())
+    }
+    fn output(&self, i: usize) -> &[f32] {
+        &self.output_data[i]
+    }
+}
+
+#[test]
+fn diffusion_policy_run_allocates_nothing_and_keeps_the_history() {
+    use reflex_runtime::infer::diffusion::{
+        BetaSchedule, DiffusionIo, EncoderDenoiserPolicy, PredictionType, SchedulerKind,
+        SchedulerSpec, SeededNoise,
+    };
+    use reflex_runtime::infer::policy::Policy;
+    use reflex_runtime::infer::session::Session;
+    type Boxed = Box<dyn reflex_runtime::infer::session::Session>;
+    // Encoder: features = (mean pixel, state 0, state 1).
+    let encoder: Boxed = Box::new(FnSession::new(
+        &[("cam", &[1, 3, 4, 4]), ("state", &[1, 2])],
+        &[("features", &[1, 3])],
+        |i, o| {
+            o[0][0] = i[0].iter().sum::<f32>() / i[0].len() as f32;
+            o[0][1] = i[1][0];
+            o[0][2] = i[1][1];
+        },
+    ));
+    // Denoiser: a made-up epsilon prediction that depends on every input.
+    let denoiser: Boxed = Box::new(FnSession::new(
+        &[
+            ("sample", &[1, 8, 2]),
+            ("timestep", &[1]),
+            ("cond", &[1, 6]),
+        ],
+        &[("prediction", &[1, 8, 2])],
+        |i, o| {
+            let c: f32 = i[2].iter().sum();
+            for (k, v) in o[0].iter_mut().enumerate() {
+                *v = 0.5 * i[0][k] + 0.001 * i[1][0] + 0.01 * c;
+            }
+        },
+    ));
+    let io = DiffusionIo {
+        cameras: &["cam"],
+        state: Some("state"),
+        features: "features",
+        sample: "sample",
+        timestep: "timestep",
+        global_cond: "cond",
+        prediction: "prediction",
+        n_obs_steps: 2,
+        action_dim: 2,
+    };
+    let spec = SchedulerSpec {
+        kind: SchedulerKind::Ddpm,
+        num_train_timesteps: 100,
+        num_inference_steps: 100,
+        beta_schedule: BetaSchedule::SquaredcosCapV2,
+        beta_start: 1e-4,
+        beta_end: 0.02,
+        prediction_type: PredictionType::Epsilon,
+        clip_sample: true,
+        clip_sample_range: 1.0,
+    };
+    let mut p = EncoderDenoiserPolicy::new(encoder, denoiser, &io, spec, SeededNoise::new(1))
+        .expect("policy");
+    let observe = |p: &mut EncoderDenoiserPolicy, k: usize| {
+        p.camera_input(0).fill(k as f32);
+        if let Some(s) = p.state_input() {
+            s.copy_from_slice(&[k as f32 + 0.5, -(k as f32)]);
+        }
+        p.run().expect("run");
+    };
+    observe(&mut p, 1);
+    // The first observation fills the history with copies.
+    assert_eq!(p.denoiser().input(2), &[1.0, 1.5, -1.0, 1.0, 1.5, -1.0]);
+    observe(&mut p, 2);
+    assert_eq!(p.denoiser().input(2), &[1.0, 1.5, -1.0, 2.0, 2.5, -2.0]);
+    // Output: from step n_obs_steps - 1 to the end of the horizon; finite, clipped scale.
+    assert_eq!(p.output().len(), (8 - 1) * 2);
+    assert!(
+        p.output().iter().all(|v| v.is_finite() && v.abs() < 3.0),
+        "{:?}",
+        p.output()
+    );
+    assert_eq!(p.timings().denoiser_calls, 100);
+    p.reset();
+    observe(&mut p, 3);
+    assert_eq!(p.denoiser().input(2), &[3.0, 3.5, -3.0, 3.0, 3.5, -3.0]);
+
+    assert_installed();
+    let before = allocs();
+    for k in 0..50 {
+        observe(&mut p, k);
+    }
+    let n = allocs() - before;
+    assert_eq!(
+        n, 0,
+        "{n} heap allocations in 50 inferences of 100 denoiser steps"
+    );
+}

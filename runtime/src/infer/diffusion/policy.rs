@@ -1,0 +1,315 @@
+//! [`EncoderDenoiserPolicy`]: Diffusion Policy as a [`Policy`], on an encoder and a denoiser
+//! session.
+
+use super::scheduler::{Scheduler, SchedulerSpec};
+use crate::infer::policy::{Policy, PolicyError};
+use crate::infer::session::{Session, SessionError};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use std::time::{Duration, Instant};
+
+/// Where the Gaussian noise of the reverse process comes from: the initial sample and DDPM's
+/// per-step noise, drawn in that order.
+pub trait NoiseSource: Send {
+    /// Fills `out` with independent standard-normal values. Must not allocate.
+    fn fill(&mut self, out: &mut [f32]);
+}
+
+/// Standard-normal noise from a seeded xoshiro256++ (`rand`'s portable generator, the same
+/// stream on every platform and `rand` 0.10 release), through `rand_distr`'s ziggurat sampler.
+#[derive(Debug, Clone)]
+pub struct SeededNoise(rand::rngs::Xoshiro256PlusPlus);
+
+impl SeededNoise {
+    pub fn new(seed: u64) -> Self {
+        SeededNoise(rand::rngs::Xoshiro256PlusPlus::seed_from_u64(seed))
+    }
+}
+
+impl NoiseSource for SeededNoise {
+    fn fill(&mut self, out: &mut [f32]) {
+        for v in out {
+            *v = StandardNormal.sample(&mut self.0);
+        }
+    }
+}
+
+/// Graph input and output names of the two sessions, and the history length.
+#[derive(Debug, Clone)]
+pub struct DiffusionIo<'a> {
+    /// Encoder input of each camera, manifest camera order (`[1, 3, H, W]`).
+    pub cameras: &'a [&'a str],
+    /// Encoder input of the normalized state (`[1, state_dim]`), if any.
+    pub state: Option<&'a str>,
+    /// Encoder output: one observation's features (`[1, D]`).
+    pub features: &'a str,
+    /// Denoiser inputs: noisy sample (`[1, horizon, action_dim]`), timestep (`[1]`) and the
+    /// conditioning (`[1, n_obs_steps * D]`).
+    pub sample: &'a str,
+    pub timestep: &'a str,
+    pub global_cond: &'a str,
+    /// Denoiser output: predicted noise or sample, like `sample`.
+    pub prediction: &'a str,
+    /// Observations of history the denoiser is conditioned on (LeRobot's `n_obs_steps`).
+    pub n_obs_steps: usize,
+    /// Action dimension (the last axis of `sample`).
+    pub action_dim: usize,
+}
+
+/// Time spent in the last [`Policy::run`], for `reflex bench` and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DiffusionTimings {
+    pub encoder: Duration,
+    /// All denoiser calls together, and how many there were (K).
+    pub denoiser: Duration,
+    pub denoiser_calls: usize,
+    /// Scheduler arithmetic and noise, everything but the two networks.
+    pub scheduler: Duration,
+}
+
+impl DiffusionTimings {
+    /// Mean time of one denoiser call.
+    pub fn per_denoiser_step(&self) -> Duration {
+        self.denoiser / self.denoiser_calls.max(1) as u32
+    }
+}
+
+/// Diffusion Policy (LeRobot's `DiffusionPolicy.select_action` minus its action queue, which
+/// the control loop's planner replaces).
+///
+/// Per [`Policy::run`]: the encoder runs once on the new observation; its features join a
+/// history of the last `n_obs_steps` (the first run after [`EncoderDenoiserPolicy::reset`]
+/// fills it with copies, as LeRobot's queues do); the sample starts as Gaussian noise and the
+/// denoiser runs K times under the [`Scheduler`]. [`Policy::output`] is the denoised sample from
+/// step `n_obs_steps - 1` (the current observation's) to the end of the horizon,
+/// `[horizon - n_obs_steps + 1][action_dim]`, normalized: the planner executes its first
+/// `steps_per_inference` (LeRobot's `n_action_steps`) rows.
+///
+/// Every buffer is allocated by [`EncoderDenoiserPolicy::new`]; `run` allocates nothing
+/// beyond what the sessions do.
+pub struct EncoderDenoiserPolicy<S: Session = Box<dyn Session>, N: NoiseSource = SeededNoise> {
+    encoder: S,
+    denoiser: S,
+    camera_inputs: Vec<usize>,
+    state_input: Option<usize>,
+    features_output: usize,
+    sample_input: usize,
+    timestep_input: usize,
+    cond_input: usize,
+    prediction_output: usize,
+    n_obs_steps: usize,
+    action_dim: usize,
+    /// `n_obs_steps` feature rows, oldest first.
+    history: Vec<f32>,
+    history_filled: bool,
+    scheduler: Scheduler,
+    noise_source: N,
+    sample: Vec<f32>,
+    noise: Vec<f32>,
+    timings: DiffusionTimings,
+    backend: &'static str,
+}
+
+impl<S: Session, N: NoiseSource> std::fmt::Debug for EncoderDenoiserPolicy<S, N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncoderDenoiserPolicy")
+            .field("backend", &self.backend)
+            .field("n_obs_steps", &self.n_obs_steps)
+            .field("scheduler", self.scheduler.spec())
+            .finish()
+    }
+}
+
+impl<S: Session, N: NoiseSource> EncoderDenoiserPolicy<S, N> {
+    /// Maps `io` onto the two prepared sessions and allocates every buffer.
+    ///
+    /// Errors ([`PolicyError::Session`] with [`SessionError::Graph`]): a name that is not an
+    /// input/output of its session, or sizes that do not chain (features `D`, conditioning
+    /// `n_obs_steps * D`, sample and prediction `horizon * action_dim`, a one-value timestep).
+    pub fn new(
+        encoder: S,
+        denoiser: S,
+        io: &DiffusionIo<'_>,
+        scheduler: SchedulerSpec,
+        noise_source: N,
+    ) -> Result<Self, PolicyError> {
+        let backend = encoder.backend().as_str();
+        let problem = |what: String| SessionError::Graph {
+            backend,
+            path: "encoder + denoiser".into(),
+            problem: what,
+        };
+        let input = |s: &S, role: &str, name: &str| {
+            s.input_index(name)
+                .ok_or_else(|| problem(format!("{role} has no input `{name}`")))
+        };
+        let output = |s: &S, role: &str, name: &str| {
+            s.output_index(name)
+                .ok_or_else(|| problem(format!("{role} has no output `{name}`")))
+        };
+        let camera_inputs = io
+            .cameras
+            .iter()
+            .map(|c| input(&encoder, "the encoder", c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let state_input = match io.state {
+            Some(n) => Some(input(&encoder, "the encoder", n)?),
+            None => None,
+        };
+        let features_output = output(&encoder, "the encoder", io.features)?;
+        let sample_input = input(&denoiser, "the denoiser", io.sample)?;
+        let timestep_input = input(&denoiser, "the denoiser", io.timestep)?;
+        let cond_input = input(&denoiser, "the denoiser", io.global_cond)?;
+        let prediction_output = output(&denoiser, "the denoiser", io.prediction)?;
+
+        let d = encoder.output(features_output).len();
+        let cond = denoiser.input(cond_input).len();
+        if io.n_obs_steps == 0 || cond != io.n_obs_steps * d {
+            return Err(problem(format!(
+                "the denoiser's `{}` has {cond} values, {} observation steps of the encoder's {d} features need {}",
+                io.global_cond,
+                io.n_obs_steps,
+                io.n_obs_steps * d
+            ))
+            .into());
+        }
+        let n = denoiser.input(sample_input).len();
+        let predicted = denoiser.output(prediction_output).len();
+        let a = io.action_dim;
+        if n != predicted || a == 0 || !n.is_multiple_of(a) || n / a < io.n_obs_steps {
+            return Err(problem(format!(
+                "the denoiser's `{}` ({n} values) and `{}` ({predicted}) must be equal [horizon >= n_obs_steps, {a}]",
+                io.sample, io.prediction
+            ))
+            .into());
+        }
+        if denoiser.input(timestep_input).len() != 1 {
+            return Err(problem(format!(
+                "the denoiser's `{}` must hold one value",
+                io.timestep
+            ))
+            .into());
+        }
+        let scheduler = Scheduler::new(scheduler).map_err(|e| problem(e.to_string()))?;
+        Ok(EncoderDenoiserPolicy {
+            encoder,
+            denoiser,
+            camera_inputs,
+            state_input,
+            features_output,
+            sample_input,
+            timestep_input,
+            cond_input,
+            prediction_output,
+            n_obs_steps: io.n_obs_steps,
+            action_dim: a,
+            history: vec![0.0; cond],
+            history_filled: false,
+            scheduler,
+            noise_source,
+            sample: vec![0.0; n],
+            noise: vec![0.0; n],
+            timings: DiffusionTimings::default(),
+            backend,
+        })
+    }
+
+    /// Forgets the observation history: the next run fills it with copies of its observation
+    /// (a new episode).
+    pub fn reset(&mut self) {
+        self.history_filled = false;
+    }
+
+    /// Time spent by the last run.
+    pub fn timings(&self) -> DiffusionTimings {
+        self.timings
+    }
+
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The encoder session (its inputs hold the last observation).
+    pub fn encoder(&self) -> &S {
+        &self.encoder
+    }
+
+    /// The denoiser session (its conditioning input holds the last history).
+    pub fn denoiser(&self) -> &S {
+        &self.denoiser
+    }
+
+    /// The whole denoised sample of the last run, `[horizon][action_dim]`.
+    pub fn sample(&self) -> &[f32] {
+        &self.sample
+    }
+}
+
+impl<S: Session, N: NoiseSource> Policy for EncoderDenoiserPolicy<S, N> {
+    fn name(&self) -> &'static str {
+        self.backend
+    }
+
+    fn camera_input(&mut self, cam: usize) -> &mut [f32] {
+        let i = self.camera_inputs[cam];
+        self.encoder.input_mut(i)
+    }
+
+    fn state_input(&mut self) -> Option<&mut [f32]> {
+        let i = self.state_input?;
+        Some(self.encoder.input_mut(i))
+    }
+
+    fn run(&mut self) -> Result<(), PolicyError> {
+        let t0 = Instant::now();
+        self.encoder.run()?;
+        let features = self.encoder.output(self.features_output);
+        let d = features.len();
+        if self.history_filled {
+            self.history.copy_within(d.., 0);
+            let last = self.history.len() - d;
+            self.history[last..].copy_from_slice(features);
+        } else {
+            for row in self.history.chunks_exact_mut(d) {
+                row.copy_from_slice(features);
+            }
+            self.history_filled = true;
+        }
+        self.denoiser
+            .input_mut(self.cond_input)
+            .copy_from_slice(&self.history);
+        let t1 = Instant::now();
+
+        let mut in_denoiser = Duration::ZERO;
+        self.noise_source.fill(&mut self.sample);
+        let steps = self.scheduler.timesteps().len();
+        for i in 0..steps {
+            let t = self.scheduler.timesteps()[i];
+            self.denoiser
+                .input_mut(self.sample_input)
+                .copy_from_slice(&self.sample);
+            self.denoiser.input_mut(self.timestep_input)[0] = t as f32;
+            let s = Instant::now();
+            self.denoiser.run()?;
+            in_denoiser += s.elapsed();
+            if self.scheduler.needs_noise(i) {
+                self.noise_source.fill(&mut self.noise);
+            }
+            let prediction = self.denoiser.output(self.prediction_output);
+            self.scheduler
+                .step(i, prediction, &mut self.sample, &self.noise);
+        }
+        let total = t1.elapsed();
+        self.timings = DiffusionTimings {
+            encoder: t1 - t0,
+            denoiser: in_denoiser,
+            denoiser_calls: steps,
+            scheduler: total.saturating_sub(in_denoiser),
+        };
+        Ok(())
+    }
+
+    fn output(&self) -> &[f32] {
+        &self.sample[(self.n_obs_steps - 1) * self.action_dim..]
+    }
+}
