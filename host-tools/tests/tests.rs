@@ -5,6 +5,7 @@
 
 mod it {
     mod export;
+    mod lerobot;
     mod overwrite;
     mod quantize;
 }

@@ -13,5 +13,6 @@ static GLOBAL: reflex_testkit::counting::Counting = reflex_testkit::counting::Co
 mod it {
     mod alloc_tract;
     mod conformance;
+    mod lerobot_act;
     mod pipeline;
 }

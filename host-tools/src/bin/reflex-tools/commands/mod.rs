@@ -2,6 +2,7 @@
 //! library (`reflex_tools`).
 
 pub mod export;
+pub mod import;
 pub mod infer;
 pub mod inspect;
 pub mod quantize;
