@@ -3,6 +3,8 @@
 //! command line and calls one module per command:
 //! - [`export`]: a bundle from a reference architecture (checkpoint or seed) or an ONNX file,
 //!   with normalization statistics ([`stats`]);
+//! - [`lerobot`]: a bundle from a LeRobot checkpoint folder (`import lerobot`), the ACT graph
+//!   written from its safetensors;
 //! - [`inspect`]: a bundle's manifest, graph I/O, parameter count and FLOPs;
 //! - [`infer`]: a bundle's raw network on .npy tensors;
 //! - [`lerobot`]: LeRobot checkpoint folders (Diffusion Policy) to ONNX graphs;

@@ -10,6 +10,7 @@ mod it {
     mod export;
     mod fidelity;
     mod lerobot_diffusion;
+    mod lerobot;
     mod overwrite;
     mod quantize;
 }

@@ -16,5 +16,6 @@ mod it {
     mod board;
     mod conformance;
     mod deploy;
+    mod lerobot_act;
     mod pipeline;
 }

@@ -20,6 +20,50 @@ const BLOCKS_PER_STAGE: usize = 2;
 
 /// Adds the encoder for `image` ([1, 3, 224, 224]); returns the [1, 512] feature value.
 pub(crate) fn encoder(s: &mut Scope<'_>, image: &str) -> Result<String, OnnxExportError> {
+    let x = feature_map(s, image)?;
+    let pooled = s.node("avgpool", "GlobalAveragePool", &[&x], &[]);
+    Ok(s.node("flatten", "Flatten", &[&pooled], &[("axis", Attr::Int(1))]))
+}
+
+/// Adds ResNet-18 up to `layer4` (what torchvision's `IntermediateLayerGetter(return_layers=
+/// {"layer4": ..})` returns, LeRobot ACT's backbone) for `image` (`[1, 3, H, W]`, any size):
+/// returns the `[1, 512, h, w]` feature map, `h, w` from [`feature_map_size`]. Parameters are
+/// asked of `weights` with `owner` and torchvision's names (`conv1.weight`, `layer1.0.bn1.
+/// running_var`, ...); BatchNorm (or torchvision's `FrozenBatchNorm2d`, the same eval formula with
+/// the same eps 1e-5) is folded into its convolution. Nodes are named `<node_prefix><module>`;
+/// a second call with the same `owner` reuses the first call's folded initializers (one backbone
+/// shared by every camera). Errors: what `weights` returns.
+pub fn backbone(
+    g: &mut super::builder::GraphBuilder,
+    weights: &mut dyn super::weights::WeightSource,
+    owner: super::weights::Owner<'_>,
+    node_prefix: &str,
+    image: &str,
+) -> Result<String, OnnxExportError> {
+    let mut s = Scope {
+        g,
+        weights,
+        owner,
+        node_prefix: node_prefix.to_string(),
+    };
+    feature_map(&mut s, image)
+}
+
+/// The `[h, w]` of [`backbone`]'s feature map for an `[H, W]` image: the 7x7 stride-2 stem, the
+/// stride-2 max pool and the three stride-2 stages, each `floor((n + 2p - k) / s) + 1`.
+pub fn feature_map_size(height: usize, width: usize) -> [usize; 2] {
+    let down = |n: usize, k: usize, p: usize| (n + 2 * p - k) / 2 + 1;
+    let f = |n: usize| {
+        let mut n = down(down(n, 7, 3), 3, 1);
+        for _ in 0..3 {
+            n = down(n, 3, 1);
+        }
+        n
+    };
+    [f(height), f(width)]
+}
+
+fn feature_map(s: &mut Scope<'_>, image: &str) -> Result<String, OnnxExportError> {
     let x = conv_bn(s, image, "conv1", "bn1", [3, 64, 7, 2, 3], 1.0)?;
     let x = s.node("relu", "Relu", &[&x], &[]);
     let mut x = s.node(
@@ -73,8 +117,7 @@ pub(crate) fn encoder(s: &mut Scope<'_>, image: &str) -> Result<String, OnnxExpo
             cin = cout;
         }
     }
-    let pooled = s.node("avgpool", "GlobalAveragePool", &[&x], &[]);
-    Ok(s.node("flatten", "Flatten", &[&pooled], &[("axis", Attr::Int(1))]))
+    Ok(x)
 }
 
 /// A bias-free `conv` (`[cin, cout, kernel, stride, pad]`) followed by eval-mode BatchNorm `bn`,

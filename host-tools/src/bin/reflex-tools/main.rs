@@ -7,7 +7,7 @@
 mod commands;
 
 use clap::{Parser, Subcommand};
-use commands::{deploy, episode, explain, export, infer, inspect, parity, quantize};
+use commands::{deploy, episode, explain, export, import, infer, inspect, parity, quantize};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -20,7 +20,7 @@ use std::process::ExitCode;
         state/action names, units, normalization, limits, control rate) plus the ONNX model. \
         `export` writes one from a safetensors checkpoint of a reference architecture (ResNet-18 \
         or ViT-S/16 with torchvision/timm key names), from seeded weights, or from an ONNX file \
-        you exported with torch.onnx.export; `inspect` shows one; `infer` runs its network on \
+        you exported with torch.onnx.export; `import lerobot` writes one from a LeRobot ACT checkpoint folder; `inspect` shows one; `infer` runs its network on \
         .npy tensors for parity checks against PyTorch; `quantize` writes its fp16 or int8 \
         forms (int8: QLinearConv/QLinearMatMul for tract, QDQ for TensorRT) with an accuracy \
         report in action units."
@@ -36,6 +36,8 @@ struct Cli {
 enum Cmd {
     /// Write a bundle from a reference architecture (checkpoint or seed) or from an ONNX file.
     Export(Box<export::Args>),
+    /// Write a bundle from a training framework's checkpoint folder (`import lerobot DIR`).
+    Import(import::Args),
     /// Print a bundle's manifest, graph I/O, parameter count and FLOPs.
     Inspect(inspect::Args),
     /// Run a bundle's raw network on .npy tensors (no pre/post-processing), write outputs as .npy.
@@ -68,6 +70,7 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.cmd {
         Cmd::Export(a) => export::run(*a),
+        Cmd::Import(a) => import::run(a),
         Cmd::Inspect(a) => inspect::run(a),
         Cmd::Infer(a) => infer::run(a),
         Cmd::Quantize(a) => quantize::run(*a),

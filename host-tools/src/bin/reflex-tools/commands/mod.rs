@@ -5,6 +5,7 @@ pub mod deploy;
 pub mod episode;
 pub mod explain;
 pub mod export;
+pub mod import;
 pub mod infer;
 pub mod inspect;
 pub mod parity;
