@@ -9,8 +9,8 @@ mod it {
     mod episode;
     mod export;
     mod fidelity;
-    mod lerobot_diffusion;
     mod lerobot;
+    mod lerobot_diffusion;
     mod overwrite;
     mod quantize;
 }

@@ -65,12 +65,32 @@ pub struct ControlSpec {
     /// when a new chunk arrives.
     #[serde(default = "yes")]
     pub latency_compensation: bool,
-    /// Watchdog: no fresh (policy-derived) command for this many periods -> stop command.
+    /// Watchdog: no fresh (policy-derived) command for this many periods of `rate_hz` -> stop
+    /// command. A time (3 periods at 20 Hz = 150 ms): a loop run at another rate (`--rate`)
+    /// counts the same time in its own ticks ([`ControlSpec::watchdog_ticks`]).
     #[serde(default = "default_watchdog")]
     pub watchdog_periods: u32,
 }
 
 impl ControlSpec {
+    /// The watchdog timeout in seconds: `watchdog_periods / rate_hz`.
+    pub fn watchdog_s(&self) -> f64 {
+        f64::from(self.watchdog_periods) / self.rate_hz
+    }
+
+    /// The watchdog timeout in ticks of a loop running at `loop_rate_hz`: [`Self::watchdog_s`]
+    /// rounded up to whole ticks, at least 1, so `--rate` never shortens the time the robot is
+    /// allowed without a fresh command (3 periods at 20 Hz: 3 ticks at 20 Hz, 8 at 50 Hz).
+    /// A rate that is not finite and positive gives `watchdog_periods` unchanged.
+    pub fn watchdog_ticks(&self, loop_rate_hz: f64) -> u64 {
+        let ticks = self.watchdog_s() * loop_rate_hz;
+        if ticks.is_finite() && ticks > 0.0 {
+            ((ticks - 1e-9).ceil() as u64).max(1)
+        } else {
+            u64::from(self.watchdog_periods)
+        }
+    }
+
     /// Rate of the policy's action steps in Hz: `chunk_rate_hz`, or `rate_hz` when absent.
     pub fn chunk_rate(&self) -> f64 {
         self.chunk_rate_hz.unwrap_or(self.rate_hz)
@@ -882,5 +902,29 @@ impl Manifest {
     /// Every entry of `role`, in manifest order.
     pub fn models_with_role(&self, role: ModelRole) -> impl Iterator<Item = &ModelFile> {
         self.models.iter().filter(move |m| m.role == role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_a_time_counted_in_the_loop_s_ticks() {
+        let c: ControlSpec = toml::from_str("rate_hz = 20.0\nwatchdog_periods = 3").unwrap();
+        assert!((c.watchdog_s() - 0.15).abs() < 1e-12);
+        assert_eq!(c.watchdog_ticks(20.0), 3);
+        assert_eq!(
+            c.watchdog_ticks(50.0),
+            8,
+            "150 ms = 7.5 ticks at 50 Hz, rounded up"
+        );
+        assert_eq!(
+            c.watchdog_ticks(10.0),
+            2,
+            "150 ms = 1.5 ticks at 10 Hz, rounded up"
+        );
+        assert_eq!(c.watchdog_ticks(1.0), 1, "never less than one tick");
+        assert_eq!(c.watchdog_ticks(f64::NAN), 3);
     }
 }

@@ -25,6 +25,6 @@ mod it {
     mod overwrite;
     mod preprocess;
     mod record;
-    mod viewpoint;
     mod tensorrt;
+    mod viewpoint;
 }

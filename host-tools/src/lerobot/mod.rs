@@ -320,6 +320,7 @@ fn import_act(
                 layout: Layout::Nchw,
             },
             max_age_ms: 200,
+            viewpoint: None,
         });
         graph_cameras.push(act::ActCamera {
             input: key,
@@ -375,6 +376,7 @@ fn import_act(
             sha256: "0".repeat(64),
             precision: Precision::Fp32,
             backends: vec![BackendKind::Tract, BackendKind::Tensorrt],
+            data_files: vec![],
         }],
         cameras,
         state: StateSpec {

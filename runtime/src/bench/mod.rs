@@ -178,17 +178,21 @@ fn largest(stages: &[StageStats], among: &[&str]) -> Option<String> {
 }
 
 /// PASS when the p99 tick fits `period * (1 - margin)` and the p99 frame-to-command latency fits
-/// `steps_per_inference * period * (1 - margin)`; else FAIL naming the stage that eats the budget.
+/// `steps_per_inference * step * (1 - margin)`; else FAIL naming the stage that eats the budget.
+/// `period_ms` is the loop's period (the bundle's rate or `--rate`), `step_ms` the time one chunk
+/// step covers (`1000 / control.chunk_rate()`): the steps of a chunk are timed in seconds, so a
+/// loop run faster than the chunk rate does not shrink the latency budget.
 /// In model-only mode only the inference p99 is checked against the latency budget.
 pub fn verdict(
     stages: &[StageStats],
     period_ms: f64,
+    step_ms: f64,
     steps_per_inference: u64,
     margin: f64,
     model_only: bool,
 ) -> Verdict {
     let tick_budget = period_ms * (1.0 - margin);
-    let latency_budget = period_ms * steps_per_inference as f64 * (1.0 - margin);
+    let latency_budget = step_ms * steps_per_inference as f64 * (1.0 - margin);
     let latency_stage = if model_only {
         "inference"
     } else {
@@ -211,7 +215,7 @@ pub fn verdict(
             pass: false,
             reason: format!(
                 "p99 {latency_stage} {lat:.2} ms exceeds the {latency_budget:.2} ms budget \
-                 ({steps_per_inference} period(s) of {period_ms:.2} ms less {:.0}% margin); {} takes the most",
+                 ({steps_per_inference} chunk step(s) of {step_ms:.2} ms less {:.0}% margin); {} takes the most",
                 margin * 100.0,
                 stage.as_deref().unwrap_or("?")
             ),
@@ -429,14 +433,14 @@ mod tests {
             stage("tick", 1.0),
             stage("end_to_end", 85.0),
         ];
-        let v = verdict(&ok, 50.0, 4, 0.2, false);
+        let v = verdict(&ok, 50.0, 50.0, 4, 0.2, false);
         assert!(v.pass, "{v:?}");
         assert_eq!(v.limiting_stage.as_deref(), Some("inference"));
 
         let mut slow = ok.clone();
         slow[2] = stage("inference", 190.0);
         slow[6] = stage("end_to_end", 195.0);
-        let v = verdict(&slow, 50.0, 4, 0.2, false);
+        let v = verdict(&slow, 50.0, 50.0, 4, 0.2, false);
         assert!(!v.pass);
         assert_eq!(v.limiting_stage.as_deref(), Some("inference"));
         assert!(v.reason.contains("160.00 ms budget"), "{}", v.reason);
@@ -444,14 +448,29 @@ mod tests {
         let mut slow_tick = ok.clone();
         slow_tick[1] = stage("preprocess", 45.0);
         slow_tick[5] = stage("tick", 46.0);
-        let v = verdict(&slow_tick, 50.0, 4, 0.2, false);
+        let v = verdict(&slow_tick, 50.0, 50.0, 4, 0.2, false);
         assert!(!v.pass);
         assert_eq!(v.limiting_stage.as_deref(), Some("preprocess"));
 
         // Model-only: inference alone against the latency budget.
-        assert!(verdict(&[stage("inference", 150.0)], 50.0, 4, 0.2, true).pass);
-        assert!(!verdict(&[stage("inference", 170.0)], 50.0, 4, 0.2, true).pass);
+        assert!(verdict(&[stage("inference", 150.0)], 50.0, 50.0, 4, 0.2, true).pass);
+        assert!(!verdict(&[stage("inference", 170.0)], 50.0, 50.0, 4, 0.2, true).pass);
         // No samples at all: FAIL.
-        assert!(!verdict(&[], 50.0, 4, 0.2, false).pass);
+        assert!(!verdict(&[], 50.0, 50.0, 4, 0.2, false).pass);
+    }
+
+    #[test]
+    fn the_latency_budget_is_chunk_time_not_loop_ticks() {
+        // A 20 Hz chunk policy run at 40 Hz: 4 steps still cover 200 ms (budget 160 ms with the
+        // margin), not 4 loop periods of 25 ms.
+        let v = verdict(&[stage("inference", 150.0)], 25.0, 50.0, 4, 0.2, true);
+        assert!(v.pass, "{v:?}");
+        let v = verdict(&[stage("inference", 170.0)], 25.0, 50.0, 4, 0.2, true);
+        assert!(v.reason.contains("160.00 ms budget"), "{}", v.reason);
+        assert!(
+            v.reason.contains("4 chunk step(s) of 50.00 ms"),
+            "{}",
+            v.reason
+        );
     }
 }

@@ -15,7 +15,8 @@
 //! 3. a frame older than its camera's `max_age_ms`, or state older than `state.max_age_ms`
 //!    -> hold (the stale observation is not used for inference either);
 //! 4. the plan has an action for this tick -> filter and send it (a "fresh" command);
-//! 5. otherwise hold; after `watchdog_periods` ticks without a fresh command -> stop.
+//! 5. otherwise hold; after the manifest's watchdog time (`watchdog_periods` periods of the
+//!    bundle's rate, counted in this loop's ticks) without a fresh command -> stop.
 //!
 //! **When to infer.** A new inference is due when `steps_per_inference` chunk steps (converted to
 //! ticks at the loop rate) have passed since the last one, or earlier, as soon as the plan left
@@ -203,7 +204,8 @@ pub struct ControlLoop<C: Camera, S: StateSource, K: CommandSink, R: InferenceRu
     /// Estimated ticks from submitting an inference to taking its result (see the module doc).
     latency_ticks: u64,
     latency_compensation: bool,
-    watchdog_periods: u64,
+    /// The manifest's watchdog time in ticks of this loop's rate.
+    watchdog_ticks: u64,
     /// Capture time of the observation behind the current plan.
     plan_obs_ns: Option<u64>,
     stopped: bool,
@@ -298,7 +300,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             last_fresh_tick: None,
             latency_ticks: 0,
             latency_compensation: manifest.control.latency_compensation,
-            watchdog_periods: manifest.control.watchdog_periods as u64,
+            watchdog_ticks: manifest.control.watchdog_ticks(rate),
             plan_obs_ns: None,
             stopped: false,
             estop: None,
@@ -679,10 +681,10 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
                 }
                 None => {
                     let since = self.last_fresh_tick.map_or(u64::MAX, |f| tick - f);
-                    if since >= self.watchdog_periods {
-                        if since == self.watchdog_periods {
+                    if since >= self.watchdog_ticks {
+                        if since == self.watchdog_ticks {
                             self.counters.watchdog_trips += 1;
-                            log::warn!("watchdog: no fresh command for {since} periods, stopping");
+                            log::warn!("watchdog: no fresh command for {since} ticks, stopping");
                         }
                         (
                             self.filter.stop(tick),

@@ -279,8 +279,8 @@ pub struct FeedVerdict {
     /// Ticks per chunk with no planned action even when the next inference is submitted as early
     /// as the loop can (the robot holds; 0 = always fed).
     pub dry_ticks: u64,
-    /// The dry stretch reaches `control.watchdog_periods`: the watchdog stops the robot at every
-    /// chunk boundary.
+    /// The dry stretch reaches the watchdog time (`ControlSpec::watchdog_ticks` at the loop's
+    /// rate): the watchdog stops the robot at every chunk boundary.
     pub watchdog_trips: bool,
     /// `steps_per_inference` is shorter than the latency: the plan is refreshed once per
     /// inference instead, less often than configured (the loop counts overruns).
@@ -334,7 +334,8 @@ pub fn feed_check(
         latency_ticks
     };
     let dry_ticks = need.saturating_sub(chunk_ticks);
-    let watchdog_trips = dry_ticks >= u64::from(control.watchdog_periods);
+    let watchdog_ticks = control.watchdog_ticks(loop_rate_hz);
+    let watchdog_trips = dry_ticks >= watchdog_ticks;
     let replan_ticks = (control.steps_per_inference as f64 * ticks_per_step)
         .round()
         .max(1.0);
@@ -368,8 +369,8 @@ pub fn feed_check(
             },
             if watchdog_trips {
                 format!(
-                    "is stopped by the watchdog ({} periods) at every chunk boundary",
-                    control.watchdog_periods
+                    "is stopped by the watchdog ({:.0} ms) at every chunk boundary",
+                    control.watchdog_s() * 1e3
                 )
             } else {
                 "holds still for that long".to_string()

@@ -61,6 +61,40 @@ fn nan_output_is_never_sent() {
     assert_eq!(lp.counters.watchdog_trips, 1);
 }
 
+/// The watchdog is a time (3 periods of the bundle's 10 Hz = 300 ms), not a tick count: a loop
+/// run at 20 Hz (`--rate 20`) stops after 6 ticks without a fresh command, not 3.
+#[test]
+fn watchdog_keeps_its_time_at_another_loop_rate() {
+    let (cam, _live, _gone) = ScriptedCamera::new();
+    let opts = LoopOptions {
+        rate_hz: Some(20.0),
+        ..LoopOptions::default()
+    };
+    let mut lp = ControlLoop::new(
+        &manifest(),
+        vec![cam],
+        FixedState(vec![0.0, 0.0]),
+        RecordingSink::with_capacity(1000),
+        inline(|run, out: &mut [f32]| out.fill(if run == 0 { 0.05 } else { f32::NAN })),
+        &opts,
+    )
+    .expect("loop builds");
+    let half = PERIOD / 2;
+    let kinds: Vec<CommandKind> = (0..30)
+        .map(|k| lp.tick(k * half).expect("tick").kind)
+        .collect();
+    let last_fresh = kinds
+        .iter()
+        .rposition(|k| *k == CommandKind::Fresh)
+        .expect("the finite chunk runs");
+    let first_stop = kinds
+        .iter()
+        .position(|k| *k == CommandKind::Stop)
+        .expect("the watchdog stops");
+    assert_eq!(first_stop - last_fresh, 6, "{kinds:?}");
+    assert_eq!(lp.counters.watchdog_trips, 1);
+}
+
 #[test]
 fn commands_stay_within_limits_and_rate() {
     // Wild outputs: +-100 (normalized) jumping every run.

@@ -4,9 +4,9 @@ pub mod bench;
 pub mod can;
 pub mod check;
 pub mod demo;
-pub mod record;
 pub mod doctor;
 pub mod engine;
+pub mod record;
 pub mod run;
 
 use anyhow::{Context, Result};
