@@ -9,7 +9,8 @@
 //! The verdict (see [`verdict`]) checks two budgets at p99, each shrunk by the safety margin:
 //! - the tick (everything the loop thread does per period) must fit in one control period;
 //! - frame-to-command latency (capture of an observation to the first command computed from it)
-//!   must fit in the re-planning interval, `steps_per_inference` periods: a slower network means
+//!   must fit in the re-planning interval, `steps_per_inference` chunk steps in time (at least one
+//!   loop period): a slower network means
 //!   the plan runs dry and the robot holds (for single-action policies that interval is one
 //!   period).
 //!
@@ -178,10 +179,12 @@ fn largest(stages: &[StageStats], among: &[&str]) -> Option<String> {
 }
 
 /// PASS when the p99 tick fits `period * (1 - margin)` and the p99 frame-to-command latency fits
-/// `steps_per_inference * step * (1 - margin)`; else FAIL naming the stage that eats the budget.
+/// the re-planning interval `* (1 - margin)`; else FAIL naming the stage that eats the budget.
 /// `period_ms` is the loop's period (the bundle's rate or `--rate`), `step_ms` the time one chunk
-/// step covers (`1000 / control.chunk_rate()`): the steps of a chunk are timed in seconds, so a
-/// loop run faster than the chunk rate does not shrink the latency budget.
+/// step covers (`1000 / control.chunk_rate()`). The re-planning interval is
+/// `steps_per_inference` chunk steps in time, rounded to whole loop ticks and at least one tick
+/// (as `control::plan::feed_check` counts it): chunk steps are timed in seconds, so `--rate`
+/// neither stretches nor shrinks the time an inference has.
 /// In model-only mode only the inference p99 is checked against the latency budget.
 pub fn verdict(
     stages: &[StageStats],
@@ -192,7 +195,10 @@ pub fn verdict(
     model_only: bool,
 ) -> Verdict {
     let tick_budget = period_ms * (1.0 - margin);
-    let latency_budget = step_ms * steps_per_inference as f64 * (1.0 - margin);
+    let replan_ticks = (steps_per_inference as f64 * step_ms / period_ms)
+        .round()
+        .max(1.0);
+    let latency_budget = replan_ticks * period_ms * (1.0 - margin);
     let latency_stage = if model_only {
         "inference"
     } else {
@@ -215,7 +221,7 @@ pub fn verdict(
             pass: false,
             reason: format!(
                 "p99 {latency_stage} {lat:.2} ms exceeds the {latency_budget:.2} ms budget \
-                 ({steps_per_inference} chunk step(s) of {step_ms:.2} ms less {:.0}% margin); {} takes the most",
+                 ({steps_per_inference} chunk step(s) of {step_ms:.2} ms = {replan_ticks} tick(s) of {period_ms:.2} ms, less {:.0}% margin); {} takes the most",
                 margin * 100.0,
                 stage.as_deref().unwrap_or("?")
             ),
@@ -472,5 +478,11 @@ mod tests {
             "{}",
             v.reason
         );
+        // The same policy run at 5 Hz re-plans every tick (4 steps = 200 ms = 1 tick): budget
+        // 160 ms, not 4 periods of 200 ms.
+        let v = verdict(&[stage("inference", 170.0)], 200.0, 50.0, 4, 0.2, true);
+        assert!(v.reason.contains("160.00 ms budget"), "{}", v.reason);
+        // A loop slower than the re-planning interval: one tick is the least it can wait.
+        assert!(verdict(&[stage("inference", 350.0)], 500.0, 50.0, 4, 0.2, true).pass);
     }
 }
