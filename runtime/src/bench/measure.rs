@@ -294,16 +294,8 @@ pub fn report(
 ) -> BenchReport {
     let stages = bench::stage_stats(&measured.timings);
     let period_ms = opts.period_ns() as f64 / 1e6;
-    let step_ms = 1e3 / m.control.chunk_rate();
     let steps = m.control.steps_per_inference as u64;
-    let verdict = bench::verdict(
-        &stages,
-        period_ms,
-        step_ms,
-        steps,
-        setup.margin,
-        setup.model_only,
-    );
+    let verdict = bench::verdict(&stages, period_ms, steps, setup.margin, setup.model_only);
     let duration_s = measured.duration_s;
     BenchReport {
         schema: bench::SCHEMA.into(),

@@ -649,7 +649,7 @@ mod tests {
         }
         t.record(Stage::EndToEnd, e2e_ms * 1_000_000);
         let stages = stage_stats(&t);
-        let verdict = verdict(&stages, 50.0, 50.0, 4, 0.2, false);
+        let verdict = verdict(&stages, 50.0, 4, 0.2, false);
         BenchReport {
             schema: crate::bench::SCHEMA.into(),
             mode: "pipeline".into(),
