@@ -90,21 +90,49 @@ pub fn elf_arch(path: &Path) -> Result<&'static str> {
 }
 
 /// The `reflex` binary to deploy when `--binary` is not given: for an aarch64 board the cross
-/// build's output (`scripts/build-board.sh`: `$CARGO_TARGET_DIR` or `target`, then
+/// build's output where `scripts/build-board.sh` writes it (`$REFLEX_BOARD_TARGET_DIR`, else
+/// `$CARGO_TARGET_DIR/board`, else `target/board`, then
 /// `aarch64-unknown-linux-gnu/release/reflex`); for an x86-64 board the `reflex` next to this
-/// `reflex-tools`.
+/// `reflex-tools` (the same build: a debug `reflex-tools` deploys a debug `reflex`, which
+/// `deploy` says when it copies it).
 pub fn default_binary(arch: &str) -> PathBuf {
     if arch == "aarch64" {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("target"));
-        target.join("aarch64-unknown-linux-gnu/release/reflex")
+        board_build_output(
+            std::env::var_os("REFLEX_BOARD_TARGET_DIR").map(PathBuf::from),
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from),
+        )
     } else {
         std::env::current_exe()
             .ok()
             .and_then(|e| e.parent().map(|d| d.join("reflex")))
             .unwrap_or_else(|| PathBuf::from("reflex"))
     }
+}
+
+/// Where `scripts/build-board.sh` writes the aarch64 `reflex`, given its two environment
+/// variables (`REFLEX_BOARD_TARGET_DIR`, `CARGO_TARGET_DIR`); the script's header documents the
+/// same rule.
+pub fn board_build_output(
+    board_target_dir: Option<PathBuf>,
+    cargo_target_dir: Option<PathBuf>,
+) -> PathBuf {
+    board_target_dir
+        .unwrap_or_else(|| {
+            cargo_target_dir
+                .unwrap_or_else(|| PathBuf::from("target"))
+                .join("board")
+        })
+        .join("aarch64-unknown-linux-gnu/release/reflex")
+}
+
+/// Whether `binary` sits in a cargo `debug` profile directory (`.../debug/reflex`): such a
+/// build carries debug assertions and unoptimized glue, fine for a bench board, not what a robot
+/// should run by accident.
+pub fn is_debug_build(binary: &Path) -> bool {
+    binary
+        .parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| n == "debug")
 }
 
 /// Quotes `s` for a POSIX shell (single quotes).
@@ -513,6 +541,32 @@ pub fn rollback(t: &Target) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_board_binary_is_where_build_board_writes_it() {
+        // scripts/build-board.sh: target_dir="${REFLEX_BOARD_TARGET_DIR:-$base_target/board}",
+        // base_target="${CARGO_TARGET_DIR:-$PWD/target}", bin=$target_dir/$TARGET/release/reflex.
+        let script = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-board.sh"),
+        )
+        .unwrap();
+        assert!(script.contains("${REFLEX_BOARD_TARGET_DIR:-$base_target/board}"));
+        assert!(script.contains("${CARGO_TARGET_DIR:-$PWD/target}"));
+        assert_eq!(
+            board_build_output(None, None),
+            Path::new("target/board/aarch64-unknown-linux-gnu/release/reflex")
+        );
+        assert_eq!(
+            board_build_output(None, Some("/t".into())),
+            Path::new("/t/board/aarch64-unknown-linux-gnu/release/reflex")
+        );
+        assert_eq!(
+            board_build_output(Some("/b".into()), Some("/t".into())),
+            Path::new("/b/aarch64-unknown-linux-gnu/release/reflex")
+        );
+        assert!(is_debug_build(Path::new("/t/debug/reflex")));
+        assert!(!is_debug_build(Path::new("/t/release/reflex")));
+    }
 
     #[test]
     fn shell_quoting() {

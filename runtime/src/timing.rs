@@ -139,10 +139,14 @@ pub enum Stage {
     Period,
     /// Capture of an observation to the send of the first command computed from it.
     EndToEnd,
+    /// The accelerator's own time for one inference, measured on the device (TensorRT: CUDA
+    /// events around `enqueueV3`), comparable to trtexec's "GPU Compute Time"; recorded by the
+    /// model-only bench for backends that report it ([`crate::infer::policy::Policy::device_time_ms`]).
+    GpuCompute,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 10] = [
         Stage::CaptureWait,
         Stage::Decode,
         Stage::Preprocess,
@@ -152,6 +156,7 @@ impl Stage {
         Stage::Tick,
         Stage::Period,
         Stage::EndToEnd,
+        Stage::GpuCompute,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -164,13 +169,14 @@ impl Stage {
             Stage::Tick => "tick",
             Stage::Period => "period",
             Stage::EndToEnd => "end_to_end",
+            Stage::GpuCompute => "gpu_compute",
         }
     }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct StageTimings {
-    hists: [Histogram; 9],
+    hists: [Histogram; Stage::ALL.len()],
 }
 
 impl StageTimings {

@@ -44,6 +44,18 @@ pub fn runtimes_created() -> usize {
     RUNTIMES.load(Ordering::SeqCst)
 }
 
+/// Engines deserialized, by the (canonical) ONNX path the fake engine names: per test, since
+/// each test's bundle has its own directory.
+static DESERIALIZED: std::sync::Mutex<Vec<(std::path::PathBuf, usize)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How many times an engine built from `onnx` was deserialized in this process.
+pub fn deserializations(onnx: &Path) -> usize {
+    let onnx = std::fs::canonicalize(onnx).unwrap_or_else(|_| onnx.to_path_buf());
+    let d = DESERIALIZED.lock().unwrap_or_else(|p| p.into_inner());
+    d.iter().find(|(p, _)| *p == onnx).map_or(0, |(_, n)| *n)
+}
+
 /// Writes a fake engine for `onnx` at `engine` (fp16 I/O when `fp16_io`).
 pub fn write_engine(engine: &Path, onnx: &Path, fp16_io: bool) -> std::io::Result<()> {
     let onnx = std::fs::canonicalize(onnx)?;
@@ -152,6 +164,13 @@ unsafe extern "C" fn engine_deserialize(
         rt.error("fake engine names no ONNX file");
         return std::ptr::null_mut();
     };
+    {
+        let mut d = DESERIALIZED.lock().unwrap_or_else(|p| p.into_inner());
+        match d.iter_mut().find(|(p, _)| *p == onnx) {
+            Some((_, n)) => *n += 1,
+            None => d.push((onnx.clone(), 1)),
+        }
+    }
     let io = match reflex_runtime::infer::tract::graph_io(&onnx) {
         Ok(io) => io,
         Err(e) => {
@@ -346,13 +365,16 @@ unsafe extern "C" fn enqueue(c: *mut c_void, _stream: *mut c_void) -> i32 {
 }
 
 /// Host memory standing in for a GPU's ([`Device`]): 256-byte aligned buffers whose addresses
-/// are host addresses (what the stand-in shim reads and writes), a null stream, GPU time 0.
+/// are host addresses (what the stand-in shim reads and writes), a null stream, and as the
+/// "GPU time" of a run the host time from [`Device::start`] to [`Device::finish`] (where CUDA
+/// would record its two events).
 #[derive(Debug, Default)]
 pub struct HostDevice {
     /// Each buffer over-allocated by 256 bytes; `offsets[i]` aligns it.
     buffers: Vec<Vec<u8>>,
     offsets: Vec<usize>,
     sizes: Vec<usize>,
+    started: Option<std::time::Instant>,
 }
 
 impl Device for HostDevice {
@@ -376,10 +398,14 @@ impl Device for HostDevice {
         std::ptr::null_mut()
     }
     fn start(&mut self) -> Result<(), CudaError> {
+        self.started = Some(std::time::Instant::now());
         Ok(())
     }
     fn finish(&mut self) -> Result<f32, CudaError> {
-        Ok(0.0)
+        Ok(self
+            .started
+            .take()
+            .map_or(0.0, |t| t.elapsed().as_secs_f32() * 1e3))
     }
     fn download(&mut self, id: BufferId, out: &mut [u8]) -> Result<(), CudaError> {
         let o = self.offsets[id];

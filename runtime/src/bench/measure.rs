@@ -190,6 +190,9 @@ pub fn measure_model(
         let t = Instant::now();
         backend.run()?;
         timings.record(Stage::Inference, t.elapsed().as_nanos() as u64);
+        if let Some(gpu_ms) = backend.device_time_ms() {
+            timings.record(Stage::GpuCompute, (f64::from(gpu_ms) * 1e6) as u64);
+        }
         k += 1;
     }
     Ok(Measurement {

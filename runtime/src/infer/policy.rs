@@ -77,6 +77,11 @@ pub trait Policy: Send {
     fn run(&mut self) -> Result<(), PolicyError>;
     /// Raw output of the last run, row-major `[horizon][dim]`, normalized units.
     fn output(&self) -> &[f32];
+    /// The last run's time on the accelerator, ms ([`Session::device_time_ms`]); `None` on
+    /// the CPU.
+    fn device_time_ms(&self) -> Option<f32> {
+        None
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Box<P> {
@@ -94,6 +99,9 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     }
     fn output(&self) -> &[f32] {
         (**self).output()
+    }
+    fn device_time_ms(&self) -> Option<f32> {
+        (**self).device_time_ms()
     }
 }
 
@@ -214,5 +222,8 @@ impl<S: Session> Policy for SinglePassPolicy<S> {
     }
     fn output(&self) -> &[f32] {
         self.session.output(self.action_output)
+    }
+    fn device_time_ms(&self) -> Option<f32> {
+        self.session.device_time_ms()
     }
 }

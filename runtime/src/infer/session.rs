@@ -90,6 +90,11 @@ pub trait Session: Send {
     fn run(&mut self) -> Result<(), SessionError>;
     /// Output `i` of the last run, row-major, `outputs()[i].len()` values.
     fn output(&self, i: usize) -> &[f32];
+    /// The last run's time on the accelerator, ms, as the device measured it (TensorRT: CUDA
+    /// events around the enqueue); `None` for backends that run on the CPU.
+    fn device_time_ms(&self) -> Option<f32> {
+        None
+    }
 
     /// Index of the input named `name`.
     fn input_index(&self, name: &str) -> Option<usize> {
@@ -122,5 +127,8 @@ impl<S: Session + ?Sized> Session for Box<S> {
     }
     fn output(&self, i: usize) -> &[f32] {
         (**self).output(i)
+    }
+    fn device_time_ms(&self) -> Option<f32> {
+        (**self).device_time_ms()
     }
 }

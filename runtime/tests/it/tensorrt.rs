@@ -6,6 +6,7 @@
 use reflex_models::manifest::BackendKind;
 use reflex_models::reference::default_capture;
 use reflex_models::Bundle;
+use reflex_runtime::bench::measure::{measure_model, BenchOptions};
 use reflex_runtime::infer::select::{decide_on, prepare_policy_on, BackendChoice, SelectError};
 use reflex_runtime::infer::tensorrt::builder::{build_engine, BuildOptions};
 use reflex_runtime::infer::tensorrt::cuda::{CudaError, GpuInfo};
@@ -14,6 +15,7 @@ use reflex_runtime::infer::tensorrt::library::{TensorrtLibrary, TrtVersion};
 use reflex_runtime::infer::tensorrt::shim::ShimApi;
 use reflex_runtime::infer::tensorrt::{self, cuda, Blocker};
 use reflex_runtime::infer::tract::TractOptions;
+use reflex_runtime::timing::Stage;
 use reflex_testkit::bundles::write_tiny_bundle;
 use reflex_testkit::dirs::WorkDir;
 use reflex_testkit::fake_tensorrt::{self, build_engine_here, write_sidecar, StandIn};
@@ -191,12 +193,36 @@ fn tensorrt_falls_back_when_the_model_changed_since_the_build() {
 fn tensorrt_falls_back_when_the_engine_does_not_deserialize() {
     let d = WorkDir::new("trt-deserialize");
     let b = bundle(&d);
-    let (engine, _) = engine_here(&b);
+    let (engine, mut sidecar) = engine_here(&b);
+    // The sidecar describes these bytes (as after a TensorRT build-number change, which the
+    // library does not report), but TensorRT refuses them.
     std::fs::write(&engine, b"not an engine").expect("overwrite");
+    sidecar.engine_sha256 = reflex_models::bundle::sha256_bytes(b"not an engine");
+    write_sidecar(&engine, &sidecar);
     let e = blocker(&b, &Stand::jetson());
     assert!(matches!(e, Blocker::Deserialize { .. }), "{e}");
     // TensorRT's own log line, verbatim.
     falls_back_with(&b, &Stand::jetson(), "Magic tag does not match");
+}
+
+#[test]
+fn tensorrt_falls_back_when_the_engine_file_is_not_the_one_built() {
+    let d = WorkDir::new("trt-engine-bytes");
+    let b = bundle(&d);
+    let (engine, _) = engine_here(&b);
+    // Another board's engine copied over this one, its sidecar kept (or a truncated copy).
+    let mut bytes = std::fs::read(&engine).expect("engine");
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(&engine, bytes).expect("overwrite");
+    assert!(matches!(
+        blocker(&b, &Stand::jetson()),
+        Blocker::Mismatch(EngineMismatch::EngineBytes { .. })
+    ));
+    falls_back_with(
+        &b,
+        &Stand::jetson(),
+        "(the file changed since it was built: rebuild it here with `reflex engine build`)",
+    );
 }
 
 #[test]
@@ -215,6 +241,7 @@ fn a_matching_engine_selects_tensorrt() {
             "model",
             "engine",
             "engine matches",
+            "engine file intact",
             "deserializes"
         ]
     );
@@ -235,6 +262,29 @@ fn a_matching_engine_selects_tensorrt() {
             d.join("engines/policy.engine").display()
         )
     );
+    // The session runs the engine the probe deserialized: one deserialization per prepare.
+    let before = fake_tensorrt::deserializations(&b.policy_path);
+    let mut trt = prepare_policy_on(
+        &b,
+        BackendKind::Tensorrt,
+        TractOptions { threads: 1 },
+        &Stand::jetson(),
+    )
+    .expect("trt");
+    assert_eq!(fake_tensorrt::deserializations(&b.policy_path), before + 1);
+    // `reflex bench --model-only` reports the device's own time apart from the host's.
+    let opts = BenchOptions {
+        rate_hz: 10.0,
+        warmup: 1,
+        iterations: Some(5),
+        duration_s: None,
+    };
+    let m = measure_model(trt.as_mut(), 1, &opts).expect("bench");
+    let gpu = m.timings.get(Stage::GpuCompute);
+    let host = m.timings.get(Stage::Inference);
+    assert_eq!((gpu.count(), host.count()), (5, 5));
+    assert!(gpu.max().unwrap() <= host.max().unwrap());
+    assert!(gpu.min().unwrap() > 0);
 }
 
 static CREATE_CALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -165,6 +165,17 @@ pub enum EngineMismatch {
         built: String,
         now: String,
     },
+    /// The engine file is not the one the sidecar describes (copied from another board with
+    /// a stale sidecar, truncated, or overwritten).
+    #[error(
+        "engine {engine} has sha256 {now}, its sidecar records {recorded} (the file changed since \
+         it was built: rebuild it here with `reflex engine build`)"
+    )]
+    EngineBytes {
+        engine: String,
+        recorded: String,
+        now: String,
+    },
 }
 
 /// `engines/<stem>.engine` for the model file `model` (relative to the bundle).

@@ -16,7 +16,9 @@
 //! Conditions, in order (the first failing one is the reason): the shim is compiled in; the
 //! library loads; a CUDA device is present (checked before TensorRT's runtime is ever created);
 //! the bundle lists a policy model for TensorRT; its engine and sidecar exist; the sidecar's
-//! TensorRT version, GPU and model sha256 match; the engine deserializes with no error logged.
+//! TensorRT version, GPU and model sha256 match; the engine file's sha256 is the sidecar's; the
+//! engine deserializes with no error logged. The engine deserialized here is the one the
+//! session runs ([`Ready::loaded`]): it is read and deserialized once.
 //!
 //! What ran where: none of this has run on a Jetson or a GPU. On x86 CI the lean library from
 //! PyPI is loaded and its version read (no CUDA device, so no runtime is created), the shim is
@@ -119,6 +121,8 @@ pub struct Ready {
     pub gpu: GpuInfo,
     pub engine: PathBuf,
     pub sidecar: EngineSidecar,
+    /// The runtime and the engine deserialized by the probe, handed to the session.
+    pub loaded: Loaded,
 }
 
 /// The conditions checked and the outcome.
@@ -248,13 +252,40 @@ pub fn probe(bundle: &Bundle, platform: &dyn Platform) -> Probe {
         Ok("TensorRT version, GPU and model sha256".into()),
         &mut first,
     );
-    match Loaded::deserialize(shim, &library, &engine, sidecar.dla_core) {
-        Ok(loaded) => drop(loaded),
+    let bytes = match std::fs::read(&engine) {
+        Ok(b) => b,
+        Err(e) => {
+            let b = Blocker::Deserialize {
+                path: engine.clone(),
+                log: format!("cannot read it: {e}"),
+            };
+            note("engine file intact", Err(b), &mut first);
+            return finish(conditions, first, None);
+        }
+    };
+    let now = reflex_models::bundle::sha256_bytes(&bytes);
+    if now != sidecar.engine_sha256 {
+        let m = EngineMismatch::EngineBytes {
+            engine: sidecar.engine.clone(),
+            recorded: sidecar.engine_sha256.clone(),
+            now,
+        };
+        note("engine file intact", Err(Blocker::Mismatch(m)), &mut first);
+        return finish(conditions, first, None);
+    }
+    note(
+        "engine file intact",
+        Ok(format!("sha256 {}", &now[..12])),
+        &mut first,
+    );
+    let loaded = match Loaded::deserialize(shim, &library, &engine, &bytes, sidecar.dla_core) {
+        Ok(loaded) => loaded,
         Err(b) => {
             note("deserializes", Err(b), &mut first);
             return finish(conditions, first, None);
         }
-    }
+    };
+    drop(bytes);
     note("deserializes", Ok("no error logged".into()), &mut first);
     let ready = Ready {
         shim,
@@ -262,6 +293,7 @@ pub fn probe(bundle: &Bundle, platform: &dyn Platform) -> Probe {
         gpu,
         engine,
         sidecar,
+        loaded,
     };
     finish(conditions, first, Some(ready))
 }
@@ -342,18 +374,19 @@ unsafe impl Send for Loaded {}
 
 impl Loaded {
     /// Creates a runtime (the library's `createInferRuntime_INTERNAL`, through the shim) and
-    /// deserializes `engine`; any error TensorRT logs meanwhile fails it, verbatim.
+    /// deserializes `bytes`, the contents of the engine file `engine` (named in errors); any
+    /// error TensorRT logs meanwhile fails it, verbatim.
     pub fn deserialize(
         shim: &'static ShimApi,
         library: &TensorrtLibrary,
         engine: &std::path::Path,
+        bytes: &[u8],
         dla_core: i32,
     ) -> Result<Loaded, Blocker> {
         let fail = |log: String| Blocker::Deserialize {
             path: engine.to_path_buf(),
             log,
         };
-        let bytes = std::fs::read(engine).map_err(|e| fail(format!("cannot read it: {e}")))?;
         let create = library.create_runtime_fn().ok();
         let log = Box::<LogSink>::default();
         let user = &*log as *const LogSink as *mut c_void;

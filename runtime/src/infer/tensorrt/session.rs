@@ -82,13 +82,7 @@ impl TensorrtSession {
             path: path.clone(),
             problem,
         };
-        let loaded = Loaded::deserialize(
-            ready.shim,
-            &ready.library,
-            &ready.engine,
-            ready.sidecar.dla_core,
-        )
-        .map_err(|b| graph(b.to_string()))?;
+        let loaded = ready.loaded;
         let shim = ready.shim;
         // SAFETY: `loaded.engine` is a live engine of this shim.
         let n = unsafe { (shim.io_count)(loaded.engine) };
@@ -293,6 +287,9 @@ impl Session for TensorrtSession {
     }
     fn output(&self, i: usize) -> &[f32] {
         &self.output_bindings[i].values
+    }
+    fn device_time_ms(&self) -> Option<f32> {
+        Some(self.gpu_ms)
     }
 }
 

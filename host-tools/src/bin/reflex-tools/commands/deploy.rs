@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use reflex_board::profile::Profile;
-use reflex_tools::deploy::{default_binary, Deploy, Target};
+use reflex_tools::deploy::{default_binary, is_debug_build, Deploy, Target};
 use std::path::PathBuf;
 
 /// Where the board is and how to reach it (shared by deploy and rollback).
@@ -57,9 +57,9 @@ pub struct Args {
     /// generic-arm64, generic-x86-64) or a profile TOML file (board/profiles/ has the schema).
     #[arg(long)]
     pub profile: String,
-    /// The `reflex` binary for the board [default: target/aarch64-unknown-linux-gnu/release/reflex
-    /// (scripts/build-board.sh) for an arm64 profile, the `reflex` next to this reflex-tools for
-    /// x86-64].
+    /// The `reflex` binary for the board [default: where scripts/build-board.sh writes it,
+    /// $CARGO_TARGET_DIR/board/aarch64-unknown-linux-gnu/release/reflex (or target/board/...),
+    /// for an arm64 profile; the `reflex` next to this reflex-tools for x86-64].
     #[arg(long)]
     pub binary: Option<PathBuf>,
     /// The service's watchdog timeout, s (`WatchdogSec=`): a loop stalled this long is killed
@@ -89,7 +89,21 @@ pub struct RollbackArgs {
 /// Deploy (see [`reflex_tools::deploy::deploy`]).
 pub fn run(a: Args) -> Result<()> {
     let profile = Profile::load(&a.profile).context("--profile")?;
-    let binary = a.binary.unwrap_or_else(|| default_binary(&profile.arch));
+    let binary = match a.binary {
+        Some(b) => b,
+        None => {
+            let b = default_binary(&profile.arch);
+            if is_debug_build(&b) {
+                eprintln!(
+                    "note: deploying the debug build {} (the `reflex` next to this reflex-tools); \
+                     for a release one: cargo build --release --workspace, then --binary \
+                     <target dir>/release/reflex",
+                    b.display()
+                );
+            }
+            b
+        }
+    };
     let d = Deploy {
         target: a.target.target(),
         profile,

@@ -38,7 +38,9 @@ pub struct Args {
     /// Safety margin on the budgets (0.2 = the p99 must fit in 80% of the budget).
     #[arg(long, default_value_t = 0.2)]
     margin: f64,
-    /// Time the network alone on fixed inputs (comparable to trtexec's GPU compute time).
+    /// Time the network alone on fixed inputs. With TensorRT the engine's own GPU time (CUDA
+    /// events around each enqueue) is reported apart as `gpu_compute`, comparable to trtexec's
+    /// "GPU Compute Time"; the engine's placement (GPU or DLA core) is in the backend line.
     #[arg(long)]
     model_only: bool,
     /// Control rate override, Hz.
