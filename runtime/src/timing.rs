@@ -139,14 +139,21 @@ pub enum Stage {
     Period,
     /// Capture of an observation to the send of the first command computed from it.
     EndToEnd,
+    /// An encoder + denoiser policy's encoder, once per inference (part of `Inference`).
+    Encoder,
+    /// One denoiser call of an encoder + denoiser policy: the inference's denoiser time over
+    /// its K calls (part of `Inference`).
+    DenoiserStep,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 9] = [
+    pub const ALL: [Stage; 11] = [
         Stage::CaptureWait,
         Stage::Decode,
         Stage::Preprocess,
         Stage::Inference,
+        Stage::Encoder,
+        Stage::DenoiserStep,
         Stage::PostProcess,
         Stage::Send,
         Stage::Tick,
@@ -164,13 +171,15 @@ impl Stage {
             Stage::Tick => "tick",
             Stage::Period => "period",
             Stage::EndToEnd => "end_to_end",
+            Stage::Encoder => "encoder",
+            Stage::DenoiserStep => "denoiser_step",
         }
     }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct StageTimings {
-    hists: [Histogram; 9],
+    hists: [Histogram; 11],
 }
 
 impl StageTimings {

@@ -382,6 +382,13 @@ fn write_held_out(
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let b_in = Bundle::load(&a.bundle)?;
     let m_in = &b_in.manifest;
+    if m_in.diffusion.is_some() {
+        bail!(
+            "{}: an encoder + denoiser bundle (Diffusion Policy): quantizing its two models is not \
+             supported by this version; run it in fp32",
+            a.bundle.display()
+        );
+    }
     let pi = m_in
         .models
         .iter()

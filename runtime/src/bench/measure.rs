@@ -190,6 +190,10 @@ pub fn measure_model(
         let t = Instant::now();
         backend.run()?;
         timings.record(Stage::Inference, t.elapsed().as_nanos() as u64);
+        if let Some(d) = backend.diffusion_timings() {
+            timings.record(Stage::Encoder, d.encoder.as_nanos() as u64);
+            timings.record(Stage::DenoiserStep, d.per_denoiser_step().as_nanos() as u64);
+        }
         k += 1;
     }
     Ok(Measurement {
