@@ -715,3 +715,76 @@ fn diffusion_folders_with_bad_stats_or_weights_are_refused_naming_file_and_key()
         "{e}"
     );
 }
+
+/// `reflex-tools quantize --precision fp16` converts both models of an imported diffusion
+/// bundle; the report compares the whole policy (encoder, history, K denoiser steps with the
+/// same seeded noise) fp32 against fp16 in action units, and int8 is refused with the fix.
+#[test]
+fn quantize_fp16_converts_both_models_of_a_diffusion_bundle() {
+    use reflex_models::manifest::{ModelRole, Precision, MANIFEST_FILE};
+    let dir = WorkDir::new("diffusion_fp16");
+    let folder = dir.join("pretrained_model");
+    reflex_testkit::lerobot::diffusion_folder(&folder);
+    let out = dir.join("bundle");
+    let run = import_cli(&folder, &out);
+    assert!(run.status.success(), "{run}");
+    // DDIM-10 keeps the accuracy run short.
+    let mut m = reflex_models::Bundle::load(&out).expect("bundle").manifest;
+    let d = m.diffusion.as_mut().expect("[diffusion]");
+    d.scheduler.kind = SchedulerKind::Ddim;
+    d.scheduler.num_inference_steps = 10;
+    std::fs::write(out.join(MANIFEST_FILE), m.to_toml().expect("toml")).expect("write");
+    let tools = |args: &[&str]| {
+        reflex_testkit::cli::Cli::new(env!("CARGO_BIN_EXE_reflex-tools"))
+            .args(args)
+            .run()
+    };
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    let q = dir.join("fp16");
+    let run = tools(&[
+        "quantize",
+        "--bundle",
+        &s(&out),
+        "--precision",
+        "fp16",
+        "--held-out",
+        "3",
+        "--latency-runs",
+        "1",
+        "--max-error",
+        "0.05",
+        "--out",
+        &s(&q),
+    ]);
+    assert!(run.status.success(), "{run}");
+    let b = reflex_models::Bundle::load(&q).expect("the fp16 bundle loads");
+    for role in [ModelRole::Encoder, ModelRole::Denoiser] {
+        let f = b.manifest.models_with_role(role).next().expect("model");
+        assert_eq!(f.precision, Precision::Fp16, "{f:?}");
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(q.join("quantization-report.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(report["gate_passed"], true, "{report}");
+    assert_eq!(
+        report["graph"]["measured_file"],
+        "encoder.onnx + denoiser.onnx"
+    );
+    let q8 = dir.join("int8");
+    let run = tools(&[
+        "quantize",
+        "--bundle",
+        &s(&out),
+        "--precision",
+        "int8",
+        "--out",
+        &s(&q8),
+    ]);
+    assert!(!run.status.success(), "{run}");
+    assert!(
+        run.stderr.contains("encoder + denoiser") && run.stderr.contains("--precision fp16"),
+        "{run}"
+    );
+    assert!(!q8.exists());
+}
