@@ -162,7 +162,8 @@ impl GraphIo {
 pub struct Bundle {
     pub dir: PathBuf,
     pub manifest: Manifest,
-    /// The policy file tract runs: the one listed for tract, else the first policy file.
+    /// The policy file tract runs: the one listed for tract, else the first policy file. For an
+    /// encoder + denoiser bundle, the encoder's (see [`Bundle::model_path`] for the others).
     pub policy_path: PathBuf,
     /// The I/O that file declares (validated against the manifest).
     pub io: GraphIo,
@@ -436,6 +437,27 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
         };
         return Err(BundleError::field(path, "models", problem));
     }
+    match (&m.diffusion, policy) {
+        (Some(_), true) => {
+            return Err(BundleError::field(
+                path,
+                "diffusion",
+                "a `[diffusion]` section in a bundle with a `policy` model: it belongs to \
+                 encoder + denoiser bundles only; remove it",
+            ))
+        }
+        (None, false) => {
+            return Err(BundleError::field(
+                path,
+                "diffusion",
+                "missing: an encoder + denoiser bundle needs its `[diffusion]` section (history \
+                 length, horizon, scheduler); re-import the checkpoint with `reflex-tools import \
+                 lerobot`",
+            ))
+        }
+        (Some(d), false) => validate_diffusion(m, d, path)?,
+        (None, true) => {}
+    }
     // Several files per role (one form per backend) are fine; two for one backend are ambiguous.
     let mut seen: Vec<(ModelRole, BackendKind, usize)> = vec![];
     for (i, f) in m.models.iter().enumerate() {
@@ -628,6 +650,109 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
         }
     }
     validate_can(m, path)?;
+    Ok(())
+}
+
+/// The `[diffusion]` section: history and horizon against the action chunk, the scheduler's
+/// settings, the tensor names.
+fn validate_diffusion(m: &Manifest, d: &DiffusionSpec, path: &Path) -> Result<(), BundleError> {
+    let field = |f: &str| format!("diffusion.{f}");
+    if d.n_obs_steps == 0 || d.n_obs_steps > 64 {
+        return Err(BundleError::field(
+            path,
+            field("n_obs_steps"),
+            format!("{} is not in 1..=64", d.n_obs_steps),
+        ));
+    }
+    if d.horizon < d.n_obs_steps || d.horizon > 1024 {
+        return Err(BundleError::field(
+            path,
+            field("horizon"),
+            format!(
+                "{} is not in n_obs_steps..=1024 = {}..=1024",
+                d.horizon, d.n_obs_steps
+            ),
+        ));
+    }
+    let want = d.output_horizon();
+    match m.action.output {
+        ActionOutput::Chunk { horizon } if horizon == want => {}
+        other => {
+            return Err(BundleError::field(
+                path,
+                "action.output",
+                format!(
+                    "{other:?}: a diffusion policy outputs the sample from step n_obs_steps - 1 \
+                     to the end, a chunk of horizon - n_obs_steps + 1 = {} - {} + 1 steps: \
+                     `output = {{ kind = \"chunk\", horizon = {want} }}`",
+                    d.horizon, d.n_obs_steps
+                ),
+            ))
+        }
+    }
+    let s = &d.scheduler;
+    if s.num_train_timesteps == 0 || s.num_train_timesteps > 100_000 {
+        return Err(BundleError::field(
+            path,
+            field("scheduler.num_train_timesteps"),
+            format!("{} is not in 1..=100000", s.num_train_timesteps),
+        ));
+    }
+    if s.num_inference_steps == 0 || s.num_inference_steps > s.num_train_timesteps {
+        return Err(BundleError::field(
+            path,
+            field("scheduler.num_inference_steps"),
+            format!(
+                "{} is not in 1..=num_train_timesteps = {}",
+                s.num_inference_steps, s.num_train_timesteps
+            ),
+        ));
+    }
+    for (f, b) in [("beta_start", s.beta_start), ("beta_end", s.beta_end)] {
+        if !(b.is_finite() && b > 0.0 && b < 1.0) {
+            return Err(BundleError::field(
+                path,
+                field(&format!("scheduler.{f}")),
+                format!("{b} is not in (0, 1)"),
+            ));
+        }
+    }
+    if s.beta_schedule == BetaSchedule::Linear && s.beta_end < s.beta_start {
+        return Err(BundleError::field(
+            path,
+            field("scheduler.beta_end"),
+            format!(
+                "{} is below beta_start = {}: a linear schedule increases",
+                s.beta_end, s.beta_start
+            ),
+        ));
+    }
+    if !(s.clip_sample_range.is_finite() && s.clip_sample_range > 0.0) {
+        return Err(BundleError::field(
+            path,
+            field("scheduler.clip_sample_range"),
+            format!("{} must be finite and > 0", s.clip_sample_range),
+        ));
+    }
+    let names = [
+        ("features_output", &d.features_output),
+        ("sample_input", &d.sample_input),
+        ("timestep_input", &d.timestep_input),
+        ("global_cond_input", &d.global_cond_input),
+    ];
+    for (f, n) in names {
+        if n.is_empty() {
+            return Err(BundleError::field(path, field(f), "empty tensor name"));
+        }
+    }
+    let den = [&d.sample_input, &d.timestep_input, &d.global_cond_input];
+    if den[0] == den[1] || den[0] == den[2] || den[1] == den[2] {
+        return Err(BundleError::field(
+            path,
+            field("sample_input"),
+            "sample_input, timestep_input and global_cond_input must be three different inputs",
+        ));
+    }
     Ok(())
 }
 
@@ -945,39 +1070,54 @@ pub fn model_io(bytes: &[u8], path: &Path) -> Result<GraphIo, BundleError> {
     GraphIo::from_header(&header, path)
 }
 
-/// Checks the manifest against the model's real I/O.
-pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), BundleError> {
-    let gerr = |problem: String| BundleError::Graph {
-        path: model_path.to_path_buf(),
-        problem,
-    };
-    let names = |v: &[TensorSpec]| {
-        v.iter()
-            .map(|t| format!("{} {:?}", t.name, t.shape))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    // Element types: f32 is native, float64/float16 are converted at the boundary, the rest is
-    // refused here (at export and load) rather than at the first inference.
+/// `[name [shape], ...]` of tensors, for messages.
+fn tensor_list(v: &[TensorSpec]) -> String {
+    v.iter()
+        .map(|t| format!("{} {:?}", t.name, t.shape))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Element types: f32 is native, float64/float16 are converted at the boundary, the rest is
+/// refused here (at export and load) rather than at the first inference. Every input is fed;
+/// of the outputs only `read` is.
+fn check_elem_types(io: &GraphIo, read: &str, model_path: &Path) -> Result<(), BundleError> {
     for (which, t) in io
         .inputs
         .iter()
         .map(|t| ("input", t))
         .chain(io.outputs.iter().map(|t| ("output", t)))
     {
-        let used_by_manifest = which == "input" || t.name == m.action.onnx_output;
+        let used_by_manifest = which == "input" || t.name == read;
         if used_by_manifest && !t.elem.is_boundary_supported() {
-            return Err(gerr(format!(
-                "{which} `{}` is {} ({}); reflex feeds and reads float (f32), double (f64) \
-                 or float16 tensors: re-export the model with `{}` as float32 (e.g. a \
-                 `.float()` on the tensor before `torch.onnx.export`)",
-                t.name,
-                t.elem,
-                t.shape_text(),
-                t.name
-            )));
+            return Err(BundleError::Graph {
+                path: model_path.to_path_buf(),
+                problem: format!(
+                    "{which} `{}` is {} ({}); reflex feeds and reads float (f32), double (f64) \
+                     or float16 tensors: re-export the model with `{}` as float32 (e.g. a \
+                     `.float()` on the tensor before `torch.onnx.export`)",
+                    t.name,
+                    t.elem,
+                    t.shape_text(),
+                    t.name
+                ),
+            });
         }
     }
+    Ok(())
+}
+
+/// The graph's inputs are exactly what the manifest's cameras and state feed, of the shapes
+/// their preprocessing makes.
+fn check_observation_inputs(
+    m: &Manifest,
+    io: &GraphIo,
+    model_path: &Path,
+) -> Result<(), BundleError> {
+    let gerr = |problem: String| BundleError::Graph {
+        path: model_path.to_path_buf(),
+        problem,
+    };
     let mut used = BTreeSet::new();
     for cam in &m.cameras {
         let want = [
@@ -992,7 +1132,7 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
                     "camera `{}`: onnx_input `{}` is not an input of the graph (inputs: {})",
                     cam.name,
                     cam.onnx_input,
-                    names(&io.inputs)
+                    tensor_list(&io.inputs)
                 )))
             }
             Some(s) if s != want => {
@@ -1011,7 +1151,7 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
             None => {
                 return Err(gerr(format!(
                     "state.onnx_input `{si}` is not an input of the graph (inputs: {})",
-                    names(&io.inputs)
+                    tensor_list(&io.inputs)
                 )))
             }
             Some(s) if s != want => {
@@ -1030,6 +1170,18 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
             t.name
         )));
     }
+    Ok(())
+}
+
+/// Checks the manifest against the model's real I/O (a `policy` model: cameras and state in,
+/// the action out).
+pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), BundleError> {
+    let gerr = |problem: String| BundleError::Graph {
+        path: model_path.to_path_buf(),
+        problem,
+    };
+    check_elem_types(io, &m.action.onnx_output, model_path)?;
+    check_observation_inputs(m, io, model_path)?;
     let ad = m.action.names.len();
     let want: Vec<usize> = match m.action.output {
         ActionOutput::Single => vec![1, ad],
@@ -1041,11 +1193,125 @@ pub fn validate_io(m: &Manifest, io: &GraphIo, model_path: &Path) -> Result<(), 
         None => Err(gerr(format!(
             "action.onnx_output `{}` is not an output of the graph (outputs: {})",
             m.action.onnx_output,
-            names(&io.outputs)
+            tensor_list(&io.outputs)
         ))),
         Some(s) if s != want.as_slice() => Err(gerr(format!(
             "action output `{}` has shape {s:?}, the manifest ({} action names, output {:?}) needs {want:?}",
             m.action.onnx_output, ad, m.action.output
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Checks a diffusion policy's `encoder` model against the manifest: its inputs are exactly the
+/// cameras and the state (as [`validate_io`]), its output `diffusion.features_output` is
+/// `[1, D]`. Returns `D`, or `None` when the file declares no static shape for it (the backend
+/// checks it at prepare).
+pub fn validate_encoder_io(
+    m: &Manifest,
+    d: &DiffusionSpec,
+    io: &GraphIo,
+    model_path: &Path,
+) -> Result<Option<usize>, BundleError> {
+    check_elem_types(io, &d.features_output, model_path)?;
+    check_observation_inputs(m, io, model_path)?;
+    match io.output(&d.features_output) {
+        None if io.unshaped_outputs.contains(&d.features_output) => Ok(None),
+        Some(&[1, n]) if n > 0 => Ok(Some(n)),
+        found => Err(BundleError::Graph {
+            path: model_path.to_path_buf(),
+            problem: match found {
+                None => format!(
+                    "diffusion.features_output `{}` is not an output of the encoder (outputs: {})",
+                    d.features_output,
+                    tensor_list(&io.outputs)
+                ),
+                Some(s) => format!(
+                    "the encoder's output `{}` has shape {s:?}, expected [1, D] (one observation's features)",
+                    d.features_output
+                ),
+            },
+        }),
+    }
+}
+
+/// Checks a diffusion policy's `denoiser` model against the manifest: exactly the inputs
+/// `diffusion.sample_input` `[1, horizon, action_dim]`, `timestep_input` `[1]` and
+/// `global_cond_input` `[1, n_obs_steps * D]` (`features`: the encoder's `D`, when known), and
+/// the output `action.onnx_output` like the sample.
+pub fn validate_denoiser_io(
+    m: &Manifest,
+    d: &DiffusionSpec,
+    io: &GraphIo,
+    model_path: &Path,
+    features: Option<usize>,
+) -> Result<(), BundleError> {
+    let gerr = |problem: String| BundleError::Graph {
+        path: model_path.to_path_buf(),
+        problem,
+    };
+    check_elem_types(io, &m.action.onnx_output, model_path)?;
+    let ad = m.action.names.len();
+    let sample = vec![1, d.horizon, ad];
+    for (field, name) in [
+        ("sample_input", &d.sample_input),
+        ("timestep_input", &d.timestep_input),
+        ("global_cond_input", &d.global_cond_input),
+    ] {
+        let Some(s) = io.input(name) else {
+            return Err(gerr(format!(
+                "diffusion.{field} `{name}` is not an input of the denoiser (inputs: {})",
+                tensor_list(&io.inputs)
+            )));
+        };
+        let ok = match field {
+            "sample_input" => s == sample.as_slice(),
+            "timestep_input" => s == [1],
+            _ => match (s, features) {
+                (&[1, n], Some(f)) => n == d.n_obs_steps * f,
+                (&[1, n], None) => n > 0 && n % d.n_obs_steps == 0,
+                _ => false,
+            },
+        };
+        if !ok {
+            let want = match field {
+                "sample_input" => format!("{sample:?} ([1, horizon, action dim])"),
+                "timestep_input" => "[1]".into(),
+                _ => match features {
+                    Some(f) => format!(
+                        "[1, {}] (n_obs_steps {} x the encoder's {f} features)",
+                        d.n_obs_steps * f,
+                        d.n_obs_steps
+                    ),
+                    None => format!("[1, n_obs_steps x D] with n_obs_steps = {}", d.n_obs_steps),
+                },
+            };
+            return Err(gerr(format!(
+                "the denoiser's input `{name}` has shape {s:?}, expected {want}"
+            )));
+        }
+    }
+    if let Some(t) = io
+        .inputs
+        .iter()
+        .find(|t| ![&d.sample_input, &d.timestep_input, &d.global_cond_input].contains(&&t.name))
+    {
+        return Err(gerr(format!(
+            "the denoiser's input `{}` is fed by nothing (its inputs are diffusion.sample_input, \
+             timestep_input and global_cond_input)",
+            t.name
+        )));
+    }
+    match io.output(&m.action.onnx_output) {
+        None if io.unshaped_outputs.contains(&m.action.onnx_output) => Ok(()),
+        None => Err(gerr(format!(
+            "action.onnx_output `{}` is not an output of the denoiser (outputs: {})",
+            m.action.onnx_output,
+            tensor_list(&io.outputs)
+        ))),
+        Some(s) if s != sample.as_slice() => Err(gerr(format!(
+            "the denoiser's output `{}` has shape {s:?}, the sample's {sample:?}",
+            m.action.onnx_output
         ))),
         Some(_) => Ok(()),
     }
@@ -1077,13 +1343,41 @@ impl Bundle {
         if let CanSpec::Dbc(d) = &manifest.can {
             check_hash(&dir.join(&d.file), &d.sha256)?;
         }
-        if manifest.policy_model().is_none() {
-            return Err(BundleError::field(
-                &manifest_path,
-                "models",
-                "an encoder + denoiser policy (Diffusion Policy) is not supported by this runtime \
-                 yet: it runs bundles with one `policy` model",
-            ));
+        if let Some(d) = &manifest.diffusion {
+            // Encoder + denoiser: `policy_path` and `io` are the encoder's (the file listed for
+            // tract, else the first); every encoder and denoiser file must fit the manifest.
+            let primary = manifest
+                .model_for(ModelRole::Encoder, BackendKind::Tract)
+                .or_else(|| manifest.models_with_role(ModelRole::Encoder).next())
+                .ok_or_else(|| BundleError::field(&manifest_path, "models", "no encoder model"))?;
+            let policy_path = dir.join(&primary.file);
+            let mut io = GraphIo::default();
+            let mut features = None;
+            for (f, h) in manifest.models.iter().zip(&headers) {
+                if f.role != ModelRole::Encoder {
+                    continue;
+                }
+                let p = dir.join(&f.file);
+                let file_io = GraphIo::from_header(h, &p)?;
+                let n = validate_encoder_io(&manifest, d, &file_io, &p)?;
+                if p == policy_path {
+                    io = file_io;
+                    features = n;
+                }
+            }
+            for (f, h) in manifest.models.iter().zip(&headers) {
+                if f.role == ModelRole::Denoiser {
+                    let p = dir.join(&f.file);
+                    let file_io = GraphIo::from_header(h, &p)?;
+                    validate_denoiser_io(&manifest, d, &file_io, &p, features)?;
+                }
+            }
+            return Ok(Bundle {
+                dir,
+                manifest,
+                policy_path,
+                io,
+            });
         }
         // Every policy file (one per backend) must fit the manifest; `io` is the one tract runs:
         // the file listed for tract, else the first.

@@ -33,6 +33,11 @@ pub struct Manifest {
     pub action: ActionSpec,
     #[serde(default)]
     pub can: CanSpec,
+    /// The settings of an `encoder` + `denoiser` policy (Diffusion Policy): history, horizon,
+    /// scheduler, noise seed and the graphs' tensor names. Present exactly when the models have
+    /// those roles; absent for a `policy` bundle (and in every bundle written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffusion: Option<DiffusionSpec>,
     /// Free-form provenance: training run, dataset, date, export tool, quantization report...
     #[serde(default)]
     pub provenance: BTreeMap<String, toml::Value>,
@@ -145,8 +150,7 @@ impl BackendKind {
 
 /// What a model file does in the policy. A bundle has either one `policy` (per backend) or an
 /// `encoder` + `denoiser` pair (Diffusion Policy: the encoder runs once per observation, the
-/// denoiser K times under a scheduler). The runtime runs `policy` bundles today; the pair is
-/// accepted by the manifest and refused when the bundle is loaded.
+/// denoiser K times under a scheduler, with the manifest's `[diffusion]` section).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelRole {
@@ -167,6 +171,129 @@ impl ModelRole {
             ModelRole::Denoiser => "denoiser",
         }
     }
+}
+
+/// How an `encoder` + `denoiser` bundle (Diffusion Policy, LeRobot's `DiffusionPolicy`) runs:
+/// the encoder turns each observation into one row of features, the last `n_obs_steps` rows
+/// (oldest first) condition the denoiser, which a DDPM or DDIM scheduler calls
+/// `scheduler.num_inference_steps` times on a `[1, horizon, action_dim]` sample starting from
+/// seeded Gaussian noise. The policy's output is the denoised sample from step
+/// `n_obs_steps - 1` (the current observation's) to the end, so `action.output` is a chunk of
+/// `horizon - n_obs_steps + 1` steps and `control.steps_per_inference` is LeRobot's
+/// `n_action_steps`.
+///
+/// The encoder's inputs are the cameras' `onnx_input`s and `state.onnx_input`; the denoiser's
+/// output is `action.onnx_output` (`[1, horizon, action_dim]`, normalized).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffusionSpec {
+    /// Observations the denoiser is conditioned on (LeRobot's `n_obs_steps`), >= 1.
+    pub n_obs_steps: usize,
+    /// Steps of the denoised sample (LeRobot's `horizon`), >= `n_obs_steps`.
+    pub horizon: usize,
+    /// Seed of the noise generator (the initial sample and DDPM's per-step noise), so a run is
+    /// reproducible; reseeded when the runtime prepares the policy.
+    #[serde(default)]
+    pub seed: u64,
+    pub scheduler: SchedulerSpec,
+    /// The encoder's output: one observation's features, `[1, D]`.
+    #[serde(default = "default_features_output")]
+    pub features_output: String,
+    /// The denoiser's inputs: the noisy sample `[1, horizon, action_dim]`, the timestep `[1]`
+    /// (an integer as f32) and the conditioning `[1, n_obs_steps * D]`.
+    #[serde(default = "default_sample_input")]
+    pub sample_input: String,
+    #[serde(default = "default_timestep_input")]
+    pub timestep_input: String,
+    #[serde(default = "default_global_cond_input")]
+    pub global_cond_input: String,
+}
+
+fn default_features_output() -> String {
+    "features".into()
+}
+fn default_sample_input() -> String {
+    "sample".into()
+}
+fn default_timestep_input() -> String {
+    "timestep".into()
+}
+fn default_global_cond_input() -> String {
+    "global_cond".into()
+}
+
+impl DiffusionSpec {
+    /// Steps of the policy's output: `horizon - n_obs_steps + 1` (what `action.output`'s chunk
+    /// must hold).
+    pub fn output_horizon(&self) -> usize {
+        (self.horizon + 1).saturating_sub(self.n_obs_steps)
+    }
+}
+
+/// Which reverse process a diffusion policy's scheduler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SchedulerKind {
+    /// Denoising diffusion probabilistic model (Ho et al. 2020): stochastic, fresh noise at every
+    /// step but the last.
+    #[serde(rename = "DDPM")]
+    Ddpm,
+    /// Denoising diffusion implicit model (Song et al. 2021) with eta 0: deterministic.
+    #[serde(rename = "DDIM")]
+    Ddim,
+}
+
+/// The forward-process variance schedule `beta_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BetaSchedule {
+    /// `torch.linspace(beta_start, beta_end, N, dtype=float32)`.
+    Linear,
+    /// The cosine schedule of Nichol & Dhariwal 2021: `beta_i = min(1 - abar((i+1)/N) /
+    /// abar(i/N), 0.999)`, `abar(t) = cos((t + 0.008) / 1.008 * pi / 2)^2`, in f64, then f32.
+    SquaredcosCapV2,
+}
+
+/// What the denoiser predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionType {
+    /// The noise that was added.
+    Epsilon,
+    /// The clean sample.
+    Sample,
+}
+
+/// DDPM's posterior variance (diffusers' `variance_type`). Only `fixed_small`, diffusers' default
+/// and what LeRobot's `DDPMScheduler` uses: `sigma_t^2 = (1 - abar_{t-1}) / (1 - abar_t) *
+/// beta_t`, clamped at 1e-20. DDIM (eta 0) draws no noise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Variance {
+    #[default]
+    FixedSmall,
+}
+
+/// A diffusion scheduler's settings, LeRobot's `DiffusionConfig` field names
+/// (`noise_scheduler_type` is `kind`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSpec {
+    pub kind: SchedulerKind,
+    /// Steps of the forward process the denoiser was trained with (N).
+    pub num_train_timesteps: usize,
+    /// Denoiser calls per inference (K), `1..=num_train_timesteps`.
+    pub num_inference_steps: usize,
+    pub beta_schedule: BetaSchedule,
+    /// First and last beta of the `linear` schedule (unused by `squaredcos_cap_v2`).
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub prediction_type: PredictionType,
+    /// Clamp the predicted clean sample to `[-clip_sample_range, clip_sample_range]`.
+    pub clip_sample: bool,
+    pub clip_sample_range: f32,
+    /// DDPM's posterior variance (default `fixed_small`, the only one).
+    #[serde(default)]
+    pub variance: Variance,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -172,6 +172,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
             }),
         },
         can: CanSpec::default(),
+        diffusion: None,
         provenance,
     }
 }

@@ -6,6 +6,7 @@
 
 mod it {
     mod bundle;
+    mod diffusion_manifest;
     mod graphs;
     mod normalization;
 }

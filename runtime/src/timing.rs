@@ -139,6 +139,11 @@ pub enum Stage {
     Period,
     /// Capture of an observation to the send of the first command computed from it.
     EndToEnd,
+    /// An encoder + denoiser policy's encoder, once per inference (part of `Inference`).
+    Encoder,
+    /// One denoiser call of an encoder + denoiser policy: the inference's denoiser time over
+    /// its K calls (part of `Inference`).
+    DenoiserStep,
     /// The accelerator's own time for one inference, measured on the device (TensorRT: CUDA
     /// events around `enqueueV3`), comparable to trtexec's "GPU Compute Time"; recorded by the
     /// model-only bench for backends that report it ([`crate::infer::policy::Policy::device_time_ms`]).
@@ -146,11 +151,13 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 10] = [
+    pub const ALL: [Stage; 12] = [
         Stage::CaptureWait,
         Stage::Decode,
         Stage::Preprocess,
         Stage::Inference,
+        Stage::Encoder,
+        Stage::DenoiserStep,
         Stage::PostProcess,
         Stage::Send,
         Stage::Tick,
@@ -169,6 +176,8 @@ impl Stage {
             Stage::Tick => "tick",
             Stage::Period => "period",
             Stage::EndToEnd => "end_to_end",
+            Stage::Encoder => "encoder",
+            Stage::DenoiserStep => "denoiser_step",
             Stage::GpuCompute => "gpu_compute",
         }
     }

@@ -70,3 +70,76 @@ pub fn write_checkpoint(list: &Path, out: &Path) {
         .collect();
     save_safetensors(out, &tensors).unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
 }
+
+/// The small files of a LeRobot Diffusion Policy checkpoint folder (everything but
+/// `model.safetensors`).
+pub const DIFFUSION_FOLDER_FILES: [&str; 5] = [
+    "config.json",
+    "policy_preprocessor.json",
+    "policy_postprocessor.json",
+    "policy_preprocessor_step_3_normalizer_processor.safetensors",
+    "policy_postprocessor_step_0_unnormalizer_processor.safetensors",
+];
+
+/// `tests/data/lerobot/diffusion`: the Diffusion folder's small files (reduced U-Net,
+/// `down_dims = [64, 128]`, two 64x72 cameras), its tensor listing `state_dict.json`, inputs and
+/// LeRobot's outputs.
+pub fn diffusion_data() -> PathBuf {
+    crate::python::repo_root().join("tests/data/lerobot/diffusion")
+}
+
+/// The complete Diffusion checkpoint folder in `dst` (created): [`DIFFUSION_FOLDER_FILES`] plus
+/// `model.safetensors` with every tensor `state_dict.json` lists: floats from
+/// [`crate::lerobot_weights::tensor`] (the spatial softmax's `pos_grid` buffer, which the import
+/// recomputes, as zeros), int64 `num_batches_tracked` counters as 0. About 4 MB.
+///
+/// Panics naming the file that could not be read or written.
+pub fn diffusion_folder(dst: &Path) {
+    use safetensors::tensor::{Dtype, TensorView};
+    std::fs::create_dir_all(dst).unwrap_or_else(|e| panic!("mkdir {}: {e}", dst.display()));
+    for f in DIFFUSION_FOLDER_FILES {
+        let (from, to) = (diffusion_data().join(f), dst.join(f));
+        std::fs::copy(&from, &to)
+            .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", from.display(), to.display()));
+    }
+    let list = diffusion_data().join("state_dict.json");
+    let text = std::fs::read_to_string(&list)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", list.display()));
+    let listing: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", list.display()));
+    let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = vec![];
+    for (key, v) in &listing {
+        let shape: Vec<usize> = v["shape"]
+            .as_array()
+            .expect("tensor shape")
+            .iter()
+            .map(|d| d.as_u64().expect("dimension") as usize)
+            .collect();
+        let n: usize = shape.iter().product();
+        match v["dtype"].as_str() {
+            Some("float32") => {
+                let values = if key.ends_with("pos_grid") {
+                    vec![0.0f32; n]
+                } else {
+                    crate::lerobot_weights::tensor(key, &shape)
+                };
+                let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                tensors.push((key.clone(), shape, Dtype::F32, bytes));
+            }
+            Some("int64") => tensors.push((key.clone(), shape, Dtype::I64, vec![0; 8 * n])),
+            other => panic!("{}: {key}: dtype {other:?}", list.display()),
+        }
+    }
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, s, d, b)| {
+            (
+                k.clone(),
+                TensorView::new(*d, s.clone(), b).expect("tensor view"),
+            )
+        })
+        .collect();
+    let out = dst.join("model.safetensors");
+    safetensors::serialize_to_file(views, &None, &out)
+        .unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
+}

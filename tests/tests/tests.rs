@@ -17,5 +17,6 @@ mod it {
     mod conformance;
     mod deploy;
     mod lerobot_act;
+    mod lerobot_diffusion;
     mod pipeline;
 }

@@ -22,7 +22,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use reflex_models::onnx::builder::{Attr, GraphBuilder};
 use reflex_runtime::infer::diffusion::{
-    BetaSchedule, PredictionType, SchedulerKind, SchedulerSpec,
+    BetaSchedule, PredictionType, SchedulerKind, SchedulerSpec, Variance,
 };
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
@@ -355,6 +355,7 @@ impl DiffusionConfig {
             },
             clip_sample: self.clip_sample,
             clip_sample_range: self.clip_sample_range as f32,
+            variance: Variance::FixedSmall,
         }
     }
 }

@@ -27,11 +27,15 @@ pub mod processor;
 use anyhow::{bail, Context, Result};
 use config::{FeatureType, NormalizationMode, PolicyConfig};
 use processor::StepStats;
-use reflex_models::bundle::{stage_bundle, validate_io, validate_manifest, BUNDLE_KIND};
+use reflex_models::bundle::{
+    stage_bundle, validate_denoiser_io, validate_encoder_io, validate_io, validate_manifest,
+    BUNDLE_KIND,
+};
 use reflex_models::manifest::{
     ActionOutput, ActionSpec, BackendKind, CameraSpec, CaptureSpec, ColorOrder, ControlSpec,
-    Convention, Interpolation, Layout, Manifest, ModelFile, ModelRole, Normalization, PixelFormat,
-    Precision, PreprocessSpec, ResizeSpec, StateSpec, FORMAT_VERSION, MANIFEST_FILE,
+    Convention, DiffusionSpec, Interpolation, Layout, Manifest, ModelFile, ModelRole,
+    Normalization, PixelFormat, Precision, PreprocessSpec, ResizeSpec, StateSpec, FORMAT_VERSION,
+    MANIFEST_FILE,
 };
 use reflex_models::output::{OutDir, Replace};
 use std::collections::BTreeMap;
@@ -76,25 +80,38 @@ pub fn import(a: &ImportArgs) -> Result<()> {
     let progress = reflex_runtime::progress::Progress::spinner("import");
     progress.set_message("reading config.json and the processor files");
     let config = PolicyConfig::load(&a.dir)?;
-    let (mut manifest, bytes) = match config.kind.as_str() {
-        "act" => import_act(a, &config, &progress)?,
-        "diffusion" => bail!(
-            "{}: `type` = \"diffusion\": Diffusion Policy graphs and schedulers exist (reflex_tools::lerobot::diffusion), but a bundle cannot carry the scheduler settings yet, so importing one into a bundle is not supported in this version",
-            config.path.display()
-        ),
+    let scratch = out.scratch()?;
+    let (mut manifest, files) = match config.kind.as_str() {
+        "act" => {
+            let (m, bytes) = import_act(a, &config, &progress)?;
+            (m, vec![bytes])
+        }
+        "diffusion" => import_diffusion(a, &config, &progress, &scratch)?,
         other => bail!(
-            "{}: `type` = \"{other}\" is not supported (supported: act; diffusion graphs exist but do not import into a bundle yet)",
+            "{}: `type` = \"{other}\" is not supported (supported: act, diffusion)",
             config.path.display()
         ),
     };
-    progress.set_message("checking the graph");
-    let tmp = out.scratch()?.join("policy.onnx");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    let io = reflex_runtime::infer::tract::graph_io(&tmp)?;
+    progress.set_message("checking the graphs");
     validate_manifest(&manifest, &a.out.join(MANIFEST_FILE))?;
-    validate_io(&manifest, &io, &tmp)?;
+    let mut features = None;
+    for (f, bytes) in manifest.models.iter().zip(&files) {
+        let tmp = scratch.join(&f.file);
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        let io = reflex_runtime::infer::tract::graph_io(&tmp)?;
+        match (f.role, &manifest.diffusion) {
+            (ModelRole::Encoder, Some(d)) => {
+                features = validate_encoder_io(&manifest, d, &io, &tmp)?;
+            }
+            (ModelRole::Denoiser, Some(d)) => {
+                validate_denoiser_io(&manifest, d, &io, &tmp, features)?;
+            }
+            _ => validate_io(&manifest, &io, &tmp)?,
+        }
+    }
     progress.set_message("hashing, writing and loading the bundle back");
-    stage_bundle(&out, &mut manifest, &[&bytes]).with_context(|| {
+    let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
+    stage_bundle(&out, &mut manifest, &refs).with_context(|| {
         format!(
             "{}: the bundle does not load back, so nothing was written",
             a.out.display()
@@ -106,7 +123,7 @@ pub fn import(a: &ImportArgs) -> Result<()> {
         "wrote {} ({} policy, {} bytes of model)",
         a.out.display(),
         config.kind,
-        bytes.len()
+        files.iter().map(Vec::len).sum::<usize>()
     );
     Ok(())
 }
@@ -242,13 +259,17 @@ fn names(a: &ImportArgs, dim: usize, prefix: &str) -> Vec<String> {
     }
 }
 
-fn import_act(
-    a: &ImportArgs,
-    config: &PolicyConfig,
-    progress: &reflex_runtime::progress::Progress,
-) -> Result<(Manifest, Vec<u8>)> {
-    let c = config.act()?;
-    let f = features(config)?;
+/// What the bundle gets from the processor statistics, shared by every policy type: the
+/// cameras (captured at the feature's size, VISUAL normalization as the preprocessing's
+/// mean/std), the state's and the action's normalization (every feature matched both ways with
+/// the pre- and postprocessor files).
+struct Observation {
+    cameras: Vec<CameraSpec>,
+    state_norm: Normalization,
+    action_norm: Normalization,
+}
+
+fn observation(a: &ImportArgs, config: &PolicyConfig, f: &Features) -> Result<Observation> {
     if !a.joint_names.is_empty()
         && a.joint_names.len() != f.state_dim
         && a.joint_names.len() != f.action_dim
@@ -292,7 +313,6 @@ fn import_act(
     let state_norm = normalization(config.mode(FeatureType::State), &pre, STATE_KEY)?;
 
     let mut cameras = vec![];
-    let mut graph_cameras = vec![];
     for (name, [_, h, w]) in &f.cameras {
         let key = format!("{IMAGE_PREFIX}{name}");
         let (mean, std) =
@@ -322,12 +342,45 @@ fn import_act(
             max_age_ms: 200,
             viewpoint: None,
         });
-        graph_cameras.push(act::ActCamera {
-            input: key,
+    }
+    Ok(Observation {
+        cameras,
+        state_norm,
+        action_norm,
+    })
+}
+
+/// The bundle's name: `--name`, else the output folder's name, else `fallback`.
+fn bundle_name(a: &ImportArgs, fallback: &str) -> String {
+    a.name.clone().unwrap_or_else(|| {
+        a.out
+            .file_name()
+            .map(|s| s.to_string_lossy().to_string())
+            .unwrap_or_else(|| fallback.into())
+    })
+}
+
+fn import_act(
+    a: &ImportArgs,
+    config: &PolicyConfig,
+    progress: &reflex_runtime::progress::Progress,
+) -> Result<(Manifest, Vec<u8>)> {
+    let c = config.act()?;
+    let f = features(config)?;
+    let Observation {
+        cameras,
+        state_norm,
+        action_norm,
+    } = observation(a, config, &f)?;
+    let graph_cameras = f
+        .cameras
+        .iter()
+        .map(|(name, [_, h, w])| act::ActCamera {
+            input: format!("{IMAGE_PREFIX}{name}"),
             height: *h,
             width: *w,
-        });
-    }
+        })
+        .collect();
 
     progress.set_message("writing the ACT graph from model.safetensors");
     let weights = a.dir.join(act::WEIGHTS_FILE);
@@ -347,12 +400,7 @@ fn import_act(
         "source".to_string(),
         toml::Value::String(format!("LeRobot ACT checkpoint {}", a.dir.display())),
     );
-    let name = a.name.clone().unwrap_or_else(|| {
-        a.out
-            .file_name()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "act".into())
-    });
+    let name = bundle_name(a, "act");
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         name,
@@ -397,7 +445,106 @@ fn import_act(
             limits: None,
         },
         can: Default::default(),
+        diffusion: None,
         provenance,
     };
     Ok((manifest, bytes))
+}
+
+/// A Diffusion Policy folder: the config checked first (cheap), then the statistics, then the
+/// `encoder` and `denoiser` graphs written from `model.safetensors` into `scratch`
+/// ([`diffusion::import`]). Returns the manifest (with its `[diffusion]` section) and the two
+/// files' bytes, in `models` order.
+fn import_diffusion(
+    a: &ImportArgs,
+    config: &PolicyConfig,
+    progress: &reflex_runtime::progress::Progress,
+    scratch: &Path,
+) -> Result<(Manifest, Vec<Vec<u8>>)> {
+    let dc = diffusion::DiffusionConfig::from_json(&config.raw, &config.path)?;
+    dc.dims(&config.path)?;
+    let f = features(config)?;
+    let Observation {
+        cameras,
+        state_norm,
+        action_norm,
+    } = observation(a, config, &f)?;
+    progress.set_message("writing the encoder and denoiser graphs from model.safetensors");
+    let imp = diffusion::import(&a.dir, &config.raw, scratch)?;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let files = vec![read(&imp.encoder)?, read(&imp.denoiser)?];
+    let spec = DiffusionSpec {
+        n_obs_steps: imp.n_obs_steps,
+        horizon: imp.horizon,
+        seed: 0,
+        scheduler: imp.scheduler.clone(),
+        features_output: diffusion::io::FEATURES.into(),
+        sample_input: diffusion::io::SAMPLE.into(),
+        timestep_input: diffusion::io::TIMESTEP.into(),
+        global_cond_input: diffusion::io::GLOBAL_COND.into(),
+    };
+    let model = |role, file: &str| ModelFile {
+        role,
+        file: file.into(),
+        sha256: "0".repeat(64),
+        precision: Precision::Fp32,
+        // TensorRT engines for the pair are not built yet (`reflex engine build` takes one
+        // policy file): tract runs both.
+        backends: vec![BackendKind::Tract],
+        data_files: vec![],
+    };
+    let mut provenance = BTreeMap::new();
+    provenance.insert(
+        "source".to_string(),
+        toml::Value::String(format!(
+            "LeRobot Diffusion Policy checkpoint {}",
+            a.dir.display()
+        )),
+    );
+    let manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        name: bundle_name(a, "diffusion"),
+        description: format!(
+            "LeRobot Diffusion Policy, {} camera(s), {:?} x {} steps, horizon {} of {} actions",
+            f.cameras.len(),
+            spec.scheduler.kind,
+            spec.scheduler.num_inference_steps,
+            imp.horizon,
+            f.action_dim
+        ),
+        control: ControlSpec {
+            rate_hz: a.rate_hz,
+            chunk_rate_hz: None,
+            steps_per_inference: imp.n_action_steps,
+            temporal_ensemble_m: None,
+            latency_compensation: true,
+            watchdog_periods: 5,
+        },
+        models: vec![
+            model(ModelRole::Encoder, "encoder.onnx"),
+            model(ModelRole::Denoiser, "denoiser.onnx"),
+        ],
+        cameras,
+        state: StateSpec {
+            onnx_input: Some(STATE_KEY.into()),
+            names: names(a, f.state_dim, "state"),
+            units: vec![a.unit.clone(); f.state_dim],
+            normalization: state_norm,
+            max_age_ms: 200,
+        },
+        action: ActionSpec {
+            onnx_output: diffusion::io::PREDICTION.into(),
+            names: names(a, f.action_dim, "action"),
+            units: vec![a.unit.clone(); f.action_dim],
+            output: ActionOutput::Chunk {
+                horizon: spec.output_horizon(),
+            },
+            normalization: action_norm,
+            limits: None,
+        },
+        can: Default::default(),
+        diffusion: Some(spec),
+        provenance,
+    };
+    Ok((manifest, files))
 }

@@ -24,7 +24,9 @@
 //!        calibration of that output, which tract and ONNX Runtime run with integer kernels;
 //! 3. the staged quantized bundle is loaded like the robot loads it, and both networks run as
 //!    the runtime's tract policy (`SinglePassPolicy` on the file listed for tract, so the
-//!    operator form for int8) on the held-out samples; errors are unnormalized to action units
+//!    operator form for int8; for an encoder + denoiser bundle, fp16 only, both models are
+//!    converted and the whole `EncoderDenoiserPolicy` runs, with the same seeded noise) on the
+//!    held-out samples; errors are unnormalized to action units
 //!    ([`report`]), latencies measured in the same run;
 //! 4. the gate (`--max-error`): any dimension over its limit on tract, the only backend measured
 //!    here, drops tract; with no measured backend left the command fails and writes nothing.
@@ -84,6 +86,7 @@ use reflex_models::npy;
 use reflex_models::output::{self, Kind, OutDir, Replace};
 use reflex_models::Bundle;
 use reflex_runtime::infer::policy::{Policy, SinglePassPolicy};
+use reflex_runtime::infer::select::prepare_policy;
 use reflex_runtime::infer::session::Session;
 use reflex_runtime::infer::tract::{TractOptions, TractSession};
 use reflex_runtime::progress::Progress;
@@ -307,13 +310,14 @@ struct Evaluation {
 }
 
 fn evaluate(
-    a: &mut SinglePassPolicy<TractSession>,
+    a: &mut dyn Policy,
     quantized: &Bundle,
     held: &[calib::Sample],
     threads: usize,
     runs: usize,
 ) -> Result<Evaluation> {
-    let mut b = SinglePassPolicy::tract(quantized, TractOptions { threads })?;
+    let mut b = prepare_policy(quantized, BackendKind::Tract, TractOptions { threads })?;
+    let b = b.as_mut();
     let mut e = Evaluation {
         reference: vec![],
         candidate: vec![],
@@ -325,7 +329,7 @@ fn evaluate(
     progress.set_message("held-out frames");
     for s in held.iter().rev() {
         feed(a, s)?;
-        feed(&mut b, s)?;
+        feed(b, s)?;
         a.run()?;
         b.run()?;
         e.reference.push(a.output().to_vec());
@@ -382,18 +386,45 @@ fn write_held_out(
 pub fn run(a: QuantizeArgs) -> Result<()> {
     let b_in = Bundle::load(&a.bundle)?;
     let m_in = &b_in.manifest;
-    let pi = m_in
-        .models
-        .iter()
-        .position(|f| f.role == ModelRole::Policy)
-        .context("the bundle has no policy model")?;
-    if m_in.models[pi].precision != Precision::Fp32 {
-        bail!(
-            "{}: the policy model is already {}; quantize its fp32 source",
-            a.bundle.display(),
-            m_in.models[pi].precision.as_str()
-        );
+    // The models converted: the policy, or an encoder + denoiser pair (fp16 only: int8 would
+    // need the denoiser's activations calibrated over the scheduler's steps).
+    let diffusion = m_in.diffusion.is_some();
+    let roles: &[ModelRole] = if diffusion {
+        if a.precision == Target::Int8 {
+            bail!(
+                "{}: an encoder + denoiser bundle (Diffusion Policy): int8 is not supported for \
+                 its two models by this version; use --precision fp16",
+                a.bundle.display()
+            );
+        }
+        if a.save_held_out.is_some() {
+            bail!(
+                "--save-held-out writes one graph's inputs; an encoder + denoiser bundle has two \
+                 graphs: leave it out"
+            );
+        }
+        &[ModelRole::Encoder, ModelRole::Denoiser]
+    } else {
+        &[ModelRole::Policy]
+    };
+    let mut pis = vec![];
+    for &role in roles {
+        let pi = m_in
+            .models
+            .iter()
+            .position(|f| f.role == role)
+            .with_context(|| format!("the bundle has no {} model", role.as_str()))?;
+        if m_in.models[pi].precision != Precision::Fp32 {
+            bail!(
+                "{}: the {} model is already {}; quantize its fp32 source",
+                a.bundle.display(),
+                role.as_str(),
+                m_in.models[pi].precision.as_str()
+            );
+        }
+        pis.push(pi);
     }
+    let pi = pis[0];
     let limits = report::parse_limits(a.max_error.as_deref(), &m_in.action)?;
     let source = if a.calibration == "synthetic" {
         calib::Source::Synthetic
@@ -442,20 +473,30 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         samples.held_out.len()
     );
 
-    let fp32_bytes = std::fs::read(&b_in.policy_path)
-        .with_context(|| format!("reading {}", b_in.policy_path.display()))?;
-    let mut model =
-        graph::decode(&fp32_bytes).with_context(|| format!("{}", b_in.policy_path.display()))?;
-    // Weights kept in an external data file are read into the graph: the quantized model is
-    // one file, its data files are not carried over.
-    graph::inline_external_data(&mut model, b_in.policy_path.parent().unwrap_or(&b_in.dir))
-        .with_context(|| format!("{}", b_in.policy_path.display()))?;
+    // The fp32 sources: `b_in.policy_path` for a policy (the file tract runs), each role's
+    // first file for an encoder + denoiser pair.
+    let mut sources: Vec<(Vec<u8>, tract_onnx::pb::ModelProto)> = vec![];
+    for &i in &pis {
+        let path = if diffusion {
+            b_in.model_path(&m_in.models[i])
+        } else {
+            b_in.policy_path.clone()
+        };
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let mut model = graph::decode(&bytes).with_context(|| format!("{}", path.display()))?;
+        // Weights kept in an external data file are read into the graph: the quantized model
+        // is one file, its data files are not carried over.
+        graph::inline_external_data(&mut model, path.parent().unwrap_or(&b_in.dir))
+            .with_context(|| format!("{}", path.display()))?;
+        sources.push((bytes, model));
+    }
+    let model = &sources[0].1;
     let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();
     // The QDQ model (every backend's form for fp16; TensorRT's for int8) and, for int8, the
     // operator form tract runs.
     let (qmodel, qop_model, precision, method_desc, scheme) = match a.precision {
         Target::Fp16 => {
-            let (q, n) = graph::to_fp16(&model)?;
+            let (q, n) = graph::to_fp16(model)?;
             info.insert("fp16_initializers".into(), n.into());
             let scheme = "weights stored FLOAT16 with a Cast to FLOAT after each; compute and \
                           I/O in FLOAT";
@@ -469,7 +510,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         }
         Target::Int8 => {
             let mut keep: BTreeSet<String> = a.keep_float.iter().cloned().collect();
-            let last = graph::last_layer(&model, &m_in.action.onnx_output)?;
+            let last = graph::last_layer(model, &m_in.action.onnx_output)?;
             if let Some(l) = &last {
                 keep.insert(l.clone());
             } else {
@@ -478,7 +519,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                     m_in.action.onnx_output
                 );
             }
-            let plan = graph::plan_int8(&model, &keep)?;
+            let plan = graph::plan_int8(model, &keep)?;
             log::info!(
                 "int8: {} nodes quantized, {} activations to calibrate, kept in float: {}",
                 plan.quantized_nodes.len(),
@@ -493,7 +534,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                     .filter(|o| !plan.activations.contains(o))
                     .cloned(),
             );
-            let amax = calibrate(&model, &values, &samples.calibration, &b_in, method)?;
+            let amax = calibrate(model, &values, &samples.calibration, &b_in, method)?;
             log::info!(
                 "calibrated {} ranges ({}) in {:.1} s",
                 amax.len(),
@@ -502,8 +543,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             );
             let ranges: BTreeMap<String, f32> =
                 amax.iter().map(|(k, v)| (k.clone(), v.0)).collect();
-            let q = graph::apply_int8(&model, &plan, &ranges)?;
-            let (qop, op_float) = qop::apply(&model, &plan, &ranges)?;
+            let q = graph::apply_int8(model, &plan, &ranges)?;
+            let (qop, op_float) = qop::apply(model, &plan, &ranges)?;
             info.insert(
                 "operator_form_float_unsupported".into(),
                 op_float.unsupported.into(),
@@ -539,8 +580,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // The policy entries: one file for every backend (fp16), or for int8 the operator form for
     // tract and the QDQ form for TensorRT, each listed for its backend only.
     let src = &m_in.models[pi];
-    let entries: Vec<(ModelFile, Vec<u8>)> = match &qop_model {
+    // (index of the fp32 entry it replaces, entry, bytes)
+    let mut entries: Vec<(usize, ModelFile, Vec<u8>)> = match &qop_model {
         None => vec![(
+            pi,
             ModelFile {
                 precision,
                 data_files: vec![],
@@ -563,12 +606,24 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
                         data_files: vec![],
                         ..src.clone()
                     };
-                    v.push((f, bytes));
+                    v.push((pi, f, bytes));
                 }
             }
             v
         }
     };
+    // The denoiser of a pair, converted like the encoder (fp16 only, checked above).
+    for (k, &i) in pis.iter().enumerate().skip(1) {
+        let (q, n) = graph::to_fp16(&sources[k].1)?;
+        let key = format!("fp16_initializers_{}", m_in.models[i].role.as_str());
+        info.insert(key, n.into());
+        let entry = ModelFile {
+            precision,
+            data_files: vec![],
+            ..m_in.models[i].clone()
+        };
+        entries.push((i, entry, graph::encode(&q)));
+    }
 
     // Stage the quantized bundle and load it as the robot would: the tract policy runs the file
     // listed for tract (`Bundle::policy_path`), so the evaluation below measures that form.
@@ -576,8 +631,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let mut files: Vec<Vec<u8>> = vec![];
     let mut models = vec![];
     for (i, f) in m_in.models.iter().enumerate() {
-        if i == pi {
-            for (e, bytes) in &entries {
+        if pis.contains(&i) {
+            for (_, e, bytes) in entries.iter().filter(|(j, _, _)| *j == i) {
                 models.push(e.clone());
                 files.push(bytes.clone());
             }
@@ -591,8 +646,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let refs: Vec<&[u8]> = files.iter().map(Vec::as_slice).collect();
     let trial = scratch.join("trial");
     // The DBC and the other models' data files travel with the bundle, hashed again.
-    let policy_file = m_in.models[pi].file.clone();
-    let copies = carried_files(&b_in, &[&policy_file]);
+    let converted: Vec<&str> = pis.iter().map(|&i| m_in.models[i].file.as_str()).collect();
+    let copies = carried_files(&b_in, &converted);
     write_bundle_with(
         &trial,
         &mut manifest.clone(),
@@ -602,18 +657,21 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     )?;
     let b_q = Bundle::load(&trial).context("the quantized bundle does not load")?;
     // The file tract runs, hence the one measured below.
-    let measured = b_q
-        .policy_path
-        .strip_prefix(&trial)
-        .unwrap_or(&b_q.policy_path)
-        .display()
-        .to_string();
+    let measured = if diffusion {
+        converted.join(" + ")
+    } else {
+        b_q.policy_path
+            .strip_prefix(&trial)
+            .unwrap_or(&b_q.policy_path)
+            .display()
+            .to_string()
+    };
     info.insert("measured_file".into(), measured.into());
 
     let threads = a.threads.unwrap_or_else(|| TractOptions::default().threads);
-    let mut fp32_policy = SinglePassPolicy::tract(&b_in, TractOptions { threads })?;
+    let mut fp32_policy = prepare_policy(&b_in, BackendKind::Tract, TractOptions { threads })?;
     let ev = evaluate(
-        &mut fp32_policy,
+        fp32_policy.as_mut(),
         &b_q,
         &samples.held_out,
         threads,
@@ -649,7 +707,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let rep = report::Report {
         tool: format!("reflex-tools {} quantize", env!("CARGO_PKG_VERSION")),
         input_bundle: b_in.dir.display().to_string(),
-        input_model_sha256: sha256_bytes(&fp32_bytes),
+        input_model_sha256: sources
+            .iter()
+            .map(|(b, _)| sha256_bytes(b))
+            .collect::<Vec<_>>()
+            .join(", "),
         precision: precision.as_str(),
         method: method_desc.clone(),
         scheme: scheme.clone(),
@@ -692,7 +754,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // failure returned above, so every entry keeps its backends.
     debug_assert!(entries
         .iter()
-        .all(|(e, _)| e.backends.iter().all(|b| allowed.contains(b))));
+        .all(|(_, e, _)| e.backends.iter().all(|b| allowed.contains(b))));
     let mut q = toml::map::Map::new();
     let s = |v: &str| toml::Value::String(v.to_string());
     q.insert("precision".into(), s(precision.as_str()));
@@ -744,7 +806,8 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let rp = out.path().join(REPORT_FILE);
     std::fs::write(&rp, &json).with_context(|| format!("writing {}", rp.display()))?;
     if let Some(d) = &held_out_dir {
-        write_held_out(&d.path(), &mut fp32_policy, &samples.held_out)?;
+        let mut single = SinglePassPolicy::tract(&b_in, TractOptions { threads })?;
+        write_held_out(&d.path(), &mut single, &samples.held_out)?;
     }
     out.commit()?;
     if let Some(p) = &a.report {
@@ -755,14 +818,14 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let sizes: Vec<String> = entries
         .iter()
-        .map(|(e, b)| format!("{} {} bytes", e.file, b.len()))
+        .map(|(_, e, b)| format!("{} {} bytes", e.file, b.len()))
         .collect();
     println!(
         "wrote {} ({} model: {}; fp32 was {} bytes)",
         a.out.display(),
         precision.as_str(),
         sizes.join(", "),
-        fp32_bytes.len()
+        sources.iter().map(|(b, _)| b.len()).sum::<usize>()
     );
     Ok(())
 }

@@ -523,3 +523,268 @@ fn diffusion_groupnorm_shared_encoder_matches_lerobot() {
         );
     }
 }
+
+/// `reflex-tools import lerobot` on the Diffusion folder (weights regenerated), into `name`.
+fn import_cli(folder: &Path, out: &Path) -> reflex_testkit::cli::Run {
+    reflex_testkit::cli::Cli::new(env!("CARGO_BIN_EXE_reflex-tools"))
+        .args(["import", "lerobot"])
+        .args([folder.to_str().expect("utf8"), "--out"])
+        .args([out.to_str().expect("utf8")])
+        .args(["--rate", "10", "--capture-format", "rgb24"])
+        .run()
+}
+
+/// The whole way a user takes: the folder imported by the command into a bundle, the bundle
+/// loaded and its policy prepared from the manifest alone, LeRobot's raw uint8 frames and raw
+/// state through the bundle's preprocessing and normalization, one observation at a time, the
+/// DDPM loop fed LeRobot's recorded noise: the executed actions match LeRobot's, normalized and
+/// through the postprocessor.
+#[test]
+fn imported_diffusion_bundle_runs_like_lerobot() {
+    use reflex_models::manifest::{ActionOutput, ModelRole, PixelFormat};
+    use reflex_runtime::preprocess::Preprocessor;
+    let dir = WorkDir::new("diffusion_bundle");
+    let folder = dir.join("pretrained_model");
+    reflex_testkit::lerobot::diffusion_folder(&folder);
+    let out = dir.join("bundle");
+    let run = import_cli(&folder, &out);
+    assert!(run.status.success(), "{run}");
+    let bundle = reflex_models::Bundle::load(&out).expect("the imported bundle loads");
+    let m = &bundle.manifest;
+    let roles: Vec<ModelRole> = m.models.iter().map(|f| f.role).collect();
+    assert_eq!(roles, [ModelRole::Encoder, ModelRole::Denoiser]);
+    let d = m.diffusion.as_ref().expect("[diffusion]");
+    assert_eq!((d.n_obs_steps, d.horizon), (2, 16));
+    assert_eq!(d.scheduler.kind, SchedulerKind::Ddpm);
+    assert_eq!(d.scheduler.num_inference_steps, 100);
+    assert_eq!(m.action.output, ActionOutput::Chunk { horizon: 15 });
+    assert_eq!(m.control.steps_per_inference, 8);
+    assert_eq!(m.cameras.len(), 2);
+
+    let mut noise = npy("ddpm_initial_noise").1;
+    noise.extend(npy("ddpm_step_noise").1);
+    let mut policy = EncoderDenoiserPolicy::tract(
+        &bundle,
+        TractOptions { threads: 1 },
+        Replay {
+            values: noise,
+            at: 0,
+        },
+    )
+    .expect("the policy prepares from the bundle");
+    let (_, raw_state) = npy("raw_state");
+    let sd = m.state.names.len();
+    for s in 0..d.n_obs_steps {
+        for (c, cam) in m.cameras.iter().enumerate() {
+            let a = read_npy(&data().join(format!("raw_image_{}.npy", cam.name))).expect("npy");
+            let reflex_models::npy::NpyData::U8(pixels) = &a.data else {
+                panic!("raw_image_{}: expected uint8", cam.name)
+            };
+            let frame = pixels.len() / d.n_obs_steps;
+            let mut p = Preprocessor::new(cam).expect("preprocessor");
+            p.run(
+                &pixels[s * frame..(s + 1) * frame],
+                cam.capture.width,
+                cam.capture.height,
+                PixelFormat::Rgb24,
+                policy.camera_input(c),
+            )
+            .expect("preprocess");
+        }
+        let st = policy.state_input().expect("state input");
+        for i in 0..sd {
+            st[i] = m
+                .state
+                .normalization
+                .affine(i)
+                .normalize(raw_state[s * sd + i]);
+        }
+        policy.run().expect("policy runs");
+    }
+    let a = m.action.names.len();
+    let executed = &policy.output()[..m.control.steps_per_inference * a];
+    assert_close(
+        "imported bundle, executed actions",
+        executed,
+        &npy("ddpm_actions").1,
+    );
+    let actions: Vec<f32> = executed
+        .iter()
+        .enumerate()
+        .map(|(k, &y)| m.action.normalization.affine(k % a).unnormalize(y))
+        .collect();
+    assert_close(
+        "imported bundle, postprocessed actions",
+        &actions,
+        &npy("ddpm_actions_unnormalized").1,
+    );
+
+    // The runtime's own selection builds the same policy with seeded noise.
+    let (mut seeded, sel) = reflex_runtime::infer::select::select_backend(
+        &bundle,
+        reflex_runtime::infer::select::BackendChoice::Auto,
+        TractOptions { threads: 1 },
+    )
+    .expect("selection prepares the diffusion policy");
+    assert!(sel.to_string().contains("tract"), "{sel}");
+    seeded.run().expect("runs");
+    assert_eq!(seeded.output().len(), 15 * a);
+    assert!(seeded.output().iter().all(|v| v.is_finite()));
+    let t = seeded
+        .diffusion_timings()
+        .expect("encoder + denoiser timings");
+    assert_eq!(t.denoiser_calls, 100);
+}
+
+#[test]
+fn diffusion_folders_with_bad_stats_or_weights_are_refused_naming_file_and_key() {
+    use reflex_models::onnx::{save_safetensors, NamedTensor};
+    let dir = WorkDir::new("diffusion_refused");
+    let folder = dir.join("pretrained_model");
+    reflex_testkit::lerobot::diffusion_folder(&folder);
+    let refused = |what: &str| -> String {
+        let out = dir.join(format!("out_{what}"));
+        let run = import_cli(&folder, &out);
+        assert!(!run.status.success(), "{what}: should be refused\n{run}");
+        assert!(
+            !out.exists(),
+            "{what}: a refused import wrote {}",
+            out.display()
+        );
+        run.stderr.clone()
+    };
+
+    // The statistics of another policy: a 7-dimensional state.
+    let f = "policy_preprocessor_step_3_normalizer_processor.safetensors";
+    let good = std::fs::read(folder.join(f)).expect("stats");
+    let mut tensors = vec![];
+    for (key, n) in [
+        ("observation.state.min", 7),
+        ("observation.state.max", 7),
+        ("action.min", 4),
+        ("action.max", 4),
+        ("observation.images.top.mean", 3),
+        ("observation.images.top.std", 3),
+        ("observation.images.wrist.mean", 3),
+        ("observation.images.wrist.std", 3),
+    ] {
+        tensors.push(NamedTensor {
+            key: key.into(),
+            shape: vec![n],
+            data: vec![0.5; n],
+        });
+    }
+    save_safetensors(&folder.join(f), &tensors).expect("write stats");
+    let e = refused("stats");
+    assert!(e.contains(f) && e.contains("`observation.state.m"), "{e}");
+    std::fs::write(folder.join(f), good).expect("restore stats");
+
+    // Weights missing: no file, then a checkpoint lacking a tensor.
+    let weights = folder.join("model.safetensors");
+    let full = std::fs::read(&weights).expect("weights");
+    std::fs::remove_file(&weights).expect("rm");
+    let e = refused("no_weights");
+    assert!(e.contains("model.safetensors"), "{e}");
+    save_safetensors(
+        &weights,
+        &[NamedTensor {
+            key: "diffusion.unet.final_conv.1.bias".into(),
+            shape: vec![4],
+            data: vec![0.0; 4],
+        }],
+    )
+    .expect("write");
+    let e = refused("few_weights");
+    assert!(
+        e.contains("model.safetensors") && e.contains("is missing"),
+        "{e}"
+    );
+    std::fs::write(&weights, full).expect("restore weights");
+
+    // An unknown policy type.
+    let p = folder.join("config.json");
+    let text = std::fs::read_to_string(&p).expect("config");
+    std::fs::write(
+        &p,
+        text.replace("\"type\": \"diffusion\"", "\"type\": \"vqbet\""),
+    )
+    .expect("write");
+    let e = refused("type");
+    assert!(
+        e.contains("config.json") && e.contains("`type` = \"vqbet\""),
+        "{e}"
+    );
+}
+
+/// `reflex-tools quantize --precision fp16` converts both models of an imported diffusion
+/// bundle; the report compares the whole policy (encoder, history, K denoiser steps with the
+/// same seeded noise) fp32 against fp16 in action units, and int8 is refused with the fix.
+#[test]
+fn quantize_fp16_converts_both_models_of_a_diffusion_bundle() {
+    use reflex_models::manifest::{ModelRole, Precision, MANIFEST_FILE};
+    let dir = WorkDir::new("diffusion_fp16");
+    let folder = dir.join("pretrained_model");
+    reflex_testkit::lerobot::diffusion_folder(&folder);
+    let out = dir.join("bundle");
+    let run = import_cli(&folder, &out);
+    assert!(run.status.success(), "{run}");
+    // DDIM-10 keeps the accuracy run short.
+    let mut m = reflex_models::Bundle::load(&out).expect("bundle").manifest;
+    let d = m.diffusion.as_mut().expect("[diffusion]");
+    d.scheduler.kind = SchedulerKind::Ddim;
+    d.scheduler.num_inference_steps = 10;
+    std::fs::write(out.join(MANIFEST_FILE), m.to_toml().expect("toml")).expect("write");
+    let tools = |args: &[&str]| {
+        reflex_testkit::cli::Cli::new(env!("CARGO_BIN_EXE_reflex-tools"))
+            .args(args)
+            .run()
+    };
+    let s = |p: &Path| p.to_str().expect("utf8").to_string();
+    let q = dir.join("fp16");
+    let run = tools(&[
+        "quantize",
+        "--bundle",
+        &s(&out),
+        "--precision",
+        "fp16",
+        "--held-out",
+        "3",
+        "--latency-runs",
+        "1",
+        "--max-error",
+        "0.05",
+        "--out",
+        &s(&q),
+    ]);
+    assert!(run.status.success(), "{run}");
+    let b = reflex_models::Bundle::load(&q).expect("the fp16 bundle loads");
+    for role in [ModelRole::Encoder, ModelRole::Denoiser] {
+        let f = b.manifest.models_with_role(role).next().expect("model");
+        assert_eq!(f.precision, Precision::Fp16, "{f:?}");
+    }
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(q.join("quantization-report.json")).expect("report"),
+    )
+    .expect("json");
+    assert_eq!(report["gate_passed"], true, "{report}");
+    assert_eq!(
+        report["graph"]["measured_file"],
+        "encoder.onnx + denoiser.onnx"
+    );
+    let q8 = dir.join("int8");
+    let run = tools(&[
+        "quantize",
+        "--bundle",
+        &s(&out),
+        "--precision",
+        "int8",
+        "--out",
+        &s(&q8),
+    ]);
+    assert!(!run.status.success(), "{run}");
+    assert!(
+        run.stderr.contains("encoder + denoiser") && run.stderr.contains("--precision fp16"),
+        "{run}"
+    );
+    assert!(!q8.exists());
+}

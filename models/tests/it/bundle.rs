@@ -533,6 +533,9 @@ fn model_roles_make_one_kind_of_policy() {
                 ..m.models[0].clone()
             })
             .collect();
+        if roles.contains(&ModelRole::Encoder) && roles.contains(&ModelRole::Denoiser) {
+            m.diffusion = Some(diffusion_section(&m));
+        }
         m
     };
     let err = |roles: &[ModelRole]| {
@@ -556,7 +559,20 @@ fn model_roles_make_one_kind_of_policy() {
     let e = err(&[ModelRole::Encoder, ModelRole::Encoder, ModelRole::Denoiser]);
     assert!(e.contains("one encoder file per backend"), "{e}");
 
-    // The runtime does not run the pair yet: loading says so, naming the field.
+    // A pair without its `[diffusion]` section cannot run: refused naming the section (and a
+    // policy bundle with one likewise).
+    let mut no_section = with_roles(&[ModelRole::Encoder, ModelRole::Denoiser]);
+    no_section.diffusion = None;
+    let e = validate_manifest(&no_section, Path::new("b/policy.toml"))
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("`diffusion`") && e.contains("missing"), "{e}");
+    let mut extra = m.clone();
+    extra.diffusion = Some(diffusion_section(&m));
+    let e = validate_manifest(&extra, Path::new("b/policy.toml"))
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("`diffusion`") && e.contains("remove it"), "{e}");
     let d = copy_of("roles");
     edit_manifest(&d, |t| {
         let policy = t.find("[[models]]").expect("models");
@@ -571,8 +587,33 @@ fn model_roles_make_one_kind_of_policy() {
         )
     });
     let e = load_err(&d);
-    assert!(
-        e.contains("models") && e.contains("not supported by this runtime yet"),
-        "{e}"
-    );
+    assert!(e.contains("`diffusion`") && e.contains("missing"), "{e}");
+}
+
+/// A `[diffusion]` section fitting `m`'s action chunk (history 1, so the sample is the chunk).
+fn diffusion_section(
+    m: &reflex_models::manifest::Manifest,
+) -> reflex_models::manifest::DiffusionSpec {
+    use reflex_models::manifest::*;
+    DiffusionSpec {
+        n_obs_steps: 1,
+        horizon: m.action.output.horizon(),
+        seed: 0,
+        scheduler: SchedulerSpec {
+            kind: SchedulerKind::Ddim,
+            num_train_timesteps: 100,
+            num_inference_steps: 10,
+            beta_schedule: BetaSchedule::SquaredcosCapV2,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            prediction_type: PredictionType::Epsilon,
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            variance: Variance::FixedSmall,
+        },
+        features_output: "features".into(),
+        sample_input: "sample".into(),
+        timestep_input: "timestep".into(),
+        global_cond_input: "global_cond".into(),
+    }
 }

@@ -193,6 +193,10 @@ pub fn measure_model(
         if let Some(gpu_ms) = backend.device_time_ms() {
             timings.record(Stage::GpuCompute, (f64::from(gpu_ms) * 1e6) as u64);
         }
+        if let Some(d) = backend.diffusion_timings() {
+            timings.record(Stage::Encoder, d.encoder.as_nanos() as u64);
+            timings.record(Stage::DenoiserStep, d.per_denoiser_step().as_nanos() as u64);
+        }
         k += 1;
     }
     Ok(Measurement {

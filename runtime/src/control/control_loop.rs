@@ -518,6 +518,12 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             self.counters.inferences += 1;
             self.plan_obs_ns = Some(req.obs_ns);
             self.timings.record(Stage::Inference, req.infer_ns);
+            if let Some(d) = req.diffusion {
+                self.timings
+                    .record(Stage::Encoder, d.encoder.as_nanos() as u64);
+                self.timings
+                    .record(Stage::DenoiserStep, d.per_denoiser_step().as_nanos() as u64);
+            }
             received = true;
         }
         self.runner.release();

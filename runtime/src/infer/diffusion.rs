@@ -13,5 +13,5 @@ pub mod scheduler;
 
 pub use policy::{DiffusionIo, DiffusionTimings, EncoderDenoiserPolicy, NoiseSource, SeededNoise};
 pub use scheduler::{
-    BetaSchedule, PredictionType, Scheduler, SchedulerError, SchedulerKind, SchedulerSpec,
+    BetaSchedule, PredictionType, Scheduler, SchedulerError, SchedulerKind, SchedulerSpec, Variance,
 };

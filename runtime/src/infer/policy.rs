@@ -13,9 +13,8 @@
 //!   observation (images + state -> one step's features, kept in a history), then a DDPM/DDIM
 //!   scheduler in Rust that runs the denoiser session K times on a noisy chunk, reusing its
 //!   preallocated buffers each step. It implements the same [`Policy`] trait, so the runner and
-//!   the loop do not change. Bundles with these roles still load only as far as the manifest and
-//!   are refused by [`prepare_policy`] ("not supported by this runtime yet"): the manifest has
-//!   no section for the scheduler settings and history length yet.
+//!   the loop do not change; the manifest's `[diffusion]` section gives the history length,
+//!   horizon, scheduler and seed (`crate::infer::select::prepare_policy` builds it).
 
 use crate::infer::session::{Session, SessionError};
 use crate::infer::tract::{TractOptions, TractSession};
@@ -82,6 +81,29 @@ pub trait Policy: Send {
     fn device_time_ms(&self) -> Option<f32> {
         None
     }
+    /// Where the last run's time went, for a policy of several networks (encoder + denoiser);
+    /// `None` for one forward pass. For `reflex bench`; must not allocate.
+    fn diffusion_timings(&self) -> Option<DiffusionTimings> {
+        None
+    }
+}
+
+/// Time spent in the last run of an encoder + denoiser policy, for `reflex bench` and logs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DiffusionTimings {
+    pub encoder: std::time::Duration,
+    /// All denoiser calls together, and how many there were (K).
+    pub denoiser: std::time::Duration,
+    pub denoiser_calls: usize,
+    /// Scheduler arithmetic and noise, everything but the two networks.
+    pub scheduler: std::time::Duration,
+}
+
+impl DiffusionTimings {
+    /// Mean time of one denoiser call.
+    pub fn per_denoiser_step(&self) -> std::time::Duration {
+        self.denoiser / self.denoiser_calls.max(1) as u32
+    }
 }
 
 impl<P: Policy + ?Sized> Policy for Box<P> {
@@ -103,6 +125,9 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     fn device_time_ms(&self) -> Option<f32> {
         (**self).device_time_ms()
     }
+    fn diffusion_timings(&self) -> Option<DiffusionTimings> {
+        (**self).diffusion_timings()
+    }
 }
 
 /// The kind of policy a bundle's model roles make.
@@ -111,7 +136,7 @@ pub enum PolicyKind {
     /// One `policy` model, one forward pass: [`SinglePassPolicy`].
     SinglePass,
     /// An `encoder` + `denoiser` pair run by a scheduler (Diffusion Policy):
-    /// [`crate::infer::diffusion::EncoderDenoiserPolicy`], not yet reachable from a bundle.
+    /// [`crate::infer::diffusion::EncoderDenoiserPolicy`].
     EncoderDenoiser,
 }
 

@@ -28,6 +28,8 @@ pub struct Request {
     pub output: Vec<f32>,
     /// Wall time the network took.
     pub infer_ns: u64,
+    /// An encoder + denoiser policy's split of that time ([`Policy::diffusion_timings`]).
+    pub diffusion: Option<crate::infer::policy::DiffusionTimings>,
     pub error: Option<PolicyError>,
 }
 
@@ -41,6 +43,7 @@ impl Request {
             submit_tick: 0,
             output: vec![0.0; output_len],
             infer_ns: 0,
+            diffusion: None,
             error: None,
         }
     }
@@ -79,6 +82,7 @@ fn execute(policy: &mut dyn Policy, req: &mut Request) {
     let t = Instant::now();
     let r = policy.run();
     req.infer_ns = t.elapsed().as_nanos() as u64;
+    req.diffusion = policy.diffusion_timings();
     match r {
         Ok(()) => {
             let out = policy.output();

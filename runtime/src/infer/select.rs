@@ -12,6 +12,7 @@
 //! back to tract. A new backend adds its kind to [`PREFERENCE`], an arm to [`availability`] and
 //! one to [`prepare_policy`].
 
+use crate::infer::diffusion::{EncoderDenoiserPolicy, SeededNoise};
 use crate::infer::policy::{Policy, PolicyError, PolicyKind, SinglePassPolicy};
 use crate::infer::session::SessionError;
 use crate::infer::tensorrt::session::TensorrtSession;
@@ -101,6 +102,15 @@ pub fn availability_on(
 ) -> Result<String, Unavailable> {
     let how = match backend {
         BackendKind::Tract => format!("tract on {} thread(s)", tract.threads),
+        BackendKind::Tensorrt
+            if PolicyKind::of(&bundle.manifest) == PolicyKind::EncoderDenoiser =>
+        {
+            return Err(Unavailable::NoEngine {
+                detail: "TensorRT engines for an encoder + denoiser bundle (Diffusion Policy) are \
+                         not built by this version; tract runs it"
+                    .into(),
+            })
+        }
         BackendKind::Tensorrt => match tensorrt::probe(bundle, trt).outcome {
             Ok(ready) => Probe::how(&ready),
             Err(blocker) => return Err(tensorrt_unavailable(blocker)),
@@ -282,9 +292,17 @@ pub fn prepare_policy_on(
     trt: &dyn Platform,
 ) -> Result<Box<dyn Policy>, PolicyError> {
     if PolicyKind::of(&bundle.manifest) == PolicyKind::EncoderDenoiser {
-        return Err(PolicyError::Unsupported {
-            what: "an encoder + denoiser policy (Diffusion Policy)",
-        });
+        let seed = bundle.manifest.diffusion.as_ref().map_or(0, |d| d.seed);
+        return match backend {
+            BackendKind::Tract => Ok(Box::new(EncoderDenoiserPolicy::tract(
+                bundle,
+                tract,
+                SeededNoise::new(seed),
+            )?)),
+            BackendKind::Tensorrt => Err(PolicyError::Unsupported {
+                what: "an encoder + denoiser policy (Diffusion Policy) on TensorRT",
+            }),
+        };
     }
     let file = bundle
         .manifest

@@ -223,7 +223,7 @@ impl<F: FnMut(&[Vec<f32>], &mut [Vec<f32>]) + Send> reflex_runtime::infer::sessi
 fn diffusion_policy_run_allocates_nothing_and_keeps_the_history() {
     use reflex_runtime::infer::diffusion::{
         BetaSchedule, DiffusionIo, EncoderDenoiserPolicy, PredictionType, SchedulerKind,
-        SchedulerSpec, SeededNoise,
+        SchedulerSpec, SeededNoise, Variance,
     };
     use reflex_runtime::infer::policy::Policy;
     use reflex_runtime::infer::session::Session;
@@ -274,6 +274,7 @@ fn diffusion_policy_run_allocates_nothing_and_keeps_the_history() {
         prediction_type: PredictionType::Epsilon,
         clip_sample: true,
         clip_sample_range: 1.0,
+        variance: Variance::FixedSmall,
     };
     let mut p = EncoderDenoiserPolicy::new(encoder, denoiser, &io, spec, SeededNoise::new(1))
         .expect("policy");

@@ -2,10 +2,15 @@
 //! session.
 
 use super::scheduler::{Scheduler, SchedulerSpec};
+pub use crate::infer::policy::DiffusionTimings;
 use crate::infer::policy::{Policy, PolicyError};
 use crate::infer::session::{Session, SessionError};
+use crate::infer::tract::{TractOptions, TractSession};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
+use reflex_models::bundle::{validate_denoiser_io, validate_encoder_io};
+use reflex_models::manifest::{BackendKind, ModelRole};
+use reflex_models::{Bundle, GraphIo};
 use std::time::{Duration, Instant};
 
 /// Where the Gaussian noise of the reverse process comes from: the initial sample and DDPM's
@@ -54,24 +59,6 @@ pub struct DiffusionIo<'a> {
     pub n_obs_steps: usize,
     /// Action dimension (the last axis of `sample`).
     pub action_dim: usize,
-}
-
-/// Time spent in the last [`Policy::run`], for `reflex bench` and logs.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct DiffusionTimings {
-    pub encoder: Duration,
-    /// All denoiser calls together, and how many there were (K).
-    pub denoiser: Duration,
-    pub denoiser_calls: usize,
-    /// Scheduler arithmetic and noise, everything but the two networks.
-    pub scheduler: Duration,
-}
-
-impl DiffusionTimings {
-    /// Mean time of one denoiser call.
-    pub fn per_denoiser_step(&self) -> Duration {
-        self.denoiser / self.denoiser_calls.max(1) as u32
-    }
 }
 
 /// Diffusion Policy (LeRobot's `DiffusionPolicy.select_action` minus its action queue, which
@@ -311,5 +298,55 @@ impl<S: Session, N: NoiseSource> Policy for EncoderDenoiserPolicy<S, N> {
 
     fn output(&self) -> &[f32] {
         &self.sample[(self.n_obs_steps - 1) * self.action_dim..]
+    }
+
+    fn diffusion_timings(&self) -> Option<DiffusionTimings> {
+        Some(self.timings)
+    }
+}
+
+impl<N: NoiseSource> EncoderDenoiserPolicy<TractSession, N> {
+    /// The bundle's encoder + denoiser on tract: the files listed for tract, the manifest's
+    /// `[diffusion]` settings, noise from `noise` (the runtime passes
+    /// `SeededNoise::new(diffusion.seed)`). The sessions' real I/O is checked against the
+    /// manifest first, as `Bundle::load` checked the files' headers.
+    ///
+    /// Errors: a bundle without the section or without a tract file of either role
+    /// ([`PolicyError::Unsupported`]), a graph tract cannot prepare, I/O that does not fit.
+    pub fn tract(bundle: &Bundle, opts: TractOptions, noise: N) -> Result<Self, PolicyError> {
+        let m = &bundle.manifest;
+        let d = m.diffusion.as_ref().ok_or(PolicyError::Unsupported {
+            what: "an encoder + denoiser bundle without a [diffusion] section",
+        })?;
+        let path = |role| {
+            m.model_for(role, BackendKind::Tract)
+                .map(|f| bundle.model_path(f))
+                .ok_or(PolicyError::Unsupported {
+                    what: "an encoder + denoiser bundle without both files listed for tract",
+                })
+        };
+        let (enc_path, den_path) = (path(ModelRole::Encoder)?, path(ModelRole::Denoiser)?);
+        let encoder = TractSession::prepare(&enc_path, opts)?;
+        let denoiser = TractSession::prepare(&den_path, opts)?;
+        let io_of = |s: &TractSession| GraphIo {
+            inputs: s.inputs().to_vec(),
+            outputs: s.outputs().to_vec(),
+            unshaped_outputs: vec![],
+        };
+        let features = validate_encoder_io(m, d, &io_of(&encoder), &enc_path)?;
+        validate_denoiser_io(m, d, &io_of(&denoiser), &den_path, features)?;
+        let cameras: Vec<&str> = m.cameras.iter().map(|c| c.onnx_input.as_str()).collect();
+        let io = DiffusionIo {
+            cameras: &cameras,
+            state: m.state.onnx_input.as_deref(),
+            features: &d.features_output,
+            sample: &d.sample_input,
+            timestep: &d.timestep_input,
+            global_cond: &d.global_cond_input,
+            prediction: &m.action.onnx_output,
+            n_obs_steps: d.n_obs_steps,
+            action_dim: m.action.names.len(),
+        };
+        EncoderDenoiserPolicy::new(encoder, denoiser, &io, d.scheduler.clone(), noise)
     }
 }

@@ -8,58 +8,9 @@
 //! diffusers computes them on its f32 tensors, so a run fed LeRobot's recorded noise lands on
 //! LeRobot's sample (within 1e-4 after 100 steps, `reflex-tools`' `lerobot_diffusion` tests).
 
-use serde::{Deserialize, Serialize};
-
-/// Which reverse process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SchedulerKind {
-    /// Denoising diffusion probabilistic model (Ho et al. 2020): stochastic, fresh noise at every
-    /// step but the last.
-    #[serde(rename = "DDPM")]
-    Ddpm,
-    /// Denoising diffusion implicit model (Song et al. 2021) with eta 0: deterministic.
-    #[serde(rename = "DDIM")]
-    Ddim,
-}
-
-/// The forward-process variance schedule `beta_t`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BetaSchedule {
-    /// `torch.linspace(beta_start, beta_end, N, dtype=float32)`.
-    Linear,
-    /// The cosine schedule of Nichol & Dhariwal 2021: `beta_i = min(1 - abar((i+1)/N) /
-    /// abar(i/N), 0.999)`, `abar(t) = cos((t + 0.008) / 1.008 * pi / 2)^2`, in f64, then f32.
-    SquaredcosCapV2,
-}
-
-/// What the denoiser predicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PredictionType {
-    /// The noise that was added.
-    Epsilon,
-    /// The clean sample.
-    Sample,
-}
-
-/// A scheduler's settings, LeRobot's `DiffusionConfig` field names.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SchedulerSpec {
-    pub kind: SchedulerKind,
-    pub num_train_timesteps: usize,
-    /// Denoiser calls per inference (K).
-    pub num_inference_steps: usize,
-    pub beta_schedule: BetaSchedule,
-    /// First and last beta of the `linear` schedule (unused by `squaredcos_cap_v2`).
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub prediction_type: PredictionType,
-    /// Clamp the predicted clean sample to `[-clip_sample_range, clip_sample_range]`.
-    pub clip_sample: bool,
-    pub clip_sample_range: f32,
-}
+pub use reflex_models::manifest::{
+    BetaSchedule, PredictionType, SchedulerKind, SchedulerSpec, Variance,
+};
 
 /// Settings a scheduler cannot run with.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -240,6 +191,7 @@ mod tests {
             prediction_type: PredictionType::Epsilon,
             clip_sample: true,
             clip_sample_range: 1.0,
+            variance: Variance::FixedSmall,
         }
     }
 

@@ -105,6 +105,28 @@ pub fn run(a: Args) -> Result<Outcome> {
         }
     }
     print!("{}", report.table());
+    if let Some(d) = &m.diffusion {
+        // An encoder + denoiser policy: where the inference time goes.
+        let median = |name: &str| {
+            report
+                .stages
+                .iter()
+                .find(|s| s.stage == name)
+                .map(|s| s.median_ms)
+        };
+        if let (Some(enc), Some(step), Some(total)) = (
+            median("encoder"),
+            median("denoiser_step"),
+            median("inference"),
+        ) {
+            let k = d.scheduler.num_inference_steps;
+            println!(
+                "diffusion ({:?}-{k}, medians): encoder {enc:.2} ms + {k} denoiser steps x {step:.2} ms = {:.2} ms; inference {total:.2} ms",
+                d.scheduler.kind,
+                enc + k as f64 * step,
+            );
+        }
+    }
     let json = serde_json::to_string_pretty(&report)?;
     output::write_file(&a.json, json.as_bytes(), replace, &bench::JSON_KIND)?;
     output::write_file(&a.svg, report.svg().as_bytes(), replace, &bench::SVG_KIND)?;

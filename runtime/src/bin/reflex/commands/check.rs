@@ -56,11 +56,51 @@ pub fn run(a: Args) -> Result<Outcome> {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    println!(
-        "  tensors: in {}; out {}",
-        tensors(&b.io.inputs),
-        tensors(&b.io.outputs)
-    );
+    match &m.diffusion {
+        None => println!(
+            "  tensors: in {}; out {}",
+            tensors(&b.io.inputs),
+            tensors(&b.io.outputs)
+        ),
+        Some(d) => {
+            // `b.io` is the encoder's; the denoiser's header is read here (no graph built).
+            println!(
+                "  encoder tensors: in {}; out {}",
+                tensors(&b.io.inputs),
+                tensors(&b.io.outputs)
+            );
+            if let Some(f) = m
+                .models_with_role(reflex_models::manifest::ModelRole::Denoiser)
+                .next()
+            {
+                let io = reflex_models::bundle::read_model_io(&b.model_path(f))?;
+                println!(
+                    "  denoiser tensors: in {}; out {}",
+                    tensors(&io.inputs),
+                    tensors(&io.outputs)
+                );
+            }
+            let s = &d.scheduler;
+            println!(
+                "  diffusion: {:?}, {} of {} timesteps per inference, beta {:?}, prediction {:?}, \
+                 clip {}, seed {}; history {} observation(s), horizon {} (output from step {})",
+                s.kind,
+                s.num_inference_steps,
+                s.num_train_timesteps,
+                s.beta_schedule,
+                s.prediction_type,
+                if s.clip_sample {
+                    format!("+-{}", s.clip_sample_range)
+                } else {
+                    "off".into()
+                },
+                d.seed,
+                d.n_obs_steps,
+                d.horizon,
+                d.n_obs_steps - 1
+            );
+        }
+    }
     for f in &m.models {
         for d in &f.data_files {
             println!("  data file {} of {}: sha256 checked", d.file, f.file);
