@@ -23,6 +23,9 @@
 #                            `tensorrt` feature when runtime/Cargo.toml has it (its shim loads
 #                            TensorRT at run time and falls back to tract on a board without it);
 #                            empty for none
+#   TENSORRT_INCLUDE_DIR     TensorRT's headers for the shim (with the tensorrt feature); default
+#                            JetPack's /usr/include/aarch64-linux-gnu, else
+#                            $REFLEX_SHARED_DIR/third_party/tensorrt-10.3/include (../shared)
 #   REFLEX_BOARD_TARGET_DIR  cargo target dir of the board build (default: $CARGO_TARGET_DIR/board,
 #                            or target/board); the x86 build is not disturbed
 #   REFLEX_BOARD_CACHE       downloads, unpacked compiler, qemu, sysroot, zig
@@ -58,6 +61,25 @@ if [ "$features" = auto ]; then
     if sed -n '/^\[features\]/,/^\[/p' runtime/Cargo.toml | grep -q '^tensorrt *='; then
         features="tensorrt"
     fi
+fi
+
+# The TensorRT shim is C++ compiled against TensorRT's headers (runtime/build.rs); it loads the
+# library at run time, so the headers are all the build needs. TENSORRT_INCLUDE_DIR when set,
+# else JetPack's (building on a Jetson), else NVIDIA's 10.3 headers in the shared folder next to
+# the repository (REFLEX_SHARED_DIR, default ../shared), checked here, before a long build.
+if [[ " $features " == *" tensorrt "* ]] && [ -z "${TENSORRT_INCLUDE_DIR:-}" ]; then
+    shared="${REFLEX_SHARED_DIR:-../shared}"
+    for d in /usr/include/aarch64-linux-gnu "$shared/third_party/tensorrt-10.3/include"; do
+        if [ -f "$d/NvInferRuntime.h" ]; then
+            TENSORRT_INCLUDE_DIR="$(cd "$d" && pwd)"
+            export TENSORRT_INCLUDE_DIR
+            break
+        fi
+    done
+    [ -n "${TENSORRT_INCLUDE_DIR:-}" ] || die "the tensorrt feature needs TensorRT's headers \
+(NvInferRuntime.h): none in /usr/include/aarch64-linux-gnu or $shared/third_party/tensorrt-10.3/include. \
+Set TENSORRT_INCLUDE_DIR (or REFLEX_SHARED_DIR), or build without it: REFLEX_BOARD_FEATURES= $0"
+    say "TensorRT headers: $TENSORRT_INCLUDE_DIR"
 fi
 
 base_target="${CARGO_TARGET_DIR:-$PWD/target}"
