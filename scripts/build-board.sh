@@ -21,7 +21,8 @@
 #   REFLEX_BOARD_TOOLCHAIN   auto (default) | rustup | debian
 #   REFLEX_BOARD_FEATURES    cargo features of reflex-runtime to build in; default `auto`: the
 #                            `tensorrt` feature when runtime/Cargo.toml has it (its shim loads
-#                            TensorRT at run time and falls back to tract on a board without it);
+#                            TensorRT at run time and falls back to tract on a board without it)
+#                            when TensorRT's headers are found (below), else none, with a warning;
 #                            empty for none
 #   TENSORRT_INCLUDE_DIR     TensorRT's headers for the shim (with the tensorrt feature); default
 #                            JetPack's /usr/include/aarch64-linux-gnu, else
@@ -67,6 +68,8 @@ fi
 # library at run time, so the headers are all the build needs. TENSORRT_INCLUDE_DIR when set,
 # else JetPack's (building on a Jetson), else NVIDIA's 10.3 headers in the shared folder next to
 # the repository (REFLEX_SHARED_DIR, default ../shared), checked here, before a long build.
+# With REFLEX_BOARD_FEATURES=auto and no headers, the binary is built without the shim (it runs
+# tract only), and this says so; asked for explicitly, missing headers are an error.
 if [[ " $features " == *" tensorrt "* ]] && [ -z "${TENSORRT_INCLUDE_DIR:-}" ]; then
     shared="${REFLEX_SHARED_DIR:-../shared}"
     for d in /usr/include/aarch64-linux-gnu "$shared/third_party/tensorrt-10.3/include"; do
@@ -76,10 +79,19 @@ if [[ " $features " == *" tensorrt "* ]] && [ -z "${TENSORRT_INCLUDE_DIR:-}" ]; 
             break
         fi
     done
-    [ -n "${TENSORRT_INCLUDE_DIR:-}" ] || die "the tensorrt feature needs TensorRT's headers \
-(NvInferRuntime.h): none in /usr/include/aarch64-linux-gnu or $shared/third_party/tensorrt-10.3/include. \
+    if [ -z "${TENSORRT_INCLUDE_DIR:-}" ]; then
+        looked="/usr/include/aarch64-linux-gnu or $shared/third_party/tensorrt-10.3/include"
+        if [ "${REFLEX_BOARD_FEATURES-auto}" = auto ]; then
+            say "WARNING: no TensorRT headers (NvInferRuntime.h) in $looked: building WITHOUT the \
+TensorRT shim (the binary runs tract only); set TENSORRT_INCLUDE_DIR to build it in"
+            features="${features//tensorrt/}"
+        else
+            die "the tensorrt feature needs TensorRT's headers (NvInferRuntime.h): none in $looked. \
 Set TENSORRT_INCLUDE_DIR (or REFLEX_SHARED_DIR), or build without it: REFLEX_BOARD_FEATURES= $0"
-    say "TensorRT headers: $TENSORRT_INCLUDE_DIR"
+        fi
+    else
+        say "TensorRT headers: $TENSORRT_INCLUDE_DIR"
+    fi
 fi
 
 base_target="${CARGO_TARGET_DIR:-$PWD/target}"
