@@ -132,6 +132,10 @@ pub enum BackendKind {
     Tract,
     /// A TensorRT engine built from this ONNX on the board (not implemented yet in this build).
     Tensorrt,
+    /// ONNX Runtime on the CPU, when its library is on the board. It reads the same standard
+    /// ONNX as tract, so a file listed for tract serves it when none is listed for it
+    /// ([`Manifest::model_for`]).
+    Onnxruntime,
 }
 
 impl BackendKind {
@@ -139,6 +143,7 @@ impl BackendKind {
         match self {
             BackendKind::Tract => "tract",
             BackendKind::Tensorrt => "tensorrt",
+            BackendKind::Onnxruntime => "onnxruntime",
         }
     }
 }
@@ -893,10 +898,18 @@ impl Manifest {
     }
 
     /// The entry of `role` listed for `backend`: one file per backend per role (validation
-    /// refuses two).
+    /// refuses two). ONNX Runtime with no file of its own runs the one listed for tract: both
+    /// read standard ONNX (opset and operators of the ONNX spec), tract's fp32 and int8
+    /// operator-form (QLinearConv/QLinearMatMul) files included.
     pub fn model_for(&self, role: ModelRole, backend: BackendKind) -> Option<&ModelFile> {
-        self.models_with_role(role)
-            .find(|m| m.backends.contains(&backend))
+        let listed = |b: BackendKind| {
+            self.models_with_role(role)
+                .find(|m| m.backends.contains(&b))
+        };
+        listed(backend).or_else(|| match backend {
+            BackendKind::Onnxruntime => listed(BackendKind::Tract),
+            BackendKind::Tract | BackendKind::Tensorrt => None,
+        })
     }
 
     /// Every entry of `role`, in manifest order.

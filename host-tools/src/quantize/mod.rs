@@ -7,8 +7,12 @@
 //! 2. the graph rewrite ([`graph`]):
 //!    - fp16: weights stored FLOAT16, each followed by a `Cast` to FLOAT; compute and I/O stay
 //!      f32. This is the form both tract and ONNX Runtime run (tract 0.23 cannot load a graph
-//!      computing in FLOAT16: see [`graph::to_fp16`]); the error is that of fp16 weights, and
-//!      TensorRT built with its fp16 flag computes in half anyway. tract does not fold casts
+//!      computing in FLOAT16: see [`graph::to_fp16`]); the error is that of fp16 weights.
+//!      When the source lists TensorRT, that form is listed for the CPU backends only, and
+//!      `policy.fp16.onnx`, genuinely FLOAT16-typed ([`graph::to_fp16_typed`]: FLOAT16 weights
+//!      and activations, FLOAT I/O cast at the boundary), is listed for TensorRT, whose strongly
+//!      typed builds take precision from the ONNX types (10.12 deprecated the fp16 flag, 11
+//!      removed it). tract does not fold casts
 //!      that would more than double a constant above 4 MiB, so it re-casts the large weights on
 //!      every run: slower than fp32 on tract (the report's latency says how much);
 //!    - int8: one plan and one calibration ([`ranges`]: minmax, percentile, entropy), two files.
@@ -451,12 +455,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     graph::inline_external_data(&mut model, b_in.policy_path.parent().unwrap_or(&b_in.dir))
         .with_context(|| format!("{}", b_in.policy_path.display()))?;
     let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    // fp16 for TensorRT: the genuinely FLOAT16-typed form (strongly typed builds).
+    let mut fp16_typed = None;
     // The QDQ model (every backend's form for fp16; TensorRT's for int8) and, for int8, the
     // operator form tract runs.
     let (qmodel, qop_model, precision, method_desc, scheme) = match a.precision {
         Target::Fp16 => {
             let (q, n) = graph::to_fp16(&model)?;
             info.insert("fp16_initializers".into(), n.into());
+            if m_in.models[pi].backends.contains(&BackendKind::Tensorrt) {
+                fp16_typed = Some(graph::to_fp16_typed(&model)?.0);
+            }
             let scheme = "weights stored FLOAT16 with a Cast to FLOAT after each; compute and \
                           I/O in FLOAT";
             (
@@ -539,7 +548,41 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // The policy entries: one file for every backend (fp16), or for int8 the operator form for
     // tract and the QDQ form for TensorRT, each listed for its backend only.
     let src = &m_in.models[pi];
+    let stem = src.file.strip_suffix(".onnx").unwrap_or(&src.file);
     let entries: Vec<(ModelFile, Vec<u8>)> = match &qop_model {
+        // fp16 with TensorRT listed: the weights-only form for the CPU backends, the
+        // FLOAT16-typed form for TensorRT.
+        None if fp16_typed.is_some() => {
+            let cpu: Vec<BackendKind> = src
+                .backends
+                .iter()
+                .copied()
+                .filter(|b| *b != BackendKind::Tensorrt)
+                .collect();
+            let mut v = vec![];
+            if !cpu.is_empty() {
+                v.push((
+                    ModelFile {
+                        precision,
+                        backends: cpu,
+                        ..src.clone()
+                    },
+                    qbytes.clone(),
+                ));
+            }
+            if let Some(t) = &fp16_typed {
+                v.push((
+                    ModelFile {
+                        file: format!("{stem}.fp16.onnx"),
+                        precision,
+                        backends: vec![BackendKind::Tensorrt],
+                        ..src.clone()
+                    },
+                    graph::encode(t),
+                ));
+            }
+            v
+        }
         None => vec![(
             ModelFile {
                 precision,
@@ -549,7 +592,6 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             qbytes.clone(),
         )],
         Some(qop) => {
-            let stem = src.file.strip_suffix(".onnx").unwrap_or(&src.file);
             let mut v = vec![];
             for (bk, form, bytes) in [
                 (BackendKind::Tract, "qop", graph::encode(qop)),
@@ -639,6 +681,10 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             BackendKind::Tensorrt => {
                 "not measured here (no TensorRT on this machine): kept; validate on the board \
                  before use"
+            }
+            BackendKind::Onnxruntime => {
+                "not measured here (tract measured the same file): kept; `reflex bench \
+                 --backend onnxruntime` runs it"
             }
         };
         if bk != BackendKind::Tract || !tract_failed {

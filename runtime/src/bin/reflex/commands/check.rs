@@ -2,7 +2,7 @@
 //! each camera sees what training saw.
 
 use super::Outcome;
-use crate::args::BundleArg;
+use crate::args::{BackendArgs, BundleArg};
 use crate::open::{load_bundle, Devices};
 use anyhow::{bail, Context, Result};
 use reflex_models::Bundle;
@@ -12,9 +12,8 @@ use reflex_runtime::camera::viewpoint::{
 use reflex_runtime::can::codec::Codec;
 use reflex_runtime::clock::{Clock, MonotonicClock};
 use reflex_runtime::control::plan::feed_check;
-use reflex_runtime::infer::select::{select_backend, survey, BackendChoice};
+use reflex_runtime::infer::select::{select_backend, survey};
 use reflex_runtime::infer::tensorrt::{self, ThisMachine};
-use reflex_runtime::infer::tract::TractOptions;
 use reflex_runtime::io::Camera;
 use reflex_runtime::spec::CameraSource;
 use std::time::Instant;
@@ -30,6 +29,8 @@ pub struct Args {
     /// Exit status 1 when a camera is refused.
     #[arg(long, value_name = "SOURCE", num_args = 1.., value_delimiter = ',')]
     cameras: Vec<CameraSource>,
+    #[command(flatten)]
+    backend: BackendArgs,
 }
 
 pub fn run(a: Args) -> Result<Outcome> {
@@ -66,7 +67,7 @@ pub fn run(a: Args) -> Result<Outcome> {
             println!("  data file {} of {}: sha256 checked", d.file, f.file);
         }
     }
-    for s in survey(&b, TractOptions::default()) {
+    for s in survey(&b, a.backend.tract()) {
         match &s.status {
             Ok(how) => println!("  backend {}: available ({how})", s.backend.as_str()),
             Err(why) => println!("  backend {}: not available: {why}", s.backend.as_str()),
@@ -128,8 +129,9 @@ pub fn run(a: Args) -> Result<Outcome> {
         }
     }
     // Can the plan stay fed at this machine's inference latency (slowest of 3 runs after one)?
-    match select_backend(&b, BackendChoice::Auto, TractOptions::default()) {
-        Ok((mut backend, _)) => {
+    match select_backend(&b, a.backend.backend, a.backend.tract()) {
+        Ok((mut backend, selection)) => {
+            println!("  selected: {selection}");
             backend.run()?;
             let mut latency_s = 0f64;
             for _ in 0..3 {
