@@ -713,6 +713,12 @@ pub struct ActionSpec {
     /// Hard limits. A bundle without them only runs with an explicit opt-out flag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ActionLimits>,
+    /// Largest difference allowed between a backend and tract on the same inputs, per action
+    /// dimension in the action's unit (`reflex check --parity`). Absent: a default per model
+    /// precision, in normalized units times each dimension's normalization gain
+    /// (`reflex_runtime::infer::parity::default_tolerance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity_tolerance: Option<Vec<f32>>,
 }
 
 /// How commands are put on the CAN bus, and how joint feedback comes back.

@@ -395,6 +395,7 @@ fn import_act(
             },
             normalization: action_norm,
             limits: None,
+            parity_tolerance: None,
         },
         can: Default::default(),
         provenance,

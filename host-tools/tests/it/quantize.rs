@@ -140,8 +140,11 @@ fn quantize(fp32: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf, Value
     let out = dir(name);
     let held = dir(&format!("{name}-held-out"));
     let report = dir(&format!("{name}-report.json"));
+    // Measured on tract: the errors are checked against `reflex-tools infer`, which runs tract.
     let mut args = vec![
         "quantize",
+        "--backend",
+        "tract",
         "--bundle",
         s(fp32),
         "--held-out",
@@ -720,4 +723,102 @@ fn calibrates_from_a_recorded_episode_directory() {
         err.contains("has 90 frames") && err.contains("100 calibration + 16 held-out"),
         "{err}"
     );
+}
+
+/// The gate measures on the backend that will run the quantized bundle: with ONNX Runtime's
+/// library here, `auto` picks it for the int8 operator form, so the report's errors and latency
+/// are ONNX Runtime's. The errors are recomputed from ONNX Runtime's Python API on the saved
+/// held-out inputs (the fp32 file and the operator form), in action units.
+#[test]
+fn int8_gate_measures_on_onnx_runtime_when_it_will_run_the_bundle() {
+    if let Err(e) = reflex_runtime::infer::onnxruntime::library() {
+        assert!(
+            python::skipped(),
+            "{e}; REFLEX_SKIP_PY=1 skips this on machines without Python onnxruntime"
+        );
+        eprintln!("no ONNX Runtime library: skipped ({e})");
+        return;
+    }
+    let out = dir("ort-gate-int8");
+    let held = dir("ort-gate-int8-held-out");
+    let text = ok(&tools(&[
+        "quantize",
+        "--bundle",
+        s(resnet18()),
+        "--precision",
+        "int8",
+        "--calibration-frames",
+        "4",
+        "--held-out",
+        "2",
+        "--latency-runs",
+        "2",
+        "--threads",
+        "1",
+        "--save-held-out",
+        s(&held),
+        "--out",
+        s(&out),
+    ]));
+    assert!(text.contains("latency (onnxruntime"), "{text}");
+    let r = read_report(&out.join("quantization-report.json"));
+    assert_eq!(r["measured_on"], "onnxruntime", "{r}");
+    assert_eq!(r["latency"]["backend"], "onnxruntime", "{r}");
+    assert_eq!(
+        r["backends"]["onnxruntime"],
+        "measured, no gate (--max-error not given) (runs the file listed for tract)"
+    );
+    assert!(
+        r["backends"]["tract"].as_str().is_some_and(
+            |v| v.starts_with("not measured here (onnxruntime measured the same file)")
+        ),
+        "{r}"
+    );
+    let b = Bundle::load(&out).expect("int8 bundle loads");
+    assert_eq!(
+        b.manifest.provenance["quantization"]["measured_on"].as_str(),
+        Some("onnxruntime")
+    );
+    // ONNX Runtime's Python API on both files, every held-out sample, one call.
+    let fp32 = Bundle::load(resnet18()).expect("fp32");
+    let work = dir("ort-gate-int8-py");
+    let mut args: Vec<String> = vec![];
+    for i in 0..2 {
+        for (model, name) in [(&fp32.policy_path, "fp32"), (&b.policy_path, "int8")] {
+            if !args.is_empty() {
+                args.push("--and".into());
+            }
+            args.push(s(model).into());
+            for t in &fp32.io.inputs {
+                let npy = held.join(i.to_string()).join(format!("{}.npy", t.name));
+                args.push(format!("{}={}", t.name, s(&npy)));
+            }
+            args.push(s(&work.join(format!("{name}-{i}"))).into());
+        }
+    }
+    let Some(_) = python::reference("ort_run.py", &args, "numpy onnx onnxruntime") else {
+        return;
+    };
+    let output = &fp32.manifest.action.onnx_output;
+    let dim = fp32.manifest.action.names.len();
+    let mut max = vec![0f32; dim];
+    for i in 0..2 {
+        let read = |name: &str| {
+            let p = work
+                .join(format!("{name}-{i}"))
+                .join(format!("{output}.npy"));
+            unnormalize(&fp32, &read_npy(&p).expect("npy").data.to_f32())
+        };
+        for (k, (x, y)) in read("fp32").iter().zip(read("int8")).enumerate() {
+            max[k % dim] = max[k % dim].max((x - y).abs());
+        }
+    }
+    for (d, rd) in r["dims"].as_array().expect("dims").iter().enumerate() {
+        let (got, want) = (f(&rd["max_abs"]), max[d] as f64);
+        assert!(
+            (got - want).abs() <= 1e-5 + 1e-3 * want.abs(),
+            "{}: report {got}, ONNX Runtime (Python) {want}",
+            rd["name"]
+        );
+    }
 }

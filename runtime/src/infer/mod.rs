@@ -8,6 +8,7 @@
 //!   manifest's cameras, state and action are mapped onto graph inputs and outputs;
 //! - [`diffusion`]: Diffusion Policy's DDPM and DDIM schedulers, allocation-free steps;
 //! - [`select`]: each backend's availability with a reason, and the choice among them;
+//! - [`parity`]: a backend against tract on the same inputs, in action units (`check --parity`);
 //! - [`preference`]: the CPU backend measured fastest per board and model (`auto` reads it);
 //! - [`runner`]: where the policy runs relative to the control loop (inline, or on its own
 //!   thread with one request in flight).
@@ -15,6 +16,7 @@
 pub mod diffusion;
 #[cfg(feature = "onnxruntime")]
 pub mod onnxruntime;
+pub mod parity;
 pub mod policy;
 pub mod preference;
 pub mod runner;

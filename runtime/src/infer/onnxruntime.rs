@@ -20,7 +20,14 @@
 //! and outputs are tensors allocated once by the session's CPU allocator and bound to an
 //! `OrtIoBinding`: a run is one `RunWithBinding` call, which reads the bound input buffers and
 //! writes into the bound output buffers, so nothing is allocated on reflex's side per run
-//! (ONNX Runtime's own scratch memory comes from its arena, see `tests/tests/it/alloc_tract.rs`).
+//! (ONNX Runtime's own scratch memory comes from its arena, see
+//! `tests/tests/it/alloc_onnxruntime.rs`).
+//!
+//! The optimized graph can be kept ([`OptimizedCache`]): ONNX Runtime's "offline" mode
+//! (`SetOptimizedModelFilePath`) writes the graph it optimized, and a later start loads that file
+//! with optimizations off. The file is keyed by the model's sha256, the library's version and
+//! the CPU model, since `ORT_ENABLE_ALL`'s layout rewrites (NCHWc) are specific to the CPU they
+//! ran on (ONNX Runtime's docs, "Graph Optimizations", online/offline mode).
 
 // Two small `unsafe` blocks, each with its SAFETY note: reading the library's version string
 // through its C entry point, and the run itself (`RunWithBinding`), called directly because
@@ -200,7 +207,14 @@ fn library_in_package(dir: &Path) -> Result<PathBuf, String> {
 fn read_version(path: &Path) -> Result<(libloading::Library, String), String> {
     // SAFETY: loading runs the library's initializers; ONNX Runtime's are its static
     // registrations, with no requirement on the caller.
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| {
+        // libloading's message is `dlopen failed`; the loader's own reason (which names the
+        // file) is its source.
+        match std::error::Error::source(&e) {
+            Some(why) => format!("{e}: {why}"),
+            None => format!("{}: {e}", path.display()),
+        }
+    })?;
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
     // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime release
     // (onnxruntime_c_api.h); it returns a pointer to a static table whose `GetVersionString`
@@ -284,17 +298,61 @@ fn find() -> Result<Found, LibraryError> {
     Err(LibraryError::NotFound { tried })
 }
 
-/// How ONNX Runtime runs: intra-op threads (reflex's `--threads`, the same count tract uses).
-#[derive(Debug, Clone, Copy)]
+/// How ONNX Runtime runs: intra-op threads (reflex's `--threads`, the same count tract uses) and
+/// where the optimized graph is kept, if anywhere.
+#[derive(Debug, Clone, Default)]
 pub struct OrtOptions {
-    /// ONNX Runtime's intra-op thread pool size; 1 = the calling thread only.
+    /// ONNX Runtime's intra-op thread pool size; 1 = the calling thread only (0 counts as 1).
     pub threads: usize,
+    /// Keep the optimized graph here and load it on later starts (`None`: optimize every time).
+    pub cache: Option<OptimizedCache>,
 }
 
 impl From<TractOptions> for OrtOptions {
     fn from(t: TractOptions) -> Self {
-        OrtOptions { threads: t.threads }
+        OrtOptions {
+            threads: t.threads,
+            cache: None,
+        }
     }
+}
+
+/// Where ONNX Runtime's optimized graph of one model is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptimizedCache {
+    /// The directory of cached graphs (created when first written; a bundle's
+    /// `engines/onnxruntime/`, next to TensorRT's engines).
+    pub dir: PathBuf,
+    /// Lower-case hex sha256 of the model file (the manifest's, which `Bundle::load` checked).
+    pub model_sha256: String,
+}
+
+impl OptimizedCache {
+    /// The cached graph's path for this library and CPU:
+    /// `DIR/<sha256>.ort-<version>.<cpu>.onnx`, `<cpu>` the first 8 hex digits of the sha256
+    /// of the CPU model name and architecture.
+    pub fn file(&self, ort_version: &str, cpu_model: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let cpu = Sha256::digest(format!("{cpu_model} {}", std::env::consts::ARCH).as_bytes());
+        self.dir.join(format!(
+            "{}.ort-{ort_version}.{}.onnx",
+            self.model_sha256,
+            hex::encode(&cpu[..4])
+        ))
+    }
+}
+
+/// What the optimized-graph cache did at prepare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheUse {
+    /// No cache asked for.
+    Off,
+    /// The optimized graph was loaded from this file (optimizations off).
+    Loaded(PathBuf),
+    /// The model was optimized and the result written to this file.
+    Written(PathBuf),
+    /// The model was optimized; the cache could not be used, for this reason (logged).
+    Failed(String),
 }
 
 /// ONNX Runtime on the CPU, inputs and outputs bound once into its own buffers.
@@ -309,6 +367,8 @@ pub struct OrtSession {
     path: PathBuf,
     /// Reading, optimizing and initializing the session (milliseconds).
     pub prepare_ms: f64,
+    /// What the optimized-graph cache did.
+    pub cache: CacheUse,
 }
 
 // SAFETY: the session and binding are `Send` in `ort`; the tensors are plain CPU buffers owned by
@@ -360,14 +420,38 @@ impl OrtSession {
             path: path.to_path_buf(),
             source: Box::new(e),
         })?;
-        let session = ort::session::Session::builder(&rt.env)
-            .map_err(|e| prep(e.to_string()))?
-            .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| prep(e.to_string()))?
-            .with_intra_threads(opts.threads.max(1))
-            .map_err(|e| prep(e.to_string()))?
-            .commit_from_file(path)
-            .map_err(|e| prep(e.to_string()))?;
+        let builder = |level: GraphOptimizationLevel| {
+            ort::session::Session::builder(&rt.env)
+                .map_err(|e| prep(e.to_string()))?
+                .with_optimization_level(level)
+                .map_err(|e| prep(e.to_string()))?
+                .with_intra_threads(opts.threads.max(1))
+                .map_err(|e| prep(e.to_string()))
+        };
+        let optimize = || {
+            builder(GraphOptimizationLevel::All)?
+                .commit_from_file(path)
+                .map_err(|e| prep(e.to_string()))
+        };
+        let (session, cache) = match &opts.cache {
+            None => (optimize()?, CacheUse::Off),
+            Some(c) => {
+                let file = c.file(
+                    &rt.library.version,
+                    &reflex_board::BoardIdentity::detect().cpu_model,
+                );
+                match cached(&builder, &file) {
+                    Some(s) => (s, CacheUse::Loaded(file)),
+                    None => match optimize_into(&builder, path, &file) {
+                        Ok(s) => (s, CacheUse::Written(file)),
+                        Err(why) => {
+                            log::warn!("onnxruntime: optimized graph not cached: {why}");
+                            (optimize()?, CacheUse::Failed(why))
+                        }
+                    },
+                }
+            }
+        };
         let graph = |problem: String| SessionError::Graph {
             backend: NAME,
             path: path.to_path_buf(),
@@ -448,6 +532,7 @@ impl OrtSession {
             output_specs,
             path: path.to_path_buf(),
             prepare_ms: t0.elapsed().as_secs_f64() * 1e3,
+            cache,
         })
     }
 
@@ -455,6 +540,54 @@ impl OrtSession {
     pub fn library(&self) -> Option<&'static OrtLibrary> {
         library().ok()
     }
+}
+
+type Builder<'a> = dyn Fn(GraphOptimizationLevel) -> Result<ort::session::builder::SessionBuilder, SessionError>
+    + 'a;
+
+/// The cached optimized graph at `file` as a session (optimizations off), or `None` when there
+/// is none or it does not load (logged; it is then written again).
+fn cached(builder: &Builder<'_>, file: &Path) -> Option<ort::session::Session> {
+    if !file.is_file() {
+        return None;
+    }
+    let loaded = builder(GraphOptimizationLevel::Disable).and_then(|mut b| {
+        b.commit_from_file(file).map_err(|e| SessionError::Prepare {
+            backend: NAME,
+            path: file.to_path_buf(),
+            source: e.to_string().into(),
+        })
+    });
+    match loaded {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::warn!("onnxruntime: cached optimized graph not used, optimizing again: {e}");
+            None
+        }
+    }
+}
+
+/// Optimizes `model` with ONNX Runtime writing the optimized graph to a staging file, renamed to
+/// `file` once the session is built (so no half-written graph is ever loaded).
+fn optimize_into(
+    builder: &Builder<'_>,
+    model: &Path,
+    file: &Path,
+) -> Result<ort::session::Session, String> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let staging = file.with_extension(format!("onnx.{}.tmp", std::process::id()));
+    let session = builder(GraphOptimizationLevel::All)
+        .map_err(|e| e.to_string())?
+        .with_optimized_model_path(&staging)
+        .map_err(|e| e.to_string())?
+        .commit_from_file(model)
+        .map_err(|e| format!("{}: {e}", model.display()))?;
+    std::fs::rename(&staging, file).map_err(|e| {
+        let _ = std::fs::remove_file(&staging);
+        format!("{} -> {}: {e}", staging.display(), file.display())
+    })?;
+    Ok(session)
 }
 
 impl Session for OrtSession {

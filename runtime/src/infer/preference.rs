@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 pub const CPU_BACKENDS: [BackendKind; 2] = [BackendKind::Onnxruntime, BackendKind::Tract];
 
 /// The record's file name, in the bundle directory.
-pub const FILE: &str = "backend-preference.json";
+pub const FILE: &str = reflex_models::bundle::BACKEND_PREFERENCE_FILE;
 /// The record's schema tag.
 pub const SCHEMA: &str = "reflex-backend-preference/1";
 

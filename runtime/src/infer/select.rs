@@ -385,6 +385,9 @@ pub fn decide_with(
     Err(SelectError::NoneAvailable { passed_over })
 }
 
+/// Where ONNX Runtime's optimized graphs are kept, relative to the bundle directory.
+pub const ORT_CACHE_DIR: &str = "engines/onnxruntime";
+
 /// Prepares the bundle's policy on `backend` (which [`availability`] accepted).
 pub fn prepare_policy(
     bundle: &Bundle,
@@ -394,6 +397,16 @@ pub fn prepare_policy(
     prepare_policy_on(bundle, backend, tract, &ThisMachine)
 }
 
+/// [`prepare_policy`] writing nothing next to the bundle (ONNX Runtime optimizes the graph at
+/// every start instead of keeping it in [`ORT_CACHE_DIR`]): for tools reading a user's bundle.
+pub fn prepare_policy_read_only(
+    bundle: &Bundle,
+    backend: BackendKind,
+    tract: TractOptions,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    prepare(bundle, backend, tract, &ThisMachine, false)
+}
+
 /// [`prepare_policy`] with TensorRT's shim, library and device from `trt`.
 pub fn prepare_policy_on(
     bundle: &Bundle,
@@ -401,6 +414,18 @@ pub fn prepare_policy_on(
     tract: TractOptions,
     trt: &dyn Platform,
 ) -> Result<Box<dyn Policy>, PolicyError> {
+    prepare(bundle, backend, tract, trt, true)
+}
+
+fn prepare(
+    bundle: &Bundle,
+    backend: BackendKind,
+    tract: TractOptions,
+    trt: &dyn Platform,
+    keep_optimized: bool,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    #[cfg(not(feature = "onnxruntime"))]
+    let _ = keep_optimized;
     if PolicyKind::of(&bundle.manifest) == PolicyKind::EncoderDenoiser {
         return Err(PolicyError::Unsupported {
             what: "an encoder + denoiser policy (Diffusion Policy)",
@@ -432,8 +457,23 @@ pub fn prepare_policy_on(
         }
         #[cfg(feature = "onnxruntime")]
         BackendKind::Onnxruntime => {
-            use crate::infer::onnxruntime::{OrtOptions, OrtSession};
-            let session = OrtSession::prepare(&path, OrtOptions::from(tract))?;
+            use crate::infer::onnxruntime::{OptimizedCache, OrtOptions, OrtSession};
+            // The optimized graph is kept next to TensorRT's engines, keyed by the model's
+            // sha256 (a read-only bundle is optimized at every start, with a warning).
+            let opts = OrtOptions {
+                threads: tract.threads,
+                cache: keep_optimized.then(|| OptimizedCache {
+                    dir: bundle.dir.join(ORT_CACHE_DIR),
+                    model_sha256: file.sha256.clone(),
+                }),
+            };
+            let session = OrtSession::prepare(&path, opts)?;
+            log::info!(
+                "onnxruntime: prepared {} in {:.0} ms (optimized graph: {:?})",
+                path.display(),
+                session.prepare_ms,
+                session.cache
+            );
             Ok(Box::new(SinglePassPolicy::new(
                 session,
                 &bundle.manifest,
@@ -591,9 +631,8 @@ mod tests {
             median_ms: 2.5,
         };
         for order in [CpuOrder::Default, onnx_first] {
-            let s =
-                decide_with(&b, BackendChoice::Auto, TWO, order.clone(), &ThisMachine)
-                    .expect("a CPU backend");
+            let s = decide_with(&b, BackendChoice::Auto, TWO, order.clone(), &ThisMachine)
+                .expect("a CPU backend");
             match &ort {
                 // ONNX Runtime runs the file listed for tract.
                 Ok(how) => {

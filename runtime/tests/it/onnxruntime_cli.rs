@@ -192,3 +192,173 @@ fn without_the_library_everything_runs_on_tract_and_check_says_why() {
         out.stderr
     );
 }
+
+#[test]
+fn run_on_onnxruntime_drives_the_loop_from_a_replayed_camera() {
+    if !have_ort() {
+        return;
+    }
+    let dir = WorkDir::new("ort-cli-run");
+    let bundle = dir.join("bundle");
+    let manifest = write_tiny_bundle(&bundle, default_capture());
+    reflex_runtime::camera::replay::generate_synthetic_episode(
+        &manifest,
+        &dir.join("episode"),
+        2.0,
+        30,
+    )
+    .expect("episode");
+    let log = dir.join("run.log");
+    let out = reflex()
+        .env("RUST_LOG", "info")
+        .args([
+            "run",
+            "--backend",
+            "onnxruntime",
+            "--threads",
+            "1",
+            "--duration",
+            "0.5",
+            "--bundle",
+        ])
+        .arg(&bundle)
+        .arg("--camera")
+        .arg(format!("front=replay:{}", dir.join("episode").display()))
+        .arg("--can")
+        .arg(format!("candump:{}", log.display()))
+        .run()
+        .success();
+    let both = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        both.contains("backend: onnxruntime 1.") && both.contains(", as asked"),
+        "{both}"
+    );
+    let frames = std::fs::read_to_string(&log).expect("candump log");
+    assert!(frames.lines().count() >= 6, "{frames}");
+    // The optimized graph was kept next to the bundle, keyed by the model's sha256.
+    let cached: Vec<_> = std::fs::read_dir(bundle.join("engines/onnxruntime"))
+        .expect("cache dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    assert!(
+        cached[0].starts_with(&format!("{}.ort-1.", manifest.models[0].sha256)),
+        "{cached:?}"
+    );
+}
+
+#[test]
+fn the_optimized_graph_is_cached_by_model_sha256_and_gives_the_same_outputs() {
+    use reflex_runtime::infer::onnxruntime::{CacheUse, OptimizedCache, OrtOptions, OrtSession};
+    use reflex_runtime::infer::session::Session;
+    if !have_ort() {
+        return;
+    }
+    let dir = WorkDir::new("ort-cache");
+    let bundle = dir.join("bundle");
+    let manifest = write_tiny_bundle(&bundle, default_capture());
+    let model = bundle.join(&manifest.models[0].file);
+    let cache = OptimizedCache {
+        dir: dir.join("cache"),
+        model_sha256: manifest.models[0].sha256.clone(),
+    };
+    let opts = OrtOptions {
+        threads: 1,
+        cache: Some(cache),
+    };
+    let outputs = |s: &mut OrtSession| {
+        for i in 0..s.inputs().len() {
+            for (k, v) in s.input_mut(i).iter_mut().enumerate() {
+                *v = (k % 13) as f32 * 0.05 - 0.3;
+            }
+        }
+        s.run().expect("run");
+        (0..s.outputs().len())
+            .map(|i| s.output(i).to_vec())
+            .collect::<Vec<_>>()
+    };
+    let mut plain = OrtSession::prepare(
+        &model,
+        OrtOptions {
+            threads: 1,
+            cache: None,
+        },
+    )
+    .expect("no cache");
+    assert_eq!(plain.cache, CacheUse::Off);
+    let mut first = OrtSession::prepare(&model, opts.clone()).expect("first");
+    let CacheUse::Written(file) = first.cache.clone() else {
+        panic!("expected the graph written: {:?}", first.cache);
+    };
+    assert!(file.is_file(), "{}", file.display());
+    let mut second = OrtSession::prepare(&model, opts.clone()).expect("second");
+    assert_eq!(second.cache, CacheUse::Loaded(file.clone()));
+    println!(
+        "prepare: {:.1} ms optimizing and writing, {:.1} ms from the cached graph",
+        first.prepare_ms, second.prepare_ms
+    );
+    let want = outputs(&mut plain);
+    assert_eq!(outputs(&mut first), want);
+    assert_eq!(outputs(&mut second), want);
+    // A damaged cached graph is not used: optimized again and rewritten.
+    std::fs::write(&file, b"not a model").expect("damage");
+    let mut third = OrtSession::prepare(&model, opts).expect("third");
+    assert_eq!(third.cache, CacheUse::Written(file.clone()));
+    assert_eq!(outputs(&mut third), want);
+    // No staging file left behind.
+    let left: Vec<_> = std::fs::read_dir(file.parent().expect("dir"))
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+}
+
+#[test]
+fn check_parity_compares_onnxruntime_with_tract_in_action_units() {
+    if !have_ort() {
+        return;
+    }
+    let dir = WorkDir::new("ort-cli-parity");
+    let bundle = dir.join("bundle");
+    let manifest = write_tiny_bundle(&bundle, default_capture());
+    let out = reflex()
+        .args([
+            "check",
+            "--parity",
+            "--backend",
+            "onnxruntime",
+            "--threads",
+            "1",
+            "--bundle",
+        ])
+        .arg(&bundle)
+        .run()
+        .success();
+    let s = &out.stdout;
+    assert!(
+        s.contains("parity: onnxruntime vs tract on 4 seeded inputs, action units (tolerance: default for fp32: 0.001"),
+        "{s}"
+    );
+    for (name, unit) in manifest.action.names.iter().zip(&manifest.action.units) {
+        let line = s
+            .lines()
+            .find(|l| l.trim_start().starts_with(name.as_str()) && l.contains("max |diff|"))
+            .unwrap_or_else(|| panic!("no parity line for {name}:\n{s}"));
+        assert!(
+            line.contains(&format!(" {unit} ")) && line.ends_with("OK"),
+            "{line}"
+        );
+    }
+    // tract selected: nothing to compare, said so.
+    let out = reflex()
+        .args(["check", "--parity", "--backend", "tract", "--bundle"])
+        .arg(&bundle)
+        .run()
+        .success();
+    assert!(
+        out.stdout
+            .contains("parity: tract selected, the reference itself"),
+        "{}",
+        out.stdout
+    );
+}

@@ -42,8 +42,14 @@ fn onnxruntime_ticks_allocate_nothing_on_our_side() {
     generate_synthetic_episode(m, &dir.join("episode"), 1.0, 30).expect("episode");
     let ep = Episode::load(&dir.join("episode")).expect("episode");
     // One intra-op thread: ONNX Runtime computes on the calling (counted) thread.
-    let session =
-        OrtSession::prepare(&bundle.policy_path, OrtOptions { threads: 1 }).expect("onnxruntime");
+    let session = OrtSession::prepare(
+        &bundle.policy_path,
+        OrtOptions {
+            threads: 1,
+            cache: None,
+        },
+    )
+    .expect("onnxruntime");
     let backend = SinglePassPolicy::new(session, m, &bundle.policy_path).expect("policy");
     let req = Request::for_manifest(m);
     let cams = vec![ep

@@ -70,7 +70,7 @@ pub fn run(a: Args) -> Result<Outcome> {
         print!("{}", compare(&read_report(ra)?, &read_report(rb)?));
         return Ok(Outcome::Success);
     }
-    let path = a.bundle.context("--bundle is required")?;
+    let path = a.bundle.clone().context("--bundle is required")?;
     // Checked before the run, written after it.
     let replace = if a.force {
         output::Replace::Any
