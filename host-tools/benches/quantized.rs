@@ -6,12 +6,15 @@
 //! latency of each form in tract (reflex's backend, 2 threads) and ONNX Runtime (2 threads), with
 //! the ratio to fp32: fp16, int8 in operator form (`int8-qop`, QLinearConv / QLinearMatMul: the
 //! file listed for tract) and int8 QDQ (`int8-qdq`: the file listed for TensorRT, run here on
-//! the CPU for comparison). Under `cargo test` (no `--bench`) it runs as a short smoke check.
+//! the CPU for comparison). reflex's own ONNX Runtime session (`reflex-ORT`, the library the
+//! runtime loads) runs each form too. Under `cargo test` (no `--bench`) it runs as a short smoke
+//! check.
 
 use reflex_models::bundle::write_bundle;
 use reflex_models::manifest::BackendKind;
 use reflex_models::Bundle;
 use reflex_runtime::infer::policy::{Policy, SinglePassPolicy};
+use reflex_runtime::infer::select::prepare_policy_read_only;
 use reflex_runtime::infer::tract::TractOptions;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -48,7 +51,27 @@ fn qdq_for_tract(int8: &Path, out: &Path) {
 
 fn tract_ms(dir: &Path, runs: usize) -> f64 {
     let bundle = Bundle::load(dir).expect("bundle");
-    let mut b = SinglePassPolicy::tract(&bundle, TractOptions { threads: 2 }).expect("tract");
+    let b = SinglePassPolicy::tract(&bundle, TractOptions { threads: 2 }).expect("tract");
+    policy_ms(Box::new(b), &bundle, runs)
+}
+
+/// reflex's ONNX Runtime session on the file listed for tract, or `None` with the reason printed.
+fn reflex_ort_ms(dir: &Path, runs: usize) -> Option<f64> {
+    let bundle = Bundle::load(dir).expect("bundle");
+    match prepare_policy_read_only(
+        &bundle,
+        BackendKind::Onnxruntime,
+        TractOptions { threads: 2 },
+    ) {
+        Ok(p) => Some(policy_ms(p, &bundle, runs)),
+        Err(e) => {
+            eprintln!("reflex onnxruntime: {e}");
+            None
+        }
+    }
+}
+
+fn policy_ms(mut b: Box<dyn Policy>, bundle: &Bundle, runs: usize) -> f64 {
     for i in 0..bundle.manifest.cameras.len() {
         for (k, v) in b.camera_input(i).iter_mut().enumerate() {
             *v = ((k % 251) as f32 / 251.0) - 0.5;
@@ -93,15 +116,15 @@ fn main() {
     let s = |p: &PathBuf| p.to_str().expect("utf8").to_string();
     println!("fp32 vs fp16 vs int8 (operator form, QDQ), 2 threads, median of {runs} runs");
     println!(
-        "{:<10} {:<9} {:>9} {:>8} {:>9} {:>8}",
-        "model", "form", "tract ms", "vs fp32", "ORT ms", "vs fp32"
+        "{:<10} {:<9} {:>9} {:>8} {:>9} {:>8} {:>11} {:>8}",
+        "model", "form", "tract ms", "vs fp32", "ORT ms", "vs fp32", "reflex-ORT", "vs fp32"
     );
     for arch in ["resnet18", "vit-s16"] {
         let fp32 = root.join(format!("{arch}-fp32"));
         if Bundle::load(&fp32).is_err() {
             tools(&["export", "--arch", arch, "--seed", "0", "--out", &s(&fp32)]);
         }
-        let (mut t0, mut o0) = (0.0, None);
+        let (mut t0, mut o0, mut r0) = (0.0, None, None);
         for form in ["fp32", "fp16", "int8-qop", "int8-qdq"] {
             let precision = form.split('-').next().unwrap_or(form);
             let bundle = root.join(format!("{arch}-{precision}"));
@@ -137,21 +160,25 @@ fn main() {
             };
             let t = tract_ms(&dir, runs);
             let o = ort_ms(&dir.join(file), runs);
+            let r = reflex_ort_ms(&dir, runs);
             if form == "fp32" {
-                (t0, o0) = (t, o);
+                (t0, o0, r0) = (t, o, r);
             }
-            let ratio_o = match (o, o0) {
-                (Some(o), Some(o0)) => format!("{:.2}", o / o0),
+            let ratio = |v: Option<f64>, v0: Option<f64>| match (v, v0) {
+                (Some(v), Some(v0)) => format!("{:.2}", v / v0),
                 _ => "n/a".into(),
             };
+            let ms = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "n/a".into());
             println!(
-                "{:<10} {:<9} {:>9.2} {:>8.2} {:>9} {:>8}",
+                "{:<10} {:<9} {:>9.2} {:>8.2} {:>9} {:>8} {:>11} {:>8}",
                 arch,
                 form,
                 t,
                 t / t0,
-                o.map(|o| format!("{o:.2}")).unwrap_or_else(|| "n/a".into()),
-                ratio_o
+                ms(o),
+                ratio(o, o0),
+                ms(r),
+                ratio(r, r0)
             );
         }
     }

@@ -649,6 +649,16 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
             ));
         }
     }
+    if let Some(t) = &a.parity_tolerance {
+        check_len(path, "action.parity_tolerance", t, ad)?;
+        if let Some(i) = (0..ad).find(|&i| t[i] < 0.0) {
+            return Err(BundleError::field(
+                path,
+                format!("action.parity_tolerance[{i}]"),
+                format!("{} must be >= 0 ({})", t[i], a.names[i]),
+            ));
+        }
+    }
     validate_can(m, path)?;
     Ok(())
 }
@@ -1418,15 +1428,25 @@ impl Bundle {
 }
 
 /// Files a bundle may hold besides its manifest and the files the manifest lists: what reflex
-/// writes into it (`reflex-tools quantize`'s report).
-pub const BUNDLE_ARTEFACTS: &[&str] = &[QUANTIZATION_REPORT_FILE];
+/// writes into it (`reflex-tools quantize`'s report, the CPU backend measured fastest by
+/// `reflex bench --backend all --record`).
+pub const BUNDLE_ARTEFACTS: &[&str] = &[QUANTIZATION_REPORT_FILE, BACKEND_PREFERENCE_FILE];
+
+/// Folders of a bundle whose whole content reflex writes on the board: `engines/` (TensorRT
+/// engines, their sidecars, timing caches and build logs; ONNX Runtime's optimized graphs in
+/// `engines/onnxruntime/`).
+pub const BUNDLE_ARTEFACT_DIRS: &[&str] = &["engines"];
+
+/// The measured CPU-backend record (`reflex_runtime::infer::preference`).
+pub const BACKEND_PREFERENCE_FILE: &str = "backend-preference.json";
 
 /// The accuracy report `reflex-tools quantize` writes into the bundles it makes.
 pub const QUANTIZATION_REPORT_FILE: &str = "quantization-report.json";
 
 /// Recognizes a folder reflex wrote as a bundle: a `policy.toml` that is TOML with an integer
 /// `format_version` (any version: an old bundle is still reflex's), and nothing but that
-/// manifest, the files it lists (`models[].file`, `can.file`) and [`BUNDLE_ARTEFACTS`]. A
+/// manifest, the files it lists (`models[].file`, `can.file`), [`BUNDLE_ARTEFACTS`] and
+/// [`BUNDLE_ARTEFACT_DIRS`]. A
 /// folder with anything else in it (a user's notes, another project) is not a bundle, so no
 /// command replaces it. Returns why not, for messages.
 pub fn is_bundle_dir(dir: &Path) -> Result<(), String> {
@@ -1466,6 +1486,9 @@ pub fn is_bundle_dir(dir: &Path) -> Result<(), String> {
         for e in entries.flatten() {
             let r = rel.join(e.file_name());
             let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+            if is_dir && BUNDLE_ARTEFACT_DIRS.iter().any(|d| r == Path::new(d)) {
+                continue;
+            }
             if is_dir && folders.contains(r.as_path()) {
                 stack.push(r);
             } else if is_dir || !listed.contains(&r) {

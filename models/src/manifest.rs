@@ -137,6 +137,10 @@ pub enum BackendKind {
     Tract,
     /// A TensorRT engine built from this ONNX on the board (not implemented yet in this build).
     Tensorrt,
+    /// ONNX Runtime on the CPU, when its library is on the board. It reads the same standard
+    /// ONNX as tract, so a file listed for tract serves it when none is listed for it
+    /// ([`Manifest::model_for`]).
+    Onnxruntime,
 }
 
 impl BackendKind {
@@ -144,6 +148,7 @@ impl BackendKind {
         match self {
             BackendKind::Tract => "tract",
             BackendKind::Tensorrt => "tensorrt",
+            BackendKind::Onnxruntime => "onnxruntime",
         }
     }
 }
@@ -835,6 +840,12 @@ pub struct ActionSpec {
     /// Hard limits. A bundle without them only runs with an explicit opt-out flag.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ActionLimits>,
+    /// Largest difference allowed between a backend and tract on the same inputs, per action
+    /// dimension in the action's unit (`reflex check --parity`). Absent: a default per model
+    /// precision, in normalized units times each dimension's normalization gain
+    /// (`reflex_runtime::infer::parity::default_tolerance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity_tolerance: Option<Vec<f32>>,
 }
 
 /// How commands are put on the CAN bus, and how joint feedback comes back.
@@ -1020,10 +1031,18 @@ impl Manifest {
     }
 
     /// The entry of `role` listed for `backend`: one file per backend per role (validation
-    /// refuses two).
+    /// refuses two). ONNX Runtime with no file of its own runs the one listed for tract: both
+    /// read standard ONNX (opset and operators of the ONNX spec), tract's fp32 and int8
+    /// operator-form (QLinearConv/QLinearMatMul) files included.
     pub fn model_for(&self, role: ModelRole, backend: BackendKind) -> Option<&ModelFile> {
-        self.models_with_role(role)
-            .find(|m| m.backends.contains(&backend))
+        let listed = |b: BackendKind| {
+            self.models_with_role(role)
+                .find(|m| m.backends.contains(&b))
+        };
+        listed(backend).or_else(|| match backend {
+            BackendKind::Onnxruntime => listed(BackendKind::Tract),
+            BackendKind::Tract | BackendKind::Tensorrt => None,
+        })
     }
 
     /// Every entry of `role`, in manifest order.

@@ -170,6 +170,7 @@ pub fn reference_manifest(arch: &PolicyArch, name: &str, capture: CaptureSpec) -
                 max,
                 max_rate: rate,
             }),
+            parity_tolerance: None,
         },
         can: CanSpec::default(),
         diffusion: None,

@@ -22,6 +22,7 @@ mod it {
     mod dbc_cantools;
     mod estop;
     mod notify;
+    mod onnxruntime_cli;
     mod overwrite;
     mod preprocess;
     mod record;

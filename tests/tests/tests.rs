@@ -1,6 +1,6 @@
 //! End-to-end tests across the crates, on the real reference network in tract: the pipeline from
-//! bundle to candump log, what tract allocates per inference, and the aarch64 board binary under
-//! qemu-user against the x86 build. (The QEMU tests are the
+//! bundle to candump log, what tract and ONNX Runtime allocate per inference, and the aarch64
+//! board binary under qemu-user against the x86 build. (The QEMU tests are the
 //! separate binary `qemu.rs`: they copy their own executable into the guest.)
 //!
 //! One integration test binary per crate (TESTING.md): every module under `it/` is a former
@@ -12,6 +12,7 @@
 static GLOBAL: reflex_testkit::counting::Counting = reflex_testkit::counting::Counting;
 
 mod it {
+    mod alloc_onnxruntime;
     mod alloc_tract;
     mod board;
     mod conformance;

@@ -291,6 +291,130 @@ pub fn to_fp16(m: &ModelProto) -> Result<(ModelProto, usize)> {
     Ok((m, converted))
 }
 
+/// Ops whose FLOAT inputs must stay FLOAT (`scales` of Resize/Upsample, ONNX operator spec):
+/// the fp16-typed rewrite refuses them rather than write an invalid graph.
+const FLOAT_ONLY_INPUTS: [&str; 2] = ["Resize", "Upsample"];
+
+/// The genuinely fp16-typed form of `m`, for TensorRT's strongly typed builds (TensorRT 10.12
+/// deprecated and 11 removed the precision flags: precision comes from the ONNX types). Every
+/// FLOAT initializer and `Constant`/`ConstantOfShape` value is stored FLOAT16 under its own name,
+/// every `Cast` to FLOAT inside becomes a Cast to FLOAT16, each FLOAT graph input `x` is cast to
+/// FLOAT16 (`x.fp16`) before its consumers, and each FLOAT output `y` is computed as `y.fp16` and
+/// cast back to FLOAT: graph I/O stays FLOAT (the manifest, preprocessing and the runtime do not
+/// change), weights and activations in between are FLOAT16. Shapes of intermediate values
+/// (`value_info`) are dropped, to be inferred again in FLOAT16. Returns it with the number of
+/// initializers converted.
+///
+/// Errors: a graph already quantized or half, a subgraph, or an op with a FLOAT-only input.
+pub fn to_fp16_typed(m: &ModelProto) -> Result<(ModelProto, usize)> {
+    let mut m = m.clone();
+    let g = graph_mut(&mut m)?;
+    check_plain_f32(g)?;
+    if let Some(n) = g
+        .node
+        .iter()
+        .find(|n| FLOAT_ONLY_INPUTS.contains(&n.op_type.as_str()))
+    {
+        bail!(
+            "node `{}` ({}) takes FLOAT scales; the fp16-typed form does not rewrite it",
+            n.name,
+            n.op_type
+        );
+    }
+    drop_initializer_inputs(g);
+    let mut names = Names::of(g);
+    let float = DataType::Float as i32;
+    let half = DataType::Float16 as i32;
+    let mut converted = 0;
+    for t in g.initializer.iter_mut() {
+        if t.data_type == float {
+            let data = floats(t)?;
+            *t = f16_tensor(&t.name.clone(), &t.dims, &data);
+            converted += 1;
+        }
+    }
+    for n in g.node.iter_mut() {
+        for a in n.attribute.iter_mut() {
+            match (n.op_type.as_str(), a.name.as_str()) {
+                ("Constant" | "ConstantOfShape", "value") => {
+                    if let Some(t) = a.t.as_mut().filter(|t| t.data_type == float) {
+                        let data = floats(t)?;
+                        *t = f16_tensor(&t.name.clone(), &t.dims, &data);
+                    }
+                }
+                ("Constant", "value_float" | "value_floats") => bail!(
+                    "node `{}`: Constant with `{}`; the fp16-typed form needs a tensor `value`",
+                    n.name,
+                    a.name
+                ),
+                ("Cast", "to") if a.i == DataType::Float as i64 => a.i = DataType::Float16 as i64,
+                _ => {}
+            }
+        }
+    }
+    let is_float = |v: &ValueInfoProto| elem_type(v) == Some(float);
+    // Inputs: cast at the boundary, consumers read the half copy.
+    let mut rename: HashMap<String, String> = HashMap::new();
+    let mut head = vec![];
+    for v in g.input.iter().filter(|v| is_float(v)) {
+        let h = names.fresh(&format!("{}.fp16", v.name));
+        let c = names.fresh(&format!("{}.cast_fp16", v.name));
+        head.push(node(
+            &c,
+            "Cast",
+            &[&v.name],
+            &h,
+            vec![int_attr("to", half as i64)],
+        ));
+        rename.insert(v.name.clone(), h);
+    }
+    for n in g.node.iter_mut() {
+        for i in n.input.iter_mut() {
+            if let Some(h) = rename.get(i) {
+                *i = h.clone();
+            }
+        }
+    }
+    // Outputs: computed in half under a new name, cast back to FLOAT under the output's name.
+    let mut tail = vec![];
+    for v in g.output.iter().filter(|v| is_float(v)) {
+        let h = names.fresh(&format!("{}.fp16", v.name));
+        let c = names.fresh(&format!("{}.cast_fp32", v.name));
+        for n in g.node.iter_mut() {
+            for x in n.input.iter_mut().chain(n.output.iter_mut()) {
+                if *x == v.name {
+                    *x = h.clone();
+                }
+            }
+        }
+        tail.push(node(
+            &c,
+            "Cast",
+            &[&h],
+            &v.name,
+            vec![int_attr("to", float as i64)],
+        ));
+    }
+    head.append(&mut g.node);
+    head.append(&mut tail);
+    g.node = head;
+    g.value_info.clear();
+    add_metadata(
+        &mut m,
+        "reflex.fp16",
+        "FLOAT16 weights and activations (strongly typed, for TensorRT); FLOAT graph inputs and \
+         outputs, cast at the boundary",
+    );
+    Ok((m, converted))
+}
+
+/// The element type of a tensor value's type, if it has one.
+fn elem_type(v: &ValueInfoProto) -> Option<i32> {
+    // tract's ONNX protobuf knows tensor types only.
+    let tract_onnx::pb::type_proto::Value::TensorType(t) = v.r#type.as_ref()?.value.as_ref()?;
+    Some(t.elem_type)
+}
+
 /// The node computing the policy's last layer: walking back from `output` through reshapes and
 /// a bias `Add`, the first Gemm, MatMul or Conv.
 pub fn last_layer(m: &ModelProto, output: &str) -> Result<Option<String>> {

@@ -7,8 +7,12 @@
 //! 2. the graph rewrite ([`graph`]):
 //!    - fp16: weights stored FLOAT16, each followed by a `Cast` to FLOAT; compute and I/O stay
 //!      f32. This is the form both tract and ONNX Runtime run (tract 0.23 cannot load a graph
-//!      computing in FLOAT16: see [`graph::to_fp16`]); the error is that of fp16 weights, and
-//!      TensorRT built with its fp16 flag computes in half anyway. tract does not fold casts
+//!      computing in FLOAT16: see [`graph::to_fp16`]); the error is that of fp16 weights.
+//!      When the source lists TensorRT, that form is listed for the CPU backends only, and
+//!      `policy.fp16.onnx`, genuinely FLOAT16-typed ([`graph::to_fp16_typed`]: FLOAT16 weights
+//!      and activations, FLOAT I/O cast at the boundary), is listed for TensorRT, whose strongly
+//!      typed builds take precision from the ONNX types (10.12 deprecated the fp16 flag, 11
+//!      removed it). tract does not fold casts
 //!      that would more than double a constant above 4 MiB, so it re-casts the large weights on
 //!      every run: slower than fp32 on tract (the report's latency says how much);
 //!    - int8: one plan and one calibration ([`ranges`]: minmax, percentile, entropy), two files.
@@ -22,15 +26,17 @@
 //!        QLinearMatMul (standard `ai.onnx` ops only; tract 0.23 loads no com.microsoft op) on
 //!        uint8 activations (zero point 128: the same grid), with each node's output scale from
 //!        calibration of that output, which tract and ONNX Runtime run with integer kernels;
-//! 3. the staged quantized bundle is loaded like the robot loads it, and both networks run as
-//!    the runtime's tract policy (`SinglePassPolicy` on the file listed for tract, so the
-//!    operator form for int8; for an encoder + denoiser bundle, fp16 only, both models are
-//!    converted and the whole `EncoderDenoiserPolicy` runs, with the same seeded noise) on the
-//!    held-out samples; errors are unnormalized to action units
-//!    ([`report`]), latencies measured in the same run;
-//! 4. the gate (`--max-error`): any dimension over its limit on tract, the only backend measured
-//!    here, drops tract; with no measured backend left the command fails and writes nothing.
-//!    `tensorrt` stays listed, marked as not measured (no TensorRT on this machine);
+//! 3. the staged quantized bundle is loaded like the robot loads it, and both networks run on
+//!    the CPU backend that will run the quantized bundle here (`--backend`, default `auto`: the
+//!    choice `reflex run --backend auto` makes for it, so ONNX Runtime when its library loads,
+//!    else tract; both run the file listed for tract, the operator form for int8) on the
+//!    held-out samples; errors are unnormalized to action units ([`report`]), latencies measured
+//!    in the same run. An encoder + denoiser bundle (fp16 only) has both models
+//!    converted and its whole `EncoderDenoiserPolicy` run on tract, with the same seeded noise;
+//! 4. the gate (`--max-error`): any dimension over its limit on the measured backend fails the
+//!    command, which then writes nothing. The other CPU backend and `tensorrt` stay listed,
+//!    marked as not measured (`--backend tract|onnxruntime` measures the other CPU backend; no
+//!    TensorRT on this machine);
 //! 5. the bundle (manifest with the new precision, sha256 and a provenance summary, the models,
 //!    `quantization-report.json`) is renamed into place only when everything succeeded.
 //!
@@ -86,7 +92,9 @@ use reflex_models::npy;
 use reflex_models::output::{self, Kind, OutDir, Replace};
 use reflex_models::Bundle;
 use reflex_runtime::infer::policy::{Policy, SinglePassPolicy};
-use reflex_runtime::infer::select::prepare_policy;
+use reflex_runtime::infer::select::{
+    decide, prepare_policy_read_only, BackendChoice, CPU_BACKENDS,
+};
 use reflex_runtime::infer::session::Session;
 use reflex_runtime::infer::tract::{TractOptions, TractSession};
 use reflex_runtime::progress::Progress;
@@ -181,9 +189,14 @@ pub struct QuantizeArgs {
     /// Timed runs per network for the latency comparison (median reported).
     #[arg(long, default_value_t = 20)]
     pub latency_runs: usize,
-    /// tract threads for evaluation and latency (default: all cores).
+    /// CPU threads for evaluation and latency (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The CPU backend the gate and the latency are measured on: auto (the one `reflex run
+    /// --backend auto` picks here for the quantized bundle: ONNX Runtime when its library loads,
+    /// else tract), tract or onnxruntime.
+    #[arg(long, default_value = "auto")]
+    pub backend: BackendChoice,
     /// Report file (JSON); a copy is always written into the bundle as quantization-report.json.
     /// A report this tool wrote is replaced; any other existing file only with --force.
     #[arg(long)]
@@ -311,13 +324,10 @@ struct Evaluation {
 
 fn evaluate(
     a: &mut dyn Policy,
-    quantized: &Bundle,
+    b: &mut dyn Policy,
     held: &[calib::Sample],
-    threads: usize,
     runs: usize,
 ) -> Result<Evaluation> {
-    let mut b = prepare_policy(quantized, BackendKind::Tract, TractOptions { threads })?;
-    let b = b.as_mut();
     let mut e = Evaluation {
         reference: vec![],
         candidate: vec![],
@@ -492,12 +502,17 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     }
     let model = &sources[0].1;
     let mut info: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+    // fp16 for TensorRT: the genuinely FLOAT16-typed form (strongly typed builds).
+    let mut fp16_typed = None;
     // The QDQ model (every backend's form for fp16; TensorRT's for int8) and, for int8, the
     // operator form tract runs.
     let (qmodel, qop_model, precision, method_desc, scheme) = match a.precision {
         Target::Fp16 => {
             let (q, n) = graph::to_fp16(model)?;
             info.insert("fp16_initializers".into(), n.into());
+            if m_in.models[pi].backends.contains(&BackendKind::Tensorrt) {
+                fp16_typed = Some(graph::to_fp16_typed(model)?.0);
+            }
             let scheme = "weights stored FLOAT16 with a Cast to FLOAT after each; compute and \
                           I/O in FLOAT";
             (
@@ -580,8 +595,47 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // The policy entries: one file for every backend (fp16), or for int8 the operator form for
     // tract and the QDQ form for TensorRT, each listed for its backend only.
     let src = &m_in.models[pi];
+    let stem = src.file.strip_suffix(".onnx").unwrap_or(&src.file);
     // (index of the fp32 entry it replaces, entry, bytes)
     let mut entries: Vec<(usize, ModelFile, Vec<u8>)> = match &qop_model {
+        // fp16 with TensorRT listed: the weights-only form for the CPU backends, the
+        // FLOAT16-typed form for TensorRT.
+        None if fp16_typed.is_some() => {
+            let cpu: Vec<BackendKind> = src
+                .backends
+                .iter()
+                .copied()
+                .filter(|b| *b != BackendKind::Tensorrt)
+                .collect();
+            let mut v = vec![];
+            if !cpu.is_empty() {
+                v.push((
+                    pi,
+                    ModelFile {
+                        precision,
+                        backends: cpu,
+                        // The weights are inlined (above).
+                        data_files: vec![],
+                        ..src.clone()
+                    },
+                    qbytes.clone(),
+                ));
+            }
+            if let Some(t) = &fp16_typed {
+                v.push((
+                    pi,
+                    ModelFile {
+                        file: format!("{stem}.fp16.onnx"),
+                        precision,
+                        backends: vec![BackendKind::Tensorrt],
+                        data_files: vec![],
+                        ..src.clone()
+                    },
+                    graph::encode(t),
+                ));
+            }
+            v
+        }
         None => vec![(
             pi,
             ModelFile {
@@ -592,7 +646,6 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             qbytes.clone(),
         )],
         Some(qop) => {
-            let stem = src.file.strip_suffix(".onnx").unwrap_or(&src.file);
             let mut v = vec![];
             for (bk, form, bytes) in [
                 (BackendKind::Tract, "qop", graph::encode(qop)),
@@ -656,7 +709,20 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         reflex_models::output::Replace::Ours,
     )?;
     let b_q = Bundle::load(&trial).context("the quantized bundle does not load")?;
-    // The file tract runs, hence the one measured below.
+    let threads = a.threads.unwrap_or_else(|| TractOptions::default().threads);
+    let topts = TractOptions { threads };
+    // The backend the quantized bundle will run on here: what `auto` picks for it (or the one
+    // asked for); the gate and the latency are measured on it.
+    let on = decide(&b_q, a.backend, topts)
+        .context("choosing the backend to measure the quantized model on")?
+        .backend;
+    ensure!(
+        CPU_BACKENDS.contains(&on),
+        "--backend {}: quantize measures on a CPU backend (tract, onnxruntime)",
+        on.as_str()
+    );
+    // The file listed for tract, which both CPU backends run, hence the one measured below
+    // (both files of an encoder + denoiser pair).
     let measured = if diffusion {
         converted.join(" + ")
     } else {
@@ -668,42 +734,59 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     };
     info.insert("measured_file".into(), measured.into());
 
-    let threads = a.threads.unwrap_or_else(|| TractOptions::default().threads);
-    let mut fp32_policy = prepare_policy(&b_in, BackendKind::Tract, TractOptions { threads })?;
+    // Both networks on the measured backend, nothing written next to either bundle.
+    let mut fp32_policy = prepare_policy_read_only(&b_in, on, topts)
+        .with_context(|| format!("the fp32 model on {}", on.as_str()))?;
+    let mut q_policy = prepare_policy_read_only(&b_q, on, topts)
+        .with_context(|| format!("the {} model on {}", precision.as_str(), on.as_str()))?;
     let ev = evaluate(
         fp32_policy.as_mut(),
-        &b_q,
+        q_policy.as_mut(),
         &samples.held_out,
-        threads,
         a.latency_runs.max(1),
     )?;
+    drop((fp32_policy, q_policy));
     let dims = report::action_errors(&ev.reference, &ev.candidate, &m_in.action, &limits);
     let failures = report::gate_failures(&dims);
     let (mut f_ms, mut q_ms) = (ev.fp32_ms.clone(), ev.quantized_ms.clone());
     let (fp32_median_ms, quantized_median_ms) =
         (report::median(&mut f_ms), report::median(&mut q_ms));
     let gated = limits.iter().any(Option::is_some);
-    // A backend whose result fails the gate is dropped from the model entry. tract is the only
-    // backend measured here, so a failure leaves no measured backend and the command fails
-    // below; TensorRT, not measured, stays listed with that said.
-    let tract_failed = !failures.is_empty();
+    // A backend whose result fails the gate is dropped from the model entry. One backend is
+    // measured here, so a failure leaves no measured backend and the command fails below; the
+    // others, not measured, stay listed with that said.
+    let failed = !failures.is_empty();
+    let measured_verdict = if failed {
+        "failed the gate: dropped"
+    } else if gated {
+        "passed the gate"
+    } else {
+        "measured, no gate (--max-error not given)"
+    };
     let mut backends = BTreeMap::new();
     let mut allowed = vec![];
     for &bk in &m_in.models[pi].backends {
         let verdict = match bk {
-            BackendKind::Tract if tract_failed => "failed the gate: dropped",
-            BackendKind::Tract if gated => "passed the gate",
-            BackendKind::Tract => "measured, no gate (--max-error not given)",
-            BackendKind::Tensorrt => {
-                "not measured here (no TensorRT on this machine): kept; validate on the board \
-                 before use"
-            }
+            _ if bk == on => measured_verdict.to_string(),
+            BackendKind::Tensorrt => "not measured here (no TensorRT on this machine): kept; \
+                                      validate on the board before use"
+                .to_string(),
+            BackendKind::Tract | BackendKind::Onnxruntime => format!(
+                "not measured here ({} measured the same file): kept; `reflex-tools quantize \
+                 --backend {}` measures it",
+                on.as_str(),
+                bk.as_str()
+            ),
         };
-        if bk != BackendKind::Tract || !tract_failed {
+        if bk != on || !failed {
             allowed.push(bk);
         }
-        backends.insert(bk.as_str().to_string(), verdict.to_string());
+        backends.insert(bk.as_str().to_string(), verdict);
     }
+    // ONNX Runtime runs the file listed for tract without being listed itself.
+    backends
+        .entry(on.as_str().to_string())
+        .or_insert_with(|| format!("{measured_verdict} (runs the file listed for tract)"));
     let rep = report::Report {
         tool: format!("reflex-tools {} quantize", env!("CARGO_PKG_VERSION")),
         input_bundle: b_in.dir.display().to_string(),
@@ -721,14 +804,14 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
             held_out_frames: samples.held_out.iter().map(|s| s.frame).collect(),
         },
         graph: info,
-        measured_on: "tract",
+        measured_on: on.as_str(),
         action_output: match m_in.action.output {
             ActionOutput::Single => "single".into(),
             ActionOutput::Chunk { horizon } => format!("chunk (horizon {horizon})"),
         },
         dims,
         latency: report::Latency {
-            backend: "tract",
+            backend: on.as_str(),
             threads,
             runs: ev.fp32_ms.len(),
             fp32_median_ms,
@@ -740,17 +823,18 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         backends,
     };
     print!("{}", rep.table());
-    if tract_failed {
+    if failed {
         bail!(
-            "{} quantization exceeds --max-error on tract, the only backend measured here \
-             ({}); nothing written to {}",
+            "{} quantization exceeds --max-error on {}, the backend measured here ({}); nothing \
+             written to {}",
             precision.as_str(),
+            on.as_str(),
             failures.join("; "),
             a.out.display()
         );
     }
 
-    // Final bundle: manifest with precision, backends, provenance; the report inside. A tract
+    // Final bundle: manifest with precision, backends, provenance; the report inside. A gate
     // failure returned above, so every entry keeps its backends.
     debug_assert!(entries
         .iter()
@@ -769,7 +853,7 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
         "held_out_frames".into(),
         toml::Value::Integer(samples.held_out.len() as i64),
     );
-    q.insert("measured_on".into(), s("tract"));
+    q.insert("measured_on".into(), s(on.as_str()));
     let mut max_err = toml::map::Map::new();
     for d in &rep.dims {
         max_err.insert(d.name.clone(), sig4(d.max_abs));
@@ -806,8 +890,9 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let rp = out.path().join(REPORT_FILE);
     std::fs::write(&rp, &json).with_context(|| format!("writing {}", rp.display()))?;
     if let Some(d) = &held_out_dir {
-        let mut single = SinglePassPolicy::tract(&b_in, TractOptions { threads })?;
-        write_held_out(&d.path(), &mut single, &samples.held_out)?;
+        // The graph inputs as the runtime's policy feeds them (tract's session names them).
+        let mut fp32_policy = SinglePassPolicy::tract(&b_in, topts)?;
+        write_held_out(&d.path(), &mut fp32_policy, &samples.held_out)?;
     }
     out.commit()?;
     if let Some(p) = &a.report {

@@ -289,6 +289,7 @@ mod tests {
                 convention: Default::default(),
             },
             limits: None,
+            parity_tolerance: None,
         }
     }
 

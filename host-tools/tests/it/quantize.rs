@@ -140,8 +140,11 @@ fn quantize(fp32: &Path, name: &str, extra: &[&str]) -> (PathBuf, PathBuf, Value
     let out = dir(name);
     let held = dir(&format!("{name}-held-out"));
     let report = dir(&format!("{name}-report.json"));
+    // Measured on tract: the errors are checked against `reflex-tools infer`, which runs tract.
     let mut args = vec![
         "quantize",
+        "--backend",
+        "tract",
         "--bundle",
         s(fp32),
         "--held-out",
@@ -311,11 +314,19 @@ fn assert_int8_forms(b: &Bundle) {
         (Precision::Int8, Precision::Int8)
     );
     assert_eq!(b.policy_path, b.dir.join("policy.qop.onnx"));
-    // The runtime picks tract on the file listed for it.
-    let (_, why) = select_backend(b, BackendChoice::Auto, TractOptions { threads: 1 })
-        .expect("tract selected");
+    // The runtime picks a CPU backend on the file listed for tract (ONNX Runtime, when its
+    // library loads, runs tract's file: the int8 operator form), and tract when asked.
+    let (p, why) = select_backend(b, BackendChoice::Auto, TractOptions { threads: 1 })
+        .expect("a CPU backend selected");
     let why = why.to_string();
-    assert!(why.starts_with("auto: tract"), "{why}");
+    assert!(
+        why.starts_with("auto: tract") || why.starts_with("auto: onnxruntime"),
+        "{why}"
+    );
+    drop(p);
+    let (_, why) = select_backend(b, BackendChoice::Tract, TractOptions { threads: 1 })
+        .expect("tract selected");
+    assert!(why.to_string().starts_with("tract"), "{why}");
     // Two policy files for one backend are ambiguous: validation names both.
     let mut twice = m.clone();
     for f in &mut twice.models {
@@ -506,6 +517,95 @@ fn fp16_bundle_passes_a_named_gate_and_matches_ort() {
     // Both compute in f32 on the same fp16-rounded weights.
     assert!(f(&ort["ort_quant_vs_tract_quant"]) < 1e-4, "{ort}");
     assert!(f(&ort["ort_quant_vs_ort_fp32"]) < 1e-2, "{ort}");
+    assert_fp16_typed_for_tensorrt(&b, resnet18(), &held, &tract_out);
+}
+
+/// The largest difference allowed between the FLOAT16-typed form in ONNX Runtime and the fp32
+/// model in ONNX Runtime, in normalized action units (the outputs are of order 1): half
+/// precision carries 11 significant bits (relative step 2^-11 = 4.9e-4) through every layer.
+const FP16_TYPED_TOLERANCE: f64 = 5e-2;
+
+/// The fp16 bundle's TensorRT entry is `policy.fp16.onnx`, genuinely FLOAT16-typed (every
+/// weight FLOAT16, FLOAT graph I/O, Casts only at the boundary), passes ONNX's full checker, runs
+/// in ONNX Runtime and matches the fp32 model there within [`FP16_TYPED_TOLERANCE`].
+fn assert_fp16_typed_for_tensorrt(b: &Bundle, fp32: &Path, held: &Path, tract_out: &Path) {
+    let m = &b.manifest;
+    let trt = m
+        .policy_model_for(BackendKind::Tensorrt)
+        .expect("tensorrt entry");
+    assert_eq!(
+        (trt.file.as_str(), trt.backends.as_slice(), trt.precision),
+        (
+            "policy.fp16.onnx",
+            [BackendKind::Tensorrt].as_slice(),
+            Precision::Fp16
+        )
+    );
+    let cpu = m.policy_model_for(BackendKind::Tract).expect("tract entry");
+    assert_eq!(cpu.file, "policy.onnx");
+    assert!(!cpu.backends.contains(&BackendKind::Tensorrt));
+    let bytes = std::fs::read(b.dir.join(&trt.file)).expect("model");
+    let model: tract_onnx::pb::ModelProto = prost::Message::decode(bytes.as_slice()).expect("onnx");
+    let g = model.graph.expect("graph");
+    const FLOAT: i32 = 1;
+    const FLOAT16: i32 = 10;
+    assert!(
+        g.initializer.iter().all(|t| t.data_type != FLOAT),
+        "no FLOAT weight left"
+    );
+    assert!(g.initializer.iter().any(|t| t.data_type == FLOAT16));
+    let elem =
+        |v: &tract_onnx::pb::ValueInfoProto| match v.r#type.as_ref().and_then(|t| t.value.as_ref())
+        {
+            Some(tract_onnx::pb::type_proto::Value::TensorType(t)) => t.elem_type,
+            None => 0,
+        };
+    assert!(g.input.iter().chain(&g.output).all(|v| elem(v) == FLOAT));
+    let boundary: Vec<&str> = g
+        .input
+        .iter()
+        .chain(&g.output)
+        .map(|v| v.name.as_str())
+        .collect();
+    let casts: Vec<_> = g.node.iter().filter(|n| n.op_type == "Cast").collect();
+    assert_eq!(
+        casts.len(),
+        boundary.len(),
+        "one Cast per graph input and output"
+    );
+    assert!(casts.iter().all(|n| n
+        .input
+        .iter()
+        .chain(&n.output)
+        .any(|x| boundary.contains(&x.as_str()))));
+    let Some(ort) = ort_check(
+        &fp32.join("policy.onnx"),
+        &b.dir.join(&trt.file),
+        held,
+        tract_out,
+    ) else {
+        return;
+    };
+    eprintln!(
+        "ONNX Runtime, FLOAT16-typed vs fp32, {}: {ort}",
+        fp32.display()
+    );
+    let err = f(&ort["ort_quant_vs_ort_fp32"]);
+    assert!(
+        err > 0.0 && err < FP16_TYPED_TOLERANCE,
+        "FLOAT16-typed form vs fp32 in ONNX Runtime: {err} (tolerance {FP16_TYPED_TOLERANCE}): {ort}"
+    );
+}
+
+/// ViT-S/16 in fp16: LayerNorm, Softmax, Erf and the attention MatMuls all in FLOAT16 in the
+/// TensorRT form.
+#[test]
+fn fp16_vit_s16_typed_form_matches_fp32_in_ort() {
+    let fp32 = reference("vit-s16");
+    let (out, held, r) = quantize(fp32, "vit-s16-fp16", &["--precision", "fp16"]);
+    let b = Bundle::load(&out).expect("fp16 ViT bundle loads");
+    let tract_out = check_report_against_infer(fp32, &out, &held, &r);
+    assert_fp16_typed_for_tensorrt(&b, fp32, &held, &tract_out);
 }
 
 #[test]
@@ -623,4 +723,102 @@ fn calibrates_from_a_recorded_episode_directory() {
         err.contains("has 90 frames") && err.contains("100 calibration + 16 held-out"),
         "{err}"
     );
+}
+
+/// The gate measures on the backend that will run the quantized bundle: with ONNX Runtime's
+/// library here, `auto` picks it for the int8 operator form, so the report's errors and latency
+/// are ONNX Runtime's. The errors are recomputed from ONNX Runtime's Python API on the saved
+/// held-out inputs (the fp32 file and the operator form), in action units.
+#[test]
+fn int8_gate_measures_on_onnx_runtime_when_it_will_run_the_bundle() {
+    if let Err(e) = reflex_runtime::infer::onnxruntime::library() {
+        assert!(
+            python::skipped(),
+            "{e}; REFLEX_SKIP_PY=1 skips this on machines without Python onnxruntime"
+        );
+        eprintln!("no ONNX Runtime library: skipped ({e})");
+        return;
+    }
+    let out = dir("ort-gate-int8");
+    let held = dir("ort-gate-int8-held-out");
+    let text = ok(&tools(&[
+        "quantize",
+        "--bundle",
+        s(resnet18()),
+        "--precision",
+        "int8",
+        "--calibration-frames",
+        "4",
+        "--held-out",
+        "2",
+        "--latency-runs",
+        "2",
+        "--threads",
+        "1",
+        "--save-held-out",
+        s(&held),
+        "--out",
+        s(&out),
+    ]));
+    assert!(text.contains("latency (onnxruntime"), "{text}");
+    let r = read_report(&out.join("quantization-report.json"));
+    assert_eq!(r["measured_on"], "onnxruntime", "{r}");
+    assert_eq!(r["latency"]["backend"], "onnxruntime", "{r}");
+    assert_eq!(
+        r["backends"]["onnxruntime"],
+        "measured, no gate (--max-error not given) (runs the file listed for tract)"
+    );
+    assert!(
+        r["backends"]["tract"].as_str().is_some_and(
+            |v| v.starts_with("not measured here (onnxruntime measured the same file)")
+        ),
+        "{r}"
+    );
+    let b = Bundle::load(&out).expect("int8 bundle loads");
+    assert_eq!(
+        b.manifest.provenance["quantization"]["measured_on"].as_str(),
+        Some("onnxruntime")
+    );
+    // ONNX Runtime's Python API on both files, every held-out sample, one call.
+    let fp32 = Bundle::load(resnet18()).expect("fp32");
+    let work = dir("ort-gate-int8-py");
+    let mut args: Vec<String> = vec![];
+    for i in 0..2 {
+        for (model, name) in [(&fp32.policy_path, "fp32"), (&b.policy_path, "int8")] {
+            if !args.is_empty() {
+                args.push("--and".into());
+            }
+            args.push(s(model).into());
+            for t in &fp32.io.inputs {
+                let npy = held.join(i.to_string()).join(format!("{}.npy", t.name));
+                args.push(format!("{}={}", t.name, s(&npy)));
+            }
+            args.push(s(&work.join(format!("{name}-{i}"))).into());
+        }
+    }
+    let Some(_) = python::reference("ort_run.py", &args, "numpy onnx onnxruntime") else {
+        return;
+    };
+    let output = &fp32.manifest.action.onnx_output;
+    let dim = fp32.manifest.action.names.len();
+    let mut max = vec![0f32; dim];
+    for i in 0..2 {
+        let read = |name: &str| {
+            let p = work
+                .join(format!("{name}-{i}"))
+                .join(format!("{output}.npy"));
+            unnormalize(&fp32, &read_npy(&p).expect("npy").data.to_f32())
+        };
+        for (k, (x, y)) in read("fp32").iter().zip(read("int8")).enumerate() {
+            max[k % dim] = max[k % dim].max((x - y).abs());
+        }
+    }
+    for (d, rd) in r["dims"].as_array().expect("dims").iter().enumerate() {
+        let (got, want) = (f(&rd["max_abs"]), max[d] as f64);
+        assert!(
+            (got - want).abs() <= 1e-5 + 1e-3 * want.abs(),
+            "{}: report {got}, ONNX Runtime (Python) {want}",
+            rd["name"]
+        );
+    }
 }

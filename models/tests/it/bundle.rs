@@ -464,6 +464,14 @@ fn a_bundle_is_recognized_and_replaced_only_as_allowed() {
     assert_eq!(again.policy_path, d.join("policy.onnx"));
     assert_eq!(Bundle::load(&d).expect("new").manifest.name, "second");
 
+    // What reflex writes on the board keeps it a bundle: engines/ (TensorRT engines, ONNX
+    // Runtime's optimized graphs) and the measured backend record.
+    std::fs::create_dir_all(d.join("engines/onnxruntime")).expect("mkdir");
+    std::fs::write(d.join("engines/onnxruntime/x.ort-1.32.0.abcd.onnx"), "g").expect("write");
+    std::fs::write(d.join("engines/policy.engine"), "e").expect("write");
+    std::fs::write(d.join("backend-preference.json"), "{}").expect("write");
+    is_bundle_dir(&d).expect("still a bundle");
+
     // A file the manifest does not list makes it someone else's folder: never replaced.
     std::fs::write(d.join("notes.txt"), "mine").expect("write");
     let why = is_bundle_dir(&d).expect_err("not a bundle any more");

@@ -604,6 +604,7 @@ mod tests {
             output: ActionOutput::Single,
             normalization: Normalization::Identity,
             limits: None,
+            parity_tolerance: None,
         };
         SafetyFilter::new(&spec, 10.0, true).unwrap()
     }

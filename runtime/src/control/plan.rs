@@ -418,6 +418,7 @@ mod tests {
             },
             normalization,
             limits: None,
+            parity_tolerance: None,
         }
     }
 

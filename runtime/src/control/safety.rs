@@ -403,6 +403,7 @@ mod tests {
             output: ActionOutput::Single,
             normalization: Normalization::Identity,
             limits,
+            parity_tolerance: None,
         }
     }
 

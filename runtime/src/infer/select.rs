@@ -7,10 +7,18 @@
 //! the reason for every one it passed over, and returns the chosen one with its reason
 //! ([`Selection`]); `reflex check` prints every backend's verdict ([`survey`]).
 //!
-//! Only tract (CPU) is compiled into this build. TensorRT needs the NVIDIA libraries of a Jetson
-//! or a GPU workstation; its check says plainly that it is not compiled in, and `auto` falls
-//! back to tract. A new backend adds its kind to [`PREFERENCE`], an arm to [`availability`] and
-//! one to [`prepare_policy`].
+//! tract (CPU) is always compiled in. ONNX Runtime (CPU) is with the cargo feature
+//! `onnxruntime` (default), available when its library loads (`infer::onnxruntime::library`).
+//! TensorRT (cargo feature `tensorrt`) needs the NVIDIA libraries of a Jetson or a GPU
+//! workstation and an engine built for the bundle; its check ([`crate::infer::tensorrt::probe`])
+//! names the first failing condition. A new backend adds its kind to [`PREFERENCE`], an arm to
+//! [`availability`] and one to [`prepare_policy`].
+//!
+//! Between the CPU backends `auto` takes the one measured faster on this board for this model
+//! when `reflex bench --model-only --backend all --record` has recorded it
+//! ([`crate::infer::preference`]); without a record, ONNX Runtime before tract (the order of
+//! [`PREFERENCE`]: measured 2.4x faster on the reference ResNet-18 on an x86 CPU, see
+//! docs/benchmarks.md), and the selection says it used that default.
 
 use crate::infer::diffusion::{EncoderDenoiserPolicy, SeededNoise};
 use crate::infer::policy::{Policy, PolicyError, PolicyKind, SinglePassPolicy};
@@ -21,20 +29,30 @@ use crate::infer::tract::{TractOptions, TractSession};
 use reflex_models::manifest::{BackendKind, ModelRole};
 use reflex_models::Bundle;
 
-/// The order `auto` tries backends in: the GPU engine first, the CPU fallback last.
-pub const PREFERENCE: [BackendKind; 2] = [BackendKind::Tensorrt, BackendKind::Tract];
+/// The order `auto` tries backends in without a measured record: the GPU engine first, then
+/// ONNX Runtime, the CPU fallback last.
+pub const PREFERENCE: [BackendKind; 3] = [
+    BackendKind::Tensorrt,
+    BackendKind::Onnxruntime,
+    BackendKind::Tract,
+];
 
-/// Which backend the user asked for (`--backend auto|tract|tensorrt`).
+pub use crate::infer::preference::CPU_BACKENDS;
+
+/// Which backend the user asked for (`--backend auto|tract|onnxruntime|tensorrt`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendChoice {
     Auto,
     Tract,
     Tensorrt,
+    Onnxruntime,
+    /// Every available backend, one after the other: `reflex bench --model-only` only.
+    All,
 }
 
 /// A `--backend` value that names no backend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown backend `{0}` (auto, tract, tensorrt)")]
+#[error("unknown backend `{0}` (auto, tract, onnxruntime, tensorrt, all)")]
 pub struct UnknownBackend(pub String);
 
 impl std::str::FromStr for BackendChoice {
@@ -44,6 +62,8 @@ impl std::str::FromStr for BackendChoice {
             "auto" => Ok(BackendChoice::Auto),
             "tract" => Ok(BackendChoice::Tract),
             "tensorrt" | "trt" => Ok(BackendChoice::Tensorrt),
+            "onnxruntime" | "ort" => Ok(BackendChoice::Onnxruntime),
+            "all" => Ok(BackendChoice::All),
             other => Err(UnknownBackend(other.to_string())),
         }
     }
@@ -67,6 +87,9 @@ pub enum Unavailable {
     /// No engine built for this bundle, or one built for another library version or board.
     #[error("no usable engine: {detail}")]
     NoEngine { detail: String },
+    /// The backend does not run this kind of policy in this version.
+    #[error("{what}")]
+    PolicyKind { what: &'static str },
 }
 
 /// One backend's verdict for a bundle on this machine: how it would run, or why not.
@@ -115,6 +138,15 @@ pub fn availability_on(
             Ok(ready) => Probe::how(&ready),
             Err(blocker) => return Err(tensorrt_unavailable(blocker)),
         },
+        BackendKind::Onnxruntime
+            if PolicyKind::of(&bundle.manifest) == PolicyKind::EncoderDenoiser =>
+        {
+            return Err(Unavailable::PolicyKind {
+                what: "ONNX Runtime sessions for an encoder + denoiser bundle (Diffusion Policy) \
+                       are not wired by this version; tract runs it",
+            })
+        }
+        BackendKind::Onnxruntime => onnxruntime_availability(tract)?,
     };
     let m = &bundle.manifest;
     for &role in roles(bundle) {
@@ -156,6 +188,32 @@ fn tensorrt_unavailable(b: Blocker) -> Unavailable {
     }
 }
 
+/// ONNX Runtime's library (found and loaded once per process), or why it is not here.
+#[cfg(feature = "onnxruntime")]
+fn onnxruntime_availability(tract: TractOptions) -> Result<String, Unavailable> {
+    match crate::infer::onnxruntime::library() {
+        Ok(lib) => Ok(format!(
+            "onnxruntime {} on {} thread(s) (C API {}, {} {})",
+            lib.version,
+            tract.threads,
+            lib.api_version,
+            lib.path.display(),
+            lib.source
+        )),
+        Err(e) => Err(Unavailable::LibraryMissing {
+            library: "libonnxruntime".into(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+#[cfg(not(feature = "onnxruntime"))]
+fn onnxruntime_availability(_: TractOptions) -> Result<String, Unavailable> {
+    Err(Unavailable::NotCompiledIn {
+        hint: "built without the `onnxruntime` cargo feature",
+    })
+}
+
 /// Every backend's verdict, in order of preference: what `reflex check` prints.
 pub fn survey(bundle: &Bundle, tract: TractOptions) -> Vec<BackendStatus> {
     PREFERENCE
@@ -168,7 +226,7 @@ pub fn survey(bundle: &Bundle, tract: TractOptions) -> Vec<BackendStatus> {
 }
 
 /// The backend chosen, why, and why each one tried before it was passed over.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
     pub choice: BackendChoice,
     pub backend: BackendKind,
@@ -176,6 +234,35 @@ pub struct Selection {
     pub how: String,
     /// Backends preferred over it that cannot run here, with the reason, in order tried.
     pub passed_over: Vec<(BackendKind, Unavailable)>,
+    /// Among the available CPU backends, how `auto` ordered them: a measured record for this
+    /// board and model, or the documented default. `None` for an explicit choice.
+    pub cpu_order: Option<CpuOrder>,
+}
+
+/// How `auto` ordered the CPU backends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CpuOrder {
+    /// No record for this board and model: [`PREFERENCE`]'s order.
+    Default,
+    /// The record `reflex bench --backend all --record` wrote: the winner and its median.
+    Measured { winner: BackendKind, median_ms: f64 },
+}
+
+impl std::fmt::Display for CpuOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CpuOrder::Default => write!(
+                f,
+                "CPU backends in the default order onnxruntime, tract: no measured record for \
+                 this board and model (reflex bench --model-only --backend all --record)"
+            ),
+            CpuOrder::Measured { winner, median_ms } => write!(
+                f,
+                "{} measured fastest on this board for this model ({median_ms:.2} ms median)",
+                winner.as_str()
+            ),
+        }
+    }
 }
 
 impl std::fmt::Display for Selection {
@@ -186,12 +273,17 @@ impl std::fmt::Display for Selection {
             return write!(f, "{}, as asked", self.how);
         }
         write!(f, "auto: {}", self.how)?;
-        if !self.passed_over.is_empty() {
-            let why: Vec<String> = self
-                .passed_over
-                .iter()
-                .map(|(b, u)| format!("{}: {u}", b.as_str()))
-                .collect();
+        let mut why: Vec<String> = self
+            .passed_over
+            .iter()
+            .map(|(b, u)| format!("{}: {u}", b.as_str()))
+            .collect();
+        if let Some(order) = &self.cpu_order {
+            if CPU_BACKENDS.contains(&self.backend) {
+                why.push(order.to_string());
+            }
+        }
+        if !why.is_empty() {
             write!(f, " ({})", why.join("; "))?;
         }
         Ok(())
@@ -212,6 +304,9 @@ pub enum SelectError {
     NoneAvailable {
         passed_over: Vec<(BackendKind, Unavailable)>,
     },
+    /// `--backend all` outside `reflex bench --model-only`.
+    #[error("--backend all times every backend and is for `reflex bench --model-only`; choose one backend (auto, tract, onnxruntime, tensorrt)")]
+    AllNotHere,
     #[error(transparent)]
     Policy(#[from] PolicyError),
 }
@@ -225,8 +320,10 @@ fn list(v: &[(BackendKind, Unavailable)]) -> String {
 
 /// Chooses a backend for `bundle` without preparing anything.
 ///
-/// `auto` takes the first available backend of [`PREFERENCE`]; an explicit choice is that backend
-/// or an error with its reason.
+/// `auto` takes the first available backend of [`PREFERENCE`], except that the CPU backends are
+/// tried fastest first when this board has a measured record for the bundle's model
+/// ([`crate::infer::preference::measured_winner`]); an explicit choice is that backend or an
+/// error with its reason.
 pub fn decide(
     bundle: &Bundle,
     choice: BackendChoice,
@@ -242,10 +339,27 @@ pub fn decide_on(
     tract: TractOptions,
     trt: &dyn Platform,
 ) -> Result<Selection, SelectError> {
+    let order = match crate::infer::preference::measured_winner(bundle, tract.threads) {
+        Some((winner, median_ms)) => CpuOrder::Measured { winner, median_ms },
+        None => CpuOrder::Default,
+    };
+    decide_with(bundle, choice, tract, order, trt)
+}
+
+/// [`decide_on`] with the CPU order given (tests give a measured one without writing a record).
+pub fn decide_with(
+    bundle: &Bundle,
+    choice: BackendChoice,
+    tract: TractOptions,
+    order: CpuOrder,
+    trt: &dyn Platform,
+) -> Result<Selection, SelectError> {
     let explicit = match choice {
+        BackendChoice::All => return Err(SelectError::AllNotHere),
         BackendChoice::Auto => None,
         BackendChoice::Tract => Some(BackendKind::Tract),
         BackendChoice::Tensorrt => Some(BackendKind::Tensorrt),
+        BackendChoice::Onnxruntime => Some(BackendKind::Onnxruntime),
     };
     if let Some(backend) = explicit {
         return match availability_on(bundle, backend, tract, trt) {
@@ -254,12 +368,28 @@ pub fn decide_on(
                 backend,
                 how,
                 passed_over: vec![],
+                cpu_order: None,
             }),
             Err(reason) => Err(SelectError::Unavailable { backend, reason }),
         };
     }
+    let mut preference = PREFERENCE.to_vec();
+    if let CpuOrder::Measured { winner, .. } = order {
+        // The measured winner goes first among the CPU backends, which keep their places.
+        let slots: Vec<usize> = (0..preference.len())
+            .filter(|&i| CPU_BACKENDS.contains(&preference[i]))
+            .collect();
+        let mut cpu: Vec<BackendKind> = slots.iter().map(|&i| preference[i]).collect();
+        if let Some(w) = cpu.iter().position(|&b| b == winner) {
+            let w = cpu.remove(w);
+            cpu.insert(0, w);
+        }
+        for (&i, b) in slots.iter().zip(cpu) {
+            preference[i] = b;
+        }
+    }
     let mut passed_over = vec![];
-    for &backend in &PREFERENCE {
+    for backend in preference {
         match availability_on(bundle, backend, tract, trt) {
             Ok(how) => {
                 return Ok(Selection {
@@ -267,6 +397,7 @@ pub fn decide_on(
                     backend,
                     how,
                     passed_over,
+                    cpu_order: Some(order),
                 })
             }
             Err(reason) => passed_over.push((backend, reason)),
@@ -274,6 +405,9 @@ pub fn decide_on(
     }
     Err(SelectError::NoneAvailable { passed_over })
 }
+
+/// Where ONNX Runtime's optimized graphs are kept, relative to the bundle directory.
+pub const ORT_CACHE_DIR: &str = "engines/onnxruntime";
 
 /// Prepares the bundle's policy on `backend` (which [`availability`] accepted).
 pub fn prepare_policy(
@@ -284,6 +418,16 @@ pub fn prepare_policy(
     prepare_policy_on(bundle, backend, tract, &ThisMachine)
 }
 
+/// [`prepare_policy`] writing nothing next to the bundle (ONNX Runtime optimizes the graph at
+/// every start instead of keeping it in [`ORT_CACHE_DIR`]): for tools reading a user's bundle.
+pub fn prepare_policy_read_only(
+    bundle: &Bundle,
+    backend: BackendKind,
+    tract: TractOptions,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    prepare(bundle, backend, tract, &ThisMachine, false)
+}
+
 /// [`prepare_policy`] with TensorRT's shim, library and device from `trt`.
 pub fn prepare_policy_on(
     bundle: &Bundle,
@@ -291,6 +435,18 @@ pub fn prepare_policy_on(
     tract: TractOptions,
     trt: &dyn Platform,
 ) -> Result<Box<dyn Policy>, PolicyError> {
+    prepare(bundle, backend, tract, trt, true)
+}
+
+fn prepare(
+    bundle: &Bundle,
+    backend: BackendKind,
+    tract: TractOptions,
+    trt: &dyn Platform,
+    keep_optimized: bool,
+) -> Result<Box<dyn Policy>, PolicyError> {
+    #[cfg(not(feature = "onnxruntime"))]
+    let _ = keep_optimized;
     if PolicyKind::of(&bundle.manifest) == PolicyKind::EncoderDenoiser {
         let seed = bundle.manifest.diffusion.as_ref().map_or(0, |d| d.seed);
         return match backend {
@@ -301,6 +457,9 @@ pub fn prepare_policy_on(
             )?)),
             BackendKind::Tensorrt => Err(PolicyError::Unsupported {
                 what: "an encoder + denoiser policy (Diffusion Policy) on TensorRT",
+            }),
+            BackendKind::Onnxruntime => Err(PolicyError::Unsupported {
+                what: "an encoder + denoiser policy (Diffusion Policy) on ONNX Runtime",
             }),
         };
     }
@@ -328,6 +487,35 @@ pub fn prepare_policy_on(
                 &path,
             )?))
         }
+        #[cfg(feature = "onnxruntime")]
+        BackendKind::Onnxruntime => {
+            use crate::infer::onnxruntime::{OptimizedCache, OrtOptions, OrtSession};
+            // The optimized graph is kept next to TensorRT's engines, keyed by the model's
+            // sha256 (a read-only bundle is optimized at every start, with a warning).
+            let opts = OrtOptions {
+                threads: tract.threads,
+                cache: keep_optimized.then(|| OptimizedCache {
+                    dir: bundle.dir.join(ORT_CACHE_DIR),
+                    model_sha256: file.sha256.clone(),
+                }),
+            };
+            let session = OrtSession::prepare(&path, opts)?;
+            log::info!(
+                "onnxruntime: prepared {} in {:.0} ms (optimized graph: {:?})",
+                path.display(),
+                session.prepare_ms,
+                session.cache
+            );
+            Ok(Box::new(SinglePassPolicy::new(
+                session,
+                &bundle.manifest,
+                &path,
+            )?))
+        }
+        #[cfg(not(feature = "onnxruntime"))]
+        BackendKind::Onnxruntime => Err(PolicyError::Unsupported {
+            what: "ONNX Runtime (built without the `onnxruntime` feature)",
+        }),
     }
 }
 
@@ -384,7 +572,12 @@ mod tests {
     #[test]
     fn auto_passes_over_tensorrt_with_its_reason_and_picks_tract() {
         let b = bundle(vec![BackendKind::Tract, BackendKind::Tensorrt]);
-        let s = decide(&b, BackendChoice::Auto, TWO).expect("tract");
+        // tract measured fastest, so ONNX Runtime (if its library is here) comes after it.
+        let measured = CpuOrder::Measured {
+            winner: BackendKind::Tract,
+            median_ms: 1.0,
+        };
+        let s = decide_with(&b, BackendChoice::Auto, TWO, measured, &ThisMachine).expect("tract");
         assert_eq!(s.backend, BackendKind::Tract);
         assert_eq!(s.passed_over.len(), 1);
         assert_eq!(s.passed_over[0].0, BackendKind::Tensorrt);
@@ -439,7 +632,7 @@ mod tests {
         let e = "cuda".parse::<BackendChoice>().expect_err("unknown");
         assert_eq!(
             e.to_string(),
-            "unknown backend `cuda` (auto, tract, tensorrt)"
+            "unknown backend `cuda` (auto, tract, onnxruntime, tensorrt, all)"
         );
     }
 
@@ -453,10 +646,55 @@ mod tests {
                 BackendKind::Tensorrt,
                 Unavailable::NotCompiledIn { hint: "x" },
             )],
+            cpu_order: None,
         };
         assert_eq!(
             s.to_string(),
             "auto: tract on 2 thread(s) (tensorrt: support is not compiled into this build (x))"
         );
+    }
+
+    #[test]
+    fn auto_orders_the_cpu_backends_by_the_measured_record_else_the_default() {
+        let b = bundle(vec![BackendKind::Tract]);
+        let ort = availability(&b, BackendKind::Onnxruntime, TWO);
+        let onnx_first = CpuOrder::Measured {
+            winner: BackendKind::Onnxruntime,
+            median_ms: 2.5,
+        };
+        for order in [CpuOrder::Default, onnx_first] {
+            let s = decide_with(&b, BackendChoice::Auto, TWO, order.clone(), &ThisMachine)
+                .expect("a CPU backend");
+            match &ort {
+                // ONNX Runtime runs the file listed for tract.
+                Ok(how) => {
+                    assert_eq!(s.backend, BackendKind::Onnxruntime);
+                    assert_eq!(&s.how, how);
+                    assert!(s.to_string().contains(&order.to_string()), "{s}");
+                }
+                Err(why) => {
+                    assert_eq!(s.backend, BackendKind::Tract);
+                    assert!(
+                        s.passed_over
+                            .contains(&(BackendKind::Onnxruntime, why.clone())),
+                        "{s}"
+                    );
+                }
+            }
+        }
+        let tract_first = CpuOrder::Measured {
+            winner: BackendKind::Tract,
+            median_ms: 9.0,
+        };
+        let s =
+            decide_with(&b, BackendChoice::Auto, TWO, tract_first, &ThisMachine).expect("tract");
+        assert_eq!(s.backend, BackendKind::Tract);
+        assert!(
+            s.to_string()
+                .ends_with("tract measured fastest on this board for this model (9.00 ms median))"),
+            "{s}"
+        );
+        let e = decide(&b, BackendChoice::All, TWO).expect_err("all is for bench");
+        assert!(e.to_string().contains("reflex bench --model-only"), "{e}");
     }
 }

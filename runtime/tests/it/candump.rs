@@ -25,6 +25,7 @@ fn safe_commands_reach_the_log_intact() {
             max: vec![1.5, 2.0, 0.08],
             max_rate: vec![1.0, 2.0, 0.1],
         }),
+        parity_tolerance: None,
     };
     let rate_hz = 50.0;
     let mut filter = SafetyFilter::new(&spec, rate_hz, false).unwrap();

@@ -7,7 +7,9 @@ use reflex_models::manifest::BackendKind;
 use reflex_models::reference::default_capture;
 use reflex_models::Bundle;
 use reflex_runtime::bench::measure::{measure_model, BenchOptions};
-use reflex_runtime::infer::select::{decide_on, prepare_policy_on, BackendChoice, SelectError};
+use reflex_runtime::infer::select::{
+    decide_on, decide_with, prepare_policy_on, BackendChoice, CpuOrder, SelectError,
+};
 use reflex_runtime::infer::tensorrt::builder::{build_engine, BuildOptions};
 use reflex_runtime::infer::tensorrt::cuda::{CudaError, GpuInfo};
 use reflex_runtime::infer::tensorrt::engine::{EngineMismatch, EngineSidecar};
@@ -46,9 +48,22 @@ fn blocker(b: &Bundle, p: &Stand) -> Blocker {
     }
 }
 
-/// `auto` falls back to tract, and the reason it gives is `expected` (verbatim).
+/// `auto` falls back to tract, and the reason it gives is `expected` (verbatim). (tract is
+/// given as the measured CPU winner, so that ONNX Runtime, when its library is here, does not
+/// take the fallback's place.)
 fn falls_back_with(b: &Bundle, p: &Stand, expected: &str) {
-    let s = decide_on(b, BackendChoice::Auto, TractOptions { threads: 1 }, p).expect("tract");
+    let tract_first = CpuOrder::Measured {
+        winner: BackendKind::Tract,
+        median_ms: 1.0,
+    };
+    let s = decide_with(
+        b,
+        BackendChoice::Auto,
+        TractOptions { threads: 1 },
+        tract_first,
+        p,
+    )
+    .expect("tract");
     assert_eq!(s.backend, BackendKind::Tract);
     assert_eq!(s.passed_over.len(), 1, "{s}");
     assert_eq!(s.passed_over[0].0, BackendKind::Tensorrt);

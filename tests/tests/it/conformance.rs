@@ -1,5 +1,6 @@
-//! The backend conformance suite (`reflex_testkit::conformance`) run for tract: the reference
-//! ResNet-18 and ViT-S/16 bundles and a tiny one, outputs against ONNX Runtime.
+//! The backend conformance suite (`reflex_testkit::conformance`) run for tract, for reflex's
+//! ONNX Runtime session and for the TensorRT session on the stand-in shim: the reference ResNet-18 and ViT-S/16 bundles and a tiny one, outputs
+//! against ONNX Runtime's Python API.
 
 use reflex_models::manifest::BackendKind;
 use reflex_runtime::infer::select::prepare_policy;
@@ -61,6 +62,40 @@ fn tensorrt_session_on_the_stand_in_shim_conforms_to_onnx_runtime() {
     assert_eq!(reports.len(), 3);
 }
 
+/// reflex's ONNX Runtime session (the library of the pip-installed `onnxruntime`, found as
+/// `reflex` finds it) against ONNX Runtime's Python API, on the file listed for tract. Without
+/// the library this fails (CI has it), unless REFLEX_SKIP_PY=1 (or REFLEX_SKIP_ORT=1).
+#[test]
+fn onnxruntime_session_conforms_to_onnx_runtime() {
+    use reflex_runtime::infer::onnxruntime::library;
+    let lib = match library() {
+        Ok(lib) => lib,
+        Err(e) if ort_skipped() => {
+            eprintln!("Python references skipped: ONNX Runtime session not checked ({e})");
+            return;
+        }
+        Err(e) => panic!("{e}; REFLEX_SKIP_PY=1 skips this on machines without Python onnxruntime"),
+    };
+    println!("{lib}");
+    let work = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("conformance-onnxruntime");
+    let mut prepare = |b: &reflex_models::Bundle| {
+        prepare_policy(b, BackendKind::Onnxruntime, TractOptions { threads: 2 })
+    };
+    let reports = check_backend(
+        BackendKind::Onnxruntime,
+        &mut prepare,
+        Tolerance::FP32_CPU,
+        &work,
+    );
+    for r in &reports {
+        println!(
+            "onnxruntime {}: vs ONNX Runtime (Python) {:?} (relative), repeat {:.1e}",
+            r.case, r.vs_reference, r.repeat
+        );
+    }
+    assert_eq!(reports.len(), 3);
+}
+
 /// A backend whose output is off by 1e-2 in one value: the suite must refuse it.
 struct Off(Box<dyn reflex_runtime::infer::policy::Policy>, Vec<f32>);
 
@@ -102,4 +137,10 @@ fn the_suite_fails_a_backend_that_is_off() {
     let e = r.expect_err("a backend off by 1e-2 must fail the suite");
     let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("and ONNX Runtime differ"), "{msg}");
+}
+
+/// The ONNX Runtime library comes from the pip-installed `onnxruntime` (or
+/// `REFLEX_ONNXRUNTIME_LIB`): a machine that skips the Python references may lack it.
+fn ort_skipped() -> bool {
+    reflex_testkit::python::skipped() || std::env::var("REFLEX_SKIP_ORT").as_deref() == Ok("1")
 }

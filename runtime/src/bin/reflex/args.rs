@@ -17,10 +17,12 @@ pub struct BundleArg {
 /// `--backend` and `--threads`.
 #[derive(Args, Debug, Clone)]
 pub struct BackendArgs {
-    /// Inference backend: auto (TensorRT if available, else tract), tract, tensorrt.
+    /// Inference backend: auto (TensorRT if usable, else the CPU backend measured faster here
+    /// by `reflex bench --model-only --backend all --record`, else ONNX Runtime if its library
+    /// loads, else tract), tract, onnxruntime, tensorrt; `all` for `bench --model-only`.
     #[arg(long, default_value = "auto")]
     pub backend: BackendChoice,
-    /// CPU threads for tract (default: all cores).
+    /// CPU threads for tract and ONNX Runtime (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
 }

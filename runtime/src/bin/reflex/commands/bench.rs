@@ -12,7 +12,8 @@ use reflex_runtime::bench::measure::{
 };
 use reflex_runtime::bench::{self, compare};
 use reflex_runtime::control::plan::feed_check;
-use reflex_runtime::infer::select::select_backend;
+use reflex_runtime::infer::preference;
+use reflex_runtime::infer::select::{prepare_policy, select_backend, survey, BackendChoice};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -41,8 +42,13 @@ pub struct Args {
     /// Time the network alone on fixed inputs. With TensorRT the engine's own GPU time (CUDA
     /// events around each enqueue) is reported apart as `gpu_compute`, comparable to trtexec's
     /// "GPU Compute Time"; the engine's placement (GPU or DLA core) is in the backend line.
+    /// With `--backend all`: every available backend in turn, then their ratios.
     #[arg(long)]
     model_only: bool,
+    /// With `--model-only --backend all`: record the faster CPU backend for this board and model
+    /// next to the bundle (backend-preference.json), so `--backend auto` uses it.
+    #[arg(long, requires = "model_only")]
+    record: bool,
     /// Control rate override, Hz.
     #[arg(long)]
     rate: Option<f64>,
@@ -66,7 +72,7 @@ pub fn run(a: Args) -> Result<Outcome> {
         print!("{}", compare(&read_report(ra)?, &read_report(rb)?));
         return Ok(Outcome::Success);
     }
-    let path = a.bundle.context("--bundle is required")?;
+    let path = a.bundle.clone().context("--bundle is required")?;
     // Checked before the run, written after it.
     let replace = if a.force {
         output::Replace::Any
@@ -77,13 +83,20 @@ pub fn run(a: Args) -> Result<Outcome> {
     output::check_file(&a.svg, replace, &bench::SVG_KIND)?;
     let bundle = load_bundle(&path)?;
     let m = &bundle.manifest;
-    let (mut backend, reason) = select_backend(&bundle, a.backend.backend, a.backend.tract())?;
     let opts = BenchOptions {
         rate_hz: a.rate.unwrap_or(m.control.rate_hz),
         warmup: a.warmup,
         iterations: a.iterations,
         duration_s: a.duration,
     };
+    if a.backend.backend == BackendChoice::All {
+        return all_backends(&a, &bundle, &opts, replace);
+    }
+    anyhow::ensure!(
+        !a.record,
+        "--record needs --backend all (it records the faster of the backends measured)"
+    );
+    let (mut backend, reason) = select_backend(&bundle, a.backend.backend, a.backend.tract())?;
     let setup = BenchSetup {
         backend: backend.name().to_string(),
         backend_reason: reason.to_string(),
@@ -132,6 +145,97 @@ pub fn run(a: Args) -> Result<Outcome> {
     output::write_file(&a.svg, report.svg().as_bytes(), replace, &bench::SVG_KIND)?;
     println!("wrote {} and {}", a.json.display(), a.svg.display());
     Ok(if report.verdict.pass {
+        Outcome::Success
+    } else {
+        Outcome::VerdictFail
+    })
+}
+
+/// `--model-only --backend all`: each available backend in turn on the same fixed inputs, its
+/// table, then the medians as ratios to the fastest; the fastest's report goes to --json/--svg;
+/// with --record, the faster CPU backend is recorded for this board and model.
+fn all_backends(
+    a: &Args,
+    bundle: &reflex_models::Bundle,
+    opts: &BenchOptions,
+    replace: output::Replace,
+) -> Result<Outcome> {
+    anyhow::ensure!(
+        a.model_only,
+        "--backend all times the network alone: add --model-only"
+    );
+    let m = &bundle.manifest;
+    let tract = a.backend.tract();
+    let mut reports = vec![];
+    for s in survey(bundle, tract) {
+        let how = match s.status {
+            Ok(how) => how,
+            Err(why) => {
+                println!("{}: not available: {why}", s.backend.as_str());
+                continue;
+            }
+        };
+        println!("{}: {how}", s.backend.as_str());
+        let mut policy = prepare_policy(bundle, s.backend, tract)
+            .with_context(|| format!("preparing {}", s.backend.as_str()))?;
+        let measured = measure_model(policy.as_mut(), m.cameras.len(), opts)?;
+        drop(policy);
+        let setup = BenchSetup {
+            backend: s.backend.as_str().to_string(),
+            backend_reason: format!("{how}, --backend all"),
+            model_only: true,
+            margin: a.margin,
+        };
+        let r = report(m, setup, opts, measured);
+        print!("{}", r.table());
+        let median = r
+            .stages
+            .iter()
+            .find(|st| st.stage == "inference")
+            .map(|st| st.median_ms)
+            .context("no inference timings")?;
+        reports.push((s.backend, median, r));
+    }
+    let best = reports
+        .iter()
+        .enumerate()
+        .min_by(|x, y| x.1 .1.total_cmp(&y.1 .1))
+        .map(|(i, _)| i)
+        .context("no backend could run this bundle (see the reasons above)")?;
+    let fastest = reports[best].1;
+    println!("median network time, {} thread(s):", tract.threads);
+    for (b, median, _) in &reports {
+        println!(
+            "  {:<12} {median:>9.3} ms  {:>5.2}x the fastest",
+            b.as_str(),
+            median / fastest
+        );
+    }
+    let medians: Vec<_> = reports.iter().map(|(b, md, _)| (*b, *md)).collect();
+    if a.record {
+        let sha = preference::model_sha256(bundle)
+            .context("the bundle lists no policy file for a CPU backend")?
+            .to_string();
+        let board = preference::board_key(&reflex_board::BoardIdentity::detect());
+        let entry = preference::entry(board, sha, tract.threads, medians)?;
+        let winner = entry.winner;
+        let path = preference::record(&bundle.dir, entry)?;
+        println!(
+            "recorded {} as the faster CPU backend for this board and model in {} (--backend auto uses it)",
+            winner.as_str(),
+            path.display()
+        );
+    }
+    let (_, _, r) = reports.swap_remove(best);
+    let json = serde_json::to_string_pretty(&r)?;
+    output::write_file(&a.json, json.as_bytes(), replace, &bench::JSON_KIND)?;
+    output::write_file(&a.svg, r.svg().as_bytes(), replace, &bench::SVG_KIND)?;
+    println!(
+        "wrote the fastest backend's report to {} and {}",
+        a.json.display(),
+        a.svg.display()
+    );
+    Ok(if r.verdict.pass {
         Outcome::Success
     } else {
         Outcome::VerdictFail

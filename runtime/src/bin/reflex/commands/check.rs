@@ -2,9 +2,10 @@
 //! each camera sees what training saw.
 
 use super::Outcome;
-use crate::args::BundleArg;
+use crate::args::{BackendArgs, BundleArg};
 use crate::open::{load_bundle, Devices};
 use anyhow::{bail, Context, Result};
+use reflex_models::manifest::BackendKind;
 use reflex_models::Bundle;
 use reflex_runtime::camera::viewpoint::{
     FrameDecoder, Verdict, ViewpointReference, ViewpointReport,
@@ -12,9 +13,9 @@ use reflex_runtime::camera::viewpoint::{
 use reflex_runtime::can::codec::Codec;
 use reflex_runtime::clock::{Clock, MonotonicClock};
 use reflex_runtime::control::plan::feed_check;
-use reflex_runtime::infer::select::{select_backend, survey, BackendChoice};
+use reflex_runtime::infer::parity;
+use reflex_runtime::infer::select::{prepare_policy, select_backend, survey};
 use reflex_runtime::infer::tensorrt::{self, ThisMachine};
-use reflex_runtime::infer::tract::TractOptions;
 use reflex_runtime::io::Camera;
 use reflex_runtime::spec::CameraSource;
 use std::time::Instant;
@@ -30,6 +31,13 @@ pub struct Args {
     /// Exit status 1 when a camera is refused.
     #[arg(long, value_name = "SOURCE", num_args = 1.., value_delimiter = ',')]
     cameras: Vec<CameraSource>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    /// Run the selected backend and tract on the same seeded inputs and print the largest
+    /// difference per action dimension in the action's unit, against `action.parity_tolerance`
+    /// in policy.toml (else a default per model precision). Exit status 1 beyond it.
+    #[arg(long)]
+    parity: bool,
 }
 
 pub fn run(a: Args) -> Result<Outcome> {
@@ -106,7 +114,7 @@ pub fn run(a: Args) -> Result<Outcome> {
             println!("  data file {} of {}: sha256 checked", d.file, f.file);
         }
     }
-    for s in survey(&b, TractOptions::default()) {
+    for s in survey(&b, a.backend.tract()) {
         match &s.status {
             Ok(how) => println!("  backend {}: available ({how})", s.backend.as_str()),
             Err(why) => println!("  backend {}: not available: {why}", s.backend.as_str()),
@@ -168,8 +176,9 @@ pub fn run(a: Args) -> Result<Outcome> {
         }
     }
     // Can the plan stay fed at this machine's inference latency (slowest of 3 runs after one)?
-    match select_backend(&b, BackendChoice::Auto, TractOptions::default()) {
-        Ok((mut backend, _)) => {
+    match select_backend(&b, a.backend.backend, a.backend.tract()) {
+        Ok((mut backend, selection)) => {
+            println!("  selected: {selection}");
             backend.run()?;
             let mut latency_s = 0f64;
             for _ in 0..3 {
@@ -181,7 +190,11 @@ pub fn run(a: Args) -> Result<Outcome> {
             let feed = feed_check(&m.control, h, m.control.rate_hz, latency_s);
             let warn = if feed.fed() { "" } else { "WARNING: " };
             println!("  {warn}{}", feed.message);
+            if a.parity {
+                check_parity(&b, backend.as_mut(), selection.backend, &a)?;
+            }
         }
+        Err(e) if a.parity => bail!("parity: no backend selected ({e})"),
         Err(e) => println!("  plan feed: not measured ({e})"),
     }
     if !a.cameras.is_empty() {
@@ -198,6 +211,58 @@ pub fn run(a: Args) -> Result<Outcome> {
         t.elapsed().as_secs_f64() * 1e3
     );
     Ok(Outcome::Success)
+}
+
+/// `--parity`: the selected backend against tract on the same inputs, per action dimension.
+fn check_parity(
+    b: &Bundle,
+    selected: &mut dyn reflex_runtime::infer::policy::Policy,
+    backend: BackendKind,
+    a: &Args,
+) -> Result<()> {
+    if backend == BackendKind::Tract {
+        println!("  parity: tract selected, the reference itself: nothing to compare");
+        return Ok(());
+    }
+    let m = &b.manifest;
+    let precision = m
+        .policy_model_for(backend)
+        .or_else(|| m.policy_model())
+        .map(|f| f.precision)
+        .context("the bundle lists no policy model")?;
+    let (tolerance, from) = parity::tolerances(m, precision);
+    let mut tract = prepare_policy(b, BackendKind::Tract, a.backend.tract())
+        .context("parity: tract, the reference, cannot run this bundle")?;
+    let dims = parity::compare(m, selected, tract.as_mut(), &tolerance)?;
+    println!(
+        "  parity: {} vs tract on {} seeded inputs, action units (tolerance: {from})",
+        backend.as_str(),
+        parity::SAMPLES
+    );
+    for d in &dims {
+        println!(
+            "    {:<16} max |diff| {:.3e} {}  tolerance {:.3e}  {}",
+            d.name,
+            d.max_abs,
+            d.unit,
+            d.tolerance,
+            if d.within() { "OK" } else { "OVER" }
+        );
+    }
+    let over: Vec<&str> = dims
+        .iter()
+        .filter(|d| !d.within())
+        .map(|d| d.name.as_str())
+        .collect();
+    if !over.is_empty() {
+        bail!(
+            "parity: {} differs from tract beyond the tolerance on {} (see above); do not run \
+             this backend on the robot until it is explained",
+            backend.as_str(),
+            over.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// How long to wait for each camera's first frame.
