@@ -232,7 +232,7 @@ say "built $bin"
 
 if [ "$want_qemu" = 1 ]; then
     qemu_user
-    say "run it here with: $QEMU -L $SYSROOT $bin --version"
+    say "run it here with: $QEMU -cpu cortex-a76 -L $SYSROOT $bin --version"
 fi
 if [ "$print_env" = 1 ]; then
     printf 'export REFLEX_BOARD_BIN=%q\n' "$bin"

@@ -61,9 +61,16 @@ impl Board {
         Some(board)
     }
 
-    /// `reflex ARGS` on the board binary, under qemu-user.
+    /// `reflex ARGS` on the board binary, under qemu-user, emulating a Cortex-A76 (ARMv8.2 with
+    /// fp16 and dot product, like Orin's Cortex-A78AE) unless `REFLEX_BOARD_QEMU_CPU` names
+    /// another model: qemu's default `max` model has 512-bit SVE2, which tract detects and
+    /// which qemu emulates slowly (`reflex check` on the demo bundle: 52 s as cortex-a72, over
+    /// 300 s as max, on the loaded 2-core development machine).
     fn reflex(&self) -> Cli {
+        let cpu = std::env::var("REFLEX_BOARD_QEMU_CPU").unwrap_or_else(|_| "cortex-a76".into());
         Cli::new(&self.qemu)
+            .arg("-cpu")
+            .arg(cpu)
             .arg("-L")
             .arg(&self.sysroot)
             .arg(&self.bin)

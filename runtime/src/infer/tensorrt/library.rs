@@ -145,7 +145,12 @@ impl TensorrtLibrary {
         // (NVIDIA documents dlopen of libnvinfer as the supported way to load it lazily).
         let lib =
             unsafe { libloading::Library::new(&path) }.map_err(|e| LibraryError::NotFound {
-                detail: e.to_string(),
+                // libloading's message is `dlopen failed`; the loader's own reason (which names
+                // the file and what is missing) is its source.
+                detail: match std::error::Error::source(&e) {
+                    Some(why) => format!("{e}: {why}"),
+                    None => format!("{name}: {e}"),
+                },
             })?;
         // SAFETY: `int32_t getInferLibVersion() noexcept` (NvInferRuntimeBase.h): no arguments,
         // no preconditions, no CUDA; it answers without a GPU.
