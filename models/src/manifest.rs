@@ -192,7 +192,9 @@ impl ModelRole {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiffusionSpec {
-    /// Observations the denoiser is conditioned on (LeRobot's `n_obs_steps`), >= 1.
+    /// Observations the denoiser is conditioned on (LeRobot's `n_obs_steps`), >= 1: those of
+    /// the last `n_obs_steps` control ticks, the current one last (LeRobot's observation queues
+    /// fill once per `select_action` call, i.e. per control step, not per inference).
     pub n_obs_steps: usize,
     /// Steps of the denoised sample (LeRobot's `horizon`), >= `n_obs_steps`.
     pub horizon: usize,
@@ -1017,6 +1019,12 @@ impl Manifest {
             .iter()
             .map(|a| self.state.names.iter().position(|s| s == a))
             .collect()
+    }
+
+    /// Observations per inference, the current one included: the `[diffusion]` section's
+    /// `n_obs_steps` (the control loop keeps that many ticks' observations), else 1.
+    pub fn n_obs_steps(&self) -> usize {
+        self.diffusion.as_ref().map_or(1, |d| d.n_obs_steps.max(1))
     }
 
     /// The first policy entry. A quantized bundle may list one policy file per backend (int8:

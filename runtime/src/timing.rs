@@ -139,7 +139,8 @@ pub enum Stage {
     Period,
     /// Capture of an observation to the send of the first command computed from it.
     EndToEnd,
-    /// An encoder + denoiser policy's encoder, once per inference (part of `Inference`).
+    /// An encoder + denoiser policy's encoder over the inference's `n_obs_steps` observations
+    /// (one encoder run per observation step; part of `Inference`).
     Encoder,
     /// One denoiser call of an encoder + denoiser policy: the inference's denoiser time over
     /// its K calls (part of `Inference`).

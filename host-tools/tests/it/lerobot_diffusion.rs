@@ -410,8 +410,9 @@ impl NoiseSource for Replay {
     }
 }
 
-/// The runtime's policy on the imported graphs, observation by observation as the control loop
-/// feeds it: the history, the DDPM loop and the executed slice give LeRobot's actions.
+/// The runtime's policy on the imported graphs, fed as the control loop feeds it (the last
+/// `n_obs_steps` observations in one run): the history, the DDPM loop and the executed slice give
+/// LeRobot's actions.
 #[test]
 fn diffusion_policy_on_imported_graphs_matches_lerobot_actions() {
     let (_dir, imp) = import("diffusion_policy");
@@ -455,18 +456,27 @@ fn diffusion_policy_on_imported_graphs_matches_lerobot_actions() {
         .map(|c| npy(&format!("image_{c}")).1)
         .collect();
     let pixels = d.image_shape.iter().product::<usize>();
+    // LeRobot's queues hold the last n_obs_steps observations; one run takes them all (the
+    // earlier ones through the past inputs).
+    let current = imp.n_obs_steps - 1;
     for s in 0..imp.n_obs_steps {
         for (c, img) in images.iter().enumerate() {
-            policy
-                .camera_input(c)
-                .copy_from_slice(&img[s * pixels..(s + 1) * pixels]);
+            let dst = if s == current {
+                policy.camera_input(c)
+            } else {
+                policy.past_camera_input(s, c).expect("past camera input")
+            };
+            dst.copy_from_slice(&img[s * pixels..(s + 1) * pixels]);
         }
-        policy
-            .state_input()
-            .expect("state input")
+        let dst = if s == current {
+            policy.state_input()
+        } else {
+            policy.past_state_input(s)
+        };
+        dst.expect("state input")
             .copy_from_slice(&state[s * d.state_dim..(s + 1) * d.state_dim]);
-        policy.run().expect("policy runs");
     }
+    policy.run().expect("policy runs");
     let t = policy.timings();
     eprintln!(
         "encoder {:.1} ms, denoiser {:.2} ms/step x {}",
@@ -536,7 +546,7 @@ fn import_cli(folder: &Path, out: &Path) -> reflex_testkit::cli::Run {
 
 /// The whole way a user takes: the folder imported by the command into a bundle, the bundle
 /// loaded and its policy prepared from the manifest alone, LeRobot's raw uint8 frames and raw
-/// state through the bundle's preprocessing and normalization, one observation at a time, the
+/// state through the bundle's preprocessing and normalization into the current and past inputs, the
 /// DDPM loop fed LeRobot's recorded noise: the executed actions match LeRobot's, normalized and
 /// through the postprocessor.
 #[test]
@@ -582,16 +592,26 @@ fn imported_diffusion_bundle_runs_like_lerobot() {
             };
             let frame = pixels.len() / d.n_obs_steps;
             let mut p = Preprocessor::new(cam).expect("preprocessor");
+            let dst = if s + 1 == d.n_obs_steps {
+                policy.camera_input(c)
+            } else {
+                policy.past_camera_input(s, c).expect("past camera input")
+            };
             p.run(
                 &pixels[s * frame..(s + 1) * frame],
                 cam.capture.width,
                 cam.capture.height,
                 PixelFormat::Rgb24,
-                policy.camera_input(c),
+                dst,
             )
             .expect("preprocess");
         }
-        let st = policy.state_input().expect("state input");
+        let st = if s + 1 == d.n_obs_steps {
+            policy.state_input()
+        } else {
+            policy.past_state_input(s)
+        }
+        .expect("state input");
         for i in 0..sd {
             st[i] = m
                 .state
@@ -599,8 +619,8 @@ fn imported_diffusion_bundle_runs_like_lerobot() {
                 .affine(i)
                 .normalize(raw_state[s * sd + i]);
         }
-        policy.run().expect("policy runs");
     }
+    policy.run().expect("policy runs");
     let a = m.action.names.len();
     let executed = &policy.output()[..m.control.steps_per_inference * a];
     assert_close(

@@ -39,6 +39,17 @@
 //! new inference is due at once, results of inferences submitted before the re-arm are discarded,
 //! and the robot holds until the new plan arrives (the watchdog counts from the re-arm).
 //!
+//! **Observation history.** A policy conditioned on several observations (Diffusion Policy's
+//! `n_obs_steps`, [`Manifest::n_obs_steps`]) gets those of the last `n_obs_steps` ticks, as
+//! LeRobot's `select_action` fills its observation queues once per control step: every tick with
+//! a fresh, complete observation records it (the preprocessed images and the normalized state)
+//! into a preallocated ring ([`ObservationHistory`]), and each request carries the ring's
+//! contents, oldest first and this tick's last. At the start and after an e-stop re-arm the ring
+//! is empty and fills again; until it holds `n_obs_steps` ticks the missing older steps repeat the
+//! oldest recorded one (LeRobot's queues at an episode's first step hold copies of the first
+//! observation). With `n_obs_steps = 1` nothing is recorded and requests carry the current
+//! observation as before.
+//!
 //! The tick allocates nothing and formats no text (logs on fault transitions only), which the
 //! counting-allocator test in `tests/` checks.
 
@@ -182,6 +193,106 @@ struct CameraSlot<C> {
     lost: bool,
 }
 
+/// The observations of the last `steps` ticks (preprocessed images per camera, normalized
+/// state), in preallocated ring buffers; see the module documentation.
+#[derive(Debug)]
+pub struct ObservationHistory {
+    steps: usize,
+    /// Per camera, `steps` images of `image_lens[cam]` values.
+    images: Vec<Vec<f32>>,
+    image_lens: Vec<usize>,
+    /// `steps` normalized state vectors of `state_len` values.
+    state: Vec<f32>,
+    state_len: usize,
+    /// Ring slot of the next record.
+    head: usize,
+    /// Recorded observations, at most `steps`.
+    len: usize,
+}
+
+impl ObservationHistory {
+    /// Rings for `steps` observations of the given image and state sizes.
+    pub fn new(steps: usize, image_lens: &[usize], state_len: usize) -> Self {
+        let steps = steps.max(1);
+        ObservationHistory {
+            steps,
+            images: image_lens.iter().map(|&n| vec![0.0; n * steps]).collect(),
+            image_lens: image_lens.to_vec(),
+            state: vec![0.0; state_len * steps],
+            state_len,
+            head: 0,
+            len: 0,
+        }
+    }
+
+    /// Observations a request carries (the current one included).
+    pub fn steps(&self) -> usize {
+        self.steps
+    }
+
+    /// Observations recorded since the start or the last [`ObservationHistory::clear`], at most
+    /// [`ObservationHistory::steps`].
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets every recorded observation (a new episode).
+    pub fn clear(&mut self) {
+        self.head = 0;
+        self.len = 0;
+    }
+
+    /// Records one tick's observation: each camera's tensor (in the order and sizes given at
+    /// construction) and the state, normalized. Overwrites the oldest when full.
+    pub fn record<'a>(
+        &mut self,
+        images: impl Iterator<Item = &'a [f32]>,
+        state_raw: &[f32],
+        state_norm: &[Affine],
+    ) {
+        let h = self.head;
+        for ((ring, &n), img) in self.images.iter_mut().zip(&self.image_lens).zip(images) {
+            ring[h * n..(h + 1) * n].copy_from_slice(img);
+        }
+        let sd = self.state_len;
+        for ((dst, raw), norm) in self.state[h * sd..(h + 1) * sd]
+            .iter_mut()
+            .zip(state_raw)
+            .zip(state_norm)
+        {
+            *dst = norm.normalize(*raw);
+        }
+        self.head = (h + 1) % self.steps;
+        self.len = (self.len + 1).min(self.steps);
+    }
+
+    /// Ring slot of request step `k` (`0..steps`, oldest first): the missing older steps of a
+    /// history not yet full repeat the oldest recorded observation.
+    fn slot(&self, k: usize) -> usize {
+        let n = self.steps;
+        let missing = n - self.len.max(1);
+        let j = k.saturating_sub(missing);
+        (self.head + n - self.len.max(1) + j) % n
+    }
+
+    /// Writes the history into `images` (per camera, `steps` images, oldest first) and `state`
+    /// (`steps` vectors). Must follow at least one [`ObservationHistory::record`].
+    pub fn write(&self, images: &mut [Vec<f32>], state: &mut [f32]) {
+        for k in 0..self.steps {
+            let s = self.slot(k);
+            for ((dst, ring), &n) in images.iter_mut().zip(&self.images).zip(&self.image_lens) {
+                dst[k * n..(k + 1) * n].copy_from_slice(&ring[s * n..(s + 1) * n]);
+            }
+            let sd = self.state_len;
+            state[k * sd..(k + 1) * sd].copy_from_slice(&self.state[s * sd..(s + 1) * sd]);
+        }
+    }
+}
+
 pub struct ControlLoop<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> {
     cameras: Vec<CameraSlot<C>>,
     state_src: S,
@@ -190,6 +301,8 @@ pub struct ControlLoop<C: Camera, S: StateSource, K: CommandSink, R: InferenceRu
     state_max_age_ns: u64,
     /// Normalization per state dimension.
     state_norm: Vec<Affine>,
+    /// The last ticks' observations, for a policy with history (`None`: one observation).
+    history: Option<ObservationHistory>,
     sink: K,
     runner: R,
     planner: ActionPlanner,
@@ -268,6 +381,10 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         let state_norm = (0..sd)
             .map(|i| manifest.state.normalization.affine(i))
             .collect();
+        let history = (manifest.n_obs_steps() > 1).then(|| {
+            let lens: Vec<usize> = slots.iter().map(|s| s.tensor.len()).collect();
+            ObservationHistory::new(manifest.n_obs_steps(), &lens, sd)
+        });
         let filter = SafetyFilter::new(&manifest.action, rate, opts.allow_unlimited)?;
         let seed_map = manifest.action_state_indices();
         let planner = ActionPlanner::new(&manifest.action, &manifest.control, rate);
@@ -287,6 +404,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             state_ns: None,
             state_max_age_ns: manifest.state.max_age_ms as u64 * 1_000_000,
             state_norm,
+            history,
             sink,
             runner,
             planner,
@@ -467,9 +585,28 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         }
     }
 
+    /// Records this tick's observation into the history (a policy with history only).
+    fn record_observation(&mut self) {
+        if let Some(h) = &mut self.history {
+            h.record(
+                self.cameras.iter().map(|s| s.tensor.as_slice()),
+                &self.state_raw,
+                &self.state_norm,
+            );
+        }
+    }
+
+    /// The observation history, for a policy with history.
+    pub fn history(&self) -> Option<&ObservationHistory> {
+        self.history.as_ref()
+    }
+
     /// The e-stop was re-armed at `tick`: start over as after warm-up (see the module doc).
     fn rearm(&mut self, tick: u64, now_ns: u64) {
         self.planner.reset();
+        if let Some(h) = &mut self.history {
+            h.clear();
+        }
         self.plan_obs_ns = None;
         if self.state_fresh(now_ns) && !self.seed_from_state() {
             // The filter keeps its last command (the stop position) as the reference.
@@ -537,20 +674,36 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
             return Ok(false);
         };
         let mut obs = u64::MAX;
-        for (dst, slot) in req.images.iter_mut().zip(&self.cameras) {
-            dst.copy_from_slice(&slot.tensor);
+        for slot in &self.cameras {
             obs = obs.min(slot.capture_ns.unwrap_or(0));
         }
         if let Some(s) = self.state_ns {
             obs = obs.min(s);
         }
-        for ((dst, raw), norm) in req
-            .state
-            .iter_mut()
-            .zip(&self.state_raw)
-            .zip(&self.state_norm)
-        {
-            *dst = norm.normalize(*raw);
+        match &self.history {
+            Some(h) if req.obs_steps == h.steps() && !h.is_empty() => {
+                h.write(&mut req.images, &mut req.state);
+            }
+            _ => {
+                // One observation (a request without history gets the current one only).
+                let n = req.obs_steps.max(1);
+                for (dst, slot) in req.images.iter_mut().zip(&self.cameras) {
+                    let len = slot.tensor.len();
+                    for k in 0..n {
+                        dst[k * len..(k + 1) * len].copy_from_slice(&slot.tensor);
+                    }
+                }
+                let sd = self.state_raw.len();
+                for k in 0..n {
+                    for ((dst, raw), norm) in req.state[k * sd..(k + 1) * sd]
+                        .iter_mut()
+                        .zip(&self.state_raw)
+                        .zip(&self.state_norm)
+                    {
+                        *dst = norm.normalize(*raw);
+                    }
+                }
+            }
         }
         req.obs_ns = obs;
         req.submit_tick = tick;
@@ -612,6 +765,9 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         let state_fresh = self.state_fresh(now_ns);
         if estop == EStopStatus::Rearmed {
             self.rearm(tick, now_ns);
+        }
+        if frames_fresh && state_fresh && !camera_lost {
+            self.record_observation();
         }
 
         let mut chunk_received = self.take_result(tick, estopped);
@@ -768,6 +924,7 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         self.seed_from_state();
         let now = clock.now_ns();
         self.t0_ns = Some(now);
+        self.record_observation();
         self.submit(0)?;
         let req = self
             .runner

@@ -10,11 +10,13 @@
 //!   the action or chunk out. ResNet-18/ViT-S reference policies and ACT are this kind.
 //! - encoder + denoiser (roles `encoder`, `denoiser`; Diffusion Policy):
 //!   [`crate::infer::diffusion::EncoderDenoiserPolicy`], an encoder session run once per
-//!   observation (images + state -> one step's features, kept in a history), then a DDPM/DDIM
+//!   observation step (images + state -> one step's features; the last `n_obs_steps` control
+//!   steps' observations, [`Policy::past_camera_input`]), then a DDPM/DDIM
 //!   scheduler in Rust that runs the denoiser session K times on a noisy chunk, reusing its
-//!   preallocated buffers each step. It implements the same [`Policy`] trait, so the runner and
-//!   the loop do not change; the manifest's `[diffusion]` section gives the history length,
-//!   horizon, scheduler and seed (`crate::infer::select::prepare_policy` builds it).
+//!   preallocated buffers each step. It implements the same [`Policy`] trait; the control loop
+//!   keeps the observations of its last `n_obs_steps` ticks and each request carries them all.
+//!   The manifest's `[diffusion]` section gives the history length, horizon, scheduler and seed
+//!   (`crate::infer::select::prepare_policy` builds it).
 
 use crate::infer::session::{Session, SessionError};
 use crate::infer::tract::{TractOptions, TractSession};
@@ -65,13 +67,37 @@ impl crate::io::Fault for PolicyError {
 /// Per inference: write each camera's CHW image ([`Policy::camera_input`], manifest camera
 /// order) and the normalized state ([`Policy::state_input`]), call [`Policy::run`], read
 /// [`Policy::output`]: row-major `[horizon][action dim]`, normalized units. No method allocates.
+///
+/// **Observation history.** A policy conditioned on the last [`Policy::n_obs_steps`] control
+/// steps (Diffusion Policy's `n_obs_steps`, LeRobot's observation queues) takes the earlier
+/// steps through [`Policy::past_camera_input`] and [`Policy::past_state_input`], step 0 the
+/// oldest; `camera_input`/`state_input` are always the current step's. A past step not written
+/// since the last run is taken as a copy of the current one, which is what LeRobot's queues hold
+/// at the first step of an episode, so callers with one observation (benchmarks, parity checks,
+/// calibration) need not know about the history. The control loop keeps the history per tick
+/// and passes every step.
 pub trait Policy: Send {
     /// The backend running it (`tract`, ...), for logs and reports.
     fn name(&self) -> &'static str;
-    /// Input buffer of camera `cam` (manifest order): CHW f32.
+    /// Input buffer of camera `cam` (manifest order), current observation: CHW f32.
     fn camera_input(&mut self, cam: usize) -> &mut [f32];
-    /// Normalized state input, if the policy takes state.
+    /// Normalized state input of the current observation, if the policy takes state.
     fn state_input(&mut self) -> Option<&mut [f32]>;
+    /// Observations per run, the current one included (1: no history).
+    fn n_obs_steps(&self) -> usize {
+        1
+    }
+    /// Input buffer of camera `cam` at past observation `step` (`0..n_obs_steps() - 1`, oldest
+    /// first); `None` for a policy without history or a step out of range.
+    fn past_camera_input(&mut self, step: usize, cam: usize) -> Option<&mut [f32]> {
+        let _ = (step, cam);
+        None
+    }
+    /// Normalized state input at past observation `step`; `None` without history or state.
+    fn past_state_input(&mut self, step: usize) -> Option<&mut [f32]> {
+        let _ = step;
+        None
+    }
     /// Runs the network(s) on the current inputs.
     fn run(&mut self) -> Result<(), PolicyError>;
     /// Raw output of the last run, row-major `[horizon][dim]`, normalized units.
@@ -91,6 +117,7 @@ pub trait Policy: Send {
 /// Time spent in the last run of an encoder + denoiser policy, for `reflex bench` and logs.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct DiffusionTimings {
+    /// The encoder's runs, one per observation step (`n_obs_steps`), together.
     pub encoder: std::time::Duration,
     /// All denoiser calls together, and how many there were (K).
     pub denoiser: std::time::Duration,
@@ -115,6 +142,15 @@ impl<P: Policy + ?Sized> Policy for Box<P> {
     }
     fn state_input(&mut self) -> Option<&mut [f32]> {
         (**self).state_input()
+    }
+    fn n_obs_steps(&self) -> usize {
+        (**self).n_obs_steps()
+    }
+    fn past_camera_input(&mut self, step: usize, cam: usize) -> Option<&mut [f32]> {
+        (**self).past_camera_input(step, cam)
+    }
+    fn past_state_input(&mut self, step: usize) -> Option<&mut [f32]> {
+        (**self).past_state_input(step)
     }
     fn run(&mut self) -> Result<(), PolicyError> {
         (**self).run()

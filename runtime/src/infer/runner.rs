@@ -13,13 +13,20 @@ use reflex_models::Manifest;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::time::Instant;
 
-/// One observation going to the network and its result coming back.
+/// One observation (with its history) going to the network and its result coming back.
+///
+/// With an observation history ([`Request::obs_steps`] > 1, a Diffusion Policy's
+/// `n_obs_steps`), each camera's buffer holds the steps one after the other, oldest first and
+/// the current observation last (`[obs_steps][C][H][W]`), and so does the state
+/// (`[obs_steps][state_dim]`).
 #[derive(Debug)]
 pub struct Request {
-    /// Preprocessed CHW images, one per camera.
+    /// Preprocessed CHW images, one buffer per camera, `obs_steps` images each.
     pub images: Vec<Vec<f32>>,
-    /// Normalized state.
+    /// Normalized state, `obs_steps` vectors.
     pub state: Vec<f32>,
+    /// Observation steps the buffers hold (1: the current observation only).
+    pub obs_steps: usize,
     /// Capture time of the oldest frame in this observation (loop clock, ns).
     pub obs_ns: u64,
     /// Control tick at which the request was submitted.
@@ -34,11 +41,26 @@ pub struct Request {
 }
 
 impl Request {
-    /// Buffers of the given sizes: CHW values per camera, state values, output values.
+    /// Buffers for one observation: CHW values per camera, state values, output values.
     pub fn new(image_lens: &[usize], state_len: usize, output_len: usize) -> Self {
+        Request::with_history(image_lens, state_len, output_len, 1)
+    }
+
+    /// Buffers for `obs_steps` observations (at least 1) of the given sizes each.
+    pub fn with_history(
+        image_lens: &[usize],
+        state_len: usize,
+        output_len: usize,
+        obs_steps: usize,
+    ) -> Self {
+        let obs_steps = obs_steps.max(1);
         Request {
-            images: image_lens.iter().map(|&n| vec![0.0; n]).collect(),
-            state: vec![0.0; state_len],
+            images: image_lens
+                .iter()
+                .map(|&n| vec![0.0; n * obs_steps])
+                .collect(),
+            state: vec![0.0; state_len * obs_steps],
+            obs_steps,
             obs_ns: 0,
             submit_tick: 0,
             output: vec![0.0; output_len],
@@ -49,7 +71,8 @@ impl Request {
     }
 
     /// Buffers sized for a bundle's policy: each camera's `channels x height x width` after
-    /// preprocessing (the resize size), the state dimension, `horizon x action dimension`.
+    /// preprocessing (the resize size), the state dimension, `horizon x action dimension`, for
+    /// the manifest's observation history ([`Manifest::n_obs_steps`]).
     pub fn for_manifest(m: &Manifest) -> Self {
         let image_lens: Vec<usize> = m
             .cameras
@@ -59,26 +82,51 @@ impl Request {
                 p.color.channels() * p.resize.height as usize * p.resize.width as usize
             })
             .collect();
-        Request::new(
+        Request::with_history(
             &image_lens,
             m.state.names.len(),
             m.action.output.horizon() * m.action.names.len(),
+            m.n_obs_steps(),
         )
     }
 }
 
-fn execute(policy: &mut dyn Policy, req: &mut Request) {
+/// Copies the request's observations into the policy's inputs: the last step into the current
+/// inputs, earlier steps into the past ones (a policy without history gets the current one only).
+fn write_inputs(policy: &mut dyn Policy, req: &Request) {
+    let n = req.obs_steps;
+    let current = n - 1;
     for (i, img) in req.images.iter().enumerate() {
+        let len = img.len() / n;
         let dst = policy.camera_input(i);
-        if dst.len() == img.len() {
-            dst.copy_from_slice(img);
+        if dst.len() == len {
+            dst.copy_from_slice(&img[current * len..]);
+        }
+        for step in 0..current {
+            if let Some(dst) = policy.past_camera_input(step, i) {
+                if dst.len() == len {
+                    dst.copy_from_slice(&img[step * len..(step + 1) * len]);
+                }
+            }
         }
     }
+    let len = req.state.len() / n;
     if let Some(dst) = policy.state_input() {
-        if dst.len() == req.state.len() {
-            dst.copy_from_slice(&req.state);
+        if dst.len() == len {
+            dst.copy_from_slice(&req.state[current * len..]);
         }
     }
+    for step in 0..current {
+        if let Some(dst) = policy.past_state_input(step) {
+            if dst.len() == len {
+                dst.copy_from_slice(&req.state[step * len..(step + 1) * len]);
+            }
+        }
+    }
+}
+
+fn execute(policy: &mut dyn Policy, req: &mut Request) {
+    write_inputs(policy, req);
     let t = Instant::now();
     let r = policy.run();
     req.infer_ns = t.elapsed().as_nanos() as u64;

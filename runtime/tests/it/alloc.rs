@@ -220,7 +220,7 @@ impl<F: FnMut(&[Vec<f32>], &mut [Vec<f32>]) + Send> reflex_runtime::infer::sessi
 }
 
 #[test]
-fn diffusion_policy_run_allocates_nothing_and_keeps_the_history() {
+fn diffusion_policy_run_allocates_nothing_and_takes_the_history_it_is_given() {
     use reflex_runtime::infer::diffusion::{
         BetaSchedule, DiffusionIo, EncoderDenoiserPolicy, PredictionType, SchedulerKind,
         SchedulerSpec, SeededNoise, Variance,
@@ -278,17 +278,31 @@ fn diffusion_policy_run_allocates_nothing_and_keeps_the_history() {
     };
     let mut p = EncoderDenoiserPolicy::new(encoder, denoiser, &io, spec, SeededNoise::new(1))
         .expect("policy");
-    let observe = |p: &mut EncoderDenoiserPolicy, k: usize| {
+    // The current observation k; with `past`, observation j as the older step.
+    let observe = |p: &mut EncoderDenoiserPolicy, past: Option<usize>, k: usize| {
+        if let Some(j) = past {
+            p.past_camera_input(0, 0)
+                .expect("past image")
+                .fill(j as f32);
+            p.past_state_input(0)
+                .expect("past state")
+                .copy_from_slice(&[j as f32 + 0.5, -(j as f32)]);
+        }
         p.camera_input(0).fill(k as f32);
         if let Some(s) = p.state_input() {
             s.copy_from_slice(&[k as f32 + 0.5, -(k as f32)]);
         }
         p.run().expect("run");
     };
-    observe(&mut p, 1);
-    // The first observation fills the history with copies.
+    assert_eq!(p.n_obs_steps(), 2);
+    assert!(
+        p.past_camera_input(1, 0).is_none(),
+        "step 1 is the current one"
+    );
+    observe(&mut p, None, 1);
+    // No past observation given: the current one repeated (an episode's first step).
     assert_eq!(p.denoiser().input(2), &[1.0, 1.5, -1.0, 1.0, 1.5, -1.0]);
-    observe(&mut p, 2);
+    observe(&mut p, Some(1), 2);
     assert_eq!(p.denoiser().input(2), &[1.0, 1.5, -1.0, 2.0, 2.5, -2.0]);
     // Output: from step n_obs_steps - 1 to the end of the horizon; finite, clipped scale.
     assert_eq!(p.output().len(), (8 - 1) * 2);
@@ -298,14 +312,14 @@ fn diffusion_policy_run_allocates_nothing_and_keeps_the_history() {
         p.output()
     );
     assert_eq!(p.timings().denoiser_calls, 100);
-    p.reset();
-    observe(&mut p, 3);
+    // A past step is used for the run it was written for only.
+    observe(&mut p, None, 3);
     assert_eq!(p.denoiser().input(2), &[3.0, 3.5, -3.0, 3.0, 3.5, -3.0]);
 
     assert_installed();
     let before = allocs();
     for k in 0..50 {
-        observe(&mut p, k);
+        observe(&mut p, Some(k), k + 1);
     }
     let n = allocs() - before;
     assert_eq!(

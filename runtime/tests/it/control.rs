@@ -413,3 +413,130 @@ fn a_frame_of_the_wrong_size_is_refused_and_a_short_frame_is_dropped() {
     assert_eq!(lp.counters.camera_errors, 1);
     assert!(lp.sink().sent.iter().all(|(_, c)| c.is_stop()));
 }
+
+/// Per run of a [`HistoryProbe`]: the state's first value at each step, and whether every past
+/// image matched the current one.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<(Vec<f32>, bool)>>>;
+
+/// A policy conditioned on 3 observations that records, per run, the state it was given at each
+/// step (oldest first) and whether every past image matched the current one.
+struct HistoryProbe {
+    images: Vec<Vec<f32>>,
+    state: Vec<Vec<f32>>,
+    out: Vec<f32>,
+    seen: Seen,
+}
+
+impl reflex_runtime::infer::policy::Policy for HistoryProbe {
+    fn name(&self) -> &'static str {
+        "history-probe"
+    }
+    fn camera_input(&mut self, _cam: usize) -> &mut [f32] {
+        &mut self.images[2]
+    }
+    fn state_input(&mut self) -> Option<&mut [f32]> {
+        Some(&mut self.state[2])
+    }
+    fn n_obs_steps(&self) -> usize {
+        3
+    }
+    fn past_camera_input(&mut self, step: usize, _cam: usize) -> Option<&mut [f32]> {
+        self.images
+            .get_mut(step)
+            .filter(|_| step < 2)
+            .map(Vec::as_mut_slice)
+    }
+    fn past_state_input(&mut self, step: usize) -> Option<&mut [f32]> {
+        self.state
+            .get_mut(step)
+            .filter(|_| step < 2)
+            .map(Vec::as_mut_slice)
+    }
+    fn run(&mut self) -> Result<(), reflex_runtime::infer::policy::PolicyError> {
+        let firsts = self.state.iter().map(|s| s[0]).collect();
+        let same_images = self.images.iter().all(|i| i == &self.images[2])
+            && self.images[2].iter().any(|v| *v != 0.0);
+        self.seen.lock().expect("lock").push((firsts, same_images));
+        self.out.fill(0.05);
+        Ok(())
+    }
+    fn output(&self) -> &[f32] {
+        &self.out
+    }
+}
+
+/// The observation history is per control tick, not per inference (LeRobot's queues fill at each
+/// `select_action` call): a request submitted at tick t carries the observations of ticks t-2,
+/// t-1 and t; at the start the missing older steps repeat the first observation.
+#[test]
+fn requests_carry_the_observations_of_the_last_ticks() {
+    use reflex_models::manifest::{
+        BetaSchedule, DiffusionSpec, PredictionType, SchedulerKind, SchedulerSpec, Variance,
+    };
+    use reflex_runtime::infer::runner::Request;
+    use reflex_testkit::fakes::SharedState;
+    let mut m = manifest();
+    m.diffusion = Some(DiffusionSpec {
+        n_obs_steps: 3,
+        horizon: 6,
+        seed: 0,
+        scheduler: SchedulerSpec {
+            kind: SchedulerKind::Ddim,
+            num_train_timesteps: 100,
+            num_inference_steps: 10,
+            beta_schedule: BetaSchedule::SquaredcosCapV2,
+            beta_start: 1e-4,
+            beta_end: 0.02,
+            prediction_type: PredictionType::Epsilon,
+            clip_sample: true,
+            clip_sample_range: 1.0,
+            variance: Variance::FixedSmall,
+        },
+        features_output: "features".into(),
+        sample_input: "sample".into(),
+        timestep_input: "timestep".into(),
+        global_cond_input: "global_cond".into(),
+    });
+    assert_eq!(m.n_obs_steps(), 3);
+    let seen: Seen = Default::default();
+    let probe = HistoryProbe {
+        images: vec![vec![0.0; 3 * 4 * 4]; 3],
+        state: vec![vec![0.0; 2]; 3],
+        out: vec![0.0; 8],
+        seen: seen.clone(),
+    };
+    let req = Request::for_manifest(&m);
+    assert_eq!(req.obs_steps, 3);
+    assert_eq!(req.images[0].len(), 3 * 3 * 4 * 4);
+    let (state, values) = SharedState::new(&[0.0, 0.0]);
+    let (cam, _live, _gone) = ScriptedCamera::new();
+    let mut lp = ControlLoop::new(
+        &m,
+        vec![cam],
+        state,
+        RecordingSink::with_capacity(100),
+        InlineRunner::new(probe, req),
+        &LoopOptions::default(),
+    )
+    .expect("loop builds");
+    // The state's first value is the tick's index (normalization: mean 0, std 1).
+    let mut submitted_at = vec![];
+    for k in 0..9u64 {
+        values.borrow_mut()[0] = k as f32;
+        if lp.tick(k * PERIOD).expect("tick").inference_submitted {
+            submitted_at.push(k);
+        }
+    }
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), submitted_at.len());
+    assert!(submitted_at.len() >= 3, "{submitted_at:?}");
+    for (&t, (steps, same_images)) in submitted_at.iter().zip(&seen) {
+        let want: Vec<f32> = (0..3).map(|j| (t as i64 - 2 + j).max(0) as f32).collect();
+        assert_eq!(steps, &want, "request at tick {t}");
+        assert!(
+            same_images,
+            "the scripted camera's image at every step, tick {t}"
+        );
+    }
+    assert_eq!(lp.history().expect("a history").len(), 3);
+}

@@ -64,10 +64,14 @@ pub struct DiffusionIo<'a> {
 /// Diffusion Policy (LeRobot's `DiffusionPolicy.select_action` minus its action queue, which
 /// the control loop's planner replaces).
 ///
-/// Per [`Policy::run`]: the encoder runs once on the new observation; its features join a
-/// history of the last `n_obs_steps` (the first run after [`EncoderDenoiserPolicy::reset`]
-/// fills it with copies, as LeRobot's queues do); the sample starts as Gaussian noise and the
-/// denoiser runs K times under the [`Scheduler`]. [`Policy::output`] is the denoised sample from
+/// Per [`Policy::run`]: the encoder runs on each of the `n_obs_steps` observations, oldest
+/// first (the current one through [`Policy::camera_input`], earlier control steps through
+/// [`Policy::past_camera_input`]; a past step not written since the last run is a copy of the
+/// current one, as LeRobot's queues hold at an episode's first step), and the features, in that
+/// order, are the denoiser's conditioning (LeRobot's `_prepare_global_conditioning`: the steps'
+/// features concatenated); the sample starts as Gaussian noise and the denoiser runs K times
+/// under the [`Scheduler`]. The policy keeps nothing from one run to the next but the noise
+/// stream. [`Policy::output`] is the denoised sample from
 /// step `n_obs_steps - 1` (the current observation's) to the end of the horizon,
 /// `[horizon - n_obs_steps + 1][action_dim]`, normalized: the planner executes its first
 /// `steps_per_inference` (LeRobot's `n_action_steps`) rows.
@@ -86,9 +90,13 @@ pub struct EncoderDenoiserPolicy<S: Session = Box<dyn Session>, N: NoiseSource =
     prediction_output: usize,
     n_obs_steps: usize,
     action_dim: usize,
-    /// `n_obs_steps` feature rows, oldest first.
-    history: Vec<f32>,
-    history_filled: bool,
+    /// Images of each observation step, `[step * cameras + cam]`, CHW (the last step is the
+    /// current observation).
+    obs_images: Vec<Vec<f32>>,
+    /// Normalized state of each observation step (empty vectors without state).
+    obs_state: Vec<Vec<f32>>,
+    /// Past steps written since the last run.
+    past_written: Vec<bool>,
     scheduler: Scheduler,
     noise_source: N,
     sample: Vec<f32>,
@@ -178,6 +186,16 @@ impl<S: Session, N: NoiseSource> EncoderDenoiserPolicy<S, N> {
             .into());
         }
         let scheduler = Scheduler::new(scheduler).map_err(|e| problem(e.to_string()))?;
+        let steps = io.n_obs_steps;
+        let obs_images = (0..steps)
+            .flat_map(|_| {
+                camera_inputs
+                    .iter()
+                    .map(|&i| vec![0.0; encoder.input(i).len()])
+            })
+            .collect();
+        let state_len = state_input.map_or(0, |i| encoder.input(i).len());
+        let obs_state = (0..steps).map(|_| vec![0.0; state_len]).collect();
         Ok(EncoderDenoiserPolicy {
             encoder,
             denoiser,
@@ -190,8 +208,9 @@ impl<S: Session, N: NoiseSource> EncoderDenoiserPolicy<S, N> {
             prediction_output,
             n_obs_steps: io.n_obs_steps,
             action_dim: a,
-            history: vec![0.0; cond],
-            history_filled: false,
+            obs_images,
+            obs_state,
+            past_written: vec![false; steps - 1],
             scheduler,
             noise_source,
             sample: vec![0.0; n],
@@ -199,12 +218,6 @@ impl<S: Session, N: NoiseSource> EncoderDenoiserPolicy<S, N> {
             timings: DiffusionTimings::default(),
             backend,
         })
-    }
-
-    /// Forgets the observation history: the next run fills it with copies of its observation
-    /// (a new episode).
-    pub fn reset(&mut self) {
-        self.history_filled = false;
     }
 
     /// Time spent by the last run.
@@ -216,12 +229,13 @@ impl<S: Session, N: NoiseSource> EncoderDenoiserPolicy<S, N> {
         &self.scheduler
     }
 
-    /// The encoder session (its inputs hold the last observation).
+    /// The encoder session (its inputs hold the current observation after a run).
     pub fn encoder(&self) -> &S {
         &self.encoder
     }
 
-    /// The denoiser session (its conditioning input holds the last history).
+    /// The denoiser session (its conditioning input holds the last run's features, oldest
+    /// step first).
     pub fn denoiser(&self) -> &S {
         &self.denoiser
     }
@@ -238,33 +252,65 @@ impl<S: Session, N: NoiseSource> Policy for EncoderDenoiserPolicy<S, N> {
     }
 
     fn camera_input(&mut self, cam: usize) -> &mut [f32] {
-        let i = self.camera_inputs[cam];
-        self.encoder.input_mut(i)
+        let cams = self.camera_inputs.len();
+        &mut self.obs_images[(self.n_obs_steps - 1) * cams + cam]
     }
 
     fn state_input(&mut self) -> Option<&mut [f32]> {
-        let i = self.state_input?;
-        Some(self.encoder.input_mut(i))
+        self.state_input?;
+        Some(&mut self.obs_state[self.n_obs_steps - 1])
+    }
+
+    fn n_obs_steps(&self) -> usize {
+        self.n_obs_steps
+    }
+
+    fn past_camera_input(&mut self, step: usize, cam: usize) -> Option<&mut [f32]> {
+        let cams = self.camera_inputs.len();
+        if step + 1 >= self.n_obs_steps || cam >= cams {
+            return None;
+        }
+        self.past_written[step] = true;
+        Some(&mut self.obs_images[step * cams + cam])
+    }
+
+    fn past_state_input(&mut self, step: usize) -> Option<&mut [f32]> {
+        if step + 1 >= self.n_obs_steps {
+            return None;
+        }
+        self.state_input?;
+        self.past_written[step] = true;
+        Some(&mut self.obs_state[step])
     }
 
     fn run(&mut self) -> Result<(), PolicyError> {
         let t0 = Instant::now();
-        self.encoder.run()?;
-        let features = self.encoder.output(self.features_output);
-        let d = features.len();
-        if self.history_filled {
-            self.history.copy_within(d.., 0);
-            let last = self.history.len() - d;
-            self.history[last..].copy_from_slice(features);
-        } else {
-            for row in self.history.chunks_exact_mut(d) {
-                row.copy_from_slice(features);
+        let cams = self.camera_inputs.len();
+        let current = self.n_obs_steps - 1;
+        for step in 0..self.n_obs_steps {
+            // An unwritten past step repeats the current observation.
+            let src = if step < current && !self.past_written[step] {
+                current
+            } else {
+                step
+            };
+            for (c, &i) in self.camera_inputs.iter().enumerate() {
+                self.encoder
+                    .input_mut(i)
+                    .copy_from_slice(&self.obs_images[src * cams + c]);
             }
-            self.history_filled = true;
+            if let Some(i) = self.state_input {
+                self.encoder
+                    .input_mut(i)
+                    .copy_from_slice(&self.obs_state[src]);
+            }
+            self.encoder.run()?;
+            let features = self.encoder.output(self.features_output);
+            let d = features.len();
+            self.denoiser.input_mut(self.cond_input)[step * d..(step + 1) * d]
+                .copy_from_slice(features);
         }
-        self.denoiser
-            .input_mut(self.cond_input)
-            .copy_from_slice(&self.history);
+        self.past_written.fill(false);
         let t1 = Instant::now();
 
         let mut in_denoiser = Duration::ZERO;

@@ -133,8 +133,9 @@ pub fn run(a: Args) -> Result<Outcome> {
             median("inference"),
         ) {
             let k = d.scheduler.num_inference_steps;
+            let n = d.n_obs_steps;
             println!(
-                "diffusion ({:?}-{k}, medians): encoder {enc:.2} ms + {k} denoiser steps x {step:.2} ms = {:.2} ms; inference {total:.2} ms",
+                "diffusion ({:?}-{k}, medians): encoder on {n} observation(s) {enc:.2} ms + {k} denoiser steps x {step:.2} ms = {:.2} ms; inference {total:.2} ms",
                 d.scheduler.kind,
                 enc + k as f64 * step,
             );
