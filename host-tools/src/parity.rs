@@ -16,14 +16,16 @@
 //! | 0-255 vs 0-1 | normalized without `/ 255`, or raw 0-255 values |
 //! | mean/std | not applied, or applied twice |
 //! | layout | an HWC tensor, or HWC data reshaped (not permuted) to CHW |
-//! | uint8 resize | Pillow's 8-bit resampling (fixed-point weights, rounded after each pass), or torchvision's resize of uint8 tensors (the float result rounded once) |
+//! | uint8 resize | torchvision's resize of uint8 tensors (the bundle's preprocessing with `resize.dtype = "uint8"`, or `"float"` when the bundle says uint8), or Pillow's 8-bit resampling (fixed-point weights, rounded after each pass) |
 //!
 //! A hypothesis explains the difference when it matches the dataloader's tensor within the
 //! tolerance and removes at least 80% of the mean difference.
 
 use crate::images::{heat_colour, list_images, read_rgb, Rgb8};
 use anyhow::{bail, Context, Result};
-use reflex_models::manifest::{CameraSpec, ColorOrder, CropSpec, Interpolation, PixelFormat};
+use reflex_models::manifest::{
+    CameraSpec, ColorOrder, CropSpec, Interpolation, PixelFormat, ResizeDtype,
+};
 use reflex_models::npy::{read_npy, NpyArray};
 use reflex_runtime::preprocess::Preprocessor;
 use serde::Serialize;
@@ -227,6 +229,21 @@ fn spec_variants(cam: &CameraSpec) -> Vec<(String, CameraSpec)> {
             with(&|c| c.preprocess.resize.antialias = !aa),
         ));
     }
+    match p.resize.dtype {
+        ResizeDtype::Float => v.push((
+            "uint8 resize: training resized uint8 tensors with torchvision (the resized values \
+             rounded to integers); fix: `dtype = \"uint8\"` in the camera's \
+             `[cameras.preprocess.resize]`"
+                .to_string(),
+            with(&|c| c.preprocess.resize.dtype = ResizeDtype::Uint8),
+        )),
+        ResizeDtype::Uint8 => v.push((
+            "resize dtype: training resized float tensors, the bundle says uint8; fix: \
+             `dtype = \"float\"` (or no `dtype`) in the camera's `[cameras.preprocess.resize]`"
+                .to_string(),
+            with(&|c| c.preprocess.resize.dtype = ResizeDtype::Float),
+        )),
+    }
     v
 }
 
@@ -274,15 +291,6 @@ fn tensor_variants(
             "mean/std applied twice: training normalized an already normalized tensor".to_string(),
             per(&|v, m, s| ((v - m) / s - m) / s),
             None,
-        ),
-        (
-            "uint8 resize: training resized uint8 tensors with torchvision (the resized image \
-             rounded to integers)"
-                .to_string(),
-            per(&|v, m, s| ((255.0 * v).round().clamp(0.0, 255.0) / 255.0 - m) / s),
-            // torchvision's fixed-point weights land a few pixels one level off at rounding
-            // ties (measured: 11 of 150528 values at 640x480 -> 224x224).
-            Some(1.05 / (255.0 * p.std.iter().cloned().fold(f32::INFINITY, f32::min))),
         ),
     ];
     if c == 3 {
@@ -463,14 +471,21 @@ pub fn compare(
     if overall.max > tolerance {
         // Each hypothesis with its own tolerance (None = the caller's).
         let mut tried: Vec<(Hypothesis, Option<f32>)> = Vec::new();
+        // One intensity level in normalized units (the smallest std's).
+        let level = 1.05 / (255.0 * p.std.iter().cloned().fold(f32::INFINITY, f32::min));
         for (mistake, spec) in spec_variants(cam) {
             let hyp = preprocess(&spec, frame)?;
+            // The other resize dtype is allowed one level: at the frame's edges, where the
+            // renormalized weights are not binary fractions, PyTorch (horizontal pass first)
+            // and reflex (vertical first) can round a value lying within an f32 ulp of a half
+            // level to different sides (measured: 1 of 107520 values in an upscale).
+            let levels = (spec.preprocess.resize.dtype != p.resize.dtype).then_some(level);
             tried.push((
                 Hypothesis {
                     mistake,
                     diff: diff(&hyp, &theirs_chw),
                 },
-                None,
+                levels,
             ));
         }
         for (mistake, hyp, levels) in tensor_variants(cam, &ours, c, h, w) {
@@ -486,7 +501,9 @@ pub fn compare(
             tried.push((
                 Hypothesis {
                     mistake: "uint8 resize: training resized 8-bit PIL images \
-                              (`Image.resize(BILINEAR)`, fixed-point, rounded after each pass)"
+                              (`Image.resize(BILINEAR)`, fixed-point, rounded after each pass); \
+                              no bundle setting reproduces it: resize float tensors in \
+                              training, or set `dtype = \"uint8\"` (within one level)"
                         .to_string(),
                     diff: diff(&hyp, &theirs_chw),
                 },

@@ -409,6 +409,36 @@ pub struct ResizeSpec {
     /// the scale factor (as PIL does). Default true, torchvision's default since 0.17.
     #[serde(default = "yes")]
     pub antialias: bool,
+    /// The element type training resized: `float` (default; a float tensor, as after `ToTensor`
+    /// or `ToDtype(float32, scale=True)`) or `uint8` (a uint8 tensor or image, the resized
+    /// values rounded back to integers). See [`ResizeDtype`].
+    #[serde(default, skip_serializing_if = "ResizeDtype::is_float")]
+    pub dtype: ResizeDtype,
+}
+
+/// Which element type the training pipeline resized, so that deployment rounds where it did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeDtype {
+    /// A float tensor: the resized values are kept as they are (torchvision `Resize` after
+    /// `ToTensor`/`ToDtype(float32)`).
+    #[default]
+    Float,
+    /// A uint8 tensor resized by torchvision the way it does when it resizes in float and
+    /// rounds: `F.interpolate` on the float image, then `round_()` (ties to even) and the cast
+    /// back to uint8. torchvision 0.22 does this for bilinear on CPUs whose
+    /// `torch.backends.cpu.get_cpu_capability()` is not `AVX2` (e.g. `AVX512` or `DEFAULT`);
+    /// on an `AVX2` CPU it uses PyTorch's native uint8 kernel instead (Pillow-SIMD fixed-point
+    /// weights, rounded after each pass), which this does not reproduce (the two differ by one
+    /// level on about 13% of the values of a random 640x480 -> 224x224 image).
+    Uint8,
+}
+
+impl ResizeDtype {
+    /// True for the default, [`ResizeDtype::Float`].
+    pub fn is_float(&self) -> bool {
+        *self == ResizeDtype::Float
+    }
 }
 
 fn default_interp() -> Interpolation {

@@ -34,11 +34,13 @@
 //!    the normalized output at 640 -> 224). The two passes run vertical first (see below);
 //!    PyTorch runs the horizontal one first, which differs only by f32 rounding.
 //!
-//!    *Choice:* torchvision's `Resize` on a `uint8` tensor rounds the resized image back to
-//!    `uint8`; we follow the float path (no rounding after the resize), because training
-//!    pipelines normally convert to float first (`ToTensor`/`ConvertImageDtype`, or `ToImage` +
-//!    `ToDtype(float32, scale=True)`) and resize after. A pipeline that resized uint8 tensors
-//!    differs from this by at most half a level (0.5/255) before normalization.
+//!    *Element type* (`resize.dtype`): training pipelines normally convert to float first
+//!    (`ToTensor`/`ConvertImageDtype`, or `ToImage` + `ToDtype(float32, scale=True)`) and resize
+//!    after: `dtype = "float"` (the default) keeps the resized values as they are. A pipeline
+//!    that resized uint8 tensors gets them rounded back to integers, up to half a level
+//!    (0.5/255) away: `dtype = "uint8"` rounds each resized value the way torchvision does when
+//!    it resizes uint8 in float (`round_()`, ties to even, then the cast to uint8; see
+//!    [`ResizeDtype::Uint8`] for when torchvision takes that path).
 //! 4. **Normalize** `(x / 255 - mean) / std` per channel, computed as one fused `a x + b` with
 //!    `a = 1 / (255 std)`, `b = -mean / std` (within a few f32 ulps of the three-step form).
 //! 5. **Layout** CHW (NCHW without the batch axis), channels in the bundle's order (BGR swaps R
@@ -74,7 +76,7 @@
 
 use crate::io::{Fault, FaultKind};
 use reflex_models::manifest::{
-    CameraSpec, ColorOrder, CropSpec, Interpolation, Layout, PixelFormat, ResizeSpec,
+    CameraSpec, ColorOrder, CropSpec, Interpolation, Layout, PixelFormat, ResizeDtype, ResizeSpec,
 };
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
@@ -679,6 +681,9 @@ struct Resampler {
     v: Kernel,
     out_w: usize,
     out_h: usize,
+    /// `resize.dtype = "uint8"`: round each resized value to an integer (ties to even, as
+    /// `torch.round`) before normalizing.
+    round: bool,
     /// Per output channel: source lane, scale, offset (`out = lane * scale + offset`).
     norm: Vec<(usize, f32, f32)>,
     /// Decoded source rows, `ring_rows` slots; source row `r` is in slot `r % ring_rows`.
@@ -771,6 +776,14 @@ impl Resampler {
             };
             horizontal(hin, &self.h, &self.h4, colour, &mut self.hrow);
 
+            if self.round {
+                // torchvision's uint8 resize: the float result `round_()`ed (ties to even) and
+                // cast to uint8. Bilinear and nearest weights are non-negative and sum to 1, so
+                // the result stays in [0, 255]; the clamp only absorbs f32 rounding.
+                for x in &mut self.hrow {
+                    *x = x.round_ties_even().clamp(0.0, 255.0);
+                }
+            }
             let hrow = &self.hrow;
             for (c, &(lane, scale, offset)) in self.norm.iter().enumerate() {
                 let dst = &mut out[c * plane + oy * self.out_w..][..self.out_w];
@@ -860,6 +873,7 @@ impl Preprocessor {
             height: rh,
             interpolation,
             antialias,
+            dtype,
         } = p.resize;
         if rw == 0 || rh == 0 || rw > MAX_SIDE || rh > MAX_SIDE {
             return Err(spec_err(format!(
@@ -951,6 +965,7 @@ impl Preprocessor {
                 v,
                 out_w,
                 out_h,
+                round: dtype == ResizeDtype::Uint8,
                 norm,
                 ring: vec![0.0; ring_rows * (row_len + 1)],
                 ring_rows,
@@ -1124,6 +1139,7 @@ mod tests {
                     height: rh,
                     interpolation,
                     antialias,
+                    dtype: ResizeDtype::Float,
                 },
                 color,
                 // Identity normalization: outputs are x / 255.

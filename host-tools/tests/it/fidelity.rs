@@ -3,8 +3,10 @@
 //! reads and the brightness sensitivity of another, `export --reference-frames` stores what
 //! the viewpoint check needs.
 
-use reflex_models::manifest::{CameraSpec, CaptureSpec, CropSpec, Manifest, PixelFormat};
-use reflex_models::npy::read_npy;
+use reflex_models::manifest::{
+    CameraSpec, CaptureSpec, CropSpec, Manifest, PixelFormat, ResizeDtype,
+};
+use reflex_models::npy::{read_npy, NpyArray};
 use reflex_models::onnx::builder::{Attr, GraphBuilder};
 use reflex_models::onnx::{EncoderKind, HeadKind, PolicyArch};
 use reflex_models::Bundle;
@@ -119,6 +121,71 @@ fn linear_bundle(dir: &Path, side: usize, weight: impl Fn(usize, usize, usize) -
     let bytes = prost::Message::encode_to_vec(&g.finish());
     reflex_models::bundle::write_bundle(dir, &mut m, &[&bytes]).expect("writes the bundle");
     m
+}
+
+/// A tensor from torchvision's resize of a uint8 tensor (`tests/python/uint8_resize_ref.py`,
+/// then `/ 255` and mean/std): `parity` names the uint8 resize and the `resize.dtype` field that
+/// fixes it, and with `dtype = "uint8"` the bundle's preprocessing matches. Runs where
+/// `REFLEX_TORCH_PYTHON` names a python with torch and torchvision; skipped otherwise.
+#[test]
+fn parity_recommends_the_uint8_resize_dtype() {
+    let wd = WorkDir::new("parity-uint8");
+    let mut cam: CameraSpec = manifest((96, 72), 32).cameras[0].clone();
+    cam.preprocess.crop = Some(CropSpec {
+        x: 5,
+        y: 3,
+        width: 80,
+        height: 60,
+    });
+    cam.preprocess.resize.width = 40;
+    cam.preprocess.resize.height = 30;
+    let frame = picture(96, 72, 3);
+    let (raw, out) = (wd.path().join("frame.rgb"), wd.path().join("frame.u8"));
+    std::fs::write(&raw, &frame.data).expect("writes the frame");
+    let args = [
+        "96", "72", "5", "3", "80", "60", "40", "30", "bilinear", "1",
+    ];
+    let Some(_) = reflex_testkit::python::torch_reference(
+        "uint8_resize_ref.py",
+        std::iter::once(s(&raw))
+            .chain(args)
+            .chain(std::iter::once(s(&out))),
+        "torch torchvision numpy",
+    ) else {
+        return;
+    };
+    let levels = std::fs::read(&out).expect("reads the resized tensor");
+    let p = &cam.preprocess;
+    let n = 40 * 30;
+    let tensor: Vec<f32> = levels
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (f32::from(v) / 255.0 - p.mean[i / n]) / p.std[i / n])
+        .collect();
+    let theirs = NpyArray::f32(&[3, 30, 40], tensor);
+    let level = 1.0 / (255.0 * p.std.iter().cloned().fold(f32::INFINITY, f32::min));
+
+    let (r, _) = compare(&cam, &frame, &theirs, DEFAULT_TOLERANCE).expect("compares");
+    assert!(!r.matches, "the float resize should differ: {r:?}");
+    let d = r.diagnosis.as_deref().unwrap_or("(none)");
+    assert!(
+        d.contains("uint8 resize") && d.contains("dtype = \"uint8\""),
+        "diagnosed `{d}`\n{r:#?}"
+    );
+
+    cam.preprocess.resize.dtype = ResizeDtype::Uint8;
+    let float_mean = r.overall.mean;
+    let (r, _) = compare(&cam, &frame, &theirs, DEFAULT_TOLERANCE).expect("compares");
+    // Equal but for a few values one level off at the frame's edges (f32 pass order at exact
+    // half-level ties; see `compare`).
+    assert!(
+        r.overall.max <= 1.01 * level && r.overall.mean < 0.01 * float_mean,
+        "dtype = uint8 should match but for rare one-level ties: {r:?}"
+    );
+    eprintln!(
+        "torchvision uint8 resize: float dtype diagnosed `{d}`; uint8 dtype matches to {:?}",
+        r.overall
+    );
 }
 
 #[test]
