@@ -426,7 +426,8 @@ pub enum ResizeDtype {
     Float,
     /// A uint8 tensor resized by torchvision the way it does when it resizes in float and
     /// rounds: `F.interpolate` on the float image, then `round_()` (ties to even) and the cast
-    /// back to uint8. torchvision 0.22 does this for bilinear on CPUs whose
+    /// back to uint8. Equal to torchvision's values but for rare ones within an f32 ulp of a
+    /// half level at the frame's edges (pass order; one level off). torchvision 0.22 does this for bilinear on CPUs whose
     /// `torch.backends.cpu.get_cpu_capability()` is not `AVX2` (e.g. `AVX512` or `DEFAULT`);
     /// on an `AVX2` CPU it uses PyTorch's native uint8 kernel instead (Pillow-SIMD fixed-point
     /// weights, rounded after each pass), which this does not reproduce (the two differ by one
