@@ -426,12 +426,13 @@ pub enum ResizeDtype {
     Float,
     /// A uint8 tensor resized by torchvision the way it does when it resizes in float and
     /// rounds: `F.interpolate` on the float image, then `round_()` (ties to even) and the cast
-    /// back to uint8. Equal to torchvision's values but for rare ones within an f32 ulp of a
-    /// half level at the frame's edges (pass order; one level off). torchvision 0.22 does this for bilinear on CPUs whose
-    /// `torch.backends.cpu.get_cpu_capability()` is not `AVX2` (e.g. `AVX512` or `DEFAULT`);
-    /// on an `AVX2` CPU it uses PyTorch's native uint8 kernel instead (Pillow-SIMD fixed-point
-    /// weights, rounded after each pass), which this does not reproduce (the two differ by one
-    /// level on about 13% of the values of a random 640x480 -> 224x224 image).
+    /// back to uint8. Equal to torchvision's values, every one, when PyTorch runs its portable
+    /// kernels (`ATEN_CPU_CAPABILITY=default`; tested against torch 2.7.1). torchvision 0.22
+    /// resizes uint8 bilinear this way on CPUs whose `torch.backends.cpu.get_cpu_capability()`
+    /// is not `AVX2`; on an `AVX512` CPU PyTorch's float kernels fuse multiply-adds, which moves
+    /// values lying within an f32 ulp of a half level (measured: 3 of 298788 values one level
+    /// off over four random-noise resizes). On an `AVX2` CPU it runs PyTorch's native uint8
+    /// kernel instead, which differs from this on about 13% of the values (one level).
     Uint8,
 }
 

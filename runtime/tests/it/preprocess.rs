@@ -644,37 +644,43 @@ fn run_allocates_nothing_for_raw_formats() -> TestResult {
     Ok(())
 }
 
-/// `resize.dtype = "uint8"` reproduces torchvision's resize of uint8 tensors exactly (every
-/// value, as an integer level), on the float path torchvision takes on non-`AVX2` CPUs
-/// (`tests/python/uint8_resize_ref.py` forces it with `ATEN_CPU_CAPABILITY=default`): an
-/// antialiased 640x480 -> 224x224 downscale, a crop upscaled, an exact 2x downscale without
-/// antialias (every output an exact half-level tie, rounded to even) and nearest. The float
-/// default is checked to differ from the uint8 tensors, so the comparison can fail. Runs where
-/// `REFLEX_TORCH_PYTHON` names a python with torch and torchvision; skipped otherwise.
+/// torchvision's resize, from `tests/python/uint8_resize_ref.py` (PyTorch's portable kernels,
+/// `ATEN_CPU_CAPABILITY=default`, two threads): `resize.dtype = "float"` gives its float32
+/// result bit for bit, and `dtype = "uint8"` its uint8 tensor exactly (every value, as an integer
+/// level): an antialiased 640x480 -> 224x224, a crop upscaled without antialias, an exact 2x
+/// downscale without antialias (every output an exact half-level tie, rounded to even), a 10x
+/// antialiased downscale (21 and 25 taps), an antialiased width-up, height-down resize, and
+/// nearest. torchvision's values go through the normalization as documented (`x * a + b`, with
+/// `a = 1 / (255 std)` rounded to f32) before the bit comparison; the float default is checked
+/// to differ from the uint8 tensors, so the comparison can fail. Runs where `REFLEX_TORCH_PYTHON` names a python with torch and
+/// torchvision; skipped otherwise.
 #[test]
-fn uint8_resize_matches_torchvision() -> TestResult {
-    let dir = WorkDir::new("uint8-resize");
+fn resize_matches_torchvision_float_and_uint8() -> TestResult {
+    let dir = WorkDir::new("torch-resize");
     let rgb = (640, 480, PixelFormat::Rgb24);
+    let bilinear = Interpolation::Bilinear;
     let cases = [
-        Case::new(
-            "aa",
-            rgb,
-            None,
-            (224, 224, Interpolation::Bilinear, true),
-            ColorOrder::Rgb,
-        ),
+        Case::new("aa", rgb, None, (224, 224, bilinear, true), ColorOrder::Rgb),
         Case::new(
             "up",
             rgb,
             Some((101, 37, 150, 90)),
-            (224, 160, Interpolation::Bilinear, false),
+            (224, 160, bilinear, false),
             ColorOrder::Rgb,
         ),
         Case::new(
             "half",
             rgb,
             None,
-            (320, 240, Interpolation::Bilinear, false),
+            (320, 240, bilinear, false),
+            ColorOrder::Rgb,
+        ),
+        Case::new("wide", rgb, None, (64, 40, bilinear, true), ColorOrder::Rgb),
+        Case::new(
+            "mixed",
+            rgb,
+            Some((3, 1, 120, 400)),
+            (150, 90, bilinear, true),
             ColorOrder::Rgb,
         ),
         Case::new(
@@ -693,7 +699,6 @@ fn uint8_resize_matches_torchvision() -> TestResult {
         };
         let frame = noise(case.frame_len(), 40 + k as u64);
         let frame_path = dir.path().join(format!("{}.rgb", case.name));
-        let out_path = dir.path().join(format!("{}.u8", case.name));
         std::fs::write(&frame_path, &frame)?;
         let (x, y, cw, ch) = case.crop.unwrap_or((0, 0, 640, 480));
         let (ow, oh, interp, aa) = case.resize;
@@ -706,16 +711,28 @@ fn uint8_resize_matches_torchvision() -> TestResult {
             .map(u32::to_string)
             .chain([mode.to_string(), u8::from(aa).to_string()])
             .collect();
-        let Some(_) = python::torch_reference(
-            "uint8_resize_ref.py",
-            std::iter::once(frame_path.display().to_string())
-                .chain(args)
-                .chain(std::iter::once(out_path.display().to_string())),
-            "torch torchvision numpy",
-        ) else {
+        let torch = |kind: &str| -> Option<Vec<u8>> {
+            let out = dir.path().join(format!("{}.{kind}", case.name));
+            python::torch_reference(
+                "uint8_resize_ref.py",
+                std::iter::once(frame_path.display().to_string())
+                    .chain(args.iter().cloned())
+                    .chain([out.display().to_string(), kind.to_string()]),
+                "torch torchvision numpy",
+            )?;
+            Some(std::fs::read(&out).expect("reads the reference output"))
+        };
+        let Some(want) = torch("uint8") else {
             return Ok(());
         };
-        let want = std::fs::read(&out_path)?;
+        // The preprocessor's normalization with mean 0, std 1 (module docs, step 4).
+        let scale = (1.0 / 255.0f64) as f32;
+        let want: Vec<f32> = want.iter().map(|&w| f32::from(w) * scale).collect();
+        let want_float: Vec<f32> = torch("float")
+            .expect("torch ran for uint8")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * scale)
+            .collect();
 
         let mut spec = case.spec();
         spec.preprocess.resize.dtype = ResizeDtype::Uint8;
@@ -723,24 +740,15 @@ fn uint8_resize_matches_torchvision() -> TestResult {
         let mut got = vec![f32::NAN; pre.output_len()];
         pre.run(&frame, 640, 480, PixelFormat::Rgb24, &mut got)?;
         assert_eq!(got.len(), want.len(), "{}", case.name);
-        let off: Vec<(usize, f32, u8)> = got
+        let off: Vec<(usize, f32, f32)> = got
             .iter()
             .zip(&want)
             .enumerate()
-            .filter(|(_, (g, &w))| (*g * 255.0 - f32::from(w)).abs() > 1e-3)
-            .map(|(i, (g, &w))| (i, g * 255.0, w))
+            .filter(|(_, (g, w))| g.to_bits() != w.to_bits())
+            .map(|(i, (&g, &w))| (i, g * 255.0, w * 255.0))
             .collect();
-        // Exact everywhere, except that PyTorch's non-antialiased bilinear sums the four
-        // products `w_y w_x p` in one pass where reflex runs two separable passes: f32 rounding
-        // can put a value that lies within an ulp of a half level on the other side of it
-        // (measured: 1 of 107520 in the upscale case).
-        let allowed = if case.name == "up" {
-            want.len() / 10_000
-        } else {
-            0
-        };
         assert!(
-            off.len() <= allowed && off.iter().all(|&(_, g, w)| (g - f32::from(w)).abs() <= 1.0),
+            off.is_empty(),
             "{}: {} of {} values differ from torchvision's uint8 resize, first {:?}",
             case.name,
             off.len(),
@@ -749,16 +757,31 @@ fn uint8_resize_matches_torchvision() -> TestResult {
         );
 
         let float = run_case(&case, &frame)?;
+        assert_eq!(float.len(), want_float.len(), "{}", case.name);
+        let float_off: Vec<(usize, f32, f32)> = float
+            .iter()
+            .zip(&want_float)
+            .enumerate()
+            .filter(|(_, (g, w))| g.to_bits() != w.to_bits())
+            .map(|(i, (&g, &w))| (i, g * 255.0, w * 255.0))
+            .collect();
+        assert!(
+            float_off.is_empty(),
+            "{}: {} of {} float values differ from torchvision's float resize, first {:?}",
+            case.name,
+            float_off.len(),
+            want_float.len(),
+            &float_off[..float_off.len().min(5)]
+        );
         let differ = float
             .iter()
             .zip(&want)
-            .filter(|(g, &w)| (*g * 255.0 - f32::from(w)).abs() > 1e-3)
+            .filter(|(g, w)| g.to_bits() != w.to_bits())
             .count();
         eprintln!(
-            "{}: uint8 dtype differs from torchvision on {} of {} values (one level); the float \
-             default on {differ}",
+            "{}: float and uint8 dtypes equal torchvision's float and uint8 resize on all {} \
+             values; the float result is not an integer on {differ}",
             case.name,
-            off.len(),
             want.len()
         );
         if case.name != "nearest" {
