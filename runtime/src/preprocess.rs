@@ -49,7 +49,14 @@
 //!    that resized uint8 tensors gets them rounded back to integers, up to half a level
 //!    (0.5/255) away: `dtype = "uint8"` rounds each resized value the way torchvision does when
 //!    it resizes uint8 in float (`round_()`, ties to even, then the cast to uint8; see
-//!    [`ResizeDtype::Uint8`] for when torchvision takes that path).
+//!    [`ResizeDtype::Uint8`] for when torchvision takes that path). Pipelines that resized
+//!    8-bit images in integer fixed point get it too: `dtype = "uint8-pil"` is Pillow's
+//!    `Image.resize(BILINEAR)` and `dtype = "uint8-avx2"` torchvision's uint8 resize on AVX2
+//!    CPUs (PyTorch's Pillow-SIMD kernel): triangle weights in double, scaled to integers with
+//!    22 fractional bits (Pillow) or as many as keep the largest weight below 2^15 (Pillow-SIMD),
+//!    rounded half away from zero; each pass, horizontal first, sums from half a unit in
+//!    integers, shifts and clips to 0..255 ([`ResizeDtype::Uint8Pil`],
+//!    [`ResizeDtype::Uint8Avx2`]).
 //! 4. **Normalize** `(x / 255 - mean) / std` per channel, computed as one fused `a x + b` with
 //!    `a = 1 / (255 std)`, `b = -mean / std` (within a few f32 ulps of the three-step form).
 //! 5. **Layout** CHW (NCHW without the batch axis), channels in the bundle's order (BGR swaps R
@@ -232,11 +239,11 @@ impl RowDecode {
 /// A 1-D resampling: output `i` is `sum_k weights[i * stride + k] * input[start[i] + k]` for
 /// `k < len[i]`.
 #[derive(Debug, Clone)]
-struct Kernel {
+struct Kernel<W = f32> {
     start: Vec<usize>,
     len: Vec<usize>,
     stride: usize,
-    weights: Vec<f32>,
+    weights: Vec<W>,
 }
 
 impl Kernel {
@@ -251,14 +258,23 @@ impl Kernel {
                 Interpolation::Bilinear if antialias => aa_taps(i, in_len, out_len),
                 Interpolation::Bilinear => linear_taps(i, in_len, out_len),
             })
-            .map(|(start, w)| trim(start, w))
             .collect();
+        Kernel::from_taps(taps)
+    }
+}
+
+impl<W: Copy + Default + PartialEq> Kernel<W> {
+    /// One output's taps per element, `(first input index, weights)`, with zero weights at
+    /// either end dropped.
+    fn from_taps(taps: Vec<(usize, Vec<W>)>) -> Kernel<W> {
+        let taps: Vec<(usize, Vec<W>)> = taps.into_iter().map(|(s, w)| trim(s, w)).collect();
+        let out_len = taps.len();
         let stride = taps.iter().map(|(_, w)| w.len()).max().unwrap_or(1).max(1);
         let mut k = Kernel {
             start: Vec::with_capacity(out_len),
             len: Vec::with_capacity(out_len),
             stride,
-            weights: vec![0.0; out_len * stride],
+            weights: vec![W::default(); out_len * stride],
         };
         for (i, (start, w)) in taps.into_iter().enumerate() {
             k.start.push(start);
@@ -270,14 +286,14 @@ impl Kernel {
 
     /// The same kernel with every output using exactly `stride` taps (zero-padded, window moved
     /// left where it would pass `in_len`), for the horizontal pass's fixed-length inner loop.
-    fn padded(&self, in_len: usize) -> Kernel {
+    fn padded(&self, in_len: usize) -> Kernel<W> {
         let stride = self.stride.min(in_len);
         let n = self.start.len();
         let mut k = Kernel {
             start: Vec::with_capacity(n),
             len: vec![stride; n],
             stride,
-            weights: vec![0.0; n * stride],
+            weights: vec![W::default(); n * stride],
         };
         for i in 0..n {
             let (s, l) = (self.start[i], self.len[i]);
@@ -290,20 +306,21 @@ impl Kernel {
         k
     }
 
-    fn taps(&self, i: usize) -> (usize, &[f32]) {
+    fn taps(&self, i: usize) -> (usize, &[W]) {
         let w = &self.weights[i * self.stride..i * self.stride + self.len[i]];
         (self.start[i], w)
     }
 }
 
 /// Drops leading and trailing zero weights (keeping at least one tap).
-fn trim(start: usize, mut w: Vec<f32>) -> (usize, Vec<f32>) {
-    while w.len() > 1 && w.last() == Some(&0.0) {
+fn trim<W: Copy + Default + PartialEq>(start: usize, mut w: Vec<W>) -> (usize, Vec<W>) {
+    let zero = W::default();
+    while w.len() > 1 && w.last() == Some(&zero) {
         w.pop();
     }
     let lead = w
         .iter()
-        .position(|&x| x != 0.0)
+        .position(|&x| x != zero)
         .unwrap_or(0)
         .min(w.len() - 1);
     (start + lead, w.split_off(lead))
@@ -373,6 +390,141 @@ fn aa_taps(i: usize, in_len: usize, out_len: usize) -> (usize, Vec<f32>) {
         return ((xmin as usize).min(in_len - 1), vec![1.0]);
     }
     (xmin as usize, w)
+}
+
+/// Pillow's fixed-point precision, `PRECISION_BITS = 32 - 8 - 2` (`libImaging/Resample.c`).
+const PIL_BITS: u32 = 22;
+
+/// The triangle (bilinear) filter's taps for one output in double, as Pillow's
+/// `precompute_coeffs` and PyTorch's `_compute_indices_min_size_weights_aa` compute them for
+/// the fixed-point kernels: centre `(i + 0.5) in / out`, support widened by the downscale factor
+/// when `antialias` (Pillow always), taps `xmin..xmax` truncated from `centre -/+ support + 0.5`,
+/// weight `tri((x - centre + 0.5) / filterscale)` (times the reciprocal), normalized to sum 1.
+fn fixed_point_taps(i: usize, in_len: usize, out_len: usize, antialias: bool) -> (usize, Vec<f64>) {
+    let scale = in_len as f64 / out_len as f64;
+    let filterscale = if antialias { scale.max(1.0) } else { 1.0 };
+    let (support, ss) = (filterscale, 1.0 / filterscale);
+    let center = (i as f64 + 0.5) * scale;
+    let xmin = ((center - support + 0.5) as i64).max(0);
+    let xmax = ((center + support + 0.5) as i64)
+        .min(in_len as i64)
+        .max(xmin);
+    let mut w: Vec<f64> = (xmin..xmax)
+        .map(|x| {
+            let t = ((x as f64 - center + 0.5) * ss).abs();
+            if t < 1.0 {
+                1.0 - t
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let total: f64 = w.iter().fold(0.0, |s, &x| s + x);
+    if total != 0.0 {
+        for x in &mut w {
+            *x /= total;
+        }
+    }
+    if w.is_empty() {
+        // Cannot happen for in_len, out_len >= 1; no kernel may have zero taps.
+        return ((xmin as usize).min(in_len - 1), vec![1.0]);
+    }
+    (xmin as usize, w)
+}
+
+/// A fixed-point resampling kernel for `in_len -> out_len` and its fractional bits: the
+/// weights of [`fixed_point_taps`] times `2^bits`, rounded half away from zero (Pillow's
+/// `normalize_coeffs_8bpc`, PyTorch's `_compute_index_ranges_int16_weights`). `bits` is 22 for
+/// Pillow; for PyTorch's 16-bit weights, the largest `p < 22` such that the largest weight
+/// times `2^(p+1)` rounds below 2^15 (or 22).
+fn fixed_point_kernel(
+    in_len: usize,
+    out_len: usize,
+    antialias: bool,
+    dtype: ResizeDtype,
+) -> (Kernel<i32>, u32) {
+    let taps: Vec<(usize, Vec<f64>)> = (0..out_len)
+        .map(|i| fixed_point_taps(i, in_len, out_len, antialias))
+        .collect();
+    let bits = if dtype == ResizeDtype::Uint8Avx2 {
+        let max = taps
+            .iter()
+            .flat_map(|(_, w)| w.iter().copied())
+            .fold(0.0f64, f64::max);
+        (0..PIL_BITS)
+            .find(|&p| (0.5 + max * f64::from(1u32 << (p + 1))) as i64 >= 1 << 15)
+            .unwrap_or(PIL_BITS)
+    } else {
+        PIL_BITS
+    };
+    let one = f64::from(1u32 << bits);
+    let taps = taps
+        .into_iter()
+        .map(|(s, w)| {
+            let k = w
+                .iter()
+                .map(|&x| {
+                    let v = x * one;
+                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i32
+                })
+                .collect();
+            (s, k)
+        })
+        .collect();
+    (Kernel::from_taps(taps), bits)
+}
+
+/// The integer result of a fixed-point tap sum: `acc >> bits`, clipped to 0..255 (Pillow's
+/// `clip8`), as f32.
+#[inline(always)]
+fn clip8(acc: i32, bits: u32) -> f32 {
+    (acc >> bits).clamp(0, 255) as f32
+}
+
+/// Fixed-point horizontal pass (Pillow's `ImagingResampleHorizontal_8bpc`): per output pixel
+/// and channel `clip8(2^(bits-1) + sum x k)`, the 8-bit samples read from the f32 row (exact
+/// integers), written in [`horizontal`]'s layout. The sums stay below 2^31 (samples <= 255,
+/// weights summing to about 2^22).
+#[inline(always)]
+fn horizontal_int(row: &[f32], k: &Kernel<i32>, bits: u32, colour: bool, out: &mut [f32]) {
+    let bias = 1i32 << (bits - 1);
+    let t = k.stride;
+    let weights = k.weights.chunks_exact(t);
+    if colour {
+        for ((o, &s), w) in out.chunks_exact_mut(4).zip(&k.start).zip(weights) {
+            let mut acc = [bias; 3];
+            for (px, &wk) in row[3 * s..3 * (s + t)].chunks_exact(3).zip(w) {
+                for (a, &x) in acc.iter_mut().zip(px) {
+                    *a += x as i32 * wk;
+                }
+            }
+            for (o, a) in o.iter_mut().zip(acc) {
+                *o = clip8(a, bits);
+            }
+        }
+    } else {
+        for ((o, &s), w) in out.iter_mut().zip(&k.start).zip(weights) {
+            let acc = row[s..s + t]
+                .iter()
+                .zip(w)
+                .fold(bias, |a, (&x, &wk)| a + x as i32 * wk);
+            *o = clip8(acc, bits);
+        }
+    }
+}
+
+/// Fixed-point vertical pass (Pillow's `ImagingResampleVertical_8bpc`): `acc[i] =
+/// clip8(2^(bits-1) + sum_k rows(k)[i] w[k])`.
+#[inline(always)]
+fn vertical_int<'r>(acc: &mut [f32], w: &[i32], bits: u32, rows: impl Fn(usize) -> &'r [f32]) {
+    let bias = 1i32 << (bits - 1);
+    for (i, a) in acc.iter_mut().enumerate() {
+        let sum = w
+            .iter()
+            .enumerate()
+            .fold(bias, |s, (k, &wk)| s + rows(k)[i] as i32 * wk);
+        *a = clip8(sum, bits);
+    }
 }
 
 /// Luma term of the BT.601 limited-range conversion, `1.164 (Y - 16)`, plus 0.0005.
@@ -703,6 +855,9 @@ struct Resampler {
     /// `resize.dtype = "uint8"`: round each resized value to an integer (ties to even, as
     /// `torch.round`) before normalizing.
     round: bool,
+    /// `resize.dtype = "uint8-pil"` / `"uint8-avx2"` (bilinear): the fixed-point kernels that
+    /// replace `h` and `v`.
+    fixed: Option<FixedPoint>,
     /// Per output channel: source lane, scale, offset (`out = lane * scale + offset`).
     norm: Vec<(usize, f32, f32)>,
     /// One decoded source row.
@@ -717,6 +872,14 @@ struct Resampler {
     ring_rows: usize,
     /// One vertically resampled row (`hrow_len`).
     acc: Vec<f32>,
+}
+
+/// The two passes of a fixed-point resampling, with their fractional bits.
+struct FixedPoint {
+    h: Kernel<i32>,
+    h_bits: u32,
+    v: Kernel<i32>,
+    v_bits: u32,
 }
 
 impl Resampler {
@@ -751,8 +914,11 @@ impl Resampler {
         let hl = self.hrow_len;
         let mut next = 0;
         for oy in 0..self.out_h {
-            let (s, w) = self.v.taps(oy);
-            let end = s + w.len();
+            let (s, taps) = match &self.fixed {
+                Some(f) => (f.v.start[oy], f.v.len[oy]),
+                None => (self.v.start[oy], self.v.len[oy]),
+            };
+            let end = s + taps;
             for iy in next.max(s)..end.min(self.in_h) {
                 let at = (self.y0 + iy) * src.row_bytes + self.x0 * src.pixel_bytes;
                 let bytes = &src.bytes[at..at + self.span * src.pixel_bytes];
@@ -784,25 +950,29 @@ impl Resampler {
                     self.last_px * n..(self.last_px + 1) * n,
                     (self.last_px + 1) * n,
                 );
-                let slot = iy % self.ring_rows;
-                horizontal(
-                    hin,
-                    &self.h,
-                    &self.h4,
-                    colour,
-                    &mut self.ring[slot * hl..][..hl],
-                );
+                let slot = &mut self.ring[iy % self.ring_rows * hl..][..hl];
+                match &self.fixed {
+                    None => horizontal(hin, &self.h, &self.h4, colour, slot),
+                    Some(f) => horizontal_int(hin, &f.h, f.h_bits, colour, slot),
+                }
             }
             next = next.max(end);
 
             let ring = &self.ring;
             let rows = |k: usize| &ring[(s + k).min(self.in_h - 1) % self.ring_rows * hl..][..hl];
-            // A single unit tap (nearest, or an unchanged height) reads the ring row directly.
-            let vrow: &[f32] = if w == [1.0] {
-                rows(0)
-            } else {
-                vertical(&mut self.acc, w, rows);
-                &self.acc
+            let vrow: &[f32] = match &self.fixed {
+                Some(f) => {
+                    vertical_int(&mut self.acc, f.v.taps(oy).1, f.v_bits, rows);
+                    &self.acc
+                }
+                // A single unit tap (nearest, or an unchanged height) reads the ring row.
+                None => match self.v.taps(oy).1 {
+                    [w] if *w == 1.0 => rows(0),
+                    w => {
+                        vertical(&mut self.acc, w, rows);
+                        &self.acc
+                    }
+                },
             };
             for (c, &(lane, scale, offset)) in self.norm.iter().enumerate() {
                 let dst = &mut out[c * plane + oy * self.out_w..][..self.out_w];
@@ -907,6 +1077,9 @@ impl Preprocessor {
                 crop.width, crop.height, crop.x, crop.y, cap.width, cap.height
             )));
         }
+        if let Some(problem) = p.resize.dtype_problem() {
+            return Err(spec_err(problem));
+        }
         let ResizeSpec {
             width: rw,
             height: rh,
@@ -963,7 +1136,23 @@ impl Preprocessor {
             *s += lead;
         }
         let v = Kernel::new(crop.height as usize, out_h, interpolation, antialias);
-        let ring_rows = v.stride;
+        let fixed = (interpolation == Interpolation::Bilinear
+            && matches!(dtype, ResizeDtype::Uint8Pil | ResizeDtype::Uint8Avx2))
+        .then(|| {
+            let (mut h, h_bits) = fixed_point_kernel(cw, out_w, antialias, dtype);
+            h = h.padded(cw + 1);
+            for s in &mut h.start {
+                *s += lead;
+            }
+            let (v, v_bits) = fixed_point_kernel(crop.height as usize, out_h, antialias, dtype);
+            FixedPoint {
+                h,
+                h_bits,
+                v,
+                v_bits,
+            }
+        });
+        let ring_rows = fixed.as_ref().map_or(v.stride, |f| f.v.stride);
         let row_len = span * if colour { 3 } else { 1 };
         let hrow_len = out_w * if colour { 4 } else { 1 };
 
@@ -1008,6 +1197,7 @@ impl Preprocessor {
                 out_w,
                 out_h,
                 round: dtype == ResizeDtype::Uint8,
+                fixed,
                 norm,
                 row: vec![0.0; row_len + 4],
                 pix: if matches!(decode, RowDecode::YuyvRgb | RowDecode::Nv12Rgb) {
@@ -1694,5 +1884,35 @@ mod tests {
             assert!(e.contains("camera `top`") && e.contains(what), "{e}");
         }
         assert!(Preprocessor::new(&ok).is_ok());
+    }
+
+    /// `uint8-pil` is Pillow's antialiased BILINEAR: nearest or no antialias is refused, naming
+    /// the field and what to set; `uint8-avx2` takes both.
+    #[test]
+    fn uint8_pil_needs_bilinear_with_antialias() {
+        let spec = |interp, aa, dtype| {
+            let mut c = cam(
+                (64, 48, PixelFormat::Rgb24),
+                None,
+                (30, 20, interp, aa),
+                ColorOrder::Rgb,
+            );
+            c.preprocess.resize.dtype = dtype;
+            c
+        };
+        let pil = ResizeDtype::Uint8Pil;
+        for (interp, aa, what) in [
+            (Interpolation::Nearest, true, "interpolation = \"bilinear\""),
+            (BILINEAR, false, "needs antialias = true"),
+        ] {
+            let e = Preprocessor::new(&spec(interp, aa, pil))
+                .expect_err(what)
+                .to_string();
+            assert!(e.contains("camera `top`") && e.contains(what), "{e}");
+        }
+        assert!(Preprocessor::new(&spec(BILINEAR, true, pil)).is_ok());
+        for (interp, aa) in [(BILINEAR, false), (Interpolation::Nearest, true)] {
+            assert!(Preprocessor::new(&spec(interp, aa, ResizeDtype::Uint8Avx2)).is_ok());
+        }
     }
 }

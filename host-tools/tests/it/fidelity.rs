@@ -227,7 +227,7 @@ fn parity_names_each_planted_mistake() {
         ("missing_normalization", Some("mean/std missing")),
         ("scale_0_255", Some("no division by 255 before mean/std")),
         ("nearest", Some("training resized with nearest")),
-        ("uint8_resize", Some("uint8 resize")),
+        ("uint8_resize", Some("fix: `dtype = \"uint8-pil\"`")),
         ("hwc", Some("layout: the tensor is HWC")),
     ];
     for (case, cause) in expect {

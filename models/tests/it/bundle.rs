@@ -650,4 +650,35 @@ fn resize_dtype_defaults_to_float_and_parses_uint8() {
     });
     let e = load_err(&d);
     assert!(e.contains("int8") && e.contains("float"), "{e}");
+
+    for dtype in ["uint8-pil", "uint8-avx2"] {
+        let d = copy_of(&format!("resize-dtype-{dtype}"));
+        edit_manifest(&d, |t| {
+            t.replacen(
+                "antialias = true",
+                &format!("antialias = true\ndtype = \"{dtype}\""),
+                1,
+            )
+        });
+        let m = Bundle::load(&d).expect("loads").manifest;
+        assert_eq!(m.cameras[0].preprocess.resize.dtype.name(), dtype);
+        assert!(m
+            .to_toml()
+            .expect("toml")
+            .contains(&format!("dtype = \"{dtype}\"")));
+    }
+    // Pillow's BILINEAR always antialiases: uint8-pil without it is refused, naming the field.
+    let d = copy_of("resize-dtype-pil-no-aa");
+    edit_manifest(&d, |t| {
+        t.replacen(
+            "antialias = true",
+            "antialias = false\ndtype = \"uint8-pil\"",
+            1,
+        )
+    });
+    let e = load_err(&d);
+    assert!(
+        e.contains("resize.dtype") && e.contains("needs antialias = true"),
+        "{e}"
+    );
 }

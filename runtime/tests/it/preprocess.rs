@@ -609,9 +609,19 @@ fn run_allocates_nothing_for_raw_formats() -> TestResult {
             ColorOrder::Grey,
         ),
     ];
+    let dtypes = [
+        ResizeDtype::Float,
+        ResizeDtype::Uint8,
+        ResizeDtype::Uint8Pil,
+        ResizeDtype::Uint8Avx2,
+    ];
     for (case, dtype) in cases
         .iter()
-        .flat_map(|c| [(c, ResizeDtype::Float), (c, ResizeDtype::Uint8)])
+        .flat_map(|c| dtypes.map(|d| (c, d)))
+        .filter(|(c, d)| {
+            // Pillow's resize is bilinear with antialias only.
+            *d != ResizeDtype::Uint8Pil || c.resize.2 == Interpolation::Bilinear && c.resize.3
+        })
     {
         let mut spec = case.spec();
         spec.preprocess.resize.dtype = dtype;
@@ -650,7 +660,9 @@ fn run_allocates_nothing_for_raw_formats() -> TestResult {
 /// level): an antialiased 640x480 -> 224x224, a crop upscaled without antialias, an exact 2x
 /// downscale without antialias (every output an exact half-level tie, rounded to even), a 10x
 /// antialiased downscale (21 and 25 taps), an antialiased width-up, height-down resize, and
-/// nearest. torchvision's values go through the normalization as documented (`x * a + b`, with
+/// nearest; and `dtype = "uint8-avx2"` its uint8 tensor on an AVX2 CPU (PyTorch's native
+/// fixed-point kernel, `ATEN_CPU_CAPABILITY=avx2`), every value too. torchvision's values go
+/// through the normalization as documented (`x * a + b`, with
 /// `a = 1 / (255 std)` rounded to f32) before the bit comparison; the float default is checked
 /// to differ from the uint8 tensors, so the comparison can fail. Runs where `REFLEX_TORCH_PYTHON` names a python with torch and
 /// torchvision; skipped otherwise.
@@ -756,6 +768,29 @@ fn resize_matches_torchvision_float_and_uint8() -> TestResult {
             &off[..off.len().min(5)]
         );
 
+        let avx2: Vec<f32> = torch("avx2")
+            .expect("torch ran for uint8")
+            .iter()
+            .map(|&w| f32::from(w) * scale)
+            .collect();
+        spec.preprocess.resize.dtype = ResizeDtype::Uint8Avx2;
+        let mut pre = Preprocessor::new(&spec)?;
+        let mut got = vec![f32::NAN; pre.output_len()];
+        pre.run(&frame, 640, 480, PixelFormat::Rgb24, &mut got)?;
+        let off = got
+            .iter()
+            .zip(&avx2)
+            .filter(|(g, w)| g.to_bits() != w.to_bits())
+            .count();
+        let native = avx2.iter().zip(&want).filter(|(a, b)| a != b).count();
+        eprintln!(
+            "{}: uint8-avx2 differs from torchvision's native uint8 resize on {off} of {} \
+             values (its float-then-round path differs from the native one on {native})",
+            case.name,
+            avx2.len()
+        );
+        assert_eq!(off, 0, "{}: uint8-avx2 vs torchvision (AVX2)", case.name);
+
         let float = run_case(&case, &frame)?;
         assert_eq!(float.len(), want_float.len(), "{}", case.name);
         let float_off: Vec<(usize, f32, f32)> = float
@@ -792,5 +827,133 @@ fn resize_matches_torchvision_float_and_uint8() -> TestResult {
             );
         }
     }
+    Ok(())
+}
+
+/// `resize.dtype = "uint8-pil"` reproduces Pillow's `Image.resize(BILINEAR)` of 8-bit images
+/// exactly (every value; `tests/python/pil_resize_ref.py`): an antialiased 640x480 -> 224x224,
+/// a crop upscaled, an exact 2x downscale, a 10x downscale, a width-down, height-up resize, a
+/// square centre crop and a grey image (`convert("L")` then resize). Pillow 13 runs the vertical
+/// pass first for some tall or width-enlarging, height-shrinking resizes (see
+/// `ResizeDtype::Uint8Pil`), which reflex does not reproduce; these cases are ones it runs
+/// horizontally first, like every earlier Pillow. torchvision's float-then-round resize
+/// (`dtype = "uint8"`) is checked to differ from Pillow, so the comparison can fail.
+#[test]
+fn uint8_pil_matches_pillow() -> TestResult {
+    let dir = WorkDir::new("pil-resize");
+    let rgb = (640, 480, PixelFormat::Rgb24);
+    let bilinear = Interpolation::Bilinear;
+    let cases = [
+        Case::new("aa", rgb, None, (224, 224, bilinear, true), ColorOrder::Rgb),
+        Case::new(
+            "up",
+            rgb,
+            Some((101, 37, 150, 90)),
+            (224, 160, bilinear, true),
+            ColorOrder::Rgb,
+        ),
+        Case::new(
+            "half",
+            rgb,
+            None,
+            (320, 240, bilinear, true),
+            ColorOrder::Rgb,
+        ),
+        Case::new("wide", rgb, None, (64, 40, bilinear, true), ColorOrder::Rgb),
+        Case::new(
+            "mixed",
+            rgb,
+            Some((3, 1, 400, 120)),
+            (150, 200, bilinear, true),
+            ColorOrder::Bgr,
+        ),
+        Case::new(
+            "square",
+            rgb,
+            Some((80, 0, 480, 480)),
+            (224, 224, bilinear, true),
+            ColorOrder::Rgb,
+        ),
+        Case::new(
+            "grey",
+            rgb,
+            Some((7, 9, 300, 200)),
+            (96, 64, bilinear, true),
+            ColorOrder::Grey,
+        ),
+    ];
+    let mut rounded_differs = 0;
+    for (k, case) in cases.into_iter().enumerate() {
+        let n = case.color.channels();
+        let case = Case {
+            mean: vec![0.0; n],
+            std: vec![1.0; n],
+            ..case
+        };
+        let frame = noise(case.frame_len(), 70 + k as u64);
+        let frame_path = dir.path().join(format!("{}.rgb", case.name));
+        let out = dir.path().join(format!("{}.u8", case.name));
+        std::fs::write(&frame_path, &frame)?;
+        let (x, y, cw, ch) = case.crop.unwrap_or((0, 0, 640, 480));
+        let (ow, oh, _, _) = case.resize;
+        let sizes = [640, 480, x, y, cw, ch, ow, oh];
+        let args = sizes.iter().map(u32::to_string).chain([
+            if n == 1 { "grey" } else { "rgb" }.to_string(),
+            out.display().to_string(),
+        ]);
+        let Some(_) = python::reference(
+            "pil_resize_ref.py",
+            std::iter::once(frame_path.display().to_string()).chain(args),
+            "numpy pillow",
+        ) else {
+            return Ok(());
+        };
+        let mut want: Vec<f32> = std::fs::read(&out)?
+            .iter()
+            .map(|&w| f32::from(w) * (1.0 / 255.0f64) as f32)
+            .collect();
+        if case.color == ColorOrder::Bgr {
+            let plane = want.len() / 3;
+            let (r, rest) = want.split_at_mut(plane);
+            r.swap_with_slice(&mut rest[plane..]);
+        }
+        let mut spec = case.spec();
+        let mut run = |dtype| -> Result<Vec<f32>, PreprocessError> {
+            spec.preprocess.resize.dtype = dtype;
+            let mut pre = Preprocessor::new(&spec)?;
+            let mut got = vec![f32::NAN; pre.output_len()];
+            pre.run(&frame, 640, 480, PixelFormat::Rgb24, &mut got)?;
+            Ok(got)
+        };
+        let got = run(ResizeDtype::Uint8Pil)?;
+        assert_eq!(got.len(), want.len(), "{}", case.name);
+        let off: Vec<(usize, f32, f32)> = got
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .filter(|(_, (g, w))| g.to_bits() != w.to_bits())
+            .map(|(i, (&g, &w))| (i, g * 255.0, w * 255.0))
+            .collect();
+        assert!(
+            off.is_empty(),
+            "{}: {} of {} values differ from Pillow, first {:?}",
+            case.name,
+            off.len(),
+            want.len(),
+            &off[..off.len().min(5)]
+        );
+        let rounded = run(ResizeDtype::Uint8)?;
+        let differ = rounded.iter().zip(&want).filter(|(a, b)| a != b).count();
+        eprintln!(
+            "{}: uint8-pil equals Pillow on all {} values; dtype = uint8 differs on {differ}",
+            case.name,
+            want.len()
+        );
+        rounded_differs += differ;
+    }
+    assert!(
+        rounded_differs > 0,
+        "float-then-round should differ from Pillow somewhere"
+    );
     Ok(())
 }
