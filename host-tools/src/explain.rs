@@ -15,7 +15,10 @@
 //!
 //! Frames are perturbed in 8-bit RGB at capture size (what the camera would deliver), then run
 //! through the bundle's own preprocessing and network (tract), and actions are unnormalized
-//! with the bundle's normalization. Attention rollout for ViT policies is not implemented yet.
+//! with the bundle's normalization.
+//!
+//! For a policy with self-attention (a ViT encoder), **attention rollout** ([`crate::rollout`])
+//! shows where each camera's class token draws from, on the unperturbed observation.
 
 use crate::images::{overlay_heat, write_png, Rgb8};
 use anyhow::{bail, Context, Result};
@@ -111,6 +114,29 @@ impl Explainer {
     /// The manifest of the bundle.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// The policy's inputs for these frames (one per camera, capture size) and state (raw
+    /// units): the preprocessed CHW tensors per camera and the normalized state.
+    pub fn inputs(&mut self, frames: &[Rgb8], state: &[f32]) -> Result<(Vec<Vec<f32>>, Vec<f32>)> {
+        let mut images = Vec::with_capacity(frames.len());
+        for (p, f) in self.pre.iter_mut().zip(frames) {
+            let mut t = vec![0f32; p.output_len()];
+            p.run(
+                &f.data,
+                f.width as u32,
+                f.height as u32,
+                PixelFormat::Rgb24,
+                &mut t,
+            )?;
+            images.push(t);
+        }
+        let state = state
+            .iter()
+            .zip(&self.state)
+            .map(|(&x, a)| a.normalize(x))
+            .collect();
+        Ok((images, state))
     }
 
     /// Step 0 of the policy's output for these frames (one per camera, manifest order, capture
@@ -662,6 +688,8 @@ pub struct ExplainArgs {
 #[derive(Debug, Clone, Serialize)]
 pub struct Explained {
     pub occlusion: Vec<PathBuf>,
+    /// Attention rollout pictures, one per camera (ViT policies).
+    pub rollout: Vec<PathBuf>,
     pub sweep: PathBuf,
     pub json: Vec<PathBuf>,
 }
@@ -682,6 +710,7 @@ pub fn explain(a: &ExplainArgs) -> Result<Explained> {
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut written = Explained {
         occlusion: Vec::new(),
+        rollout: Vec::new(),
         sweep: a.out.join("sweep.svg"),
         json: Vec::new(),
     };
@@ -716,6 +745,37 @@ pub fn explain(a: &ExplainArgs) -> Result<Explained> {
         write_png(&frame_png, f)?;
         let json = a.out.join(format!("occlusion-{name}.json"));
         write_json(&json, &occ)?;
+        written.json.push(json);
+    }
+    let (images, normalized) = ex.inputs(&frames, &state)?;
+    let rollouts = crate::rollout::attention_rollout(&bundle, &images, &normalized)?;
+    for r in &rollouts.cameras {
+        let cam = ex
+            .manifest()
+            .cameras
+            .iter()
+            .position(|c| c.name == r.camera)
+            .context("rollout of an unknown camera")?;
+        let spec = &ex.manifest().cameras[cam];
+        // Coloured from the smallest patch share (dark) to the largest (bright): the shares of
+        // a ViT's patches differ by small amounts around 1 / patches.
+        let low = r.patch_weights.iter().cloned().fold(f64::MAX, f64::min);
+        let heat: Vec<f64> = crate::rollout::capture_heat(spec, r)
+            .iter()
+            .map(|v| (v - low).max(0.0))
+            .collect();
+        let max = heat.iter().cloned().fold(0.0, f64::max);
+        let f = &frames[cam];
+        let png = a.out.join(format!("rollout-{}.png", r.camera));
+        write_png(&png, &overlay_heat(f, &heat, f.width, f.height, max))?;
+        written.rollout.push(png);
+    }
+    if !rollouts.cameras.is_empty() || !rollouts.skipped.is_empty() {
+        for s in &rollouts.skipped {
+            log::warn!("attention rollout of camera `{}`: {}", s.camera, s.reason);
+        }
+        let json = a.out.join("rollout.json");
+        write_json(&json, &rollouts)?;
         written.json.push(json);
     }
     let steps: usize = Perturbation::ALL.iter().map(|p| p.strengths().len()).sum();

@@ -14,7 +14,8 @@
 //! - [`deploy`]: a binary and a bundle onto a board over ssh, as a new version, with rollback;
 //! - [`parity`]: the bundle's preprocessing against the user's dataloader tensors, with the
 //!   usual mistakes diagnosed;
-//! - [`explain`]: occlusion sensitivity and a robustness sweep of a bundle's policy;
+//! - [`explain`]: occlusion sensitivity, a robustness sweep and (ViT policies) attention
+//!   rollout ([`rollout`]) of a bundle's policy;
 //! - [`reference_frames`]: the training frames `export --reference-frames` stores for the
 //!   camera viewpoint check; [`images`]: the PNG/JPEG files these tools read and write.
 //!
@@ -31,4 +32,5 @@ pub mod lerobot;
 pub mod parity;
 pub mod quantize;
 pub mod reference_frames;
+pub mod rollout;
 pub mod stats;

@@ -16,14 +16,16 @@
 //! | 0-255 vs 0-1 | normalized without `/ 255`, or raw 0-255 values |
 //! | mean/std | not applied, or applied twice |
 //! | layout | an HWC tensor, or HWC data reshaped (not permuted) to CHW |
-//! | uint8 resize | Pillow's 8-bit resampling (fixed-point weights, rounded after each pass), or torchvision's resize of uint8 tensors (the float result rounded once) |
+//! | uint8 resize | the bundle's preprocessing with each other `resize.dtype`: torchvision's resize of uint8 tensors (`"uint8"`, or its native AVX2 kernel `"uint8-avx2"`), Pillow's 8-bit resampling (`"uint8-pil"`), or float tensors (`"float"`) |
 //!
 //! A hypothesis explains the difference when it matches the dataloader's tensor within the
 //! tolerance and removes at least 80% of the mean difference.
 
 use crate::images::{heat_colour, list_images, read_rgb, Rgb8};
 use anyhow::{bail, Context, Result};
-use reflex_models::manifest::{CameraSpec, ColorOrder, CropSpec, Interpolation, PixelFormat};
+use reflex_models::manifest::{
+    CameraSpec, ColorOrder, CropSpec, Interpolation, PixelFormat, ResizeDtype,
+};
 use reflex_models::npy::{read_npy, NpyArray};
 use reflex_runtime::preprocess::Preprocessor;
 use serde::Serialize;
@@ -227,19 +229,64 @@ fn spec_variants(cam: &CameraSpec) -> Vec<(String, CameraSpec)> {
             with(&|c| c.preprocess.resize.antialias = !aa),
         ));
     }
+    let dtypes = [
+        ResizeDtype::Uint8,
+        ResizeDtype::Uint8Pil,
+        ResizeDtype::Uint8Avx2,
+        ResizeDtype::Float,
+    ];
+    for dtype in dtypes {
+        let spec = with(&|c| c.preprocess.resize.dtype = dtype);
+        if dtype == p.resize.dtype || spec.preprocess.resize.dtype_problem().is_some() {
+            continue;
+        }
+        let what = match dtype {
+            ResizeDtype::Uint8 => {
+                "uint8 resize: training resized uint8 tensors with torchvision (in float, the \
+                 results rounded to integers)"
+            }
+            ResizeDtype::Uint8Pil => {
+                "uint8 resize: training resized 8-bit images with Pillow \
+                 (`Image.resize(BILINEAR)`: fixed point, rounded after each pass)"
+            }
+            ResizeDtype::Uint8Avx2 => {
+                "uint8 resize: training resized uint8 tensors with torchvision on an AVX2 CPU \
+                 (PyTorch's native fixed-point uint8 kernel)"
+            }
+            ResizeDtype::Float => "resize dtype: training resized float tensors",
+        };
+        let fix = if dtype == ResizeDtype::Float {
+            " (or no `dtype`)"
+        } else {
+            ""
+        };
+        v.push((
+            format!(
+                "{what}, the bundle says {}; fix: `dtype = \"{}\"`{fix} in the camera's \
+                 `[cameras.preprocess.resize]`",
+                p.resize.dtype.name(),
+                dtype.name()
+            ),
+            spec,
+        ));
+    }
     v
 }
 
 /// Tensor transforms: the mistakes made after the resize. `ours` is CHW normalized; `pix` the
-/// same image on the 0-1 scale (before mean/std).
+/// same image on the 0-1 scale (before mean/std). Each comes with its own tolerance when it is
+/// not `tolerance`.
 fn tensor_variants(
     cam: &CameraSpec,
     ours: &[f32],
     c: usize,
     h: usize,
     w: usize,
+    tolerance: f32,
 ) -> Vec<(String, Vec<f32>, Option<f32>)> {
     let p = &cam.preprocess;
+    // Values 255 times larger carry 255 times the f32 rounding error.
+    let wide = Some(255.0 * tolerance);
     let n = h * w;
     let per = |f: &dyn Fn(f32, f32, f32) -> f32| -> Vec<f32> {
         ours.iter()
@@ -257,13 +304,13 @@ fn tensor_variants(
              mean/std)"
                 .to_string(),
             per(&|v, m, s| (255.0 * v - m) / s),
-            None,
+            wide,
         ),
         (
             "0-255 vs 0-1: training fed raw 0-255 pixels (no division by 255, no mean/std)"
                 .to_string(),
             per(&|v, _, _| 255.0 * v),
-            None,
+            wide,
         ),
         (
             "mean/std missing: training fed 0-1 pixels without normalization".to_string(),
@@ -274,15 +321,6 @@ fn tensor_variants(
             "mean/std applied twice: training normalized an already normalized tensor".to_string(),
             per(&|v, m, s| ((v - m) / s - m) / s),
             None,
-        ),
-        (
-            "uint8 resize: training resized uint8 tensors with torchvision (the resized image \
-             rounded to integers)"
-                .to_string(),
-            per(&|v, m, s| ((255.0 * v).round().clamp(0.0, 255.0) / 255.0 - m) / s),
-            // torchvision's fixed-point weights land a few pixels one level off at rounding
-            // ties (measured: 11 of 150528 values at 640x480 -> 224x224).
-            Some(1.05 / (255.0 * p.std.iter().cloned().fold(f32::INFINITY, f32::min))),
         ),
     ];
     if c == 3 {
@@ -312,111 +350,6 @@ fn tensor_variants(
         ));
     }
     v
-}
-
-/// PIL's bilinear (triangle) filter coefficients for one axis, as `precompute_coeffs` and
-/// `normalize_coeffs_8bpc` in Pillow's `libImaging/Resample.c` compute them: support widened by
-/// the scale when downscaling, weights normalized, then rounded to 22-bit fixed point.
-/// Returns `(first input index, integer weights)` per output index.
-fn pil_coeffs(in_len: usize, out_len: usize) -> Vec<(usize, Vec<i64>)> {
-    const PRECISION_BITS: u32 = 32 - 8 - 2;
-    let scale = in_len as f64 / out_len as f64;
-    let filterscale = scale.max(1.0);
-    let support = filterscale;
-    (0..out_len)
-        .map(|xx| {
-            let center = (xx as f64 + 0.5) * scale;
-            let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-            let xmax = (((center + support + 0.5) as i64).min(in_len as i64) as usize).max(xmin);
-            let mut k: Vec<f64> = (xmin..xmax)
-                .map(|x| {
-                    let t = ((x as f64 - center + 0.5) / filterscale).abs();
-                    if t < 1.0 {
-                        1.0 - t
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let ww: f64 = k.iter().sum();
-            if ww != 0.0 {
-                for v in &mut k {
-                    *v /= ww;
-                }
-            }
-            let one = f64::from(1u32 << PRECISION_BITS);
-            let ki = k
-                .iter()
-                .map(|&v| {
-                    if v < 0.0 {
-                        (-0.5 + v * one) as i64
-                    } else {
-                        (0.5 + v * one) as i64
-                    }
-                })
-                .collect();
-            (xmin, ki)
-        })
-        .collect()
-}
-
-/// One 8-bit resampling pass as Pillow runs it: `clip8((2^21 + sum in * k) >> 22)`.
-fn pil_pass(src: &[u8], stride: usize, coeffs: &[(usize, Vec<i64>)]) -> Vec<u8> {
-    coeffs
-        .iter()
-        .map(|(start, k)| {
-            let acc: i64 = (1i64 << 21)
-                + k.iter()
-                    .enumerate()
-                    .map(|(j, &w)| i64::from(src[(start + j) * stride]) * w)
-                    .sum::<i64>();
-            (acc >> 22).clamp(0, 255) as u8
-        })
-        .collect()
-}
-
-/// The training pipeline that resized 8-bit images with PIL (`Image.resize(size, BILINEAR)`,
-/// horizontal pass then vertical, each rounded to 8 bits; torchvision's antialiased resize of
-/// uint8 tensors rounds once instead: a separate hypothesis) after the bundle's crop, then
-/// `/ 255` and mean/std, CHW in the bundle's channel order. `None` for specs it does not apply to (nearest, no antialias, grey).
-fn pil_uint8_pipeline(cam: &CameraSpec, frame: &Rgb8) -> Option<Vec<f32>> {
-    let p = &cam.preprocess;
-    if p.resize.interpolation != Interpolation::Bilinear
-        || !p.resize.antialias
-        || p.color == ColorOrder::Grey
-    {
-        return None;
-    }
-    let crop = p.crop.unwrap_or(CropSpec {
-        x: 0,
-        y: 0,
-        width: cam.capture.width,
-        height: cam.capture.height,
-    });
-    let (cw, ch) = (crop.width as usize, crop.height as usize);
-    let (ow, oh) = (p.resize.width as usize, p.resize.height as usize);
-    let hc = pil_coeffs(cw, ow);
-    let vc = pil_coeffs(ch, oh);
-    let mut out = vec![0f32; 3 * ow * oh];
-    for (k, (&mean, &std)) in p.mean.iter().zip(&p.std).enumerate().take(3) {
-        let src_channel = if p.color == ColorOrder::Bgr { 2 - k } else { k };
-        // Horizontal pass on every cropped row.
-        let mut mid = vec![0u8; ow * ch];
-        for y in 0..ch {
-            let row: Vec<u8> = (0..cw)
-                .map(|x| frame.get(crop.x as usize + x, crop.y as usize + y)[src_channel])
-                .collect();
-            mid[y * ow..(y + 1) * ow].copy_from_slice(&pil_pass(&row, 1, &hc));
-        }
-        // Vertical pass on every column.
-        for x in 0..ow {
-            let col = pil_pass(&mid[x..], ow, &vc);
-            for (y, v) in col.into_iter().enumerate() {
-                out[(k * oh + y) * ow + x] = (f32::from(v) / 255.0 - mean) / std;
-            }
-        }
-    }
-    Some(out)
 }
 
 /// Compares one frame's preprocessing with the dataloader's tensor and diagnoses a difference.
@@ -473,24 +406,13 @@ pub fn compare(
                 None,
             ));
         }
-        for (mistake, hyp, levels) in tensor_variants(cam, &ours, c, h, w) {
+        for (mistake, hyp, levels) in tensor_variants(cam, &ours, c, h, w, tolerance) {
             tried.push((
                 Hypothesis {
                     mistake,
                     diff: diff(&hyp, &theirs_chw),
                 },
                 levels,
-            ));
-        }
-        if let Some(hyp) = pil_uint8_pipeline(cam, frame) {
-            tried.push((
-                Hypothesis {
-                    mistake: "uint8 resize: training resized 8-bit PIL images \
-                              (`Image.resize(BILINEAR)`, fixed-point, rounded after each pass)"
-                        .to_string(),
-                    diff: diff(&hyp, &theirs_chw),
-                },
-                None,
             ));
         }
         tried.sort_by(|a, b| a.0.diff.mean.total_cmp(&b.0.diff.mean));

@@ -575,6 +575,13 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
                 "size out of range",
             ));
         }
+        if let Some(problem) = p.resize.dtype_problem() {
+            return Err(BundleError::field(
+                path,
+                f("preprocess.resize.dtype"),
+                problem,
+            ));
+        }
         let ch = p.color.channels();
         check_len(path, &f("preprocess.mean"), &p.mean, ch)?;
         check_len(path, &f("preprocess.std"), &p.std, ch)?;

@@ -409,6 +409,104 @@ pub struct ResizeSpec {
     /// the scale factor (as PIL does). Default true, torchvision's default since 0.17.
     #[serde(default = "yes")]
     pub antialias: bool,
+    /// The element type training resized, and with which library: `float` (default; a float
+    /// tensor, as after `ToTensor` or `ToDtype(float32, scale=True)`), `uint8` (torchvision's
+    /// resize of a uint8 tensor, in float then rounded), `uint8-pil` (Pillow's
+    /// `Image.resize(BILINEAR)`) or `uint8-avx2` (torchvision's resize of a uint8 tensor on an
+    /// AVX2 CPU). See [`ResizeDtype`].
+    #[serde(default, skip_serializing_if = "ResizeDtype::is_float")]
+    pub dtype: ResizeDtype,
+}
+
+/// Which element type the training pipeline resized, so that deployment rounds where it did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeDtype {
+    /// A float tensor: the resized values are kept as they are (torchvision `Resize` after
+    /// `ToTensor`/`ToDtype(float32)`).
+    #[default]
+    Float,
+    /// A uint8 tensor resized by torchvision the way it does when it resizes in float and
+    /// rounds: `F.interpolate` on the float image, then `round_()` (ties to even) and the cast
+    /// back to uint8. Equal to torchvision's values, every one, when PyTorch runs its portable
+    /// kernels (`ATEN_CPU_CAPABILITY=default`; tested against torch 2.7.1). torchvision 0.22
+    /// resizes uint8 bilinear this way on CPUs whose `torch.backends.cpu.get_cpu_capability()`
+    /// is not `AVX2`; on an `AVX512` CPU PyTorch's float kernels fuse multiply-adds, which moves
+    /// values lying within an f32 ulp of a half level (measured: 3 of 298788 values one level
+    /// off over four random-noise resizes). On an `AVX2` CPU it runs PyTorch's native uint8
+    /// kernel instead, which differs from this on about 13% of the values (one level).
+    Uint8,
+    /// `uint8-pil`: an 8-bit image resized by Pillow, `Image.resize(size, Image.BILINEAR)` (as
+    /// torchvision's `Resize` does on PIL images, and any dataloader that resizes before
+    /// `ToTensor`). Pillow resamples in integer fixed point (`libImaging/Resample.c`): triangle
+    /// weights computed in double, normalized, scaled by 2^22 and rounded half away from zero;
+    /// each pass (horizontal first) sums `2^21 + sum x k` in integers, shifts right by 22 and
+    /// clips to 0..255, so the image is rounded after each pass. Named for the library users
+    /// know; bilinear with `antialias = true` only (Pillow always widens the filter when
+    /// downscaling, and its NEAREST picks other pixels than torchvision's). Equal to Pillow's
+    /// values, every one (tested against Pillow 13.0; the same algorithm in numpy matched Pillow
+    /// 12.3). Pillow 13.0 runs the vertical pass first for some resizes that shrink the height
+    /// (measured: 100x400 -> 90x50, 100x199 -> 50x50, 120x400 -> 150x90, 100x100 -> 101x99; not
+    /// 100x150 -> 50x50, 480x480 -> 224x224 or any wide frame that we tried), which changes
+    /// about one value in six by a level; reflex always runs horizontally first, as Pillow 12
+    /// and earlier do.
+    #[serde(rename = "uint8-pil")]
+    Uint8Pil,
+    /// `uint8-avx2`: a uint8 tensor resized by torchvision on a CPU whose
+    /// `torch.backends.cpu.get_cpu_capability()` is `AVX2` (most AMD CPUs before Zen 4, Intel
+    /// desktop CPUs): PyTorch's native uint8 kernel (from Pillow-SIMD), Pillow's fixed point
+    /// with 16-bit weights: each axis's precision is the largest `p <= 22` for which the
+    /// largest weight times `2^(p+1)` rounds below 2^15, instead of Pillow's 22 bits, so it
+    /// differs from `uint8-pil` by one level on about 0.2% of the values. Bilinear with or
+    /// without antialias (nearest copies pixels, as every dtype does). Equal to torchvision's
+    /// values, every one (tested against torch 2.7.1 with `ATEN_CPU_CAPABILITY=avx2`).
+    #[serde(rename = "uint8-avx2")]
+    Uint8Avx2,
+}
+
+impl ResizeDtype {
+    /// True for the default, [`ResizeDtype::Float`].
+    pub fn is_float(&self) -> bool {
+        *self == ResizeDtype::Float
+    }
+
+    /// The value as written in `policy.toml`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ResizeDtype::Float => "float",
+            ResizeDtype::Uint8 => "uint8",
+            ResizeDtype::Uint8Pil => "uint8-pil",
+            ResizeDtype::Uint8Avx2 => "uint8-avx2",
+        }
+    }
+}
+
+impl ResizeSpec {
+    /// Why `dtype` cannot go with the interpolation and antialias settings, if it cannot:
+    /// `uint8-pil` is Pillow's BILINEAR, which always antialiases (there is no Pillow resize
+    /// to reproduce otherwise).
+    pub fn dtype_problem(&self) -> Option<String> {
+        if self.dtype != ResizeDtype::Uint8Pil {
+            return None;
+        }
+        if self.interpolation == Interpolation::Nearest {
+            return Some(
+                "dtype = \"uint8-pil\" is Pillow's BILINEAR; Pillow's NEAREST picks pixel \
+                 floor((i + 0.5) * in / out), not torchvision's floor(i * in / out), which is the \
+                 only nearest reflex has: use interpolation = \"bilinear\", or another dtype"
+                    .into(),
+            );
+        }
+        if !self.antialias {
+            return Some(
+                "dtype = \"uint8-pil\" needs antialias = true: Pillow's BILINEAR always widens \
+                 the filter when downscaling (`uint8-avx2` is torchvision's uint8 resize, with \
+                 or without antialias)"
+                    .into(),
+            );
+        }
+        None
+    }
 }
 
 fn default_interp() -> Interpolation {

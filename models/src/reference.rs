@@ -50,6 +50,7 @@ pub fn imagenet_preprocess() -> PreprocessSpec {
             height: 224,
             interpolation: Interpolation::Bilinear,
             antialias: true,
+            dtype: ResizeDtype::Float,
         },
         color: ColorOrder::Rgb,
         mean: vec![0.485, 0.456, 0.406],

@@ -10,7 +10,7 @@
 
 use reflex_models::manifest::{
     CameraSpec, CaptureSpec, ColorOrder, Interpolation, Layout, PixelFormat, PreprocessSpec,
-    ResizeSpec,
+    ResizeDtype, ResizeSpec,
 };
 use reflex_runtime::preprocess::Preprocessor;
 use std::hint::black_box;
@@ -48,6 +48,7 @@ fn camera(format: PixelFormat, interpolation: Interpolation) -> CameraSpec {
                 height: 224,
                 interpolation,
                 antialias: true,
+                dtype: ResizeDtype::Float,
             },
             color: ColorOrder::Rgb,
             mean: vec![0.485, 0.456, 0.406],

@@ -31,14 +31,32 @@
 //!
 //!    The tap ranges and weights are computed at construction the way PyTorch computes them for
 //!    `float32` tensors (same f32 arithmetic; it differs from exact arithmetic by up to ~3e-5 in
-//!    the normalized output at 640 -> 224). The two passes run vertical first (see below);
-//!    PyTorch runs the horizontal one first, which differs only by f32 rounding.
+//!    the normalized output at 640 -> 224), and the passes run as PyTorch's portable kernels
+//!    (`ATEN_CPU_CAPABILITY=default`) run them: horizontal first, each tap sum in order from
+//!    the first product, in f32 without fused multiply-adds, the last sample read twice past
+//!    the edge. The resized values are then PyTorch's bit for bit (tested against torch 2.7.1:
+//!    antialiased, plain bilinear, nearest). Two PyTorch kernels round differently, by an f32
+//!    ulp or so: its `AVX2`/`AVX512` builds fuse the multiply-adds of the tap sums (measured:
+//!    the fused sums reproduce them exactly), and plain bilinear (`antialias = false`) of a
+//!    3-channel image run with one thread (as in a `DataLoader` worker), or to an output whose
+//!    height + width is at most 128, takes the channels-last kernel, which sums the four
+//!    products `(w_y w_x) p` of the 2x2 neighbourhood. Those only matter to `dtype = "uint8"`,
+//!    at values within an ulp of a half level.
 //!
-//!    *Choice:* torchvision's `Resize` on a `uint8` tensor rounds the resized image back to
-//!    `uint8`; we follow the float path (no rounding after the resize), because training
-//!    pipelines normally convert to float first (`ToTensor`/`ConvertImageDtype`, or `ToImage` +
-//!    `ToDtype(float32, scale=True)`) and resize after. A pipeline that resized uint8 tensors
-//!    differs from this by at most half a level (0.5/255) before normalization.
+//!    *Element type* (`resize.dtype`): training pipelines normally convert to float first
+//!    (`ToTensor`/`ConvertImageDtype`, or `ToImage` + `ToDtype(float32, scale=True)`) and resize
+//!    after: `dtype = "float"` (the default) keeps the resized values as they are. A pipeline
+//!    that resized uint8 tensors gets them rounded back to integers, up to half a level
+//!    (0.5/255) away: `dtype = "uint8"` rounds each resized value the way torchvision does when
+//!    it resizes uint8 in float (`round_()`, ties to even, then the cast to uint8; see
+//!    [`ResizeDtype::Uint8`] for when torchvision takes that path). Pipelines that resized
+//!    8-bit images in integer fixed point get it too: `dtype = "uint8-pil"` is Pillow's
+//!    `Image.resize(BILINEAR)` and `dtype = "uint8-avx2"` torchvision's uint8 resize on AVX2
+//!    CPUs (PyTorch's Pillow-SIMD kernel): triangle weights in double, scaled to integers with
+//!    22 fractional bits (Pillow) or as many as keep the largest weight below 2^15 (Pillow-SIMD),
+//!    rounded half away from zero; each pass, horizontal first, sums from half a unit in
+//!    integers, shifts and clips to 0..255 ([`ResizeDtype::Uint8Pil`],
+//!    [`ResizeDtype::Uint8Avx2`]).
 //! 4. **Normalize** `(x / 255 - mean) / std` per channel, computed as one fused `a x + b` with
 //!    `a = 1 / (255 std)`, `b = -mean / std` (within a few f32 ulps of the three-step form).
 //! 5. **Layout** CHW (NCHW without the batch axis), channels in the bundle's order (BGR swaps R
@@ -51,13 +69,11 @@
 //! # Hot path
 //! [`Preprocessor::new`] does all allocation and precomputes the resampling weights; `run`
 //! allocates nothing for YUYV, RGB24 and GREY frames. For each output row, the source rows its
-//! vertical taps need are decoded to f32 (each source row once, into a ring as deep as the
-//! vertical filter), summed vertically across the full source width, and the resulting row is
-//! resampled horizontally and normalized into the output planes. Vertical first means the
-//! horizontal pass, the costlier one per element, runs on `resize.height` rows rather than on
-//! every source row. The horizontal pass reads pixels as overlapping 4-wide loads of packed
-//! R, G, B (the 4th lane is ignored), so one tap of one output pixel is one vector
-//! multiply-add; tap counts up to 8 are compile-time constants (unrolled loops). Everything
+//! vertical taps need are decoded to f32 (each source row once) and resampled horizontally
+//! into a ring of rows as deep as the vertical filter; the ring rows are then summed vertically
+//! and normalized into the output planes (PyTorch's pass order, so that the f32 rounding is the
+//! same). The horizontal pass reads pixels as overlapping 4-wide loads of packed R, G, B (the
+//! 4th lane is ignored), so one tap of one output pixel is one vector multiply-add; tap counts up to 8 are compile-time constants (unrolled loops). Everything
 //! stays in L1/L2, and the inner loops run over contiguous f32 slices so they vectorize with the
 //! baseline SSE2 (x86-64) or NEON (aarch64), and wider when built with `-C target-cpu`. YUYV is
 //! decoded a pixel pair (one 32-bit word) at a time into planes, with shifts and masks rather
@@ -74,7 +90,7 @@
 
 use crate::io::{Fault, FaultKind};
 use reflex_models::manifest::{
-    CameraSpec, ColorOrder, CropSpec, Interpolation, Layout, PixelFormat, ResizeSpec,
+    CameraSpec, ColorOrder, CropSpec, Interpolation, Layout, PixelFormat, ResizeDtype, ResizeSpec,
 };
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
@@ -223,16 +239,18 @@ impl RowDecode {
 /// A 1-D resampling: output `i` is `sum_k weights[i * stride + k] * input[start[i] + k]` for
 /// `k < len[i]`.
 #[derive(Debug, Clone)]
-struct Kernel {
+struct Kernel<W = f32> {
     start: Vec<usize>,
     len: Vec<usize>,
     stride: usize,
-    weights: Vec<f32>,
+    weights: Vec<W>,
 }
 
 impl Kernel {
     /// The taps PyTorch uses to resize `in_len` samples to `out_len` (`in_len, out_len >= 1`),
-    /// with zero-weight taps at either end dropped (they add exact zeros).
+    /// with zero-weight taps at either end dropped (they add exact zeros). A non-antialiased
+    /// bilinear tap may be at index `in_len`: the replica of the last sample (see
+    /// [`linear_taps`]), which the resampler provides.
     fn new(in_len: usize, out_len: usize, interp: Interpolation, antialias: bool) -> Kernel {
         let taps: Vec<(usize, Vec<f32>)> = (0..out_len)
             .map(|i| match interp {
@@ -240,14 +258,23 @@ impl Kernel {
                 Interpolation::Bilinear if antialias => aa_taps(i, in_len, out_len),
                 Interpolation::Bilinear => linear_taps(i, in_len, out_len),
             })
-            .map(|(start, w)| trim(start, w))
             .collect();
+        Kernel::from_taps(taps)
+    }
+}
+
+impl<W: Copy + Default + PartialEq> Kernel<W> {
+    /// One output's taps per element, `(first input index, weights)`, with zero weights at
+    /// either end dropped.
+    fn from_taps(taps: Vec<(usize, Vec<W>)>) -> Kernel<W> {
+        let taps: Vec<(usize, Vec<W>)> = taps.into_iter().map(|(s, w)| trim(s, w)).collect();
+        let out_len = taps.len();
         let stride = taps.iter().map(|(_, w)| w.len()).max().unwrap_or(1).max(1);
         let mut k = Kernel {
             start: Vec::with_capacity(out_len),
             len: Vec::with_capacity(out_len),
             stride,
-            weights: vec![0.0; out_len * stride],
+            weights: vec![W::default(); out_len * stride],
         };
         for (i, (start, w)) in taps.into_iter().enumerate() {
             k.start.push(start);
@@ -259,14 +286,14 @@ impl Kernel {
 
     /// The same kernel with every output using exactly `stride` taps (zero-padded, window moved
     /// left where it would pass `in_len`), for the horizontal pass's fixed-length inner loop.
-    fn padded(&self, in_len: usize) -> Kernel {
+    fn padded(&self, in_len: usize) -> Kernel<W> {
         let stride = self.stride.min(in_len);
         let n = self.start.len();
         let mut k = Kernel {
             start: Vec::with_capacity(n),
             len: vec![stride; n],
             stride,
-            weights: vec![0.0; n * stride],
+            weights: vec![W::default(); n * stride],
         };
         for i in 0..n {
             let (s, l) = (self.start[i], self.len[i]);
@@ -279,20 +306,21 @@ impl Kernel {
         k
     }
 
-    fn taps(&self, i: usize) -> (usize, &[f32]) {
+    fn taps(&self, i: usize) -> (usize, &[W]) {
         let w = &self.weights[i * self.stride..i * self.stride + self.len[i]];
         (self.start[i], w)
     }
 }
 
 /// Drops leading and trailing zero weights (keeping at least one tap).
-fn trim(start: usize, mut w: Vec<f32>) -> (usize, Vec<f32>) {
-    while w.len() > 1 && w.last() == Some(&0.0) {
+fn trim<W: Copy + Default + PartialEq>(start: usize, mut w: Vec<W>) -> (usize, Vec<W>) {
+    let zero = W::default();
+    while w.len() > 1 && w.last() == Some(&zero) {
         w.pop();
     }
     let lead = w
         .iter()
-        .position(|&x| x != 0.0)
+        .position(|&x| x != zero)
         .unwrap_or(0)
         .min(w.len() - 1);
     (start + lead, w.split_off(lead))
@@ -311,19 +339,18 @@ fn nearest_index(i: usize, in_len: usize, out_len: usize) -> usize {
 }
 
 /// `HelperInterpLinear::compute_indices_weights` (bilinear, `align_corners=False`, no
-/// antialias): two taps around `(i + 0.5) * scale - 0.5`, clamped at 0.
+/// antialias): two taps around `(i + 0.5) * scale - 0.5`, clamped at 0; at the last sample the
+/// second tap is at `in_len` (a copy of the last sample).
 fn linear_taps(i: usize, in_len: usize, out_len: usize) -> (usize, Vec<f32>) {
     let scale = in_len as f32 / out_len as f32;
     let src = (scale * (i as f32 + 0.5) - 0.5).max(0.0);
     let i0 = (src.floor() as usize).min(in_len - 1);
     let l1 = (src - i0 as f32).clamp(0.0, 1.0);
     let l0 = 1.0 - l1;
-    if i0 + 1 < in_len {
-        (i0, vec![l0, l1])
-    } else {
-        // Both taps on the last sample (PyTorch reads it twice).
-        (i0, vec![l0 + l1])
-    }
+    // Past the last sample both taps are on it: PyTorch reads it twice and sums `x l0 + x l1`,
+    // which can differ from `x (l0 + l1)` in the last bit, so the second tap is at `in_len`,
+    // where the resampler keeps a copy of the last sample.
+    (i0, vec![l0, l1])
 }
 
 /// `HelperInterpBase::_compute_indices_min_size_weights_aa` with the bilinear (triangle) filter,
@@ -363,6 +390,141 @@ fn aa_taps(i: usize, in_len: usize, out_len: usize) -> (usize, Vec<f32>) {
         return ((xmin as usize).min(in_len - 1), vec![1.0]);
     }
     (xmin as usize, w)
+}
+
+/// Pillow's fixed-point precision, `PRECISION_BITS = 32 - 8 - 2` (`libImaging/Resample.c`).
+const PIL_BITS: u32 = 22;
+
+/// The triangle (bilinear) filter's taps for one output in double, as Pillow's
+/// `precompute_coeffs` and PyTorch's `_compute_indices_min_size_weights_aa` compute them for
+/// the fixed-point kernels: centre `(i + 0.5) in / out`, support widened by the downscale factor
+/// when `antialias` (Pillow always), taps `xmin..xmax` truncated from `centre -/+ support + 0.5`,
+/// weight `tri((x - centre + 0.5) / filterscale)` (times the reciprocal), normalized to sum 1.
+fn fixed_point_taps(i: usize, in_len: usize, out_len: usize, antialias: bool) -> (usize, Vec<f64>) {
+    let scale = in_len as f64 / out_len as f64;
+    let filterscale = if antialias { scale.max(1.0) } else { 1.0 };
+    let (support, ss) = (filterscale, 1.0 / filterscale);
+    let center = (i as f64 + 0.5) * scale;
+    let xmin = ((center - support + 0.5) as i64).max(0);
+    let xmax = ((center + support + 0.5) as i64)
+        .min(in_len as i64)
+        .max(xmin);
+    let mut w: Vec<f64> = (xmin..xmax)
+        .map(|x| {
+            let t = ((x as f64 - center + 0.5) * ss).abs();
+            if t < 1.0 {
+                1.0 - t
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let total: f64 = w.iter().fold(0.0, |s, &x| s + x);
+    if total != 0.0 {
+        for x in &mut w {
+            *x /= total;
+        }
+    }
+    if w.is_empty() {
+        // Cannot happen for in_len, out_len >= 1; no kernel may have zero taps.
+        return ((xmin as usize).min(in_len - 1), vec![1.0]);
+    }
+    (xmin as usize, w)
+}
+
+/// A fixed-point resampling kernel for `in_len -> out_len` and its fractional bits: the
+/// weights of [`fixed_point_taps`] times `2^bits`, rounded half away from zero (Pillow's
+/// `normalize_coeffs_8bpc`, PyTorch's `_compute_index_ranges_int16_weights`). `bits` is 22 for
+/// Pillow; for PyTorch's 16-bit weights, the largest `p < 22` such that the largest weight
+/// times `2^(p+1)` rounds below 2^15 (or 22).
+fn fixed_point_kernel(
+    in_len: usize,
+    out_len: usize,
+    antialias: bool,
+    dtype: ResizeDtype,
+) -> (Kernel<i32>, u32) {
+    let taps: Vec<(usize, Vec<f64>)> = (0..out_len)
+        .map(|i| fixed_point_taps(i, in_len, out_len, antialias))
+        .collect();
+    let bits = if dtype == ResizeDtype::Uint8Avx2 {
+        let max = taps
+            .iter()
+            .flat_map(|(_, w)| w.iter().copied())
+            .fold(0.0f64, f64::max);
+        (0..PIL_BITS)
+            .find(|&p| (0.5 + max * f64::from(1u32 << (p + 1))) as i64 >= 1 << 15)
+            .unwrap_or(PIL_BITS)
+    } else {
+        PIL_BITS
+    };
+    let one = f64::from(1u32 << bits);
+    let taps = taps
+        .into_iter()
+        .map(|(s, w)| {
+            let k = w
+                .iter()
+                .map(|&x| {
+                    let v = x * one;
+                    (if v < 0.0 { v - 0.5 } else { v + 0.5 }) as i32
+                })
+                .collect();
+            (s, k)
+        })
+        .collect();
+    (Kernel::from_taps(taps), bits)
+}
+
+/// The integer result of a fixed-point tap sum: `acc >> bits`, clipped to 0..255 (Pillow's
+/// `clip8`), as f32.
+#[inline(always)]
+fn clip8(acc: i32, bits: u32) -> f32 {
+    (acc >> bits).clamp(0, 255) as f32
+}
+
+/// Fixed-point horizontal pass (Pillow's `ImagingResampleHorizontal_8bpc`): per output pixel
+/// and channel `clip8(2^(bits-1) + sum x k)`, the 8-bit samples read from the f32 row (exact
+/// integers), written in [`horizontal`]'s layout. The sums stay below 2^31 (samples <= 255,
+/// weights summing to about 2^22).
+#[inline(always)]
+fn horizontal_int(row: &[f32], k: &Kernel<i32>, bits: u32, colour: bool, out: &mut [f32]) {
+    let bias = 1i32 << (bits - 1);
+    let t = k.stride;
+    let weights = k.weights.chunks_exact(t);
+    if colour {
+        for ((o, &s), w) in out.chunks_exact_mut(4).zip(&k.start).zip(weights) {
+            let mut acc = [bias; 3];
+            for (px, &wk) in row[3 * s..3 * (s + t)].chunks_exact(3).zip(w) {
+                for (a, &x) in acc.iter_mut().zip(px) {
+                    *a += x as i32 * wk;
+                }
+            }
+            for (o, a) in o.iter_mut().zip(acc) {
+                *o = clip8(a, bits);
+            }
+        }
+    } else {
+        for ((o, &s), w) in out.iter_mut().zip(&k.start).zip(weights) {
+            let acc = row[s..s + t]
+                .iter()
+                .zip(w)
+                .fold(bias, |a, (&x, &wk)| a + x as i32 * wk);
+            *o = clip8(acc, bits);
+        }
+    }
+}
+
+/// Fixed-point vertical pass (Pillow's `ImagingResampleVertical_8bpc`): `acc[i] =
+/// clip8(2^(bits-1) + sum_k rows(k)[i] w[k])`.
+#[inline(always)]
+fn vertical_int<'r>(acc: &mut [f32], w: &[i32], bits: u32, rows: impl Fn(usize) -> &'r [f32]) {
+    let bias = 1i32 << (bits - 1);
+    for (i, a) in acc.iter_mut().enumerate() {
+        let sum = w
+            .iter()
+            .enumerate()
+            .fold(bias, |s, (k, &wk)| s + rows(k)[i] as i32 * wk);
+        *a = clip8(sum, bits);
+    }
 }
 
 /// Luma term of the BT.601 limited-range conversion, `1.164 (Y - 16)`, plus 0.0005.
@@ -597,8 +759,9 @@ fn horizontal(row: &[f32], k: &Kernel, weights4: &[[f32; 4]], colour: bool, out:
     }
 }
 
-/// Vertical pass: `acc = sum_k w[k] * rows(k)`, in one sweep over the row with the tap count
-/// as a constant when it is at most 8, two taps per sweep otherwise.
+/// Vertical pass: `acc = sum_k w[k] * rows(k)`, summed in tap order from `rows(0) * w[0]` (as
+/// PyTorch does), in one sweep over the row with the tap count as a constant when it is at most
+/// 8, one tap per sweep otherwise.
 #[inline(always)]
 fn vertical<'r>(acc: &mut [f32], w: &[f32], rows: impl Fn(usize) -> &'r [f32]) {
     match w.len() {
@@ -611,12 +774,13 @@ fn vertical<'r>(acc: &mut [f32], w: &[f32], rows: impl Fn(usize) -> &'r [f32]) {
         7 => vertical_fixed::<7>(acc, w, rows),
         8 => vertical_fixed::<8>(acc, w, rows),
         _ => {
-            acc.fill(0.0);
-            for (k, pair) in w.chunks(2).enumerate() {
-                let (w0, w1) = (pair[0], pair.get(1).copied().unwrap_or(0.0));
-                let (r0, r1) = (rows(2 * k), rows((2 * k + 1).min(w.len() - 1)));
-                for ((a, &x0), &x1) in acc.iter_mut().zip(r0).zip(r1) {
-                    *a += x0 * w0 + x1 * w1;
+            let n = acc.len();
+            for (a, &x) in acc.iter_mut().zip(&rows(0)[..n]) {
+                *a = x * w[0];
+            }
+            for (k, &wk) in w.iter().enumerate().skip(1) {
+                for (a, &x) in acc.iter_mut().zip(&rows(k)[..n]) {
+                    *a += x * wk;
                 }
             }
         }
@@ -656,12 +820,14 @@ struct Source<'a> {
 /// Buffers and tables of the resampling, apart from the JPEG buffer so that a run can read the
 /// latter while writing these.
 ///
-/// Per output row: decode the source rows its vertical taps need that are not decoded yet into
-/// a ring of rows, sum them vertically (full source width), put that row in pixel order (YUYV)
-/// and resample it horizontally, then normalize into the output planes. Vertical first means the
-/// horizontal pass (the costlier one per element) runs on `out_h` rows instead of every source
-/// row; PyTorch runs the horizontal pass first, which differs only by f32 rounding (~1e-6
-/// relative).
+/// Per output row: decode the source rows its vertical taps need that are not resampled yet, put
+/// each in pixel order (YUYV) and resample it horizontally into a ring of horizontally resampled
+/// rows, sum the ring rows vertically, then normalize into the output planes. Horizontal first,
+/// as PyTorch does: its float kernels (`_upsample_bilinear2d_aa`'s separable passes, and the
+/// generic bilinear kernel, which interpolates each source row along the width before combining
+/// rows) resample along the width first and sum each pass's taps in order starting from the
+/// first product, and so does this, so the float results are PyTorch's bit for bit (see the
+/// module docs for the kernels this holds for).
 struct Resampler {
     decode: RowDecode,
     /// First capture column decoded (YUYV: the crop's left edge rounded down to a pixel pair).
@@ -670,8 +836,15 @@ struct Resampler {
     y0: usize,
     /// Pixels decoded per row (the crop width, widened to whole YUYV pairs).
     span: usize,
-    /// f32 per decoded row (`span * 3` for colour, `span` for grey); row slots in `ring` and
-    /// `acc` are `row_len + 1` long, the last f32 being the padding [`horizontal_rgb`] reads.
+    /// Index in the decoded row of the crop's last pixel; the horizontal pass reads a copy of
+    /// it in the next pixel (the second tap past the last sample of [`linear_taps`]).
+    last_px: usize,
+    /// Crop height: source rows `in_h` and above (the vertical taps past the last row) read
+    /// row `in_h - 1`.
+    in_h: usize,
+    /// f32 per decoded row (`span * 3` for colour, `span` for grey); `row` and `pix` have room
+    /// for one more pixel (the last pixel's copy) and one f32, the padding [`horizontal_rgb`]
+    /// reads.
     row_len: usize,
     h: Kernel,
     /// `h`'s weights broadcast to 4 lanes (colour only).
@@ -679,17 +852,34 @@ struct Resampler {
     v: Kernel,
     out_w: usize,
     out_h: usize,
+    /// `resize.dtype = "uint8"`: round each resized value to an integer (ties to even, as
+    /// `torch.round`) before normalizing.
+    round: bool,
+    /// `resize.dtype = "uint8-pil"` / `"uint8-avx2"` (bilinear): the fixed-point kernels that
+    /// replace `h` and `v`.
+    fixed: Option<FixedPoint>,
     /// Per output channel: source lane, scale, offset (`out = lane * scale + offset`).
     norm: Vec<(usize, f32, f32)>,
-    /// Decoded source rows, `ring_rows` slots; source row `r` is in slot `r % ring_rows`.
+    /// One decoded source row.
+    row: Vec<f32>,
+    /// YUYV: `row` in pixel order.
+    pix: Vec<f32>,
+    /// f32 per horizontally resampled row: `out_w * 4` (colour: R, G, B, unused) or `out_w`.
+    hrow_len: usize,
+    /// Horizontally resampled rows, `ring_rows` slots of `hrow_len`; source row `r` is in slot
+    /// `r % ring_rows`.
     ring: Vec<f32>,
     ring_rows: usize,
-    /// One vertically resampled row.
+    /// One vertically resampled row (`hrow_len`).
     acc: Vec<f32>,
-    /// YUYV: `acc` in pixel order.
-    pix: Vec<f32>,
-    /// One horizontally resampled row, 4 (colour) or 1 f32 per output pixel.
-    hrow: Vec<f32>,
+}
+
+/// The two passes of a fixed-point resampling, with their fractional bits.
+struct FixedPoint {
+    h: Kernel<i32>,
+    h_bits: u32,
+    v: Kernel<i32>,
+    v_bits: u32,
 }
 
 impl Resampler {
@@ -720,17 +910,19 @@ impl Resampler {
     #[inline(always)]
     fn run_portable(&mut self, src: Source<'_>, out: &mut [f32]) {
         let colour = self.decode.colour();
-        let slot_len = self.row_len + 1;
         let plane = self.out_w * self.out_h;
+        let hl = self.hrow_len;
         let mut next = 0;
         for oy in 0..self.out_h {
-            let (s, w) = self.v.taps(oy);
-            let end = s + w.len();
-            for iy in next.max(s)..end {
+            let (s, taps) = match &self.fixed {
+                Some(f) => (f.v.start[oy], f.v.len[oy]),
+                None => (self.v.start[oy], self.v.len[oy]),
+            };
+            let end = s + taps;
+            for iy in next.max(s)..end.min(self.in_h) {
                 let at = (self.y0 + iy) * src.row_bytes + self.x0 * src.pixel_bytes;
                 let bytes = &src.bytes[at..at + self.span * src.pixel_bytes];
-                let slot = iy % self.ring_rows;
-                let dst = &mut self.ring[slot * slot_len..][..self.row_len];
+                let dst = &mut self.row[..self.row_len];
                 match self.decode {
                     RowDecode::YuyvRgb => yuyv_rgb_row(bytes, dst),
                     RowDecode::YuyvLuma => yuyv_luma_row(bytes, dst),
@@ -746,44 +938,74 @@ impl Resampler {
                     RowDecode::RgbRgb | RowDecode::Grey => bytes_row(bytes, dst),
                     RowDecode::RgbLuma => rgb_luma_row(bytes, dst),
                 }
+                let hin: &mut [f32] =
+                    if matches!(self.decode, RowDecode::YuyvRgb | RowDecode::Nv12Rgb) {
+                        yuyv_planes_to_rgb(&self.row[..self.row_len], &mut self.pix);
+                        &mut self.pix
+                    } else {
+                        &mut self.row
+                    };
+                let n = if colour { 3 } else { 1 };
+                hin.copy_within(
+                    self.last_px * n..(self.last_px + 1) * n,
+                    (self.last_px + 1) * n,
+                );
+                let slot = &mut self.ring[iy % self.ring_rows * hl..][..hl];
+                match &self.fixed {
+                    None => horizontal(hin, &self.h, &self.h4, colour, slot),
+                    Some(f) => horizontal_int(hin, &f.h, f.h_bits, colour, slot),
+                }
             }
             next = next.max(end);
 
             let ring = &self.ring;
-            let rows = |k: usize| {
-                let slot = (s + k) % self.ring_rows;
-                &ring[slot * slot_len..][..slot_len]
+            let rows = |k: usize| &ring[(s + k).min(self.in_h - 1) % self.ring_rows * hl..][..hl];
+            let vrow: &[f32] = match &self.fixed {
+                Some(f) => {
+                    vertical_int(&mut self.acc, f.v.taps(oy).1, f.v_bits, rows);
+                    &self.acc
+                }
+                // A single unit tap (nearest, or an unchanged height) reads the ring row.
+                None => match self.v.taps(oy).1 {
+                    [w] if *w == 1.0 => rows(0),
+                    w => {
+                        vertical(&mut self.acc, w, rows);
+                        &self.acc
+                    }
+                },
             };
-            // A single unit tap (nearest, or an unchanged height) reads the ring row directly.
-            let vrow: &[f32] = if w == [1.0] {
-                rows(0)
-            } else {
-                vertical(&mut self.acc[..self.row_len], w, |k| {
-                    &rows(k)[..self.row_len]
-                });
-                &self.acc
-            };
-            let hin: &[f32] = if matches!(self.decode, RowDecode::YuyvRgb | RowDecode::Nv12Rgb) {
-                yuyv_planes_to_rgb(&vrow[..self.row_len], &mut self.pix);
-                &self.pix
-            } else {
-                vrow
-            };
-            horizontal(hin, &self.h, &self.h4, colour, &mut self.hrow);
-
-            let hrow = &self.hrow;
             for (c, &(lane, scale, offset)) in self.norm.iter().enumerate() {
                 let dst = &mut out[c * plane + oy * self.out_w..][..self.out_w];
                 if colour {
-                    for (o, px) in dst.iter_mut().zip(hrow.chunks_exact(4)) {
-                        *o = px[lane] * scale + offset;
-                    }
+                    let src = vrow.chunks_exact(4).map(|px| px[lane]);
+                    normalize(src, dst, scale, offset, self.round);
                 } else {
-                    for (o, &x) in dst.iter_mut().zip(hrow) {
-                        *o = x * scale + offset;
-                    }
+                    normalize(vrow.iter().copied(), dst, scale, offset, self.round);
                 }
             }
+        }
+    }
+}
+
+/// `dst = level(x) * scale + offset`, where `level` is the identity or, with `round`,
+/// torchvision's uint8 resize: the float result `round_()`ed (ties to even) and cast to uint8.
+/// Bilinear and nearest weights are non-negative and sum to 1, so the result stays in [0, 255];
+/// the clamp only absorbs f32 rounding.
+#[inline(always)]
+fn normalize(
+    src: impl Iterator<Item = f32>,
+    dst: &mut [f32],
+    scale: f32,
+    offset: f32,
+    round: bool,
+) {
+    if round {
+        for (o, x) in dst.iter_mut().zip(src) {
+            *o = x.round_ties_even().clamp(0.0, 255.0) * scale + offset;
+        }
+    } else {
+        for (o, x) in dst.iter_mut().zip(src) {
+            *o = x * scale + offset;
         }
     }
 }
@@ -855,11 +1077,15 @@ impl Preprocessor {
                 crop.width, crop.height, crop.x, crop.y, cap.width, cap.height
             )));
         }
+        if let Some(problem) = p.resize.dtype_problem() {
+            return Err(spec_err(problem));
+        }
         let ResizeSpec {
             width: rw,
             height: rh,
             interpolation,
             antialias,
+            dtype,
         } = p.resize;
         if rw == 0 || rh == 0 || rw > MAX_SIDE || rh > MAX_SIDE {
             return Err(spec_err(format!(
@@ -905,13 +1131,30 @@ impl Preprocessor {
             (cx, 0, cw)
         };
         let (out_w, out_h) = (rw as usize, rh as usize);
-        let mut h = Kernel::new(cw, out_w, interpolation, antialias).padded(cw);
+        let mut h = Kernel::new(cw, out_w, interpolation, antialias).padded(cw + 1);
         for s in &mut h.start {
             *s += lead;
         }
         let v = Kernel::new(crop.height as usize, out_h, interpolation, antialias);
-        let ring_rows = v.stride;
+        let fixed = (interpolation == Interpolation::Bilinear
+            && matches!(dtype, ResizeDtype::Uint8Pil | ResizeDtype::Uint8Avx2))
+        .then(|| {
+            let (mut h, h_bits) = fixed_point_kernel(cw, out_w, antialias, dtype);
+            h = h.padded(cw + 1);
+            for s in &mut h.start {
+                *s += lead;
+            }
+            let (v, v_bits) = fixed_point_kernel(crop.height as usize, out_h, antialias, dtype);
+            FixedPoint {
+                h,
+                h_bits,
+                v,
+                v_bits,
+            }
+        });
+        let ring_rows = fixed.as_ref().map_or(v.stride, |f| f.v.stride);
         let row_len = span * if colour { 3 } else { 1 };
+        let hrow_len = out_w * if colour { 4 } else { 1 };
 
         let norm = (0..channels)
             .map(|c| {
@@ -941,6 +1184,8 @@ impl Preprocessor {
                 x0,
                 y0: crop.y as usize,
                 span,
+                last_px: lead + cw - 1,
+                in_h: crop.height as usize,
                 row_len,
                 h4: if colour {
                     h.weights.iter().map(|&w| [w; 4]).collect()
@@ -951,16 +1196,19 @@ impl Preprocessor {
                 v,
                 out_w,
                 out_h,
+                round: dtype == ResizeDtype::Uint8,
+                fixed,
                 norm,
-                ring: vec![0.0; ring_rows * (row_len + 1)],
-                ring_rows,
-                acc: vec![0.0; row_len + 1],
+                row: vec![0.0; row_len + 4],
                 pix: if matches!(decode, RowDecode::YuyvRgb | RowDecode::Nv12Rgb) {
-                    vec![0.0; row_len + 1]
+                    vec![0.0; row_len + 4]
                 } else {
                     Vec::new()
                 },
-                hrow: vec![0.0; out_w * if colour { 4 } else { 1 }],
+                hrow_len,
+                ring: vec![0.0; ring_rows * hrow_len],
+                ring_rows,
+                acc: vec![0.0; hrow_len],
             },
         })
     }
@@ -1124,6 +1372,7 @@ mod tests {
                     height: rh,
                     interpolation,
                     antialias,
+                    dtype: ResizeDtype::Float,
                 },
                 color,
                 // Identity normalization: outputs are x / 255.
@@ -1370,9 +1619,23 @@ mod tests {
             (0, vec![1.0]),
             (0, vec![0.75, 0.25]),
             (0, vec![0.25, 0.75]),
-            (1, vec![1.0]),
+            // Index 2 is the copy of sample 1 (PyTorch reads the last sample twice).
+            (1, vec![0.75, 0.25]),
         ];
         assert_eq!(t, want);
+        // The same taps with those copies folded back onto the last sample.
+        let folded = |k: &Kernel, n: usize| -> Vec<(usize, Vec<f32>)> {
+            taps(k)
+                .into_iter()
+                .map(|(s, w)| {
+                    let keep = w.len().min(n - s);
+                    let extra: f32 = w[keep..].iter().sum();
+                    let mut w = w[..keep].to_vec();
+                    *w.last_mut().expect("a tap") += extra;
+                    (s, w)
+                })
+                .collect()
+        };
         for (n, m) in [
             (2, 4),
             (3, 7),
@@ -1383,7 +1646,7 @@ mod tests {
             (100, 101),
         ] {
             let a = taps(&Kernel::new(n, m, BILINEAR, true));
-            let b = taps(&Kernel::new(n, m, BILINEAR, false));
+            let b = folded(&Kernel::new(n, m, BILINEAR, false), n);
             for (i, ((sa, wa), (sb, wb))) in a.iter().zip(&b).enumerate() {
                 assert_eq!(sa, sb, "{n} -> {m}, output {i}");
                 assert_close(wa, wb, 1e-6);
@@ -1417,10 +1680,11 @@ mod tests {
                     for (i, (s, w)) in taps(&k).into_iter().enumerate() {
                         let sum: f32 = w.iter().sum();
                         assert!((sum - 1.0).abs() < 1e-5, "{n}->{m} aa={aa} [{i}]: {w:?}");
-                        assert!(s + w.len() <= n && !w.is_empty());
+                        // Without antialias, the tap at `n` is the last sample's copy.
+                        assert!(s + w.len() <= n + usize::from(!aa) && !w.is_empty());
                     }
-                    let p = k.padded(n);
-                    assert!(p.start.iter().all(|&s| s + p.stride <= n));
+                    let p = k.padded(n + 1);
+                    assert!(p.start.iter().all(|&s| s + p.stride <= n + 1));
                 }
             }
         }
@@ -1620,5 +1884,35 @@ mod tests {
             assert!(e.contains("camera `top`") && e.contains(what), "{e}");
         }
         assert!(Preprocessor::new(&ok).is_ok());
+    }
+
+    /// `uint8-pil` is Pillow's antialiased BILINEAR: nearest or no antialias is refused, naming
+    /// the field and what to set; `uint8-avx2` takes both.
+    #[test]
+    fn uint8_pil_needs_bilinear_with_antialias() {
+        let spec = |interp, aa, dtype| {
+            let mut c = cam(
+                (64, 48, PixelFormat::Rgb24),
+                None,
+                (30, 20, interp, aa),
+                ColorOrder::Rgb,
+            );
+            c.preprocess.resize.dtype = dtype;
+            c
+        };
+        let pil = ResizeDtype::Uint8Pil;
+        for (interp, aa, what) in [
+            (Interpolation::Nearest, true, "interpolation = \"bilinear\""),
+            (BILINEAR, false, "needs antialias = true"),
+        ] {
+            let e = Preprocessor::new(&spec(interp, aa, pil))
+                .expect_err(what)
+                .to_string();
+            assert!(e.contains("camera `top`") && e.contains(what), "{e}");
+        }
+        assert!(Preprocessor::new(&spec(BILINEAR, true, pil)).is_ok());
+        for (interp, aa) in [(BILINEAR, false), (Interpolation::Nearest, true)] {
+            assert!(Preprocessor::new(&spec(interp, aa, ResizeDtype::Uint8Avx2)).is_ok());
+        }
     }
 }

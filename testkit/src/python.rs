@@ -49,17 +49,53 @@ where
         eprintln!("{SKIP_ENV}=1: skipped the comparison with tests/python/{script_name}");
         return None;
     }
+    run_reference("python3", script_name, args, packages)
+}
+
+/// The environment variable naming a Python interpreter that has `torch` and `torchvision`
+/// (e.g. a training virtual environment's `bin/python`). PyTorch is too large for
+/// `scripts/setup.sh` to install system-wide, so the torch references run only where it is set.
+pub const TORCH_PYTHON_ENV: &str = "REFLEX_TORCH_PYTHON";
+
+/// Like [`reference`], but runs the script with the interpreter `REFLEX_TORCH_PYTHON` names.
+///
+/// Returns `None` (printing what was skipped) when `REFLEX_SKIP_PY=1` or `REFLEX_TORCH_PYTHON`
+/// is unset; once it is set, a missing interpreter or package, or a failing script, fails the
+/// test as in [`reference`].
+#[track_caller]
+pub fn torch_reference<I, S>(script_name: &str, args: I, packages: &str) -> Option<Run>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    if skipped() {
+        eprintln!("{SKIP_ENV}=1: skipped the comparison with tests/python/{script_name}");
+        return None;
+    }
+    let Some(python) = std::env::var_os(TORCH_PYTHON_ENV).filter(|p| !p.is_empty()) else {
+        eprintln!(
+            "{TORCH_PYTHON_ENV} unset: skipped the comparison with tests/python/{script_name} \
+             (set it to a python with {packages})"
+        );
+        return None;
+    };
+    run_reference(&python.to_string_lossy(), script_name, args, packages)
+}
+
+#[track_caller]
+fn run_reference<I, S>(python: &str, script_name: &str, args: I, packages: &str) -> Option<Run>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let path = script(script_name);
     let hint = format!(
         "tests/python/{script_name} needs python3 with {packages} (scripts/setup.sh installs them: \
          pip install {packages}); set {SKIP_ENV}=1 to skip the Python reference comparisons"
     );
-    let cli = Cli::new("python3").arg(&path).args(args);
+    let cli = Cli::new(python).arg(&path).args(args);
     let command = cli.command_line();
-    let run = match std::process::Command::new("python3")
-        .arg("--version")
-        .output()
-    {
+    let run = match std::process::Command::new(python).arg("--version").output() {
         Ok(_) => cli.run(),
         Err(e) => panic!("cannot run `{command}`: {e}\n{hint}"),
     };

@@ -34,8 +34,8 @@ use reflex_models::bundle::{
 use reflex_models::manifest::{
     ActionOutput, ActionSpec, BackendKind, CameraSpec, CaptureSpec, ColorOrder, ControlSpec,
     Convention, DiffusionSpec, Interpolation, Layout, Manifest, ModelFile, ModelRole,
-    Normalization, PixelFormat, Precision, PreprocessSpec, ResizeSpec, StateSpec, FORMAT_VERSION,
-    MANIFEST_FILE,
+    Normalization, PixelFormat, Precision, PreprocessSpec, ResizeDtype, ResizeSpec, StateSpec,
+    FORMAT_VERSION, MANIFEST_FILE,
 };
 use reflex_models::output::{OutDir, Replace};
 use std::collections::BTreeMap;
@@ -333,6 +333,7 @@ fn observation(a: &ImportArgs, config: &PolicyConfig, f: &Features) -> Result<Ob
                     height: *h as u32,
                     interpolation: Interpolation::Bilinear,
                     antialias: true,
+                    dtype: ResizeDtype::Float,
                 },
                 color: ColorOrder::Rgb,
                 mean,

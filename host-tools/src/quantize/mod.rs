@@ -75,7 +75,7 @@
 //!
 
 mod calib;
-mod graph;
+pub(crate) mod graph;
 mod qop;
 mod ranges;
 mod report;

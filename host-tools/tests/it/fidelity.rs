@@ -3,8 +3,10 @@
 //! reads and the brightness sensitivity of another, `export --reference-frames` stores what
 //! the viewpoint check needs.
 
-use reflex_models::manifest::{CameraSpec, CaptureSpec, CropSpec, Manifest, PixelFormat};
-use reflex_models::npy::read_npy;
+use reflex_models::manifest::{
+    CameraSpec, CaptureSpec, CropSpec, Manifest, PixelFormat, ResizeDtype,
+};
+use reflex_models::npy::{read_npy, NpyArray};
 use reflex_models::onnx::builder::{Attr, GraphBuilder};
 use reflex_models::onnx::{EncoderKind, HeadKind, PolicyArch};
 use reflex_models::Bundle;
@@ -121,6 +123,69 @@ fn linear_bundle(dir: &Path, side: usize, weight: impl Fn(usize, usize, usize) -
     m
 }
 
+/// A tensor from torchvision's resize of a uint8 tensor (`tests/python/uint8_resize_ref.py`,
+/// then `/ 255` and mean/std): `parity` names the uint8 resize and the `resize.dtype` field that
+/// fixes it, and with `dtype = "uint8"` the bundle's preprocessing matches. Runs where
+/// `REFLEX_TORCH_PYTHON` names a python with torch and torchvision; skipped otherwise.
+#[test]
+fn parity_recommends_the_uint8_resize_dtype() {
+    let wd = WorkDir::new("parity-uint8");
+    let mut cam: CameraSpec = manifest((96, 72), 32).cameras[0].clone();
+    cam.preprocess.crop = Some(CropSpec {
+        x: 5,
+        y: 3,
+        width: 80,
+        height: 60,
+    });
+    cam.preprocess.resize.width = 40;
+    cam.preprocess.resize.height = 30;
+    let frame = picture(96, 72, 3);
+    let (raw, out) = (wd.path().join("frame.rgb"), wd.path().join("frame.u8"));
+    std::fs::write(&raw, &frame.data).expect("writes the frame");
+    let args = [
+        "96", "72", "5", "3", "80", "60", "40", "30", "bilinear", "1",
+    ];
+    let Some(_) = reflex_testkit::python::torch_reference(
+        "uint8_resize_ref.py",
+        std::iter::once(s(&raw))
+            .chain(args)
+            .chain(std::iter::once(s(&out))),
+        "torch torchvision numpy",
+    ) else {
+        return;
+    };
+    let levels = std::fs::read(&out).expect("reads the resized tensor");
+    let p = &cam.preprocess;
+    let n = 40 * 30;
+    let tensor: Vec<f32> = levels
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (f32::from(v) / 255.0 - p.mean[i / n]) / p.std[i / n])
+        .collect();
+    let theirs = NpyArray::f32(&[3, 30, 40], tensor);
+    let level = 1.0 / (255.0 * p.std.iter().cloned().fold(f32::INFINITY, f32::min));
+
+    let (r, _) = compare(&cam, &frame, &theirs, DEFAULT_TOLERANCE).expect("compares");
+    assert!(!r.matches, "the float resize should differ: {r:?}");
+    let d = r.diagnosis.as_deref().unwrap_or("(none)");
+    assert!(
+        d.contains("uint8 resize") && d.contains("dtype = \"uint8\""),
+        "diagnosed `{d}`\n{r:#?}"
+    );
+
+    cam.preprocess.resize.dtype = ResizeDtype::Uint8;
+    let float_mean = r.overall.mean;
+    let (r, _) = compare(&cam, &frame, &theirs, DEFAULT_TOLERANCE).expect("compares");
+    assert!(
+        r.matches && r.overall.max < 0.01 * level && r.overall.mean < 0.01 * float_mean,
+        "dtype = uint8 should match: {r:?}"
+    );
+    eprintln!(
+        "torchvision uint8 resize: float dtype diagnosed `{d}`; uint8 dtype matches to {:?}",
+        r.overall
+    );
+}
+
 #[test]
 fn parity_names_each_planted_mistake() {
     let wd = WorkDir::new("parity-planted");
@@ -162,7 +227,7 @@ fn parity_names_each_planted_mistake() {
         ("missing_normalization", Some("mean/std missing")),
         ("scale_0_255", Some("no division by 255 before mean/std")),
         ("nearest", Some("training resized with nearest")),
-        ("uint8_resize", Some("uint8 resize")),
+        ("uint8_resize", Some("fix: `dtype = \"uint8-pil\"`")),
         ("hwc", Some("layout: the tensor is HWC")),
     ];
     for (case, cause) in expect {
@@ -516,4 +581,122 @@ fn export_stores_reference_frames() {
         run.stderr.contains("small.png") && run.stderr.contains("640x480"),
         "{run}"
     );
+}
+
+/// Attention rollout of the reference ViT-S/16 (seeded weights) on one observation: 12 layers of
+/// 6 heads over 197 tokens, the class token's shares a distribution over itself and the 14 x 14
+/// patches, equal to the rollout computed from ONNX Runtime's attention tensors by numpy
+/// (`tests/python/attention_rollout_ref.py`); then `reflex-tools explain` on that bundle writes
+/// the rollout picture and its JSON.
+#[test]
+fn vit_attention_rollout_matches_onnx_runtime_and_explain_draws_it() {
+    use reflex_models::npy::write_npy;
+    let wd = WorkDir::new("rollout-vit");
+    let bundle_dir = wd.path().join("vit");
+    let run = tools(&[
+        "export",
+        "--arch",
+        "vit-s16",
+        "--seed",
+        "0",
+        "--out",
+        s(&bundle_dir),
+    ]);
+    assert!(run.status.success(), "{run}");
+    let bundle = Bundle::load(&bundle_dir).expect("loads");
+    let m = &bundle.manifest;
+    let episode = wd.path().join("episode");
+    reflex_runtime::camera::replay::generate_synthetic_episode(m, &episode, 0.3, 10)
+        .expect("writes the episode");
+    let ep = reflex_runtime::camera::replay::Episode::load(&episode).expect("episode");
+    let mut ex = Explainer::new(&bundle).expect("explainer");
+    let (frames, state) =
+        reflex_tools::explain::episode_observation(m, &ep, 1).expect("observation");
+    let (images, normalized) = ex.inputs(&frames, &state).expect("inputs");
+    let r =
+        reflex_tools::rollout::attention_rollout(&bundle, &images, &normalized).expect("rollout");
+    assert!(r.skipped.is_empty(), "{:?}", r.skipped);
+    assert_eq!(r.cameras.len(), m.cameras.len());
+    let c = &r.cameras[0];
+    assert_eq!(
+        (c.layers, c.heads, c.tokens, c.cols, c.rows, c.patch),
+        (12, 6, 197, 14, 14, 16)
+    );
+    let total = c.cls_self + c.patch_weights.iter().sum::<f64>();
+    assert!((total - 1.0).abs() < 1e-9, "shares sum to {total}");
+
+    // The same rollout from ONNX Runtime's attention tensors.
+    let cam = &m.cameras[0];
+    let p = &cam.preprocess;
+    let image_npy = wd.path().join("image.npy");
+    let shape = [1, 3, p.resize.height as usize, p.resize.width as usize];
+    write_npy(&image_npy, &NpyArray::f32(&shape, images[0].clone())).expect("npy");
+    let mut feeds = vec![format!("{}={}", cam.onnx_input, s(&image_npy))];
+    if let Some(name) = &m.state.onnx_input {
+        let state_npy = wd.path().join("state.npy");
+        write_npy(
+            &state_npy,
+            &NpyArray::f32(&[1, normalized.len()], normalized.clone()),
+        )
+        .expect("npy");
+        feeds.push(format!("{name}={}", s(&state_npy)));
+    }
+    let out_npy = wd.path().join("rollout.npy");
+    let mut args = vec![s(&bundle.policy_path).to_string(), s(&out_npy).to_string()];
+    args.extend(feeds);
+    if reflex_testkit::python::reference(
+        "attention_rollout_ref.py",
+        &args,
+        "numpy onnx onnxruntime",
+    )
+    .is_some()
+    {
+        let reference = read_npy(&out_npy).expect("reference").data.to_f32();
+        assert_eq!(reference.len(), 197);
+        let ours: Vec<f64> = std::iter::once(c.cls_self)
+            .chain(c.patch_weights.iter().copied())
+            .collect();
+        let worst = ours
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - f64::from(*b)).abs())
+            .fold(0.0, f64::max);
+        let largest = c.patch_weights.iter().cloned().fold(0.0, f64::max);
+        eprintln!("rollout vs ONNX Runtime: max difference {worst:.2e} (largest patch share {largest:.4})");
+        assert!(
+            worst < 1e-5,
+            "rollout differs from ONNX Runtime's by {worst}"
+        );
+    }
+
+    // The command: one large occlusion patch keeps it short; the rollout picture is drawn.
+    let out = wd.path().join("explain");
+    let side = cam.capture.width.min(cam.capture.height) / 2;
+    let side = side.to_string();
+    let run = tools(&[
+        "explain",
+        "--bundle",
+        s(&bundle_dir),
+        "--episode",
+        s(&episode),
+        "--frame",
+        "1",
+        "--patch",
+        &side,
+        "--stride",
+        &side,
+        "--out",
+        s(&out),
+    ]);
+    assert!(run.status.success(), "{run}");
+    let png = out.join(format!("rollout-{}.png", cam.name));
+    assert!(png.is_file() && run.stdout.contains("rollout-"), "{run}");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("rollout.json")).expect("rollout.json"),
+    )
+    .expect("parses");
+    assert_eq!(json["cameras"][0]["tokens"], 197);
+    docs_picture("rollout-vit.png", |dst| {
+        std::fs::copy(&png, dst).expect("copy");
+    });
 }

@@ -427,8 +427,12 @@ fn assert_int8_forms_agree(fp32: &Path, out: &Path, held: &Path, tract_qop: &Pat
 /// ONNX Runtime runs an int8 graph and agrees with tract on it: the two runtimes differ at
 /// rounding boundaries (each picks its own kernels: integer, or float on dequantized values),
 /// which flips some int8 steps and propagates, so they can only agree to the size of the
-/// quantization error itself; a runtime misreading the graph (the ViT cases in earlier work) is
-/// off by far more. Returns the script's figures.
+/// quantization error itself, and both must be that close to the fp32 model; a runtime
+/// misreading the graph (the ViT cases in earlier work) is off by far more. The same 1.5x
+/// margin over ORT's own error bounds both: on ViT-S/16 with the calibration frames resized in
+/// PyTorch's pass order, tract-vs-ORT measured 1.17x ORT's error (0.0381 against 0.0326, tract's
+/// own error 0.0267): the flips land on different steps, not on a misread graph. Returns the
+/// script's figures.
 fn assert_ort_agrees_int8(
     fp32: &Path,
     quant: &Path,
@@ -444,7 +448,7 @@ fn assert_ort_agrees_int8(
     let between = f(&ort["ort_quant_vs_tract_quant"]);
     assert!(ort_err > 0.0 && ort_err < 0.5, "{ort}");
     assert!(
-        between <= ort_err,
+        between <= 1.5 * ort_err,
         "tract and ORT disagree beyond int8 noise: {ort}"
     );
     assert!(

@@ -625,3 +625,60 @@ fn diffusion_section(
         global_cond_input: "global_cond".into(),
     }
 }
+
+#[test]
+fn resize_dtype_defaults_to_float_and_parses_uint8() {
+    use reflex_models::manifest::ResizeDtype;
+    let b = Bundle::load(pristine()).expect("loads");
+    assert_eq!(
+        b.manifest.cameras[0].preprocess.resize.dtype,
+        ResizeDtype::Float
+    );
+
+    let d = copy_of("resize-dtype-uint8");
+    edit_manifest(&d, |t| {
+        t.replacen("antialias = true", "antialias = true\ndtype = \"uint8\"", 1)
+    });
+    let m = Bundle::load(&d).expect("loads").manifest;
+    assert_eq!(m.cameras[0].preprocess.resize.dtype, ResizeDtype::Uint8);
+    assert_eq!(m.cameras[1].preprocess.resize.dtype, ResizeDtype::Float);
+    assert!(m.to_toml().expect("toml").contains("dtype = \"uint8\""));
+
+    let d = copy_of("resize-dtype-bad");
+    edit_manifest(&d, |t| {
+        t.replacen("antialias = true", "antialias = true\ndtype = \"int8\"", 1)
+    });
+    let e = load_err(&d);
+    assert!(e.contains("int8") && e.contains("float"), "{e}");
+
+    for dtype in ["uint8-pil", "uint8-avx2"] {
+        let d = copy_of(&format!("resize-dtype-{dtype}"));
+        edit_manifest(&d, |t| {
+            t.replacen(
+                "antialias = true",
+                &format!("antialias = true\ndtype = \"{dtype}\""),
+                1,
+            )
+        });
+        let m = Bundle::load(&d).expect("loads").manifest;
+        assert_eq!(m.cameras[0].preprocess.resize.dtype.name(), dtype);
+        assert!(m
+            .to_toml()
+            .expect("toml")
+            .contains(&format!("dtype = \"{dtype}\"")));
+    }
+    // Pillow's BILINEAR always antialiases: uint8-pil without it is refused, naming the field.
+    let d = copy_of("resize-dtype-pil-no-aa");
+    edit_manifest(&d, |t| {
+        t.replacen(
+            "antialias = true",
+            "antialias = false\ndtype = \"uint8-pil\"",
+            1,
+        )
+    });
+    let e = load_err(&d);
+    assert!(
+        e.contains("resize.dtype") && e.contains("needs antialias = true"),
+        "{e}"
+    );
+}

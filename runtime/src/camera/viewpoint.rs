@@ -38,8 +38,8 @@
 //! wide), tens of milliseconds per camera; it is off the control loop (before the first tick).
 
 use reflex_models::manifest::{
-    CameraSpec, ColorOrder, Interpolation, Layout, PreprocessSpec, ResizeSpec, ViewpointLimit,
-    ViewpointSpec, ViewpointThresholds,
+    CameraSpec, ColorOrder, Interpolation, Layout, PreprocessSpec, ResizeDtype, ResizeSpec,
+    ViewpointLimit, ViewpointSpec, ViewpointThresholds,
 };
 use rustfft::num_complex::Complex;
 use rustfft::FftPlanner;
@@ -209,6 +209,7 @@ impl FrameDecoder {
                 height: cam.capture.height,
                 interpolation: Interpolation::Nearest,
                 antialias: false,
+                dtype: ResizeDtype::Float,
             },
             color: ColorOrder::Rgb,
             mean: vec![0.0; 3],

@@ -10,7 +10,9 @@ use std::path::PathBuf;
     On one frame of a recorded episode: an occlusion heatmap per camera and action group (a \
     neutral patch slides over the frame; heat = how far the actions move, in their units), and a \
     robustness sweep (brightness, contrast, colour temperature, blur, shifts at growing strength \
-    against the action change, sweep.svg). A JSON file beside every picture holds the numbers."
+    against the action change, sweep.svg); for a ViT policy, the attention rollout of each \
+    camera's class token (Abnar & Zuidema 2020) over the frame, rollout-CAMERA.png. A JSON file \
+    beside every picture holds the numbers."
 )]
 pub struct Args {
     #[arg(long)]
@@ -45,6 +47,7 @@ pub fn run(a: Args) -> Result<()> {
     for p in written
         .occlusion
         .iter()
+        .chain(&written.rollout)
         .chain([&written.sweep])
         .chain(&written.json)
     {
