@@ -120,3 +120,96 @@ mod tests {
         );
     }
 }
+
+/// The environment variable that makes [`RecordedDigests::check`] record fresh digests (and
+/// [`RecordedDigests::finish`] write them) instead of comparing.
+pub const RECORD_ENV: &str = "REFLEX_RECORD_DIGESTS";
+
+/// sha256 digests of reference outputs, recorded in `tests/data/torch/<file>` (one
+/// `<sha256>  <name>` line each), for a reference that cannot run on every machine: PyTorch is
+/// too large for CI, so where it is absent a test compares reflex's own output with the digest of
+/// what torch produced on a machine that has it, which fails on any differing bit.
+///
+/// Where the reference does run, [`RecordedDigests::check`] compares its fresh output's digest
+/// with the recorded one, so a stale record is caught; with `REFLEX_RECORD_DIGESTS=1` it records
+/// the fresh digests instead, and [`RecordedDigests::finish`] writes the file.
+#[derive(Debug)]
+pub struct RecordedDigests {
+    pub path: PathBuf,
+    entries: std::collections::BTreeMap<String, String>,
+    record: bool,
+    changed: bool,
+}
+
+impl RecordedDigests {
+    /// Reads `tests/data/torch/<file>` (a missing file is an empty record).
+    pub fn load(file: &str) -> Self {
+        let path = repo_root().join("tests/data/torch").join(file);
+        let entries = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (d, n) = l.split_once("  ")?;
+                Some((n.trim().to_string(), d.trim().to_string()))
+            })
+            .collect();
+        RecordedDigests {
+            path,
+            entries,
+            record: std::env::var(RECORD_ENV).as_deref() == Ok("1"),
+            changed: false,
+        }
+    }
+
+    /// The recorded digest of `name`; panics, saying how to record it, when there is none.
+    #[track_caller]
+    pub fn digest(&self, name: &str) -> &str {
+        self.entries
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_else(|| {
+                panic!(
+                    "no recorded digest `{name}` in {}: run the test once with {TORCH_PYTHON_ENV} \
+                 set and {RECORD_ENV}=1",
+                    self.path.display()
+                )
+            })
+    }
+
+    /// The reference ran and its output's digest is `fresh`: records it (`REFLEX_RECORD_DIGESTS=1`)
+    /// or checks it against the record.
+    #[track_caller]
+    pub fn check(&mut self, name: &str, fresh: &str) {
+        if self.record {
+            if self.entries.get(name).map(String::as_str) != Some(fresh) {
+                self.entries.insert(name.to_string(), fresh.to_string());
+                self.changed = true;
+            }
+            return;
+        }
+        assert_eq!(
+            self.digest(name),
+            fresh,
+            "the reference's output for `{name}` is not the one recorded in {} (another torch \
+             version?); record it again with {RECORD_ENV}=1",
+            self.path.display()
+        );
+    }
+
+    /// Writes the file when digests were recorded.
+    pub fn finish(self) {
+        if !(self.record && self.changed) {
+            return;
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).expect("creates tests/data/torch");
+        }
+        let text: String = self
+            .entries
+            .iter()
+            .map(|(n, d)| format!("{d}  {n}\n"))
+            .collect();
+        std::fs::write(&self.path, text).expect("writes the recorded digests");
+        eprintln!("recorded {}", self.path.display());
+    }
+}

@@ -125,8 +125,9 @@ fn linear_bundle(dir: &Path, side: usize, weight: impl Fn(usize, usize, usize) -
 
 /// A tensor from torchvision's resize of a uint8 tensor (`tests/python/uint8_resize_ref.py`,
 /// then `/ 255` and mean/std): `parity` names the uint8 resize and the `resize.dtype` field that
-/// fixes it, and with `dtype = "uint8"` the bundle's preprocessing matches. Runs where
-/// `REFLEX_TORCH_PYTHON` names a python with torch and torchvision; skipped otherwise.
+/// fixes it, and with `dtype = "uint8"` the bundle's preprocessing matches. torchvision runs where
+/// `REFLEX_TORCH_PYTHON` names a python with torch and torchvision; elsewhere its output recorded
+/// in `tests/data/torch/parity-uint8-96x72.u8` (torch 2.7.1, torchvision 0.22.1) is used.
 #[test]
 fn parity_recommends_the_uint8_resize_dtype() {
     let wd = WorkDir::new("parity-uint8");
@@ -145,16 +146,42 @@ fn parity_recommends_the_uint8_resize_dtype() {
     let args = [
         "96", "72", "5", "3", "80", "60", "40", "30", "bilinear", "1",
     ];
-    let Some(_) = reflex_testkit::python::torch_reference(
+    // torchvision's output, recorded (3600 bytes) for the machines without torch; where torch
+    // runs, its fresh output must equal the recording.
+    let recorded_path =
+        reflex_testkit::python::repo_root().join("tests/data/torch/parity-uint8-96x72.u8");
+    let record = std::env::var(reflex_testkit::python::RECORD_ENV).as_deref() == Ok("1");
+    let recorded = std::fs::read(&recorded_path).unwrap_or_default();
+    let levels = match reflex_testkit::python::torch_reference(
         "uint8_resize_ref.py",
         std::iter::once(s(&raw))
             .chain(args)
             .chain(std::iter::once(s(&out))),
         "torch torchvision numpy",
-    ) else {
-        return;
+    ) {
+        Some(_) => {
+            let fresh = std::fs::read(&out).expect("reads the resized tensor");
+            if record {
+                std::fs::write(&recorded_path, &fresh).expect("records the tensor");
+            }
+            assert!(
+                record || fresh == recorded,
+                "torchvision's output is not the one recorded in {}",
+                recorded_path.display()
+            );
+            fresh
+        }
+        None => {
+            assert_eq!(
+                recorded.len(),
+                3 * 40 * 30,
+                "{}: the recorded torchvision tensor is missing or short (record it with {}=1)",
+                recorded_path.display(),
+                reflex_testkit::python::RECORD_ENV
+            );
+            recorded
+        }
     };
-    let levels = std::fs::read(&out).expect("reads the resized tensor");
     let p = &cam.preprocess;
     let n = 40 * 30;
     let tensor: Vec<f32> = levels

@@ -121,6 +121,16 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
+/// sha256 of `v`'s little-endian f32 bytes, lower-case hex.
+fn f32_digest(v: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for x in v {
+        h.update(x.to_le_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
 fn run_case(case: &Case, frame: &[u8]) -> Result<Vec<f32>, PreprocessError> {
     let mut pre = Preprocessor::new(&case.spec())?;
     let mut out = vec![f32::NAN; pre.output_len()];
@@ -664,8 +674,11 @@ fn run_allocates_nothing_for_raw_formats() -> TestResult {
 /// fixed-point kernel, `ATEN_CPU_CAPABILITY=avx2`), every value too. torchvision's values go
 /// through the normalization as documented (`x * a + b`, with
 /// `a = 1 / (255 std)` rounded to f32) before the bit comparison; the float default is checked
-/// to differ from the uint8 tensors, so the comparison can fail. Runs where `REFLEX_TORCH_PYTHON` names a python with torch and
-/// torchvision; skipped otherwise.
+/// to differ from the uint8 tensors, so the comparison can fail. Where `REFLEX_TORCH_PYTHON`
+/// names a python with torch and torchvision, torchvision runs and every value is compared (and
+/// its outputs' digests checked against `tests/data/torch/torch-resize.sha256`); elsewhere (CI:
+/// torch is too large to install) reflex's outputs are checked against those recorded digests of
+/// torchvision's outputs (torch 2.7.1, torchvision 0.22.1), which fails on any differing bit.
 #[test]
 fn resize_matches_torchvision_float_and_uint8() -> TestResult {
     let dir = WorkDir::new("torch-resize");
@@ -703,6 +716,7 @@ fn resize_matches_torchvision_float_and_uint8() -> TestResult {
             ColorOrder::Rgb,
         ),
     ];
+    let mut recorded = python::RecordedDigests::load("torch-resize.sha256");
     for (k, case) in cases.into_iter().enumerate() {
         let case = Case {
             mean: vec![0.0; 3],
@@ -734,23 +748,54 @@ fn resize_matches_torchvision_float_and_uint8() -> TestResult {
             )?;
             Some(std::fs::read(&out).expect("reads the reference output"))
         };
-        let Some(want) = torch("uint8") else {
-            return Ok(());
-        };
         // The preprocessor's normalization with mean 0, std 1 (module docs, step 4).
         let scale = (1.0 / 255.0f64) as f32;
-        let want: Vec<f32> = want.iter().map(|&w| f32::from(w) * scale).collect();
-        let want_float: Vec<f32> = torch("float")
-            .expect("torch ran for uint8")
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * scale)
-            .collect();
+        let levels = |b: Vec<u8>| -> Vec<f32> { b.iter().map(|&w| f32::from(w) * scale).collect() };
+        let want = torch("uint8").map(levels);
+        let want_float: Option<Vec<f32>> = want.as_ref().map(|_| {
+            torch("float")
+                .expect("torch ran for uint8")
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * scale)
+                .collect()
+        });
+        let want_avx2 = want
+            .as_ref()
+            .map(|_| levels(torch("avx2").expect("torch ran for uint8")));
 
         let mut spec = case.spec();
         spec.preprocess.resize.dtype = ResizeDtype::Uint8;
         let mut pre = Preprocessor::new(&spec)?;
         let mut got = vec![f32::NAN; pre.output_len()];
         pre.run(&frame, 640, 480, PixelFormat::Rgb24, &mut got)?;
+        spec.preprocess.resize.dtype = ResizeDtype::Uint8Avx2;
+        let mut pre = Preprocessor::new(&spec)?;
+        let mut got_avx2 = vec![f32::NAN; pre.output_len()];
+        pre.run(&frame, 640, 480, PixelFormat::Rgb24, &mut got_avx2)?;
+        let float = run_case(&case, &frame)?;
+
+        let (Some(want), Some(want_float), Some(avx2)) = (want, want_float, want_avx2) else {
+            // No torch here: torchvision's outputs as recorded (their digests).
+            for (kind, ours) in [("uint8", &got), ("float", &float), ("avx2", &got_avx2)] {
+                let name = format!("{}.{kind}", case.name);
+                assert_eq!(
+                    f32_digest(ours),
+                    recorded.digest(&name),
+                    "{name}: differs from torchvision's output recorded in {} (run with \
+                     REFLEX_TORCH_PYTHON set to see the differing values)",
+                    recorded.path.display()
+                );
+            }
+            eprintln!(
+                "{}: uint8, float and uint8-avx2 equal torchvision's recorded outputs",
+                case.name
+            );
+            continue;
+        };
+        for (kind, theirs) in [("uint8", &want), ("float", &want_float), ("avx2", &avx2)] {
+            recorded.check(&format!("{}.{kind}", case.name), &f32_digest(theirs));
+        }
+
         assert_eq!(got.len(), want.len(), "{}", case.name);
         let off: Vec<(usize, f32, f32)> = got
             .iter()
@@ -768,16 +813,7 @@ fn resize_matches_torchvision_float_and_uint8() -> TestResult {
             &off[..off.len().min(5)]
         );
 
-        let avx2: Vec<f32> = torch("avx2")
-            .expect("torch ran for uint8")
-            .iter()
-            .map(|&w| f32::from(w) * scale)
-            .collect();
-        spec.preprocess.resize.dtype = ResizeDtype::Uint8Avx2;
-        let mut pre = Preprocessor::new(&spec)?;
-        let mut got = vec![f32::NAN; pre.output_len()];
-        pre.run(&frame, 640, 480, PixelFormat::Rgb24, &mut got)?;
-        let off = got
+        let off = got_avx2
             .iter()
             .zip(&avx2)
             .filter(|(g, w)| g.to_bits() != w.to_bits())
@@ -791,7 +827,6 @@ fn resize_matches_torchvision_float_and_uint8() -> TestResult {
         );
         assert_eq!(off, 0, "{}: uint8-avx2 vs torchvision (AVX2)", case.name);
 
-        let float = run_case(&case, &frame)?;
         assert_eq!(float.len(), want_float.len(), "{}", case.name);
         let float_off: Vec<(usize, f32, f32)> = float
             .iter()
@@ -827,6 +862,7 @@ fn resize_matches_torchvision_float_and_uint8() -> TestResult {
             );
         }
     }
+    recorded.finish();
     Ok(())
 }
 
