@@ -110,6 +110,90 @@ pub fn sent<C: Camera, S: StateSource>(
     lp.sink().sent.iter().map(|(_, c)| c.clone()).collect()
 }
 
+/// What [`tick_replayed_episode`] saw over its measured ticks.
+#[derive(Debug)]
+pub struct ReplayedTicks {
+    /// Ticks that submitted an inference (with an inline runner, ran the network).
+    pub inferences: usize,
+    /// Ticks that sent a fresh command.
+    pub fresh: usize,
+    /// Heap allocations in the ticks that did not run the network (counted only where the
+    /// counting allocator is installed: see [`crate::counting`]).
+    pub other_allocs: u64,
+    pub counters: reflex_runtime::control::LoopCounters,
+    pub timings: reflex_runtime::timing::StageTimings,
+}
+
+/// A bundle's control loop over a recorded episode, as `reflex run --camera NAME=replay:DIR`
+/// plays it but on a manual clock: every camera of `m` and its state replayed as fast as asked,
+/// a null CAN sink, `policy` inline on this thread (single-threaded backends keep every
+/// allocation on the counted thread), no action limits required. Warms up, ticks `warm` ticks
+/// unmeasured, then `measured` ticks counting allocations outside the ticks that ran the network.
+///
+/// Panics (a test bug or a broken bundle) when the episode, the loop or a tick fails.
+pub fn tick_replayed_episode<P: reflex_runtime::infer::policy::Policy>(
+    m: &Manifest,
+    episode: &Path,
+    policy: P,
+    warm: u64,
+    measured: u64,
+) -> ReplayedTicks {
+    use reflex_runtime::camera::replay::{Episode, ReplayMode};
+    use reflex_runtime::control::CommandKind;
+    let ep = Episode::load(episode).expect("episode");
+    let cams = m
+        .cameras
+        .iter()
+        .map(|c| {
+            ep.camera(&c.name, ReplayMode::AsFastAsPossible)
+                .expect("camera")
+        })
+        .collect();
+    let state = ep
+        .state_source(&m.state.names, ReplayMode::AsFastAsPossible)
+        .expect("state");
+    let opts = LoopOptions {
+        allow_unlimited: true,
+        ..LoopOptions::default()
+    };
+    let mut lp = ControlLoop::new(
+        m,
+        cams,
+        state,
+        reflex_runtime::can::sink::NullSink::default(),
+        InlineRunner::new(policy, Request::for_manifest(m)),
+        &opts,
+    )
+    .expect("loop");
+    let clock = reflex_runtime::clock::ManualClock::new(0);
+    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
+    let period = lp.period_ns();
+    for k in 0..warm {
+        lp.tick(k * period).expect("tick");
+    }
+    let (mut other_allocs, mut inferences, mut fresh) = (0, 0, 0);
+    for k in warm..warm + measured {
+        let a0 = crate::counting::allocs();
+        let r = lp.tick(k * period).expect("tick");
+        let a1 = crate::counting::allocs();
+        if r.inference_submitted {
+            inferences += 1;
+        } else {
+            other_allocs += a1 - a0;
+        }
+        if r.kind == CommandKind::Fresh {
+            fresh += 1;
+        }
+    }
+    ReplayedTicks {
+        inferences,
+        fresh,
+        other_allocs,
+        counters: lp.counters.clone(),
+        timings: lp.timings.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,15 +3,12 @@
 //! tract over a replayed episode, and `reflex run` as a user starts it.
 
 use reflex_models::Bundle;
-use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
-use reflex_runtime::can::sink::NullSink;
-use reflex_runtime::clock::ManualClock;
-use reflex_runtime::control::{CommandKind, ControlLoop, LoopOptions};
+use reflex_runtime::camera::replay::generate_synthetic_episode;
 use reflex_runtime::infer::policy::SinglePassPolicy;
-use reflex_runtime::infer::runner::{InlineRunner, Request};
 use reflex_runtime::infer::tract::TractOptions;
 use reflex_testkit::cli::{workspace_bin, Cli};
 use reflex_testkit::counting;
+use reflex_testkit::rig::tick_replayed_episode;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -48,64 +45,26 @@ fn act_runs_two_cameras_on_a_replayed_episode_and_its_ticks_allocate_only_inside
     let bundle = Bundle::load(bundle_dir).expect("bundle");
     let m = &bundle.manifest;
     assert_eq!(m.cameras.len(), 2);
-    let ep = Episode::load(episode).expect("episode");
     // Single-threaded tract keeps every allocation on this (counted) thread.
     let backend = SinglePassPolicy::tract(&bundle, TractOptions { threads: 1 }).expect("tract");
-    let cams = m
-        .cameras
-        .iter()
-        .map(|c| {
-            ep.camera(&c.name, ReplayMode::AsFastAsPossible)
-                .expect("camera")
-        })
-        .collect();
-    let state = ep
-        .state_source(&m.state.names, ReplayMode::AsFastAsPossible)
-        .expect("state");
-    let opts = LoopOptions {
-        allow_unlimited: true,
-        ..LoopOptions::default()
-    };
-    let mut lp = ControlLoop::new(
-        m,
-        cams,
-        state,
-        NullSink::default(),
-        InlineRunner::new(backend, Request::for_manifest(m)),
-        &opts,
-    )
-    .expect("loop");
-    let clock = ManualClock::new(0);
-    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
-    let period = lp.period_ns();
-    for k in 0..5 {
-        lp.tick(k * period).expect("tick");
-    }
     // A chunk of 100 steps at 30 Hz, executed whole (n_action_steps = 100): an inference every
     // ~3 s of loop time. 250 ticks cover two and more.
-    let (mut other_allocs, mut inferences, mut fresh) = (0, 0, 0);
-    for k in 5..255 {
-        let a0 = counting::allocs();
-        let r = lp.tick(k * period).expect("tick");
-        let a1 = counting::allocs();
-        if r.inference_submitted {
-            inferences += 1;
-        } else {
-            other_allocs += a1 - a0;
-        }
-        if r.kind == CommandKind::Fresh {
-            fresh += 1;
-        }
-    }
+    let t = tick_replayed_episode(m, episode, backend, 5, 250);
     counting::assert_installed();
     assert!(
-        inferences >= 2,
-        "{inferences} inferences, {:?}",
-        lp.counters
+        t.inferences >= 2,
+        "{} inferences, {:?}",
+        t.inferences,
+        t.counters
     );
-    assert!(fresh >= 240, "{fresh} fresh commands, {:?}", lp.counters);
+    assert!(
+        t.fresh >= 240,
+        "{} fresh commands, {:?}",
+        t.fresh,
+        t.counters
+    );
     assert_eq!(
-        other_allocs, 0,
+        t.other_allocs, 0,
         "ticks that do not run the network allocate nothing (two cameras, chunk of 100)"
     );
 }

@@ -9,15 +9,12 @@
 
 use reflex_models::manifest::{SchedulerKind, MANIFEST_FILE};
 use reflex_models::Bundle;
-use reflex_runtime::camera::replay::{generate_synthetic_episode, Episode, ReplayMode};
-use reflex_runtime::can::sink::NullSink;
-use reflex_runtime::clock::ManualClock;
-use reflex_runtime::control::{CommandKind, ControlLoop, LoopOptions};
+use reflex_runtime::camera::replay::generate_synthetic_episode;
 use reflex_runtime::infer::diffusion::{EncoderDenoiserPolicy, SeededNoise};
-use reflex_runtime::infer::runner::{InlineRunner, Request};
 use reflex_runtime::infer::tract::TractOptions;
 use reflex_testkit::cli::{workspace_bin, Cli};
 use reflex_testkit::counting;
+use reflex_testkit::rig::tick_replayed_episode;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -59,68 +56,30 @@ fn diffusion_runs_two_cameras_on_a_replayed_episode_and_its_ticks_allocate_only_
     let bundle = Bundle::load(bundle_dir).expect("bundle");
     let m = &bundle.manifest;
     assert_eq!(m.cameras.len(), 2);
-    let ep = Episode::load(episode).expect("episode");
     // Single-threaded tract keeps every allocation on this (counted) thread.
     let policy =
         EncoderDenoiserPolicy::tract(&bundle, TractOptions { threads: 1 }, SeededNoise::new(0))
             .expect("encoder + denoiser on tract");
-    let cams = m
-        .cameras
-        .iter()
-        .map(|c| {
-            ep.camera(&c.name, ReplayMode::AsFastAsPossible)
-                .expect("camera")
-        })
-        .collect();
-    let state = ep
-        .state_source(&m.state.names, ReplayMode::AsFastAsPossible)
-        .expect("state");
-    let opts = LoopOptions {
-        allow_unlimited: true,
-        ..LoopOptions::default()
-    };
-    let mut lp = ControlLoop::new(
-        m,
-        cams,
-        state,
-        NullSink::default(),
-        InlineRunner::new(policy, Request::for_manifest(m)),
-        &opts,
-    )
-    .expect("loop");
-    let clock = ManualClock::new(0);
-    lp.warm_up(&clock, 1_000_000_000).expect("warm-up");
-    let period = lp.period_ns();
-    for k in 0..3 {
-        lp.tick(k * period).expect("tick");
-    }
     // 8 of 15 steps executed per inference at 10 Hz: an inference every 8 ticks or sooner.
-    let (mut other_allocs, mut inferences, mut fresh) = (0, 0, 0);
-    for k in 3..35 {
-        let a0 = counting::allocs();
-        let r = lp.tick(k * period).expect("tick");
-        let a1 = counting::allocs();
-        if r.inference_submitted {
-            inferences += 1;
-        } else {
-            other_allocs += a1 - a0;
-        }
-        if r.kind == CommandKind::Fresh {
-            fresh += 1;
-        }
-    }
+    let t = tick_replayed_episode(m, episode, policy, 3, 32);
     counting::assert_installed();
     assert!(
-        inferences >= 3,
-        "{inferences} inferences, {:?}",
-        lp.counters
+        t.inferences >= 3,
+        "{} inferences, {:?}",
+        t.inferences,
+        t.counters
     );
-    assert!(fresh >= 30, "{fresh} fresh commands, {:?}", lp.counters);
+    assert!(
+        t.fresh >= 30,
+        "{} fresh commands, {:?}",
+        t.fresh,
+        t.counters
+    );
     assert_eq!(
-        other_allocs, 0,
+        t.other_allocs, 0,
         "ticks that do not run the networks allocate nothing (two cameras, observation history, scheduler buffers)"
     );
-    let stages = reflex_runtime::bench::stage_stats(&lp.timings);
+    let stages = reflex_runtime::bench::stage_stats(&t.timings);
     let has = |n: &str| stages.iter().any(|s| s.stage == n);
     assert!(
         has("encoder") && has("denoiser_step"),
