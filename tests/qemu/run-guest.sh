@@ -125,7 +125,7 @@ echo "run-guest: booting $kpkg ($accel, initramfs $(du -m "$work/initrd.cpio" | 
 start=$(date +%s.%N)
 rc=0
 timeout "${REFLEX_QEMU_TIMEOUT:-300}" qemu-system-x86_64 \
-    -accel "$accel" -cpu max -smp "${REFLEX_QEMU_SMP:-2}" -m "${REFLEX_QEMU_MEM:-2048}" \
+    -accel "$accel" -cpu "${REFLEX_QEMU_CPU:-Nehalem}" -smp "${REFLEX_QEMU_SMP:-2}" -m "${REFLEX_QEMU_MEM:-2048}" \
     -nographic -no-reboot -nodefaults -serial stdio -monitor none \
     -kernel "$vmlinuz" -initrd "$work/initrd.cpio" ${REFLEX_QEMU_DEVICES:-} \
     -append "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init" || rc=$?
