@@ -687,6 +687,8 @@ pub struct ExplainArgs {
 /// Everything `explain` wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct Explained {
+    /// The observation's frame of each camera, as the policy saw it (capture size).
+    pub frames: Vec<PathBuf>,
     pub occlusion: Vec<PathBuf>,
     /// Attention rollout pictures, one per camera (ViT policies).
     pub rollout: Vec<PathBuf>,
@@ -709,6 +711,7 @@ pub fn explain(a: &ExplainArgs) -> Result<Explained> {
     std::fs::create_dir_all(&a.out)
         .with_context(|| format!("cannot create {}", a.out.display()))?;
     let mut written = Explained {
+        frames: Vec::new(),
         occlusion: Vec::new(),
         rollout: Vec::new(),
         sweep: a.out.join("sweep.svg"),
@@ -743,6 +746,7 @@ pub fn explain(a: &ExplainArgs) -> Result<Explained> {
         }
         let frame_png = a.out.join(format!("frame-{name}.png"));
         write_png(&frame_png, f)?;
+        written.frames.push(frame_png);
         let json = a.out.join(format!("occlusion-{name}.json"));
         write_json(&json, &occ)?;
         written.json.push(json);

@@ -83,7 +83,7 @@ pub struct Kind {
 /// cannot be told from its content).
 pub const ANY_FILE: Kind = Kind {
     what: "a file",
-    recognize: |_| Err("reflex cannot tell whether it wrote this file".into()),
+    recognize: |_| Err("its content does not say who wrote it".into()),
 };
 
 /// Environment variable of the test hook (see the module documentation).
@@ -444,7 +444,10 @@ pub fn check_file(target: &Path, replace: Replace, kind: &Kind) -> Result<(), Ou
         )),
         (Err(why), _) => Err(refused(
             target,
-            format!("exists and is not {} ({why})", kind.what),
+            format!(
+                "exists and reflex cannot confirm it holds {} that reflex wrote: {why}",
+                kind.what
+            ),
             fix,
         )),
     }

@@ -162,8 +162,13 @@ impl fmt::Display for CameraSource {
 /// `--camera` values that do not fit the bundle's cameras.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CameraAssignError {
-    #[error("--camera {given}: the bundle has no camera `{name}`")]
-    UnknownName { given: String, name: String },
+    #[error("--camera {given}: the bundle has no camera `{name}` (its cameras: {cameras})")]
+    UnknownName {
+        given: String,
+        name: String,
+        /// The bundle's camera names, comma-separated.
+        cameras: String,
+    },
     #[error("more --camera sources than bundle cameras ({cameras})")]
     TooMany { cameras: usize },
     #[error("no --camera given for bundle camera `{name}`")]
@@ -186,6 +191,7 @@ pub fn assign_cameras(
                     CameraAssignError::UnknownName {
                         given: s.to_string(),
                         name: name.clone(),
+                        cameras: names.join(", "),
                     }
                 })?;
                 slots[i] = Some(&s.input);
@@ -459,7 +465,7 @@ mod tests {
         let err = |v: &[&str]| assign_cameras(&names, &srcs(v)).unwrap_err().to_string();
         assert_eq!(
             err(&["knee=replay:a"]),
-            "--camera knee=replay:a: the bundle has no camera `knee`"
+            "--camera knee=replay:a: the bundle has no camera `knee` (its cameras: front, wrist, top)"
         );
         assert_eq!(
             err(&["replay:a", "replay:b", "replay:c", "replay:d"]),

@@ -15,7 +15,7 @@ pub const EPISODE_FILE: &str = "episode.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum EpisodeError {
-    #[error("{path}: {source}")]
+    #[error("cannot read or write {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -117,6 +117,16 @@ pub struct Episode {
 impl Episode {
     pub fn load(dir: &Path) -> Result<Episode, EpisodeError> {
         let ip = dir.join(EPISODE_FILE);
+        if !ip.is_file() {
+            return Err(EpisodeError::Invalid {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "not an episode folder (no {EPISODE_FILE}): record one with `reflex record`, \
+                     make one from images with `reflex-tools episode from-images`, or use a \
+                     generated one (`synthetic` where a command accepts it)"
+                ),
+            });
+        }
         let text = std::fs::read_to_string(&ip).map_err(|source| EpisodeError::Io {
             path: ip.clone(),
             source,

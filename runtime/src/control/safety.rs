@@ -78,7 +78,7 @@ pub enum SafetyError {
     #[error(
         "the bundle's policy has no `action.limits`: refusing to command the robot without hard \
          position and rate limits (add `[action.limits]` with `min`, `max` and `max_rate` to \
-         policy.toml, or opt out explicitly to run without limits)"
+         policy.toml, or opt out explicitly: `reflex run --allow-unlimited`)"
     )]
     MissingLimits,
     #[error("`action` has {dims} dimensions; this build supports at most {MAX_DIM}")]

@@ -20,12 +20,15 @@ use std::process::ExitCode;
         state/action names, units, normalization, limits, control rate) plus the ONNX model. \
         `export` writes one from a safetensors checkpoint of a reference architecture (ResNet-18 \
         or ViT-S/16 with torchvision/timm key names), from seeded weights, or from an ONNX file \
-        you exported with torch.onnx.export; `import lerobot` writes one from a LeRobot ACT checkpoint folder; `inspect` shows one; `infer` runs its network on \
-        .npy tensors for parity checks against PyTorch; `quantize` writes its fp16 or int8 \
-        forms (int8: QLinearConv/QLinearMatMul for tract, QDQ for TensorRT) with an accuracy \
-        report in action units."
+        you exported with torch.onnx.export; `import lerobot` writes one from a LeRobot ACT or Diffusion Policy checkpoint folder; \
+        `inspect` shows one; `infer` runs its network on .npy tensors for parity checks against \
+        PyTorch; `quantize` writes its fp16 or int8 forms (int8: QLinearConv/QLinearMatMul for \
+        tract, QDQ for TensorRT) with an accuracy report in action units; `parity` checks the \
+        bundle's preprocessing against your dataloader's tensors; `explain` shows what the policy \
+        looks at; `deploy` puts a binary and a bundle on a board."
 )]
 struct Cli {
+    /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]

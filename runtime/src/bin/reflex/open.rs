@@ -137,7 +137,13 @@ impl<'b> Devices<'b> {
 /// A candump log: who wrote one cannot be told from its content.
 const CANDUMP_KIND: output::Kind = output::Kind {
     what: "a candump log",
-    recognize: |_| Err("it may be a recording of a real bus".into()),
+    recognize: |_| {
+        Err(
+            "a candump log's content does not say who wrote it (it may be a recording of a real \
+             bus)"
+                .into(),
+        )
+    },
 };
 
 /// A safety input (`level`: an e-stop's status, else an arm button's event).

@@ -15,6 +15,7 @@ use std::path::PathBuf;
     beside every picture holds the numbers."
 )]
 pub struct Args {
+    /// The bundle folder (its `policy.toml`, model and preprocessing).
     #[arg(long)]
     pub bundle: PathBuf,
     /// A recorded episode folder (as `reflex run --camera replay:DIR` plays).
@@ -23,12 +24,12 @@ pub struct Args {
     /// Frame index in the episode.
     #[arg(long, default_value_t = 0)]
     pub frame: usize,
-    /// Occlusion patch side in capture pixels (default: an eighth of the shorter side).
-    #[arg(long, default_value_t = 0)]
-    pub patch: usize,
-    /// Occlusion patch step in pixels (default: half the patch).
-    #[arg(long, default_value_t = 0)]
-    pub stride: usize,
+    /// Occlusion patch side in capture pixels [default: an eighth of the frame's shorter side].
+    #[arg(long)]
+    pub patch: Option<usize>,
+    /// Occlusion patch step in capture pixels [default: half the patch].
+    #[arg(long)]
+    pub stride: Option<usize>,
     /// Output folder for the PNGs, SVG and JSON.
     #[arg(long, default_value = "explain")]
     pub out: PathBuf,
@@ -40,13 +41,14 @@ pub fn run(a: Args) -> Result<()> {
         bundle: a.bundle,
         episode: a.episode,
         frame: a.frame,
-        patch: a.patch,
-        stride: a.stride,
+        patch: a.patch.unwrap_or(0),
+        stride: a.stride.unwrap_or(0),
         out: a.out,
     })?;
     for p in written
-        .occlusion
+        .frames
         .iter()
+        .chain(&written.occlusion)
         .chain(&written.rollout)
         .chain([&written.sweep])
         .chain(&written.json)

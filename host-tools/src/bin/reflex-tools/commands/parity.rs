@@ -17,6 +17,7 @@ use std::path::PathBuf;
     any frame differs."
 )]
 pub struct Args {
+    /// The bundle folder (its `policy.toml`, model and preprocessing).
     #[arg(long)]
     pub bundle: PathBuf,
     /// Folder of raw frames (.png/.jpg at the capture size, before crop and resize).

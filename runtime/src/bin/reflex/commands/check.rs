@@ -129,11 +129,18 @@ pub fn run(a: Args) -> Result<Outcome> {
         }
     }
     println!(
-        "  control: {} Hz, {} step(s) per inference, ensembling {:?}, latency compensation {}",
+        "  control: {} Hz, {} step(s) per inference, {}, latency compensation {}",
         m.control.rate_hz,
         m.control.steps_per_inference,
-        m.control.temporal_ensemble_m,
-        m.control.latency_compensation
+        match m.control.temporal_ensemble_m {
+            Some(k) => format!("temporal ensembling (weights exp(-{k} i))"),
+            None => "no temporal ensembling".to_string(),
+        },
+        if m.control.latency_compensation {
+            "on"
+        } else {
+            "off"
+        }
     );
     for c in &m.cameras {
         println!(
@@ -154,15 +161,20 @@ pub fn run(a: Args) -> Result<Outcome> {
         m.state.normalization.kind_str()
     );
     println!(
-        "  action: {} -> {} {:?} ({}), limits: {}",
+        "  action: {} -> {} {} ({}), limits: {}",
         m.action.names.join(", "),
         m.action.onnx_output,
-        m.action.output,
+        match m.action.output {
+            reflex_models::manifest::ActionOutput::Single => "one action per inference".to_string(),
+            reflex_models::manifest::ActionOutput::Chunk { horizon } =>
+                format!("chunk of {horizon} steps"),
+        },
         m.action.normalization.kind_str(),
         if m.action.limits.is_some() {
             "yes"
         } else {
-            "NONE"
+            "NONE (`reflex run` refuses the bundle until `[action.limits]` with min, max and \
+             max_rate is added to policy.toml, or runs it with --allow-unlimited)"
         }
     );
     // The motor protocol is checked too (a DBC file's mapping and ranges), so that a bundle that

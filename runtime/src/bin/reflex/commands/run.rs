@@ -169,7 +169,35 @@ pub fn run_loop(
     let r = lp.run(clock, &stop, max_ticks);
     println!("\nstage timings:\n{}", lp.timings.summary());
     println!("counters: {}", serde_json::to_string(&lp.counters)?);
-    println!("safety: {:?}", lp.filter().counters());
+    let c = &lp.counters;
+    println!(
+        "commands over {} ticks: {} fresh from the policy's plan, {} holds (last safe command repeated), \
+         {} stops (incl. the one at shutdown); {} watchdog trips, {} missed deadlines (a tick \
+         started over 1.5 periods after the previous one); {} inferences, {} overruns (an \
+         inference due while one was running); {} chunk steps skipped by latency compensation",
+        c.ticks,
+        c.fresh,
+        c.holds,
+        c.stops,
+        c.watchdog_trips,
+        c.missed_deadlines,
+        c.inferences,
+        c.overruns,
+        c.skipped_steps
+    );
+    let f = lp.filter().counters();
+    println!(
+        "safety filter, per proposed command: {} passed unchanged, {} clamped into the position \
+         limits, {} rate limited (the joint would have moved faster than its max_rate), {} \
+         rejected (NaN/inf) and {} (wrong length); {} holds and {} stops made",
+        f.passed,
+        f.clamped_position,
+        f.rate_limited,
+        f.rejected_nonfinite,
+        f.rejected_shape,
+        f.holds,
+        f.stops
+    );
     if let Some(e) = lp.estop() {
         println!("estop: {}", serde_json::to_string(e.counters())?);
     }
