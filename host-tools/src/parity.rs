@@ -154,12 +154,7 @@ fn spec_variants(cam: &CameraSpec) -> Vec<(String, CameraSpec)> {
         ColorOrder::Grey => {}
     }
     let cap = cam.capture;
-    let crop = p.crop.unwrap_or(CropSpec {
-        x: 0,
-        y: 0,
-        width: cap.width,
-        height: cap.height,
-    });
+    let crop = cam.crop_or_full();
     let fits = |c: &CropSpec| {
         c.width > 0 && c.height > 0 && c.x + c.width <= cap.width && c.y + c.height <= cap.height
     };

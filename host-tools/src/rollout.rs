@@ -157,13 +157,10 @@ pub fn rollout_row0(layers: &[Vec<f32>], heads: usize, t: usize) -> Vec<f64> {
 /// (or the whole frame).
 fn patch_centre(cam: &CameraSpec, col: usize, row: usize, patch: usize) -> [usize; 2] {
     let p = &cam.preprocess;
-    let (x0, y0, cw, ch) = match &p.crop {
-        Some(c) => (c.x, c.y, c.width, c.height),
-        None => (0, 0, cam.capture.width, cam.capture.height),
-    };
+    let c = cam.crop_or_full();
     let (rw, rh) = (p.resize.width as f64, p.resize.height as f64);
-    let cx = (col as f64 + 0.5) * patch as f64 * f64::from(cw) / rw + f64::from(x0);
-    let cy = (row as f64 + 0.5) * patch as f64 * f64::from(ch) / rh + f64::from(y0);
+    let cx = (col as f64 + 0.5) * patch as f64 * f64::from(c.width) / rw + f64::from(c.x);
+    let cy = (row as f64 + 0.5) * patch as f64 * f64::from(c.height) / rh + f64::from(c.y);
     [cx as usize, cy as usize]
 }
 
@@ -172,15 +169,13 @@ fn patch_centre(cam: &CameraSpec, col: usize, row: usize, patch: usize) -> [usiz
 pub fn capture_heat(cam: &CameraSpec, r: &Rollout) -> Vec<f64> {
     let (w, h) = (cam.capture.width as usize, cam.capture.height as usize);
     let p = &cam.preprocess;
-    let (x0, y0, cw, ch) = match &p.crop {
-        Some(c) => (
-            c.x as usize,
-            c.y as usize,
-            c.width as usize,
-            c.height as usize,
-        ),
-        None => (0, 0, w, h),
-    };
+    let c = cam.crop_or_full();
+    let (x0, y0, cw, ch) = (
+        c.x as usize,
+        c.y as usize,
+        c.width as usize,
+        c.height as usize,
+    );
     let (rw, rh) = (p.resize.width as usize, p.resize.height as usize);
     let mut heat = vec![0f64; w * h];
     for y in y0..(y0 + ch).min(h) {

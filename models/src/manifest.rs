@@ -575,6 +575,19 @@ pub struct CameraSpec {
     pub viewpoint: Option<ViewpointSpec>,
 }
 
+impl CameraSpec {
+    /// The region of the captured frame the preprocessing reads: `preprocess.crop`, else the
+    /// whole `capture.width x capture.height` frame (pixels).
+    pub fn crop_or_full(&self) -> CropSpec {
+        self.preprocess.crop.unwrap_or(CropSpec {
+            x: 0,
+            y: 0,
+            width: self.capture.width,
+            height: self.capture.height,
+        })
+    }
+}
+
 /// A camera's reference view: a few training frames (downscaled luma) and their statistics,
 /// written by `reflex-tools export --reference-frames`, and the thresholds of the check (see
 /// `reflex_runtime::camera::viewpoint`).

@@ -90,7 +90,7 @@
 
 use crate::io::{Fault, FaultKind};
 use reflex_models::manifest::{
-    CameraSpec, ColorOrder, CropSpec, Interpolation, Layout, PixelFormat, ResizeDtype, ResizeSpec,
+    CameraSpec, ColorOrder, Interpolation, Layout, PixelFormat, ResizeDtype, ResizeSpec,
 };
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
@@ -1073,12 +1073,7 @@ impl Preprocessor {
                 cap.width, cap.height
             )));
         }
-        let crop = p.crop.unwrap_or(CropSpec {
-            x: 0,
-            y: 0,
-            width: cap.width,
-            height: cap.height,
-        });
+        let crop = cam.crop_or_full();
         let fits = |o: u32, l: u32, max: u32| l > 0 && o.checked_add(l).is_some_and(|e| e <= max);
         if !fits(crop.x, crop.width, cap.width) || !fits(crop.y, crop.height, cap.height) {
             return Err(spec_err(format!(
@@ -1351,7 +1346,7 @@ impl Preprocessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reflex_models::manifest::{CaptureSpec, PreprocessSpec};
+    use reflex_models::manifest::{CaptureSpec, CropSpec, PreprocessSpec};
 
     fn cam(
         (width, height, format): (u32, u32, PixelFormat),
