@@ -193,6 +193,13 @@ struct CameraSlot<C> {
     lost: bool,
 }
 
+/// `dst[i] = norm[i].normalize(raw[i])`: the raw state in the bundle's normalization.
+fn normalize_state(dst: &mut [f32], raw: &[f32], norm: &[Affine]) {
+    for ((d, r), a) in dst.iter_mut().zip(raw).zip(norm) {
+        *d = a.normalize(*r);
+    }
+}
+
 /// The observations of the last `steps` ticks (preprocessed images per camera, normalized
 /// state), in preallocated ring buffers; see the module documentation.
 #[derive(Debug)]
@@ -259,13 +266,7 @@ impl ObservationHistory {
             ring[h * n..(h + 1) * n].copy_from_slice(img);
         }
         let sd = self.state_len;
-        for ((dst, raw), norm) in self.state[h * sd..(h + 1) * sd]
-            .iter_mut()
-            .zip(state_raw)
-            .zip(state_norm)
-        {
-            *dst = norm.normalize(*raw);
-        }
+        normalize_state(&mut self.state[h * sd..(h + 1) * sd], state_raw, state_norm);
         self.head = (h + 1) % self.steps;
         self.len = (self.len + 1).min(self.steps);
     }
@@ -695,13 +696,11 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
                 }
                 let sd = self.state_raw.len();
                 for k in 0..n {
-                    for ((dst, raw), norm) in req.state[k * sd..(k + 1) * sd]
-                        .iter_mut()
-                        .zip(&self.state_raw)
-                        .zip(&self.state_norm)
-                    {
-                        *dst = norm.normalize(*raw);
-                    }
+                    normalize_state(
+                        &mut req.state[k * sd..(k + 1) * sd],
+                        &self.state_raw,
+                        &self.state_norm,
+                    );
                 }
             }
         }
