@@ -120,6 +120,9 @@ pub struct ReplayedTicks {
     /// Heap allocations in the ticks that did not run the network (counted only where the
     /// counting allocator is installed: see [`crate::counting`]).
     pub other_allocs: u64,
+    /// Heap allocations and bytes in the ticks that ran the network, all together.
+    pub inference_allocs: u64,
+    pub inference_bytes: u64,
     pub counters: reflex_runtime::control::LoopCounters,
     pub timings: reflex_runtime::timing::StageTimings,
 }
@@ -172,12 +175,15 @@ pub fn tick_replayed_episode<P: reflex_runtime::infer::policy::Policy>(
         lp.tick(k * period).expect("tick");
     }
     let (mut other_allocs, mut inferences, mut fresh) = (0, 0, 0);
+    let (mut inference_allocs, mut inference_bytes) = (0, 0);
     for k in warm..warm + measured {
-        let a0 = crate::counting::allocs();
+        let (a0, b0) = (crate::counting::allocs(), crate::counting::bytes());
         let r = lp.tick(k * period).expect("tick");
-        let a1 = crate::counting::allocs();
+        let (a1, b1) = (crate::counting::allocs(), crate::counting::bytes());
         if r.inference_submitted {
             inferences += 1;
+            inference_allocs += a1 - a0;
+            inference_bytes += b1 - b0;
         } else {
             other_allocs += a1 - a0;
         }
@@ -189,6 +195,8 @@ pub fn tick_replayed_episode<P: reflex_runtime::infer::policy::Policy>(
         inferences,
         fresh,
         other_allocs,
+        inference_allocs,
+        inference_bytes,
         counters: lp.counters.clone(),
         timings: lp.timings.clone(),
     }
