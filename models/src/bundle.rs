@@ -28,6 +28,10 @@ pub enum BundleError {
     },
     #[error("{path}: not a valid manifest: {message}")]
     Parse { path: PathBuf, message: String },
+    /// The path given as a bundle is neither a bundle directory nor its manifest (a model file, a
+    /// folder without `policy.toml`).
+    #[error("{path}: not a bundle: {problem}")]
+    NotABundle { path: PathBuf, problem: String },
     #[error(
         "{path}: unsupported bundle version {found} (this reflex reads format_version = {FORMAT_VERSION}); \
          re-export the bundle with a matching reflex-tools"
@@ -1334,8 +1338,42 @@ pub fn validate_denoiser_io(
     }
 }
 
+/// Refuses, before reading anything, a path that cannot be a bundle: a file other than a
+/// `.toml` manifest (an ONNX graph given where its bundle was expected, the commonest mix-up), or
+/// a directory without [`MANIFEST_FILE`]. A missing path is left to the read's own error.
+fn check_bundle_path(path: &Path, manifest_path: &Path) -> Result<(), BundleError> {
+    const WHAT: &str = "a bundle is a directory holding policy.toml and the model files it lists";
+    let not_a_bundle = |problem: String| BundleError::NotABundle {
+        path: path.to_path_buf(),
+        problem,
+    };
+    if path.is_dir() {
+        if !manifest_path.exists() {
+            return Err(not_a_bundle(format!(
+                "no {MANIFEST_FILE} in this directory; {WHAT} (write one with `reflex-tools \
+                 export` or `reflex-tools import`)"
+            )));
+        }
+    } else if path.is_file() && path.extension().and_then(|e| e.to_str()) != Some("toml") {
+        let what = match path.extension().and_then(|e| e.to_str()) {
+            Some("onnx") => "this is an ONNX graph, not a bundle; ".to_string(),
+            _ => String::new(),
+        };
+        return Err(not_a_bundle(format!(
+            "{what}{WHAT}: pass that directory (or its {MANIFEST_FILE}); a bundle is made from a \
+             checkpoint with `reflex-tools export` or `reflex-tools import`"
+        )));
+    }
+    Ok(())
+}
+
 impl Bundle {
     /// Loads and fully validates a bundle directory (or a path to its `policy.toml`).
+    ///
+    /// # Errors
+    /// [`BundleError::NotABundle`] for a path that is neither (an `.onnx` file, a folder without
+    /// `policy.toml`), then the first problem found in the manifest or a model file, naming the
+    /// file and the field or tensor.
     pub fn load(path: impl AsRef<Path>) -> Result<Bundle, BundleError> {
         let path = path.as_ref();
         let (dir, manifest_path) = if path.is_dir() {
@@ -1346,6 +1384,7 @@ impl Bundle {
                 path.to_path_buf(),
             )
         };
+        check_bundle_path(path, &manifest_path)?;
         let text = std::fs::read_to_string(&manifest_path).map_err(|error| BundleError::Io {
             path: manifest_path.clone(),
             op: "read",
@@ -1571,6 +1610,10 @@ impl BundleError {
                 error,
             },
             BundleError::Graph { path, problem } => BundleError::Graph {
+                path: m(path),
+                problem,
+            },
+            BundleError::NotABundle { path, problem } => BundleError::NotABundle {
                 path: m(path),
                 problem,
             },

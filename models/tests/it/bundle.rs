@@ -113,6 +113,31 @@ fn truncated_model_is_refused() {
 }
 
 #[test]
+fn a_model_file_or_a_folder_without_manifest_is_not_a_bundle() {
+    let onnx = pristine().join("policy.onnx");
+    let e = Bundle::load(&onnx)
+        .expect_err("an ONNX file is not a bundle")
+        .to_string();
+    assert!(
+        e.contains("policy.onnx")
+            && e.contains("ONNX graph, not a bundle")
+            && e.contains("reflex-tools export"),
+        "{e}"
+    );
+    let empty = root().join("no-manifest");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    let e = Bundle::load(&empty)
+        .expect_err("no policy.toml")
+        .to_string();
+    assert!(
+        e.contains("no-manifest") && e.contains("no policy.toml"),
+        "{e}"
+    );
+    // The manifest itself, by its path, still loads.
+    Bundle::load(pristine().join(MANIFEST_FILE)).expect("policy.toml loads");
+}
+
+#[test]
 fn missing_model_file_is_refused() {
     let d = copy_of("missing-file");
     std::fs::remove_file(d.join("policy.onnx")).expect("rm");
