@@ -1106,6 +1106,40 @@ impl Default for CanSpec {
     }
 }
 
+/// Rewrites each float of TOML `text` that is exactly an `f32` as that `f32`'s shortest decimal
+/// (`0.485`, not the `0.48500001430511475` the serializer writes for `0.485f32`, which it widens
+/// to f64). Floats are replaced only where the short form parses back to the very same `f32`,
+/// so the f32 fields round-trip bit for bit; f64 values that are not f32-exact (`0.01`) are left
+/// as they are. Layout and order are kept (`toml_edit` edits the parsed document in place).
+/// Text that does not parse is returned unchanged.
+fn shortest_f32_floats(text: &str) -> String {
+    use toml_edit::visit_mut::VisitMut;
+    struct Shorten;
+    impl VisitMut for Shorten {
+        fn visit_float_mut(&mut self, node: &mut toml_edit::Formatted<f64>) {
+            let x = *node.value();
+            let narrow = x as f32;
+            if !x.is_finite() || f64::from(narrow) != x {
+                return;
+            }
+            let Ok(short) = narrow.to_string().parse::<f64>() else {
+                return;
+            };
+            // `x as f32` is how serde reads the short form back into an f32 field.
+            if short != x && short as f32 == narrow {
+                let mut f = toml_edit::Formatted::new(short);
+                *f.decor_mut() = node.decor().clone();
+                *node = f;
+            }
+        }
+    }
+    let Ok(mut doc) = text.parse::<toml_edit::DocumentMut>() else {
+        return text.to_string();
+    };
+    Shorten.visit_document_mut(&mut doc);
+    doc.to_string()
+}
+
 impl CanSpec {
     /// The protocol's name as written in the manifest.
     pub fn protocol(&self) -> &'static str {
@@ -1118,8 +1152,10 @@ impl CanSpec {
 }
 
 impl Manifest {
+    /// The manifest as `policy.toml` text, with every float that is an `f32` written in its
+    /// shortest form (see [`shortest_f32_floats`]).
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
-        toml::to_string_pretty(self)
+        Ok(shortest_f32_floats(&toml::to_string_pretty(self)?))
     }
 
     /// For each action dimension, the state dimension of the same name: where a measured

@@ -74,6 +74,9 @@ fn round_trip_export_load_validate() {
     let again = parse_manifest(&text, Path::new("x")).expect("parses");
     assert_eq!(again, b.manifest);
     assert_eq!(again.to_toml().expect("toml"), text);
+    // f32 values are written in their shortest form, not widened to f64 digits.
+    assert!(text.contains("0.485,") && text.contains("0.229,"), "{text}");
+    assert!(!text.contains("0.48500001"), "{text}");
 }
 
 #[test]
@@ -407,6 +410,20 @@ proptest! {
     #[test]
     fn manifest_parser_survives_random_text(s in ".{0,400}") {
         let _ = parse_manifest(&s, Path::new("fuzz/policy.toml"));
+    }
+
+    /// Any finite f32 in a manifest field survives writing and reading back bit for bit (the
+    /// writer shortens f32 floats, `Manifest::to_toml`), subnormals and extremes included.
+    #[test]
+    fn f32_fields_round_trip_bit_for_bit(bits in proptest::collection::vec(any::<u32>(), 6)) {
+        let text = std::fs::read_to_string(pristine().join(MANIFEST_FILE)).expect("read");
+        let mut m = parse_manifest(&text, Path::new("x")).expect("parses");
+        let values: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).filter(|v| v.is_finite()).collect();
+        prop_assume!(!values.is_empty());
+        m.action.limits.as_mut().expect("limits").min = values.clone();
+        let again = parse_manifest(&m.to_toml().expect("toml"), Path::new("x")).expect("parses");
+        let got: Vec<u32> = again.action.limits.expect("limits").min.iter().map(|v| v.to_bits()).collect();
+        prop_assert_eq!(got, values.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
     }
 
     /// Mutated valid manifests (bytes flipped, cut, duplicated) parse or fail cleanly, and whatever
