@@ -465,6 +465,11 @@ mod tests {
         assert_eq!(tick.n, 20);
         // A zero budget cannot be met.
         assert!(!r.verdict.pass, "{}", r.verdict.reason);
+        let table = r.table();
+        assert!(
+            table.contains("20 ticks in") && table.contains("missed deadlines: "),
+            "{table}"
+        );
     }
 
     #[test]
@@ -491,6 +496,17 @@ mod tests {
         let r = report(m, setup, &opts, measured);
         assert_eq!(r.mode, "model-only");
         assert!(r.verdict.pass, "{}", r.verdict.reason);
+        // No loop ran: the table speaks of runs and the inference budget, not of ticks.
+        let table = r.table();
+        assert!(
+            table.contains("5 runs in")
+                && table.contains(&format!("budget: inference {:.2} ms", r.latency_budget_ms)),
+            "{table}"
+        );
+        assert!(
+            !table.contains("ticks") && !table.contains("missed deadlines"),
+            "{table}"
+        );
         let path =
             std::env::temp_dir().join(format!("reflex-bench-measure-{}.json", std::process::id()));
         std::fs::write(&path, serde_json::to_string(&r).unwrap()).unwrap();

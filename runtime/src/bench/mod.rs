@@ -283,16 +283,30 @@ impl BenchReport {
                 .map(|g| format!("cores, governor {g}"))
                 .unwrap_or_else(|| "cores".into())
         );
-        s += &format!(
-            "rate {:.1} Hz (period {:.2} ms), {} ticks in {:.1} s, {:.1} ticks/s, {:.1} inferences/s, peak RSS {}\n\n",
-            self.rate_hz,
-            self.period_ms,
-            self.ticks,
-            self.duration_s,
-            self.throughput_hz,
-            self.inferences_per_s,
-            self.peak_rss_kib.map(|k| format!("{:.0} MiB", k as f64 / 1024.0)).unwrap_or_else(|| "?".into())
-        );
+        let rss = self
+            .peak_rss_kib
+            .map(|k| format!("{:.0} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "?".into());
+        let model_only = self.mode == "model-only";
+        if model_only {
+            // No loop ran: the rate only sets the budget.
+            s += &format!(
+                "{} runs in {:.1} s, {:.1} inferences/s, peak RSS {rss}; budget from rate {:.1} Hz \
+                 (period {:.2} ms)\n\n",
+                self.ticks, self.duration_s, self.inferences_per_s, self.rate_hz, self.period_ms,
+            );
+        } else {
+            s += &format!(
+                "rate {:.1} Hz (period {:.2} ms), {} ticks in {:.1} s, {:.1} ticks/s, {:.1} \
+                 inferences/s, peak RSS {rss}\n\n",
+                self.rate_hz,
+                self.period_ms,
+                self.ticks,
+                self.duration_s,
+                self.throughput_hz,
+                self.inferences_per_s,
+            );
+        }
         s += &format!(
             "{:<13} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
             "stage (ms)", "n", "min", "median", "p90", "p99", "p99.9", "max"
@@ -310,14 +324,23 @@ impl BenchReport {
                 st.max_ms
             );
         }
-        s += &format!(
-            "\nmissed deadlines: {}, inference overruns: {}\nbudgets: tick {:.2} ms, frame-to-command {:.2} ms (margin {:.0}%)\n",
-            self.missed_deadlines,
-            self.overruns,
-            self.tick_budget_ms,
-            self.latency_budget_ms,
-            self.margin * 100.0
-        );
+        if model_only {
+            s += &format!(
+                "\nbudget: inference {:.2} ms (margin {:.0}%)\n",
+                self.latency_budget_ms,
+                self.margin * 100.0
+            );
+        } else {
+            s += &format!(
+                "\nmissed deadlines: {}, inference overruns: {}\nbudgets: tick {:.2} ms, \
+                 frame-to-command {:.2} ms (margin {:.0}%)\n",
+                self.missed_deadlines,
+                self.overruns,
+                self.tick_budget_ms,
+                self.latency_budget_ms,
+                self.margin * 100.0
+            );
+        }
         s += &format!(
             "VERDICT: {} - {}\n",
             if self.verdict.pass { "PASS" } else { "FAIL" },
