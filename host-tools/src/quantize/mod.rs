@@ -681,6 +681,12 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     // Stage the quantized bundle and load it as the robot would: the tract policy runs the file
     // listed for tract (`Bundle::policy_path`), so the evaluation below measures that form.
     let mut manifest: Manifest = m_in.clone();
+    // Named apart from its source, so that logs, `reflex bench` reports and `--compare` tell the
+    // two bundles apart: `NAME-int8` (unchanged if the name already ends so).
+    let suffix = format!("-{}", precision.as_str());
+    if !manifest.name.ends_with(&suffix) {
+        manifest.name.push_str(&suffix);
+    }
     let mut files: Vec<Vec<u8>> = vec![];
     let mut models = vec![];
     for (i, f) in m_in.models.iter().enumerate() {
@@ -768,6 +774,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     for &bk in &m_in.models[pi].backends {
         let verdict = match bk {
             _ if bk == on => measured_verdict.to_string(),
+            // The command fails below and writes no bundle: nothing is "kept".
+            _ if failed => format!(
+                "not measured here; no bundle written, as {} failed the gate",
+                on.as_str()
+            ),
             BackendKind::Tensorrt => "not measured here (no TensorRT on this machine): kept; \
                                       validate on the board before use"
                 .to_string(),

@@ -498,6 +498,9 @@ fn fp16_bundle_passes_a_named_gate_and_matches_ort() {
     let b = Bundle::load(&out).expect("fp16 bundle loads");
     let model = b.manifest.policy_model().expect("policy");
     assert_eq!(model.precision, Precision::Fp16);
+    // Named apart from its source (reports and `reflex bench --compare` show the name).
+    let source_name = Bundle::load(resnet18()).expect("fp32").manifest.name;
+    assert_eq!(b.manifest.name, format!("{source_name}-fp16"));
     let q = b.manifest.provenance["quantization"]
         .as_table()
         .expect("provenance.quantization");
@@ -645,6 +648,12 @@ fn gate_failure_names_the_joint_and_writes_nothing() {
         "{err}"
     );
     assert!(err.contains("nothing written"), "{err}");
+    // The backends not measured are not said to be "kept" in a bundle that is not written.
+    assert!(
+        o.stdout.contains("not measured here; no bundle written") && !o.stdout.contains("kept"),
+        "{}",
+        o.stdout
+    );
     assert!(
         !err.contains("shoulder_pan: max error"),
         "only wrist_roll exceeds: {err}"
@@ -783,6 +792,7 @@ fn int8_gate_measures_on_onnx_runtime_when_it_will_run_the_bundle() {
         b.manifest.provenance["quantization"]["measured_on"].as_str(),
         Some("onnxruntime")
     );
+
     // ONNX Runtime's Python API on both files, every held-out sample, one call.
     let fp32 = Bundle::load(resnet18()).expect("fp32");
     let work = dir("ort-gate-int8-py");
