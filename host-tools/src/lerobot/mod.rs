@@ -125,6 +125,27 @@ pub fn import(a: &ImportArgs) -> Result<()> {
         config.kind,
         files.iter().map(Vec::len).sum::<usize>()
     );
+    // What the checkpoint does not say and this import assumed: said once more here, as a
+    // wrong control rate or unit is silent until the robot moves.
+    println!(
+        "  control rate {} Hz (--rate): the loop and the chunk's steps; it must be the training \
+         dataset's fps (meta/info.json `fps`)",
+        a.rate_hz
+    );
+    println!(
+        "  joints in {} (--unit), named {} (--joint-names)",
+        a.unit,
+        if a.joint_names.is_empty() {
+            "state.i / action.i".to_string()
+        } else {
+            a.joint_names.join(", ")
+        }
+    );
+    println!(
+        "  no [action.limits] yet: add them to {} before running on a robot (reflex run refuses \
+         a bundle without them unless --allow-unlimited)",
+        a.out.join(MANIFEST_FILE).display()
+    );
     Ok(())
 }
 

@@ -76,6 +76,13 @@ fn act_bundle() -> &'static Path {
             "rgb24",
         ]);
         assert!(run.status.success(), "{run}");
+        // What the checkpoint does not say is repeated after the import.
+        assert!(
+            run.stdout.contains("control rate 50 Hz (--rate)")
+                && run.stdout.contains("joints in rad (--unit)")
+                && run.stdout.contains("no [action.limits] yet"),
+            "{run}"
+        );
         out
     })
 }
