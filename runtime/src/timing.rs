@@ -1,19 +1,24 @@
 //! Fixed-size latency histograms for the loop's stages.
 //!
 //! Recording must not allocate or lock (it happens every tick), and a run may last hours, so
-//! samples go into log-linear buckets (HDR-style: 32 sub-buckets per power of two, ~3% relative
-//! resolution) sized at construction; percentiles come from the buckets at the end.
+//! samples go into an HDR histogram (the `hdrhistogram` crate, a port of Gil Tene's
+//! HdrHistogram) sized at construction: 1 ns to 2^40 ns (~18 minutes) at 3 significant digits,
+//! so a percentile is within 0.1% of the sample it stands for (about 50 us at a 50 ms period).
+//! The exact minimum, maximum and sum are kept beside it.
 
-/// Sub-buckets per power of two.
-const SUB: usize = 32;
-const SUB_BITS: u32 = 5;
-/// Powers of two covered: values up to 2^40 ns (~18 minutes).
-const OCTAVES: usize = 40;
+/// Largest value tracked, ns (~18 minutes); larger samples count as this value in the
+/// percentiles (the exact maximum is kept apart).
+const HIGHEST_NS: u64 = 1 << 40;
+/// Significant decimal digits kept per value: 3 -> 0.1% relative resolution.
+const SIGNIFICANT_DIGITS: u8 = 3;
 
+/// A latency histogram, ns: counts per HDR bucket, plus the exact min, max and sum.
+///
+/// Memory is allocated once in [`Histogram::new`] (about 250 KiB); [`Histogram::record`] never
+/// allocates.
 #[derive(Debug, Clone)]
 pub struct Histogram {
-    counts: Box<[u64]>,
-    count: u64,
+    hist: hdrhistogram::Histogram<u64>,
     sum: u128,
     min: u64,
     max: u64,
@@ -28,96 +33,69 @@ impl Default for Histogram {
 impl Histogram {
     pub fn new() -> Self {
         Histogram {
-            counts: vec![0; SUB * (OCTAVES + 1)].into_boxed_slice(),
-            count: 0,
+            hist: hdrhistogram::Histogram::new_with_bounds(1, HIGHEST_NS, SIGNIFICANT_DIGITS)
+                .expect("constant bounds are valid"),
             sum: 0,
             min: u64::MAX,
             max: 0,
         }
     }
 
-    fn index(v: u64) -> usize {
-        if v < SUB as u64 {
-            return v as usize;
-        }
-        let msb = 63 - v.leading_zeros(); // >= SUB_BITS
-        let octave = (msb - SUB_BITS + 1) as usize;
-        let sub = ((v >> (msb - SUB_BITS)) as usize) & (SUB - 1);
-        (octave * SUB + sub).min(SUB * (OCTAVES + 1) - 1)
-    }
-
-    /// Lower edge of bucket `i`.
-    fn value_of(i: usize) -> u64 {
-        if i < SUB {
-            return i as u64;
-        }
-        let octave = i / SUB;
-        let sub = (i % SUB) as u64;
-        (SUB as u64 + sub) << (octave - 1)
-    }
-
-    /// Upper edge of bucket `i` (exclusive).
-    fn upper_of(i: usize) -> u64 {
-        if i < SUB {
-            return i as u64 + 1;
-        }
-        let octave = i / SUB;
-        Self::value_of(i) + (1u64 << (octave - 1))
-    }
-
+    /// Records one sample, ns. Samples over ~18 minutes count as that in the percentiles.
     pub fn record(&mut self, v: u64) {
-        self.counts[Self::index(v)] += 1;
-        self.count += 1;
+        self.hist.saturating_record(v);
         self.sum += v as u128;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
     }
 
     pub fn count(&self) -> u64 {
-        self.count
+        self.hist.len()
     }
     pub fn min(&self) -> Option<u64> {
-        (self.count > 0).then_some(self.min)
+        (self.count() > 0).then_some(self.min)
     }
     pub fn max(&self) -> Option<u64> {
-        (self.count > 0).then_some(self.max)
+        (self.count() > 0).then_some(self.max)
     }
     pub fn mean(&self) -> Option<f64> {
-        (self.count > 0).then(|| self.sum as f64 / self.count as f64)
+        (self.count() > 0).then(|| self.sum as f64 / self.count() as f64)
     }
 
-    /// The value at quantile `q` in [0, 1]: midpoint of the bucket holding it, clamped to the
-    /// exact min/max seen.
+    /// The value at quantile `q` in [0, 1]: the largest value equivalent (within the 0.1%
+    /// resolution) to the sample of rank `max(1, ceil(q n))`, clamped to the exact min/max seen
+    /// (so it errs high, never low, by at most the resolution); `q = 1` is the exact maximum.
     pub fn quantile(&self, q: f64) -> Option<u64> {
-        if self.count == 0 {
+        if self.count() == 0 {
             return None;
         }
-        let rank = ((q.clamp(0.0, 1.0) * self.count as f64).ceil() as u64).max(1);
-        let mut seen = 0;
-        for (i, &c) in self.counts.iter().enumerate() {
-            seen += c;
-            if seen >= rank {
-                let mid = (Self::value_of(i) + Self::upper_of(i) - 1) / 2;
-                return Some(mid.clamp(self.min, self.max));
-            }
+        if q >= 1.0 {
+            return Some(self.max);
         }
-        Some(self.max)
+        Some(
+            self.hist
+                .value_at_quantile(q.max(0.0))
+                .clamp(self.min, self.max),
+        )
     }
 
-    /// Non-empty buckets as `(lower, upper, count)`.
+    /// Non-empty buckets as `(lower, upper, count)`, `upper` exclusive, in increasing order.
     pub fn bins(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
-        self.counts
-            .iter()
-            .enumerate()
-            .filter(|(_, &c)| c > 0)
-            .map(|(i, &c)| (Self::value_of(i), Self::upper_of(i), c))
+        self.hist.iter_recorded().map(|v| {
+            let x = v.value_iterated_to();
+            (
+                self.hist.lowest_equivalent(x),
+                self.hist.next_non_equivalent(x),
+                v.count_at_value(),
+            )
+        })
     }
 
     pub fn merge(&mut self, other: &Histogram) {
-        for (a, b) in self.counts.iter_mut().zip(other.counts.iter()) {
-            *a += b;
-        }
-        self.count += other.count;
+        // Both have the same bounds, so every value of `other` fits: `add` cannot fail.
+        self.hist
+            .add(&other.hist)
+            .expect("histograms of the same bounds add");
         self.sum += other.sum;
         self.min = self.min.min(other.min);
         self.max = self.max.max(other.max);
@@ -240,22 +218,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_monotonic_and_tight() {
-        let mut last = 0;
+    fn bins_are_ordered_disjoint_and_tight() {
+        let mut h = Histogram::new();
         for v in (0..5_000_000u64).step_by(997) {
-            let i = Histogram::index(v);
-            assert!(i >= last);
-            last = i;
+            h.record(v);
+        }
+        let bins: Vec<_> = h.bins().collect();
+        assert_eq!(bins.iter().map(|b| b.2).sum::<u64>(), h.count());
+        for w in bins.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{w:?}");
+        }
+        for &(lo, hi, _) in &bins {
+            assert!(lo < hi);
+            // 3 significant digits: a bucket is at most 1/1024 of its values wide.
             assert!(
-                Histogram::value_of(i) <= v && v < Histogram::upper_of(i),
-                "v={v} i={i}"
-            );
-            let width = Histogram::upper_of(i) - Histogram::value_of(i);
-            assert!(
-                width as f64 <= (v as f64 / 16.0).max(1.0),
-                "v={v} width={width}"
+                ((hi - lo) as f64) <= (lo as f64 / 1000.0).max(1.0),
+                "{lo}..{hi}"
             );
         }
+    }
+
+    /// A 50 ms period with 0.3 ms of jitter: the percentiles must tell the samples apart (the
+    /// earlier 32-bucket-per-octave histogram put them all in one 1 ms bucket and reported the
+    /// minimum for every percentile).
+    #[test]
+    fn percentiles_resolve_jitter_at_a_50_ms_period() {
+        let mut h = Histogram::new();
+        // 49.850 ms .. 50.149 ms in 1 us steps, 300 samples.
+        let samples: Vec<u64> = (0..300).map(|i| 49_850_000 + i * 1_000).collect();
+        for &v in &samples {
+            h.record(v);
+        }
+        for (q, rank) in [(0.5, 150), (0.9, 270), (0.99, 297)] {
+            let want = samples[rank - 1] as f64;
+            let got = h.quantile(q).unwrap() as f64;
+            assert!(
+                (want..=want * 1.001).contains(&got),
+                "q{q}: got {got}, sample {want}"
+            );
+        }
+        assert!(h.quantile(0.99).unwrap() > h.quantile(0.5).unwrap());
+    }
+
+    #[test]
+    fn merge_adds_counts_and_keeps_exact_extremes() {
+        let (mut a, mut b) = (Histogram::new(), Histogram::new());
+        a.record(5);
+        a.record(1_000_000);
+        b.record(3);
+        b.record(HIGHEST_NS * 2);
+        a.merge(&b);
+        assert_eq!(
+            (a.count(), a.min(), a.max()),
+            (4, Some(3), Some(HIGHEST_NS * 2))
+        );
+        // Past the tracked range the sample counts as the range's top, but q = 1 is the max.
+        assert_eq!(a.quantile(1.0), Some(HIGHEST_NS * 2));
+        let p99 = a.quantile(0.99).unwrap();
+        assert!((HIGHEST_NS..HIGHEST_NS * 2).contains(&p99), "{p99}");
     }
 
     #[test]

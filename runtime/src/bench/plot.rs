@@ -11,7 +11,7 @@
 //!   needs it (x beyond [`LOG_X_SPREAD`], counts beyond [`LOG_Y_SPREAD`]);
 //! - the tick period timeline over the run's time, with the nominal period.
 //!
-//! Bins come from the report (`StageStats::bins`, the HDR buckets of [`crate::timing`], ~3%
+//! Bins come from the report (`StageStats::bins`, the HDR buckets of [`crate::timing`], 0.1%
 //! wide); a panel regroups them into at most [`DISPLAY_BINS`] bars of equal width on its axis.
 
 use super::{BenchReport, StageStats};
