@@ -437,6 +437,14 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let pi = pis[0];
     let limits = report::parse_limits(a.max_error.as_deref(), &m_in.action)?;
     let source = if a.calibration == "synthetic" {
+        if a.precision == Target::Int8 {
+            log::warn!(
+                "int8 calibrated on a synthetic episode (the default): the activation ranges and \
+                 the error report come from generated frames, not from your cameras; before this \
+                 bundle drives a robot, quantize with --calibration EPISODE_DIR (frames recorded \
+                 with `reflex record`)"
+            );
+        }
         calib::Source::Synthetic
     } else {
         calib::Source::Episode(PathBuf::from(&a.calibration))
@@ -835,9 +843,21 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     };
     print!("{}", rep.table());
     if failed {
+        let advice = match a.precision {
+            Target::Int8 => {
+                "to lower the error: calibrate on your robot's frames (--calibration \
+                 EPISODE_DIR), more of them (--calibration-frames), another range method \
+                 (--method percentile or minmax), keep the most sensitive layers in float \
+                 (--keep-float NODE, the ONNX names of Conv/Gemm/MatMul nodes), or --precision fp16"
+            }
+            Target::Fp16 => {
+                "fp16 keeps 11 significant bits in every weight: a limit below its error cannot be \
+                 met; loosen the limit of the joints named (--max-error NAME=VALUE) or keep fp32"
+            }
+        };
         bail!(
             "{} quantization exceeds --max-error on {}, the backend measured here ({}); nothing \
-             written to {}",
+             written to {}; {advice}",
             precision.as_str(),
             on.as_str(),
             failures.join("; "),
@@ -882,7 +902,11 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     let mut lat = toml::map::Map::new();
     lat.insert("fp32".into(), sig4(fp32_median_ms as f32));
     lat.insert(precision.as_str().into(), sig4(quantized_median_ms as f32));
-    q.insert("tract_latency_ms".into(), toml::Value::Table(lat));
+    // Measured on `on` (the backend that will run the bundle), so keyed by it.
+    q.insert(
+        format!("{}_latency_ms", on.as_str()),
+        toml::Value::Table(lat),
+    );
     if m_in.models[pi].backends.contains(&BackendKind::Tensorrt) {
         q.insert(
             "tensorrt".into(),

@@ -507,6 +507,12 @@ fn fp16_bundle_passes_a_named_gate_and_matches_ort() {
     let limits = q["max_error_limit"].as_table().expect("limits recorded");
     assert_eq!(limits["gripper"].as_float(), Some(0.001));
     assert_eq!(limits["shoulder_pan"].as_float(), Some(0.02));
+    let fp16_ms = q[&format!(
+        "{}_latency_ms",
+        q["measured_on"].as_str().expect("measured_on")
+    )]["fp16"]
+        .as_float();
+    assert!(fp16_ms.is_some_and(|ms| ms > 0.0), "{q:?}");
     assert_eq!(r["gate_passed"], true);
     assert_eq!(r["backends"]["tract"], "passed the gate");
     assert_eq!(r["calibration"]["frames"], serde_json::json!([]));
@@ -648,6 +654,12 @@ fn gate_failure_names_the_joint_and_writes_nothing() {
         "{err}"
     );
     assert!(err.contains("nothing written"), "{err}");
+    assert!(
+        err.contains("to lower the error") && err.contains("--calibration EPISODE_DIR"),
+        "{err}"
+    );
+    // The default calibration (synthetic frames) is warned about for int8.
+    assert!(err.contains("int8 calibrated on a synthetic episode"), "{err}");
     // The backends not measured are not said to be "kept" in a bundle that is not written.
     assert!(
         o.stdout.contains("not measured here; no bundle written") && !o.stdout.contains("kept"),
@@ -791,6 +803,12 @@ fn int8_gate_measures_on_onnx_runtime_when_it_will_run_the_bundle() {
     assert_eq!(
         b.manifest.provenance["quantization"]["measured_on"].as_str(),
         Some("onnxruntime")
+    );
+    // The latencies are filed under the backend that measured them.
+    let q = &b.manifest.provenance["quantization"];
+    assert!(
+        q.get("onnxruntime_latency_ms").is_some() && q.get("tract_latency_ms").is_none(),
+        "{q}"
     );
 
     // ONNX Runtime's Python API on both files, every held-out sample, one call.
