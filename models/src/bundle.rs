@@ -1359,9 +1359,15 @@ fn check_bundle_path(path: &Path, manifest_path: &Path) -> Result<(), BundleErro
             Some("onnx") => "this is an ONNX graph, not a bundle; ".to_string(),
             _ => String::new(),
         };
+        let parent = match path.parent() {
+            Some(p) if p.join(MANIFEST_FILE).is_file() => {
+                format!("pass {} (it holds a {MANIFEST_FILE})", p.display())
+            }
+            _ => format!("pass that directory (or its {MANIFEST_FILE})"),
+        };
         return Err(not_a_bundle(format!(
-            "{what}{WHAT}: pass that directory (or its {MANIFEST_FILE}); a bundle is made from a \
-             checkpoint with `reflex-tools export` or `reflex-tools import`"
+            "{what}{WHAT}: {parent}; a bundle is made from a checkpoint with `reflex-tools \
+             export` or `reflex-tools import`"
         )));
     }
     Ok(())

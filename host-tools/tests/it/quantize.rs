@@ -659,7 +659,10 @@ fn gate_failure_names_the_joint_and_writes_nothing() {
         "{err}"
     );
     // The default calibration (synthetic frames) is warned about for int8.
-    assert!(err.contains("int8 calibrated on a synthetic episode"), "{err}");
+    assert!(
+        err.contains("int8 calibrated on a synthetic episode"),
+        "{err}"
+    );
     // The backends not measured are not said to be "kept" in a bundle that is not written.
     assert!(
         o.stdout.contains("not measured here; no bundle written") && !o.stdout.contains("kept"),

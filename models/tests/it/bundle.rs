@@ -124,6 +124,10 @@ fn a_model_file_or_a_folder_without_manifest_is_not_a_bundle() {
     assert!(
         e.contains("policy.onnx")
             && e.contains("ONNX graph, not a bundle")
+            && e.contains(&format!(
+                "pass {} (it holds a policy.toml)",
+                pristine().display()
+            ))
             && e.contains("reflex-tools export"),
         "{e}"
     );

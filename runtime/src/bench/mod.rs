@@ -346,6 +346,21 @@ impl BenchReport {
             if self.verdict.pass { "PASS" } else { "FAIL" },
             self.verdict.reason
         );
+        // A p99 of fewer than 100 samples is their maximum: say so next to the verdict.
+        let judged = if model_only {
+            "inference"
+        } else {
+            "end_to_end"
+        };
+        if let Some(st) = self.stages.iter().find(|st| st.stage == judged) {
+            if st.n < 100 {
+                s += &format!(
+                    "note: the verdict rests on {} {judged} sample(s), so its p99 is their \
+                     maximum; run longer (--duration or --iterations) for 100 or more\n",
+                    st.n
+                );
+            }
+        }
         s
     }
 
@@ -378,13 +393,22 @@ fn xml(s: &str) -> String {
 /// Two reports side by side: median and p99 per stage with the ratio b/a.
 pub fn compare(a: &BenchReport, b: &BenchReport) -> String {
     let mut s = format!(
-        "A: {} ({}, {})\nB: {} ({}, {})\n\n{:<13} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}\n",
+        "A: {} ({}, {})\nB: {} ({}, {})\n{}\n{:<13} {:>10} {:>10} {:>8} {:>10} {:>10} {:>8}\n",
         a.bundle,
         a.backend,
         a.mode,
         b.bundle,
         b.backend,
         b.mode,
+        if a.mode == b.mode {
+            String::new()
+        } else {
+            format!(
+                "warning: a {} report against a {} one: the network alone on fixed inputs is not \
+                 the whole loop's inference, so their ratios are not like for like\n",
+                a.mode, b.mode
+            )
+        },
         "stage (ms)",
         "A median",
         "B median",

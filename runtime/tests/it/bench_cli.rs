@@ -166,6 +166,11 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
     let stdout = &out.stdout;
     assert_eq!(out.code(), Some(0), "{out}");
     assert!(stdout.contains("VERDICT: PASS"), "{stdout}");
+    // 12 ticks make a handful of end-to-end samples: the verdict says how few.
+    assert!(
+        stdout.contains("note: the verdict rests on") && stdout.contains("end_to_end sample(s)"),
+        "{stdout}"
+    );
     for stage in ["preprocess", "inference", "end_to_end", "period"] {
         assert!(stdout.contains(stage), "{stdout}");
     }
@@ -218,6 +223,10 @@ fn bench_writes_a_valid_report_and_svg_and_exit_code_follows_the_verdict() {
     let stdout = &out.stdout;
     assert!(
         stdout.contains("inference") && stdout.contains("B/A"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("warning: a pipeline report against a model-only one"),
         "{stdout}"
     );
 }
