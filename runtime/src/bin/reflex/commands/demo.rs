@@ -113,5 +113,9 @@ pub fn run(a: Args) -> Result<Outcome> {
         "CAN frames written to {} (candump -l format; replay with canplayer)",
         log_path.display()
     );
+    println!(
+        "(the demo policy's weights are seeded, not trained: its actions jump from one step to \
+         the next, and the safety filter rate-limits them, as it must)"
+    );
     Ok(Outcome::Success)
 }
