@@ -282,6 +282,11 @@ fn export_onnx_with_lerobot_stats() {
 
 #[test]
 fn help_teaches() {
+    let o = ok(&tools(&["--help"]));
+    assert!(
+        o.contains("Exit status:") && o.contains("--quiet") && o.contains("--verbose"),
+        "{o}"
+    );
     let o = ok(&tools(&["export", "--help"]));
     for w in [
         "--arch",

@@ -10,6 +10,13 @@ use clap::{Parser, Subcommand};
 use commands::{deploy, episode, explain, export, import, infer, inspect, parity, quantize};
 use std::process::ExitCode;
 
+/// The exit statuses, for `--help` (the same meanings as `reflex`'s).
+const EXIT_STATUS: &str = "Exit status:\n  \
+    0  success\n  \
+    1  error (a failed `quantize` gate included); the message on stderr names the file, flag \
+       or tensor at fault\n  \
+    2  a malformed command line (the message names the accepted forms)";
+
 #[derive(Parser)]
 #[command(
     name = "reflex-tools",
@@ -25,12 +32,16 @@ use std::process::ExitCode;
         PyTorch; `quantize` writes its fp16 or int8 forms (int8: QLinearConv/QLinearMatMul for \
         tract, QDQ for TensorRT) with an accuracy report in action units; `parity` checks the \
         bundle's preprocessing against your dataloader's tensors; `explain` shows what the policy \
-        looks at; `deploy` puts a binary and a bundle on a board."
+        looks at; `deploy` puts a binary and a bundle on a board.",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     /// More logging (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Less logging (errors only).
+    #[arg(short, long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -65,10 +76,14 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = match cli.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    let level = if cli.quiet {
+        "error"
+    } else {
+        match cli.verbose {
+            0 => "info",
+            1 => "debug",
+            _ => "trace",
+        }
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.cmd {
