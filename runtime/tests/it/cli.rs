@@ -251,3 +251,42 @@ fn malformed_specs_fail_before_the_bundle_is_loaded_naming_the_accepted_forms() 
         .expect("runs");
     assert!(String::from_utf8_lossy(&out.stdout).contains("Exit status:"));
 }
+
+#[test]
+fn check_warns_in_its_verdict_line_when_the_bundle_has_no_limits() {
+    let dir = WorkDir::new("cli-no-limits");
+    let mut m = reflex_testkit::bundles::write_tiny_bundle(
+        &dir,
+        reflex_models::reference::default_capture(),
+    );
+    let verdict = |out: &cli::Run| {
+        out.stdout
+            .lines()
+            .rfind(|l| l.starts_with("bundle "))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let out = reflex()
+        .args(["check", "--bundle"])
+        .arg(&*dir)
+        .run()
+        .success();
+    assert!(!verdict(&out).contains("WARNING"), "{out}");
+    m.action.limits = None;
+    std::fs::write(
+        dir.join(reflex_models::manifest::MANIFEST_FILE),
+        m.to_toml().expect("toml"),
+    )
+    .expect("write");
+    // Valid, so exit 0, but `run` would refuse it: the last line says so.
+    let out = reflex()
+        .args(["check", "--bundle"])
+        .arg(&*dir)
+        .run()
+        .success();
+    let line = verdict(&out);
+    assert!(
+        line.contains("OK") && line.contains("WARNING: no [action.limits]"),
+        "{out}"
+    );
+}

@@ -218,9 +218,14 @@ pub fn run(a: Args) -> Result<Outcome> {
     }
     // Last: OK only once every check above passed (the CAN protocol's included).
     println!(
-        "bundle {} OK ({:.0} ms)",
+        "bundle {} OK ({:.0} ms){}",
         b.dir.display(),
-        t.elapsed().as_secs_f64() * 1e3
+        t.elapsed().as_secs_f64() * 1e3,
+        if m.action.limits.is_none() {
+            "; WARNING: no [action.limits], so `reflex run` refuses it (see `limits` above)"
+        } else {
+            ""
+        }
     );
     Ok(Outcome::Success)
 }
