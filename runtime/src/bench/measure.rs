@@ -78,7 +78,8 @@ pub enum BenchSource {
 }
 
 /// The accepted forms of a [`BenchSource`].
-pub const BENCH_SOURCE_FORMS: &str = "expected synthetic or replay:EPISODE_DIR";
+pub const BENCH_SOURCE_FORMS: &str = "expected synthetic or replay:EPISODE_DIR (one episode \
+     feeds every camera: no NAME= as in `reflex run --camera`)";
 
 impl FromStr for BenchSource {
     type Err = SpecError;
@@ -415,10 +416,13 @@ mod tests {
             "replay:ep".parse(),
             Ok(BenchSource::Replay(PathBuf::from("ep")))
         );
-        for bad in ["replay:", "/dev/video0", ""] {
+        for bad in ["replay:", "/dev/video0", "", "front=replay:ep"] {
             assert_eq!(
                 bad.parse::<BenchSource>().unwrap_err().to_string(),
-                format!("`{bad}`: expected synthetic or replay:EPISODE_DIR")
+                format!(
+                    "`{bad}`: expected synthetic or replay:EPISODE_DIR (one episode feeds every \
+                     camera: no NAME= as in `reflex run --camera`)"
+                )
             );
         }
     }
