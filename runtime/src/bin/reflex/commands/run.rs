@@ -171,8 +171,8 @@ pub fn run_loop(
     println!("counters: {}", serde_json::to_string(&lp.counters)?);
     let c = &lp.counters;
     println!(
-        "commands over {} ticks: {} fresh from the policy's plan, {} holds (last safe command repeated), \
-         {} stops (incl. the one at shutdown); {} watchdog trips, {} missed deadlines (a tick \
+        "commands over {} ticks: {} fresh from the policy's plan, {} hold(s) (last safe command \
+         repeated), {} stop(s) (incl. the one at shutdown); {} watchdog trip(s), {} missed deadline(s) (a tick \
          started over 1.5 periods after the previous one); {} inferences, {} overruns (an \
          inference due while one was running); {} chunk steps skipped by latency compensation",
         c.ticks,
@@ -189,7 +189,7 @@ pub fn run_loop(
     println!(
         "safety filter, per proposed command: {} passed unchanged, {} clamped into the position \
          limits, {} rate limited (the joint would have moved faster than its max_rate), {} \
-         rejected (NaN/inf) and {} (wrong length); {} holds and {} stops made",
+         rejected (NaN/inf) and {} (wrong length); {} hold(s) and {} stop(s) made",
         f.passed,
         f.clamped_position,
         f.rate_limited,
