@@ -23,6 +23,7 @@ pub mod clock;
 pub mod control;
 pub mod infer;
 pub mod io;
+pub mod logging;
 pub mod preprocess;
 pub mod progress;
 pub mod spec;

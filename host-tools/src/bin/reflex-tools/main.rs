@@ -76,16 +76,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.quiet {
-        "error"
-    } else {
-        match cli.verbose {
-            0 => "info",
-            1 => "debug",
-            _ => "trace",
-        }
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    reflex_runtime::logging::init(cli.quiet, cli.verbose);
     let result = match cli.cmd {
         Cmd::Export(a) => export::run(*a),
         Cmd::Import(a) => import::run(a),

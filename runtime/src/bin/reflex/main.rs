@@ -71,18 +71,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let level = if cli.quiet {
-        "error"
-    } else {
-        match cli.verbose {
-            0 => "info",
-            1 => "debug",
-            _ => "trace",
-        }
-    };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
-        .format_timestamp_millis()
-        .init();
+    reflex_runtime::logging::init(cli.quiet, cli.verbose);
     let result = match cli.cmd {
         Cmd::Run(a) => run::run(a),
         Cmd::Demo(a) => demo::run(a),
