@@ -246,8 +246,7 @@ pub fn measure_pipeline(
         clock.sleep_until(next);
     }
     // Only the timed ticks count.
-    lp.timings = StageTimings::new();
-    lp.counters = Default::default();
+    lp.reset_statistics();
     let ticks = match opts.iterations {
         Some(n) if n > 0 => n,
         _ => (opts.duration_s.unwrap_or(DEFAULT_DURATION_S) * opts.rate_hz).ceil() as u64,
@@ -467,6 +466,10 @@ mod tests {
         }
         let tick = r.stages.iter().find(|s| s.stage == "tick").unwrap();
         assert_eq!(tick.n, 20);
+        // The table's periods and the timeline's are the same 19 intervals between timed ticks
+        // (none from the last warm-up tick).
+        let period = r.stages.iter().find(|s| s.stage == "period").unwrap();
+        assert_eq!((period.n, r.periods_ms.len()), (19, 19));
         // A zero budget cannot be met.
         assert!(!r.verdict.pass, "{}", r.verdict.reason);
         let table = r.table();

@@ -892,6 +892,16 @@ impl<C: Camera, S: StateSource, K: CommandSink, R: InferenceRunner> ControlLoop<
         })
     }
 
+    /// Starts the statistics afresh: stage timings, counters and the tick the next period is
+    /// measured from. A measurement (`reflex bench`) calls it after its warm-up ticks, so that
+    /// only the ticks it times count, the first timed tick's period included. Allocates the new
+    /// histograms: not for the tick.
+    pub fn reset_statistics(&mut self) {
+        self.timings = StageTimings::new();
+        self.counters = LoopCounters::default();
+        self.last_tick_start = None;
+    }
+
     /// Waits (on `clock`) until every camera and the state source have delivered, runs the first
     /// inference to completion, and seeds the safety filter from the measured state for action
     /// dimensions that share a name with a state dimension. Returns the first inference's time.
