@@ -155,9 +155,6 @@ fn spec_variants(cam: &CameraSpec) -> Vec<(String, CameraSpec)> {
     }
     let cap = cam.capture;
     let crop = cam.crop_or_full();
-    let fits = |c: &CropSpec| {
-        c.width > 0 && c.height > 0 && c.x + c.width <= cap.width && c.y + c.height <= cap.height
-    };
     for dy in -2i64..=2 {
         for dx in -2i64..=2 {
             if (dx, dy) == (0, 0) {
@@ -172,7 +169,7 @@ fn spec_variants(cam: &CameraSpec) -> Vec<(String, CameraSpec)> {
                 y: y as u32,
                 ..crop
             };
-            if fits(&c) {
+            if c.fits_in(cap.width, cap.height) {
                 v.push((
                     format!(
                         "crop offset: training cropped at ({}, {}), the bundle at ({}, {}) \
@@ -192,7 +189,7 @@ fn spec_variants(cam: &CameraSpec) -> Vec<(String, CameraSpec)> {
                 width: crop.width.saturating_sub(dw),
                 height: crop.height.saturating_sub(dh),
             };
-            if fits(&c) {
+            if c.fits_in(cap.width, cap.height) {
                 v.push((
                     format!(
                         "crop size: training cropped {}x{} at ({}, {}), the bundle {}x{} at \

@@ -557,11 +557,7 @@ pub fn validate_manifest(m: &Manifest, path: &Path) -> Result<(), BundleError> {
         }
         let p = &cam.preprocess;
         if let Some(cr) = p.crop {
-            if cr.width == 0
-                || cr.height == 0
-                || cr.x.checked_add(cr.width).is_none_or(|r| r > cap.width)
-                || cr.y.checked_add(cr.height).is_none_or(|b| b > cap.height)
-            {
+            if !cr.fits_in(cap.width, cap.height) {
                 return Err(BundleError::field(
                     path,
                     f("preprocess.crop"),

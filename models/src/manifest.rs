@@ -575,6 +575,15 @@ pub struct CameraSpec {
     pub viewpoint: Option<ViewpointSpec>,
 }
 
+impl CropSpec {
+    /// Whether this region is non-empty and lies inside a `width x height` frame (pixels; no
+    /// overflow for any `u32` values).
+    pub fn fits_in(&self, width: u32, height: u32) -> bool {
+        let fits = |o: u32, l: u32, max: u32| l > 0 && o.checked_add(l).is_some_and(|e| e <= max);
+        fits(self.x, self.width, width) && fits(self.y, self.height, height)
+    }
+}
+
 impl CameraSpec {
     /// The region of the captured frame the preprocessing reads: `preprocess.crop`, else the
     /// whole `capture.width x capture.height` frame (pixels).

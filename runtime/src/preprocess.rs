@@ -1074,8 +1074,7 @@ impl Preprocessor {
             )));
         }
         let crop = cam.crop_or_full();
-        let fits = |o: u32, l: u32, max: u32| l > 0 && o.checked_add(l).is_some_and(|e| e <= max);
-        if !fits(crop.x, crop.width, cap.width) || !fits(crop.y, crop.height, cap.height) {
+        if !crop.fits_in(cap.width, cap.height) {
             return Err(spec_err(format!(
                 "crop {}x{} at ({}, {}) does not fit in the {}x{} capture",
                 crop.width, crop.height, crop.x, crop.y, cap.width, cap.height
