@@ -307,7 +307,7 @@ pub fn report(
     BenchReport {
         schema: bench::SCHEMA.into(),
         mode: if setup.model_only {
-            "model-only"
+            bench::MODEL_ONLY
         } else {
             "pipeline"
         }

@@ -267,7 +267,15 @@ pub fn peak_rss_kib() -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// `BenchReport::mode` of a run of the network alone on fixed inputs (else `"pipeline"`).
+pub const MODEL_ONLY: &str = "model-only";
+
 impl BenchReport {
+    /// Whether the network ran alone on fixed inputs (no loop: no ticks, periods or sends).
+    pub fn is_model_only(&self) -> bool {
+        self.mode == MODEL_ONLY
+    }
+
     /// The human table.
     pub fn table(&self) -> String {
         let mut s = format!(
@@ -287,7 +295,7 @@ impl BenchReport {
             .peak_rss_kib
             .map(|k| format!("{:.0} MiB", k as f64 / 1024.0))
             .unwrap_or_else(|| "?".into());
-        let model_only = self.mode == "model-only";
+        let model_only = self.is_model_only();
         if model_only {
             // No loop ran: the rate only sets the budget.
             s += &format!(

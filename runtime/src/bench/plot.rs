@@ -122,7 +122,7 @@ fn draw_summary(area: &Area, r: &BenchReport, stages: &[&StageStats]) -> Result<
         return Ok(());
     }
     let mut lines: Vec<(f64, String, RGBColor)> = vec![];
-    if r.mode != "model-only" {
+    if !r.is_model_only() {
         lines.push((
             r.tick_budget_ms,
             format!("tick budget {}", fmt_dur(r.tick_budget_ms)),
@@ -237,7 +237,7 @@ fn stage_budget(r: &BenchReport, stage: &str) -> Option<(f64, &'static str)> {
     match stage {
         "end_to_end" | "inference" => Some((r.latency_budget_ms, "frame-to-command budget")),
         "period" => None,
-        _ if r.mode == "model-only" => None,
+        _ if r.is_model_only() => None,
         _ => Some((r.tick_budget_ms, "tick budget")),
     }
 }
