@@ -177,6 +177,16 @@ fn largest(stages: &[StageStats], among: &[&str]) -> Option<String> {
         .map(|(_, n)| n.to_string())
 }
 
+/// The stage whose p99 the verdict holds against the latency budget: the network alone in
+/// model-only mode, frame to command otherwise.
+fn latency_stage(model_only: bool) -> &'static str {
+    if model_only {
+        "inference"
+    } else {
+        "end_to_end"
+    }
+}
+
 /// PASS when the p99 tick fits `period * (1 - margin)` and the p99 frame-to-command latency fits
 /// `steps_per_inference * period * (1 - margin)`; else FAIL naming the stage that eats the budget.
 /// In model-only mode only the inference p99 is checked against the latency budget.
@@ -189,11 +199,7 @@ pub fn verdict(
 ) -> Verdict {
     let tick_budget = period_ms * (1.0 - margin);
     let latency_budget = period_ms * steps_per_inference as f64 * (1.0 - margin);
-    let latency_stage = if model_only {
-        "inference"
-    } else {
-        "end_to_end"
-    };
+    let latency_stage = latency_stage(model_only);
     let Some(lat) = p99(stages, latency_stage) else {
         return Verdict {
             pass: false,
@@ -355,11 +361,7 @@ impl BenchReport {
             self.verdict.reason
         );
         // A p99 of fewer than 100 samples is their maximum: say so next to the verdict.
-        let judged = if model_only {
-            "inference"
-        } else {
-            "end_to_end"
-        };
+        let judged = latency_stage(model_only);
         if let Some(st) = self.stages.iter().find(|st| st.stage == judged) {
             if st.n < 100 {
                 s += &format!(
