@@ -31,6 +31,7 @@ impl Default for Histogram {
 }
 
 impl Histogram {
+    /// An empty histogram (allocates its buckets, about 250 KiB).
     pub fn new() -> Self {
         Histogram {
             hist: hdrhistogram::Histogram::new_with_bounds(1, HIGHEST_NS, SIGNIFICANT_DIGITS)
@@ -49,15 +50,19 @@ impl Histogram {
         self.max = self.max.max(v);
     }
 
+    /// Samples recorded.
     pub fn count(&self) -> u64 {
         self.hist.len()
     }
+    /// The smallest sample, ns, exactly (`None` when empty).
     pub fn min(&self) -> Option<u64> {
         (self.count() > 0).then_some(self.min)
     }
+    /// The largest sample, ns, exactly (`None` when empty).
     pub fn max(&self) -> Option<u64> {
         (self.count() > 0).then_some(self.max)
     }
+    /// The mean sample, ns, from the exact sum (`None` when empty).
     pub fn mean(&self) -> Option<f64> {
         (self.count() > 0).then(|| self.sum as f64 / self.count() as f64)
     }
@@ -91,6 +96,7 @@ impl Histogram {
         })
     }
 
+    /// Adds `other`'s samples to this histogram.
     pub fn merge(&mut self, other: &Histogram) {
         // Both have the same bounds, so every value of `other` fits: `add` cannot fail.
         self.hist
