@@ -262,7 +262,17 @@ fn draw_histogram(area: &Area, r: &BenchReport, st: &StageStats) -> Result<(), P
         }
     }
     let log_x = hi / lo_pos > LOG_X_SPREAD;
-    let bins = display_bins(&st.bins, scale, log_x, DISPLAY_BINS);
+    // Linear axis: the data (and a budget in range) plus 5% each side.
+    let span = hi - first * scale;
+    let lo_lin = (first * scale - span * 0.05).max(0.0);
+    let hi_lin = hi + span * 0.05;
+    let (lo_log, hi_log) = (lo_pos / 1.2, hi * 1.2);
+    let axis = if log_x {
+        (lo_log, hi_log)
+    } else {
+        (lo_lin, hi_lin)
+    };
+    let bins = display_bins(&st.bins, scale, log_x, DISPLAY_BINS, axis);
     let (cmin, cmax) = bins.iter().fold((f64::INFINITY, 1.0f64), |(a, b), x| {
         (a.min(x.2), b.max(x.2))
     });
@@ -285,10 +295,6 @@ fn draw_histogram(area: &Area, r: &BenchReport, st: &StageStats) -> Result<(), P
         budget,
         scale,
     };
-    // Linear axis: the data (and a budget in range) plus 5% each side.
-    let span = hi - first * scale;
-    let lo_lin = (first * scale - span * 0.05).max(0.0);
-    let hi_lin = hi + span * 0.05;
     let chart = (&area, caption.as_str());
     match (log_x, log_y) {
         (false, false) => hist_chart(
@@ -311,7 +317,7 @@ fn draw_histogram(area: &Area, r: &BenchReport, st: &StageStats) -> Result<(), P
         ),
         (true, false) => hist_chart(
             chart,
-            LogCoord::from((lo_pos / 1.2..hi * 1.2).log_scale()),
+            LogCoord::from((lo_log..hi_log).log_scale()),
             RangedCoordf64::from(0.0..cmax * 1.5),
             0.0,
             &x_desc,
@@ -320,7 +326,7 @@ fn draw_histogram(area: &Area, r: &BenchReport, st: &StageStats) -> Result<(), P
         ),
         (true, true) => hist_chart(
             chart,
-            LogCoord::from((lo_pos / 1.2..hi * 1.2).log_scale()),
+            LogCoord::from((lo_log..hi_log).log_scale()),
             LogCoord::from((LOG_Y_FLOOR..cmax * 12.0).log_scale()),
             LOG_Y_FLOOR,
             &x_desc,
@@ -522,9 +528,17 @@ fn draw_timeline(area: &Area, r: &BenchReport) -> Result<(), PlotError> {
 /// `bins` (`[lower_ms, upper_ms, count]`) regrouped for display in the axis unit (`scale` per
 /// ms): at most `n` bars of equal width on the axis (in log space when `log`), a bucket that
 /// straddles bars shared between them in proportion to the overlap (so a bar's count may be
-/// fractional; the total is kept). Bars are at least as wide as the widest bucket.
+/// fractional; the total is kept). Bars are at least as wide as the widest bucket and as
+/// `1/n` of the panel's `axis` range (axis unit), so that data far narrower than the axis (a
+/// budget in range well above the samples) still draws visible bars.
 /// Returns `(lower, upper, count)`, non-empty bars only, ascending.
-fn display_bins(bins: &[[f64; 3]], scale: f64, log: bool, n: usize) -> Vec<(f64, f64, f64)> {
+fn display_bins(
+    bins: &[[f64; 3]],
+    scale: f64,
+    log: bool,
+    n: usize,
+    axis: (f64, f64),
+) -> Vec<(f64, f64, f64)> {
     let scaled: Vec<(f64, f64, f64)> = bins
         .iter()
         .map(|b| {
@@ -542,8 +556,13 @@ fn display_bins(bins: &[[f64; 3]], scale: f64, log: bool, n: usize) -> Vec<(f64,
     let (t0, t1) = (t(first.0), t(last.1));
     // Bars no narrower than the widest bucket, so none is spread thinner than it was measured.
     let widest = scaled.iter().map(|b| t(b.1) - t(b.0)).fold(0.0, f64::max);
-    let width = ((t1 - t0) / n.max(1) as f64).max(widest);
-    if n == 0 || width <= 0.0 || scaled.len() == 1 {
+    let axis_bar = if axis.0 > 0.0 || !log {
+        (t(axis.1) - t(axis.0)).max(0.0) / n.max(1) as f64
+    } else {
+        0.0
+    };
+    let width = ((t1 - t0) / n.max(1) as f64).max(widest).max(axis_bar);
+    if n == 0 || width <= 0.0 {
         return scaled;
     }
     let n = ((t1 - t0) / width).ceil().max(1.0) as usize;
@@ -755,20 +774,47 @@ mod tests {
             lo *= 1.03;
         }
         for log in [false, true] {
-            let d = display_bins(&bins, 1.0, log, DISPLAY_BINS);
+            let d = display_bins(&bins, 1.0, log, DISPLAY_BINS, (1.0, 100.0));
             assert!(d.len() <= DISPLAY_BINS && d.len() > 10, "{}", d.len());
             let total: f64 = d.iter().map(|b| b.2).sum();
             assert!((total - 2.0 * bins.len() as f64).abs() < 1e-9, "{total}");
             assert!(d.windows(2).all(|w| w[0].1 <= w[1].0 + 1e-9));
         }
         // One narrow bucket (a `send` at ~300 ns): kept with its own, non-zero width.
-        let one = display_bins(&[[0.000_3, 0.000_31, 12.0]], 1e3, false, DISPLAY_BINS);
+        let one = display_bins(
+            &[[0.000_3, 0.000_31, 12.0]],
+            1e3,
+            false,
+            DISPLAY_BINS,
+            (0.3, 0.31),
+        );
         assert_eq!(one.len(), 1);
         assert!(one[0].1 - one[0].0 > 0.009, "{one:?}");
         assert_eq!(one[0].2, 12.0);
         // A bucket from zero on a log axis starts above zero.
-        let zero = display_bins(&[[0.0, 1e-6, 1.0], [1e-3, 1.1e-3, 1.0]], 1.0, true, 4);
+        let zero = display_bins(
+            &[[0.0, 1e-6, 1.0], [1e-3, 1.1e-3, 1.0]],
+            1.0,
+            true,
+            4,
+            (5e-7, 1.1e-3),
+        );
         assert!(zero.iter().all(|b| b.0 > 0.0), "{zero:?}");
+        // Samples of 50.8-58.6 ms in 0.1% buckets on an axis stretched to a 160 ms budget: the
+        // bars are at least 1/48 of the axis wide (visible), and every count is kept.
+        let mut narrow = vec![];
+        let mut lo = 50.8;
+        while lo < 58.6 {
+            narrow.push([lo, lo * 1.001, 1.0]);
+            lo *= 1.001;
+        }
+        let d = display_bins(&narrow, 1.0, false, DISPLAY_BINS, (50.4, 166.0));
+        assert!(
+            d.iter().all(|b| b.1 - b.0 >= (166.0 - 50.4) / 48.0 - 1e-9),
+            "{d:?}"
+        );
+        let total: f64 = d.iter().map(|b| b.2).sum();
+        assert!((total - narrow.len() as f64).abs() < 1e-9, "{total}");
     }
 
     #[test]
