@@ -844,16 +844,22 @@ pub fn run(a: QuantizeArgs) -> Result<()> {
     print!("{}", rep.table());
     if failed {
         let advice = match a.precision {
-            Target::Int8 => {
-                "to lower the error: calibrate on your robot's frames (--calibration \
-                 EPISODE_DIR), more of them (--calibration-frames), another range method \
-                 (--method percentile or minmax), keep the most sensitive layers in float \
-                 (--keep-float NODE, the ONNX names of Conv/Gemm/MatMul nodes), or --precision fp16"
-            }
-            Target::Fp16 => {
-                "fp16 keeps 11 significant bits in every weight: a limit below its error cannot be \
-                 met; loosen the limit of the joints named (--max-error NAME=VALUE) or keep fp32"
-            }
+            Target::Int8 => format!(
+                "to lower the error: {}more calibration frames (--calibration-frames), another \
+                 range method (--method percentile or minmax), keep the most sensitive layers in \
+                 float (--keep-float NODE, the ONNX names of Conv/Gemm/MatMul nodes), or \
+                 --precision fp16",
+                // Said only when the frames were generated ones.
+                if matches!(source, calib::Source::Synthetic) {
+                    "calibrate on your robot's frames (--calibration EPISODE_DIR), "
+                } else {
+                    ""
+                }
+            ),
+            Target::Fp16 => "fp16 keeps 11 significant bits in every weight: a limit below its \
+                             error cannot be met; loosen the limit of the joints named \
+                             (--max-error NAME=VALUE) or keep fp32"
+                .to_string(),
         };
         bail!(
             "{} quantization exceeds --max-error on {}, the backend measured here ({}); nothing \
